@@ -1,0 +1,16 @@
+//! Backup function (B1-B5). Until its issue lands, every route answers a JSON 501
+//! rather than a fake success.
+
+use std::sync::Arc;
+
+use axum::Router;
+use shared::http::not_implemented;
+use shared::AppContext;
+
+pub fn router(ctx: Arc<AppContext>) -> Router {
+    let routes = Router::new()
+        .route("/backups", not_implemented("backups"))
+        .route("/backups/{id}", not_implemented("backups"))
+        .route("/backups/{id}/restore", not_implemented("restore"));
+    shared::http::app(routes, &ctx.settings)
+}

@@ -1,0 +1,86 @@
+//! Health function (H1, H2): thin handlers over `shared::health`.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::{header, StatusCode};
+use serde_json::json;
+use shared::health::{self, DependencyState};
+use shared::http::ColdStart;
+use shared::runtime::EventHandler;
+use shared::{AppContext, VERSION};
+
+type Ctx = State<Arc<AppContext>>;
+
+pub fn router(ctx: Arc<AppContext>) -> Router {
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health/detailed", get(detailed))
+        .route("/health/metrics", get(metrics))
+        .with_state(ctx.clone());
+    shared::http::app(routes, &ctx.settings)
+}
+
+/// The EventBridge schedule's handler: the deep check, returned as the invocation result.
+pub fn on_schedule(ctx: Arc<AppContext>) -> EventHandler {
+    Arc::new(move |_event| {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            let report = health::run_deep_check(&ctx).await;
+            Ok(serde_json::to_value(report)?)
+        })
+    })
+}
+
+/// Cheap: no dependency is touched.
+async fn health(State(ctx): Ctx) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "function": ctx.settings.function, "version": VERSION}))
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+/// 200 when the database (and Redis, when configured) answer; 503 naming what failed.
+async fn ready(State(ctx): Ctx) -> Response {
+    let checks = health::check_dependencies(&ctx).await;
+    let failing = health::failing(&checks);
+    let dependencies: Vec<_> = checks
+        .iter()
+        .filter(|c| c.status != DependencyState::Disabled)
+        .collect();
+    if failing.is_empty() {
+        return Json(json!({"status": "ready", "dependencies": dependencies})).into_response();
+    }
+    let message = format!("not ready: {} unavailable", failing.join(", "));
+    let mut body = json!({
+        "status": "not_ready",
+        "failing": failing,
+        "dependencies": dependencies,
+    });
+    if let serde_json::Value::Object(fields) = &mut body {
+        let (code, kind) = shared::error::code_for(StatusCode::SERVICE_UNAVAILABLE);
+        fields.insert(
+            "error".into(),
+            json!({"message": message, "type": kind, "code": code, "request_id": shared::http::request_id::current()}),
+        );
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn detailed(State(ctx): Ctx, Extension(ColdStart(cold)): Extension<ColdStart>) -> Json<serde_json::Value> {
+    Json(health::detailed(&ctx, cold).await)
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        shared::observability::metrics::render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,6 @@
+//! The `ingest` function binary: everything it does lives in its library and `shared`.
+
+#[tokio::main]
+async fn main() -> Result<(), shared::runtime::BoxError> {
+    shared::runtime::start("ingest", ingest::router, None).await
+}

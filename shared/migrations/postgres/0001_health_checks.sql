@@ -1,0 +1,8 @@
+-- Results of the scheduled deep health check (H2), kept for a week.
+CREATE TABLE IF NOT EXISTS health_checks (
+    id BIGSERIAL PRIMARY KEY,
+    checked_at TIMESTAMPTZ NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'degraded', 'down')),
+    report JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_checks_checked_at ON health_checks (checked_at);

@@ -1,0 +1,89 @@
+//! What a function builds once per cold start and shares with every invocation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{ConfigError, Settings};
+use crate::observability::{logging, metrics as obs_metrics};
+use crate::store::{Database, RedisHandle, StoreError};
+
+/// Version of the running build, reported by health and logs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared state of one function instance.
+#[derive(Debug)]
+pub struct AppContext {
+    pub settings: Settings,
+    pub database: Database,
+    pub redis: Option<RedisHandle>,
+    pub started: Instant,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Why a function could not start: only configuration can stop it (X1, X4).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AppContext {
+    /// Builds clients without touching the network, so a dependency that is down
+    /// cannot stop the function from starting.
+    pub fn new(settings: Settings) -> Result<Arc<Self>, StoreError> {
+        let database = Database::connect_lazy(&settings)?;
+        let redis = match &settings.redis_url {
+            Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            settings,
+            database,
+            redis,
+            started: Instant::now(),
+            started_at: Utc::now(),
+        }))
+    }
+
+    /// Cold start: read and validate configuration, set up logs and metrics, build
+    /// clients, and try migrations once (bounded) so the first request is fast.
+    pub async fn init(function: &str) -> Result<Arc<Self>, StartError> {
+        let settings = match Settings::from_env(function) {
+            Ok(settings) => settings,
+            Err(err) => {
+                logging::init("info");
+                tracing::error!(function, variables = ?err.variables(), "{err}");
+                return Err(err.into());
+            }
+        };
+        logging::init(&settings.log_level);
+        obs_metrics::install();
+        metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
+        metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
+
+        let ctx = Self::new(settings)?;
+        let budget = ctx.settings.database_timeout + Duration::from_millis(500);
+        match tokio::time::timeout(budget, ctx.database.ensure_ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use"),
+            Err(_) => tracing::warn!(function, "database did not answer at start-up; will retry on use"),
+        }
+        tracing::info!(
+            function,
+            version = VERSION,
+            database = %ctx.settings.database_url,
+            redis = ctx.settings.redis_url.as_ref().map(|u| u.to_string()),
+            api_keys = ctx.settings.api_keys.len(),
+            "function initialised"
+        );
+        Ok(ctx)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

@@ -1,0 +1,463 @@
+//! Typed settings, read from the environment once per cold start (X1).
+//!
+//! Every problem is collected and reported together, so an operator fixes a
+//! broken deployment in one round instead of one variable at a time. Values
+//! that may hold secrets are never echoed back in an error.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use crate::auth::ApiKeys;
+
+/// Default database: a SQLite file under `.data/`, so the embedded mode needs no set-up.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
+
+/// Which relational backend `DATABASE_URL` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A validated `DATABASE_URL`; `Display` hides any password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    raw: String,
+    kind: DatabaseKind,
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let scheme = raw.split_once(':').map(|(s, _)| s).unwrap_or("");
+        let kind = match scheme {
+            "sqlite" => DatabaseKind::Sqlite,
+            "postgres" | "postgresql" => DatabaseKind::Postgres,
+            "" => return Err("expected a URL starting with sqlite:// or postgres://".into()),
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}`; use sqlite:// or postgres://"
+                ))
+            }
+        };
+        // Let sqlx validate the rest now, so a typo fails at cold start, not at first query.
+        let checked = match kind {
+            DatabaseKind::Sqlite => SqliteConnectOptions::from_str(raw).map(|_| ()),
+            DatabaseKind::Postgres => PgConnectOptions::from_str(raw).map(|_| ()),
+        };
+        checked.map_err(|_| format!("not a valid {scheme} URL"))?;
+        Ok(Self {
+            raw: raw.to_string(),
+            kind,
+        })
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The URL including credentials: only for opening connections, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::observability::redact::redact_url_credentials(
+            &self.raw,
+        ))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// A validated `REDIS_URL`; `Display` hides any password.
+#[derive(Clone)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match redis::Client::open(raw) {
+            Ok(_) => Ok(Self(raw.to_string())),
+            Err(_) => Err("expected redis://host:port[/db] or rediss://...".into()),
+        }
+    }
+
+    /// The URL including credentials: only for opening connections, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::observability::redact::redact_url_credentials(
+            &self.0,
+        ))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+/// Where metrics go besides `/health/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsExport {
+    /// Prometheus text only (local, containers).
+    Prometheus,
+    /// Prometheus text plus a CloudWatch EMF log line per request (AWS Lambda).
+    Emf,
+}
+
+/// Everything a function needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Which function this process is (`chat`, `health`, ...); set by the binary, not the environment.
+    pub function: String,
+    pub port: u16,
+    pub database_url: DatabaseUrl,
+    pub database_max_connections: u32,
+    pub database_timeout: Duration,
+    pub redis_url: Option<RedisUrl>,
+    pub redis_timeout: Duration,
+    pub api_keys: ApiKeys,
+    pub cors_origins: Vec<String>,
+    pub log_level: String,
+    pub max_body_bytes: usize,
+    pub health_timeout: Duration,
+    pub metrics_export: MetricsExport,
+    pub metrics_namespace: String,
+}
+
+/// One bad or missing variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+/// All configuration problems found at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfigError {
+    /// Names of the variables that are wrong, in the order they were checked.
+    pub fn variables(&self) -> Vec<&'static str> {
+        self.problems.iter().map(|p| p.variable).collect()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration ({} problem{}): ",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.variable, p.problem)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads variables and remembers every problem instead of stopping at the first.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<'a> Reader<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn fail(&mut self, variable: &'static str, problem: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable,
+            problem: problem.into(),
+        });
+    }
+
+    /// An integer in `min..=max`, or the default when unset.
+    fn int<T>(&mut self, name: &'static str, default: T, min: T, max: T) -> T
+    where
+        T: FromStr + PartialOrd + Copy + fmt::Display,
+    {
+        let Some(raw) = self.get(name) else {
+            return default;
+        };
+        match raw.parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            _ => {
+                self.fail(
+                    name,
+                    format!("expected an integer from {min} to {max}, got `{raw}`"),
+                );
+                default
+            }
+        }
+    }
+
+    fn millis(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.int(name, default, min, max))
+    }
+}
+
+impl Settings {
+    /// Reads the process environment. Call once per cold start.
+    pub fn from_env(function: &str) -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(function, &vars)
+    }
+
+    /// Reads settings from any variable map (tests use this instead of mutating the environment).
+    pub fn from_vars(function: &str, vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            vars,
+            problems: Vec::new(),
+        };
+
+        let port = r.int("PORT", 8080u16, 1, u16::MAX);
+
+        let database_url = match DatabaseUrl::parse(r.get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL))
+        {
+            Ok(url) => Some(url),
+            Err(problem) => {
+                r.fail("DATABASE_URL", problem);
+                None
+            }
+        };
+        let database_max_connections = r.int("DATABASE_MAX_CONNECTIONS", 5u32, 1, 1000);
+        let database_timeout = r.millis("DATABASE_TIMEOUT_MS", 2000, 50, 60_000);
+
+        let redis_url = match r.get("REDIS_URL").map(RedisUrl::parse) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(problem)) => {
+                r.fail("REDIS_URL", problem);
+                None
+            }
+        };
+        let redis_timeout = r.millis("REDIS_TIMEOUT_MS", 250, 10, 60_000);
+
+        let api_keys = match ApiKeys::parse(r.get("API_KEYS").unwrap_or("")) {
+            Ok(keys) => keys,
+            Err(problem) => {
+                r.fail("API_KEYS", problem);
+                ApiKeys::default()
+            }
+        };
+
+        let mut cors_origins = Vec::new();
+        for origin in r
+            .get("CORS_ORIGINS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+        {
+            let valid = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && http::HeaderValue::from_str(origin).is_ok());
+            if valid {
+                cors_origins.push(origin.to_string());
+            } else {
+                r.fail(
+                    "CORS_ORIGINS",
+                    format!("`{origin}` is not an origin like https://app.example.com (no path, no trailing slash) or *"),
+                );
+            }
+        }
+
+        let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            r.fail(
+                "LOG_LEVEL",
+                format!("`{log_level}` is not a level (error, warn, info, debug, trace) or filter directive"),
+            );
+        }
+
+        let max_body_bytes = r.int("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576);
+        let health_timeout = r.millis("HEALTH_TIMEOUT_MS", 1000, 10, 30_000);
+
+        // Real Lambda sets AWS_EXECUTION_ENV; `cargo lambda watch` does not, so local runs keep Prometheus only.
+        let on_aws = r.get("AWS_EXECUTION_ENV").is_some();
+        let metrics_export = match r.get("METRICS_EXPORT") {
+            None => {
+                if on_aws {
+                    MetricsExport::Emf
+                } else {
+                    MetricsExport::Prometheus
+                }
+            }
+            Some("prometheus") => MetricsExport::Prometheus,
+            Some("emf") => MetricsExport::Emf,
+            Some(other) => {
+                r.fail(
+                    "METRICS_EXPORT",
+                    format!("expected `prometheus` or `emf`, got `{other}`"),
+                );
+                MetricsExport::Prometheus
+            }
+        };
+        let metrics_namespace = r.get("METRICS_NAMESPACE").unwrap_or("ChatKb").to_string();
+        if metrics_namespace.len() > 255 || metrics_namespace.contains(':') {
+            r.fail(
+                "METRICS_NAMESPACE",
+                "must be at most 255 characters and contain no `:`",
+            );
+        }
+
+        match (r.problems.is_empty(), database_url) {
+            (true, Some(database_url)) => Ok(Settings {
+                function: function.to_string(),
+                port,
+                database_url,
+                database_max_connections,
+                database_timeout,
+                redis_url,
+                redis_timeout,
+                api_keys,
+                cors_origins,
+                log_level,
+                max_body_bytes,
+                health_timeout,
+                metrics_export,
+                metrics_namespace,
+            }),
+            _ => Err(ConfigError {
+                problems: r.problems,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_give_the_embedded_mode() {
+        let s = Settings::from_vars("health", &vars(&[])).unwrap();
+        assert_eq!(s.function, "health");
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.database_url.kind(), DatabaseKind::Sqlite);
+        assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert!(s.redis_url.is_none());
+        assert!(s.api_keys.is_empty());
+        assert!(s.cors_origins.is_empty());
+        assert_eq!(s.max_body_bytes, 1_048_576);
+        assert_eq!(s.metrics_export, MetricsExport::Prometheus);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let err = Settings::from_vars(
+            "chat",
+            &vars(&[
+                ("PORT", "http"),
+                ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+                ("REDIS_URL", "not a url"),
+                ("API_KEYS", "alice"),
+                ("CORS_ORIGINS", "https://ok.example.com,ftp://bad/"),
+                ("LOG_LEVEL", "loud[["),
+                ("MAX_BODY_BYTES", "-1"),
+                ("HEALTH_TIMEOUT_MS", "0"),
+                ("METRICS_EXPORT", "statsd"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.variables(),
+            vec![
+                "PORT",
+                "DATABASE_URL",
+                "REDIS_URL",
+                "API_KEYS",
+                "CORS_ORIGINS",
+                "LOG_LEVEL",
+                "MAX_BODY_BYTES",
+                "HEALTH_TIMEOUT_MS",
+                "METRICS_EXPORT",
+            ]
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("invalid configuration (9 problems): PORT: "));
+        assert!(text.contains("unsupported scheme `mysql`"));
+        assert!(!text.contains("hunter2"), "a password leaked: {text}");
+    }
+
+    #[test]
+    fn postgres_and_redis_urls_are_accepted_and_hidden_in_display() {
+        let s = Settings::from_vars(
+            "health",
+            &vars(&[
+                ("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:5432/test"),
+                ("REDIS_URL", "redis://:r3dis@127.0.0.1:6379/0"),
+                ("CORS_ORIGINS", "https://a.example.com, http://localhost:3000"),
+                ("METRICS_EXPORT", "emf"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database_url.kind(), DatabaseKind::Postgres);
+        assert_eq!(
+            s.database_url.to_string(),
+            "postgres://app:[REDACTED]@127.0.0.1:5432/test"
+        );
+        let redis = s.redis_url.unwrap();
+        assert!(!redis.to_string().contains("r3dis"));
+        assert_eq!(redis.expose(), "redis://:r3dis@127.0.0.1:6379/0");
+        assert_eq!(
+            s.cors_origins,
+            vec!["https://a.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(s.metrics_export, MetricsExport::Emf);
+    }
+
+    #[test]
+    fn on_aws_emf_is_the_default() {
+        let s = Settings::from_vars(
+            "chat",
+            &vars(&[("AWS_EXECUTION_ENV", "AWS_Lambda_provided.al2023")]),
+        )
+        .unwrap();
+        assert_eq!(s.metrics_export, MetricsExport::Emf);
+    }
+
+    #[test]
+    fn blank_values_mean_unset() {
+        let s = Settings::from_vars("health", &vars(&[("REDIS_URL", "  "), ("PORT", "")])).unwrap();
+        assert!(s.redis_url.is_none());
+        assert_eq!(s.port, 8080);
+    }
+}

@@ -1,0 +1,223 @@
+//! One JSON error type for every function (X5).
+//!
+//! The body follows the OpenAI error shape (`{"error": {"message", "type", "code"}}`)
+//! so the official SDKs surface our errors the same way as the provider's, plus the
+//! request id so a caller can quote it to support.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// An error a handler returns; each variant maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("{message}")]
+    ServiceUnavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Our own fault: the details are logged, never sent.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::ServiceUnavailable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::TooManyRequests { retry_after, .. }
+            | ApiError::ServiceUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The stable machine-readable code and OpenAI-style type for a status.
+pub fn code_for(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        400 => ("bad_request", "invalid_request_error"),
+        401 => ("unauthorized", "authentication_error"),
+        403 => ("forbidden", "permission_error"),
+        404 => ("not_found", "invalid_request_error"),
+        405 => ("method_not_allowed", "invalid_request_error"),
+        409 => ("conflict", "invalid_request_error"),
+        413 => ("payload_too_large", "invalid_request_error"),
+        415 => ("unsupported_media_type", "invalid_request_error"),
+        422 => ("unprocessable_entity", "invalid_request_error"),
+        429 => ("rate_limited", "rate_limit_error"),
+        501 => ("not_implemented", "server_error"),
+        503 => ("service_unavailable", "server_error"),
+        s if s >= 500 => ("internal_error", "server_error"),
+        _ => ("error", "invalid_request_error"),
+    }
+}
+
+/// Builds the JSON error response for any status; used by [`ApiError`] and by the
+/// layer that turns framework rejections (405, 413, bad JSON...) into the same shape.
+pub fn error_response(status: StatusCode, message: String) -> Response {
+    let (code, kind) = code_for(status);
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: kind.to_string(),
+            code: code.to_string(),
+            request_id: crate::http::request_id::current(),
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(err) = &self {
+            tracing::error!(error = %format!("{err:#}"), "internal error");
+        }
+        let mut response = error_response(status, self.public_message());
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(response: Response) -> ErrorBody {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_variant_has_its_status_and_a_json_body() {
+        let cases = vec![
+            (ApiError::BadRequest("b".into()), 400, "bad_request"),
+            (ApiError::Unauthorized("u".into()), 401, "unauthorized"),
+            (ApiError::NotFound("n".into()), 404, "not_found"),
+            (ApiError::MethodNotAllowed("m".into()), 405, "method_not_allowed"),
+            (ApiError::Conflict("c".into()), 409, "conflict"),
+            (ApiError::PayloadTooLarge("p".into()), 413, "payload_too_large"),
+            (ApiError::UnsupportedMediaType("t".into()), 415, "unsupported_media_type"),
+            (ApiError::Unprocessable("e".into()), 422, "unprocessable_entity"),
+            (
+                ApiError::TooManyRequests {
+                    message: "slow down".into(),
+                    retry_after: Some(Duration::from_millis(1500)),
+                },
+                429,
+                "rate_limited",
+            ),
+            (ApiError::NotImplemented("later".into()), 501, "not_implemented"),
+            (ApiError::unavailable("db down"), 503, "service_unavailable"),
+        ];
+        for (error, status, code) in cases {
+            let message = error.to_string();
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/json",
+                "status {status}"
+            );
+            if status == 429 {
+                assert_eq!(response.headers()["retry-after"], "2");
+            }
+            let body = body_of(response).await;
+            assert_eq!(body.error.code, code);
+            assert_eq!(body.error.message, message);
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_details() {
+        let response =
+            ApiError::Internal(anyhow::anyhow!("password=hunter2 at db.internal")).into_response();
+        assert_eq!(response.status(), 500);
+        let body = body_of(response).await;
+        assert_eq!(body.error.message, "internal error");
+        assert_eq!(body.error.kind, "server_error");
+    }
+}

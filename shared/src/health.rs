@@ -1,0 +1,271 @@
+//! Dependency checks behind the health endpoints (H1) and the scheduled deep check (H2).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::app::{AppContext, VERSION};
+use crate::observability::metrics::names;
+use crate::observability::redact::redact;
+use crate::store::{Database, Pool, StoreError};
+
+/// State of one dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyState {
+    Up,
+    Down,
+    /// Not configured (e.g. no `REDIS_URL`): neither up nor a failure.
+    Disabled,
+}
+
+/// Result of checking one dependency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DependencyCheck {
+    pub name: String,
+    pub status: DependencyState,
+    pub latency_ms: f64,
+    /// Which backend, e.g. `sqlite` or `postgres`; never a URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Overall status, worst dependency first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverallStatus {
+    Ok,
+    /// The database answers but an optional dependency (Redis) does not: service goes on (X4).
+    Degraded,
+    Down,
+}
+
+impl OverallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverallStatus::Ok => "ok",
+            OverallStatus::Degraded => "degraded",
+            OverallStatus::Down => "down",
+        }
+    }
+}
+
+async fn timed<F>(name: &str, backend: &str, timeout: Duration, check: F) -> DependencyCheck
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(timeout, check).await;
+    let latency = started.elapsed();
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        // Dependency errors can quote hosts or users; redact before they leave the process.
+        Ok(Err(err)) => Some(redact(&err.to_string()).into_owned()),
+        Err(_) => Some(format!("no answer within {} ms", timeout.as_millis())),
+    };
+    let status = if error.is_none() {
+        DependencyState::Up
+    } else {
+        DependencyState::Down
+    };
+    metrics::gauge!(names::DEPENDENCY_UP, "dependency" => name.to_string())
+        .set(if error.is_none() { 1.0 } else { 0.0 });
+    metrics::histogram!(names::DEPENDENCY_LATENCY_SECONDS, "dependency" => name.to_string())
+        .record(latency.as_secs_f64());
+    DependencyCheck {
+        name: name.to_string(),
+        status,
+        latency_ms: (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        backend: Some(backend.to_string()),
+        error,
+    }
+}
+
+/// Checks the database and, when configured, Redis, concurrently, each within the health timeout.
+pub async fn check_dependencies(ctx: &AppContext) -> Vec<DependencyCheck> {
+    let timeout = ctx.settings.health_timeout;
+    let backend = match ctx.database.kind() {
+        crate::config::DatabaseKind::Sqlite => "sqlite",
+        crate::config::DatabaseKind::Postgres => "postgres",
+    };
+    let database = timed("database", backend, timeout, ctx.database.ping());
+    let redis = async {
+        match &ctx.redis {
+            Some(redis) => timed("redis", "redis", timeout, redis.ping()).await,
+            None => DependencyCheck {
+                name: "redis".into(),
+                status: DependencyState::Disabled,
+                latency_ms: 0.0,
+                backend: None,
+                error: None,
+            },
+        }
+    };
+    let (database, redis) = tokio::join!(database, redis);
+    vec![database, redis]
+}
+
+/// `down` if the database is down, `degraded` if anything else configured is down.
+pub fn overall(checks: &[DependencyCheck]) -> OverallStatus {
+    let down = |name: &str| {
+        checks
+            .iter()
+            .any(|c| c.name == name && c.status == DependencyState::Down)
+    };
+    if down("database") {
+        OverallStatus::Down
+    } else if checks.iter().any(|c| c.status == DependencyState::Down) {
+        OverallStatus::Degraded
+    } else {
+        OverallStatus::Ok
+    }
+}
+
+/// Names of configured dependencies that failed: what `/health/ready` reports.
+pub fn failing(checks: &[DependencyCheck]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c.status == DependencyState::Down)
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// A recorded scheduled deep check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeepCheck {
+    pub checked_at: DateTime<Utc>,
+    pub status: OverallStatus,
+    pub version: String,
+    pub function: String,
+    pub dependencies: Vec<DependencyCheck>,
+    /// Tables present in the database, proving the schema is migrated.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// How long deep-check rows are kept.
+pub const DEEP_CHECK_RETENTION_DAYS: i64 = 7;
+
+/// The scheduled deep check (H2): every dependency, the schema, recorded as metrics,
+/// one log line, and a row in `health_checks` when the database is up.
+pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
+    let dependencies = check_dependencies(ctx).await;
+    let status = overall(&dependencies);
+    let tables = if status == OverallStatus::Down {
+        Vec::new()
+    } else {
+        ctx.database.table_names().await.unwrap_or_default()
+    };
+    let report = DeepCheck {
+        checked_at: Utc::now(),
+        status,
+        version: VERSION.to_string(),
+        function: ctx.settings.function.clone(),
+        dependencies,
+        tables,
+    };
+    metrics::counter!(names::DEEP_CHECKS_TOTAL, "status" => status.as_str()).increment(1);
+    metrics::gauge!(names::DEEP_CHECK_LAST_TIMESTAMP).set(report.checked_at.timestamp() as f64);
+    let failing = failing(&report.dependencies);
+    match status {
+        OverallStatus::Ok => tracing::info!(status = status.as_str(), ?failing, tables = report.tables.len(), "deep health check"),
+        _ => tracing::warn!(status = status.as_str(), ?failing, tables = report.tables.len(), "deep health check"),
+    }
+    if status != OverallStatus::Down {
+        if let Err(err) = record_deep_check(&ctx.database, &report).await {
+            tracing::warn!(error = %err, "could not record the deep health check");
+        }
+    }
+    report
+}
+
+/// Stores a deep check and prunes rows older than the retention.
+pub async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), StoreError> {
+    let body = serde_json::to_string(report).expect("report serialises");
+    let cutoff = report.checked_at - chrono::Duration::days(DEEP_CHECK_RETENTION_DAYS);
+    match db.pool().await? {
+        Pool::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO health_checks (checked_at, status, report) VALUES (?, ?, ?)")
+                .bind(report.checked_at.to_rfc3339())
+                .bind(report.status.as_str())
+                .bind(&body)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM health_checks WHERE checked_at < ?")
+                .bind(cutoff.to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Pool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO health_checks (checked_at, status, report) VALUES ($1, $2, $3::jsonb)")
+                .bind(report.checked_at)
+                .bind(report.status.as_str())
+                .bind(&body)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM health_checks WHERE checked_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The most recent recorded deep check, if any.
+pub async fn last_deep_check(db: &Database) -> Result<Option<DeepCheck>, StoreError> {
+    let body: Option<String> = match db.pool().await? {
+        Pool::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT report FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        }
+        Pool::Postgres(pool) => {
+            sqlx::query_scalar("SELECT report::text FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+}
+
+/// Number of recorded deep checks (for tests and the detailed view).
+pub async fn deep_check_count(db: &Database) -> Result<i64, StoreError> {
+    let count = match db.pool().await? {
+        Pool::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM health_checks").fetch_one(pool).await?,
+        Pool::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM health_checks").fetch_one(pool).await?,
+    };
+    Ok(count)
+}
+
+/// The JSON of `/health/detailed`.
+pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
+    let dependencies = check_dependencies(ctx).await;
+    let status = overall(&dependencies);
+    let last = if status == OverallStatus::Down {
+        None
+    } else {
+        last_deep_check(&ctx.database).await.ok().flatten()
+    };
+    serde_json::json!({
+        "status": status,
+        "function": ctx.settings.function,
+        "version": VERSION,
+        "started_at": ctx.started_at,
+        "uptime_seconds": ctx.uptime().as_secs(),
+        "cold_start": cold_start,
+        "dependencies": dependencies,
+        "last_deep_check": last.map(|d| serde_json::json!({
+            "checked_at": d.checked_at,
+            "status": d.status,
+        })),
+    })
+}

@@ -1,0 +1,250 @@
+//! HTTP plumbing shared by every function: request ids, logs and metrics per
+//! request, JSON errors for every failure (X5), security headers and CORS (X6),
+//! and a request-body limit.
+
+pub mod request_id;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, MethodRouter};
+use axum::Router;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tracing::Instrument;
+
+use crate::config::{MetricsExport, Settings};
+use crate::error::{error_response, ApiError};
+use crate::observability::metrics::{names, EmfRecord};
+use request_id::RequestId;
+
+/// True until the first request of this process has been handled.
+static COLD_START: AtomicBool = AtomicBool::new(true);
+
+/// Request extension: whether this request is the first one of its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdStart(pub bool);
+
+/// Wraps a function's routes with the shared layers. Call once per cold start.
+pub fn app(routes: Router, settings: &Settings) -> Router {
+    let observe = Arc::new(Observe {
+        function: settings.function.clone(),
+        emf_namespace: (settings.metrics_export == MetricsExport::Emf)
+            .then(|| settings.metrics_namespace.clone()),
+    });
+    let max_body = settings.max_body_bytes;
+
+    let routes = routes
+        .route_layer(from_fn(remember_matched_path))
+        .fallback(not_found);
+    // The shared layers wrap the whole router as one service (not each route), so they
+    // see responses exactly as the client will, including axum's `Allow` on 405.
+    Router::new().fallback_service(routes).layer(
+            ServiceBuilder::new()
+                .layer(from_fn(request_id::layer))
+                .layer(from_fn_with_state(observe, observe_request))
+                .layer(CatchPanicLayer::custom(|_| {
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+                }))
+                .layer(security_header("x-content-type-options", "nosniff"))
+                .layer(security_header("x-frame-options", "DENY"))
+                .layer(security_header("referrer-policy", "no-referrer"))
+                .layer(security_header(
+                    "strict-transport-security",
+                    "max-age=63072000; includeSubDomains",
+                ))
+                .layer(security_header(
+                    "content-security-policy",
+                    "default-src 'none'; frame-ancestors 'none'",
+                ))
+                .layer(security_header("cache-control", "no-store"))
+                .option_layer(cors(&settings.cors_origins))
+                .layer(from_fn_with_state(max_body, json_errors))
+                .layer(RequestBodyLimitLayer::new(max_body))
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
+}
+
+/// A route that answers 501 until its capability lands: never a fake success.
+pub fn not_implemented(capability: &'static str) -> MethodRouter {
+    any(move || async move {
+        ApiError::NotImplemented(format!("{capability} is not implemented yet"))
+    })
+}
+
+async fn not_found(method: Method, uri: http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+/// Copies the matched route template to the response, so the outer metrics layer can
+/// label by route (`/documents/{id}`) rather than by raw path.
+async fn remember_matched_path(request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
+    response
+}
+
+struct Observe {
+    function: String,
+    emf_namespace: Option<String>,
+}
+
+/// One structured log line and the request metrics for every request (X2, X3).
+async fn observe_request(State(observe): State<Arc<Observe>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let cold_start = COLD_START.swap(false, Ordering::Relaxed);
+    request.extensions_mut().insert(ColdStart(cold_start));
+    let method = request.method().clone();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let aws_request_id = request
+        .extensions()
+        .get::<lambda_runtime::Context>()
+        .map(|c| c.request_id.clone());
+    let span = tracing::info_span!("request", request_id = %request_id, function = %observe.function);
+
+    let response = next.run(request).instrument(span).await;
+
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let status_label = status.to_string();
+    let function = observe.function.clone();
+    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "function" => function.clone(), "route" => route.clone(), "status" => status_label)
+        .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "function" => function.clone(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    if status >= 500 {
+        metrics::counter!(names::HTTP_SERVER_ERRORS_TOTAL, "function" => function.clone(), "route" => route.clone())
+            .increment(1);
+    }
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    tracing::info!(
+        request_id = %request_id,
+        aws_request_id = aws_request_id.as_deref(),
+        function = %function,
+        method = %method,
+        route = %route,
+        status,
+        duration_ms,
+        cold_start,
+        "request completed"
+    );
+    if let Some(namespace) = &observe.emf_namespace {
+        EmfRecord::new(namespace)
+            .dimension_set(&["function"])
+            .dimension_set(&["function", "route"])
+            .dimension("function", &function)
+            .dimension("route", &route)
+            .property("status", status)
+            .property("request_id", request_id)
+            .property("cold_start", cold_start)
+            .metric(names::HTTP_REQUESTS_TOTAL, 1.0, "Count")
+            .metric(names::HTTP_REQUEST_DURATION_SECONDS, elapsed.as_secs_f64(), "Seconds")
+            .metric(names::HTTP_SERVER_ERRORS_TOTAL, if status >= 500 { 1.0 } else { 0.0 }, "Count")
+            .emit();
+    }
+    response
+}
+
+/// Turns every non-JSON error response (axum's 405, body-limit 413, extractor
+/// rejections...) into the shared JSON error, keeping headers such as `Allow`.
+async fn json_errors(State(max_body): State<usize>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed: Vec<&str> = parts
+                .headers
+                .get_all(header::ALLOW)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .collect();
+            let allowed = allowed.join(",");
+            format!("method {method} is not allowed on {path}; allowed: {allowed}")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body is larger than the limit of {max_body} bytes")
+        }
+        _ if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut converted = error_response(status, message);
+    for (name, value) in parts.headers.iter() {
+        let empty_allow = name == header::ALLOW && value.is_empty();
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH && !empty_allow {
+            converted.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    converted.into_response()
+}
+
+/// A security header, set unless the handler chose its own value.
+fn security_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+}
+
+/// CORS for the configured origins only; none configured means no CORS headers.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}

@@ -1,0 +1,61 @@
+//! `x-request-id`: taken from the caller when well-formed, generated otherwise,
+//! echoed on the response and available to errors and logs of the same request.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled on this task, if any.
+pub fn current() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The request id as a request extension, for handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// A caller's id is kept only if it is short and made of safe characters, so it
+/// cannot forge log lines or carry personal data of arbitrary length.
+fn accept(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    ok.then(|| s.to_string())
+}
+
+pub async fn layer(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(accept)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let header = HeaderValue::from_str(&id).expect("request id is visible ASCII");
+    request.headers_mut().insert(X_REQUEST_ID.clone(), header.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = REQUEST_ID.scope(id, next.run(request)).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), header);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_safe_ids() {
+        assert_eq!(accept(&HeaderValue::from_static("abc-123_x.y:z")).as_deref(), Some("abc-123_x.y:z"));
+        assert_eq!(accept(&HeaderValue::from_static("has space")), None);
+        assert_eq!(accept(&HeaderValue::from_static("a\"b")), None);
+        assert_eq!(accept(&HeaderValue::from_str(&"x".repeat(129)).unwrap()), None);
+    }
+}

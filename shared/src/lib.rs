@@ -1,0 +1,17 @@
+//! The library every function shares: configuration, HTTP plumbing, auth, stores,
+//! health checks and observability. Functions are thin adapters over it.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod observability;
+pub mod runtime;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use app::{AppContext, StartError, VERSION};
+pub use error::ApiError;

@@ -1,0 +1,160 @@
+//! Structured JSON logs through `tracing` (X2), redacted line by line.
+
+use std::io::{self, Write};
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use super::redact::redact;
+
+/// Wraps any log destination so each formatted line is redacted before it is written.
+#[derive(Clone)]
+pub struct RedactingMakeWriter<M> {
+    inner: M,
+}
+
+impl<M> RedactingMakeWriter<M> {
+    pub fn new(inner: M) -> Self {
+        Self { inner }
+    }
+}
+
+/// Buffers one event's output and writes it, redacted, when the formatter is done with it.
+pub struct RedactingWriter<W: Write> {
+    buffer: Vec<u8>,
+    inner: W,
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&self.buffer);
+        let clean = redact(&text);
+        self.inner.write_all(clean.as_bytes())?;
+        self.buffer.clear();
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl<'a, M> MakeWriter<'a> for RedactingMakeWriter<M>
+where
+    M: MakeWriter<'a>,
+{
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            buffer: Vec::with_capacity(512),
+            inner: self.inner.make_writer(),
+        }
+    }
+}
+
+/// The JSON formatting layer used in production, exposed so tests check the real output.
+pub fn json_layer<S, M>(writer: M) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .with_writer(RedactingMakeWriter::new(writer))
+}
+
+/// Installs the global subscriber: JSON to stdout, filtered by `LOG_LEVEL`. Idempotent.
+pub fn init(log_level: &str) {
+    let filter = EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = Registry::default()
+        .with(json_layer(io::stdout).with_filter(filter))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn real_log_output_is_json_and_redacted() {
+        let capture = Capture::default();
+        let subscriber = Registry::default().with(json_layer(capture.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", request_id = "req-1", function = "chat");
+            let _guard = span.enter();
+            tracing::info!(
+                user_email = "jane.doe@example.com",
+                authorization = "Bearer abcdef0123456789",
+                card = "4111 1111 1111 1111",
+                status = 200u16,
+                "user jane.doe@example.com called +1 415-555-0100 with api_key=sk-live-0123456789abcdef"
+            );
+            tracing::warn!(database = "postgres://app:hunter2@db:5432/app", "db unreachable");
+        });
+        let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        for secret in [
+            "jane.doe",
+            "abcdef0123456789",
+            "4111",
+            "555-0100",
+            "sk-live",
+            "0123456789abcdef",
+            "hunter2",
+        ] {
+            assert!(!output.contains(secret), "{secret} leaked into: {output}");
+        }
+        let lines: Vec<serde_json::Value> = output
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["status"], 200);
+        assert_eq!(lines[0]["user_email"], "[REDACTED_EMAIL]");
+        assert_eq!(lines[0]["card"], "[REDACTED_CARD]");
+        assert_eq!(lines[0]["span"]["request_id"], "req-1");
+        assert!(lines[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED_PHONE]"));
+        assert_eq!(lines[1]["database"], "postgres://app:[REDACTED]@db:5432/app");
+    }
+}

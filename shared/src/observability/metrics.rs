@@ -1,0 +1,183 @@
+//! Metrics through the `metrics` facade (X3): Prometheus text for `/health/metrics`,
+//! plus CloudWatch Embedded Metric Format lines on AWS.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Map, Value};
+
+/// Metric names, in one place so dashboards, alarms and code agree.
+pub mod names {
+    pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+    pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+    pub const HTTP_SERVER_ERRORS_TOTAL: &str = "http_server_errors_total";
+    pub const COLD_STARTS_TOTAL: &str = "cold_starts_total";
+    pub const BUILD_INFO: &str = "build_info";
+    pub const DEPENDENCY_UP: &str = "health_dependency_up";
+    pub const DEPENDENCY_LATENCY_SECONDS: &str = "health_dependency_latency_seconds";
+    pub const DEEP_CHECKS_TOTAL: &str = "health_deep_checks_total";
+    pub const DEEP_CHECK_LAST_TIMESTAMP: &str = "health_deep_check_last_timestamp_seconds";
+}
+
+/// Latency buckets (seconds) from 1 ms to 30 s, covering cache hits up to slow LLM calls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that renders it.
+///
+/// If another recorder is already installed (a host application's), metrics still
+/// render, just empty, rather than failing start-up.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /health/metrics shows only ours");
+        }
+        describe_all();
+        handle
+    })
+}
+
+fn describe_all() {
+    use names::*;
+    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "HTTP requests handled, by function, route and status.");
+    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency, by function and route.");
+    describe_counter!(HTTP_SERVER_ERRORS_TOTAL, Unit::Count, "HTTP responses with a 5xx status, by function and route.");
+    describe_counter!(COLD_STARTS_TOTAL, Unit::Count, "Cold starts of this function instance.");
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the function and version.");
+    describe_gauge!(DEPENDENCY_UP, "1 when the dependency answered the last check, 0 otherwise.");
+    describe_histogram!(DEPENDENCY_LATENCY_SECONDS, Unit::Seconds, "Latency of dependency checks.");
+    describe_counter!(DEEP_CHECKS_TOTAL, Unit::Count, "Scheduled deep health checks, by outcome.");
+    describe_gauge!(DEEP_CHECK_LAST_TIMESTAMP, Unit::Seconds, "Unix time of the last scheduled deep check.");
+}
+
+/// The Prometheus text exposition of every metric recorded in this process.
+pub fn render() -> String {
+    install().render()
+}
+
+/// One CloudWatch EMF record: a JSON log line that CloudWatch turns into metrics
+/// without any API call from the function.
+#[derive(Debug, Clone)]
+pub struct EmfRecord {
+    namespace: String,
+    dimension_sets: Vec<Vec<String>>,
+    fields: Map<String, Value>,
+    metrics: Vec<Value>,
+}
+
+impl EmfRecord {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            dimension_sets: Vec::new(),
+            fields: Map::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// A set of dimension names to aggregate by; each name must be set with [`Self::dimension`].
+    pub fn dimension_set(mut self, names: &[&str]) -> Self {
+        self.dimension_sets
+            .push(names.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn dimension(mut self, name: &str, value: &str) -> Self {
+        self.fields.insert(name.into(), Value::String(value.into()));
+        self
+    }
+
+    /// A searchable property that is not a dimension (e.g. the request id).
+    pub fn property(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.fields.insert(name.into(), value.into());
+        self
+    }
+
+    /// `unit` is a CloudWatch unit name: `Count`, `Seconds`, `Milliseconds`, `None`...
+    pub fn metric(mut self, name: &str, value: f64, unit: &str) -> Self {
+        self.metrics.push(json!({"Name": name, "Unit": unit}));
+        self.fields.insert(name.into(), json!(value));
+        self
+    }
+
+    pub fn to_json(&self) -> Value {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut root = self.fields.clone();
+        root.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": self.dimension_sets,
+                    "Metrics": self.metrics,
+                }]
+            }),
+        );
+        Value::Object(root)
+    }
+
+    /// Writes the record as one line on stdout, where the Lambda log agent picks it up.
+    pub fn emit(&self) {
+        let line = self.to_json().to_string();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_parses_as_prometheus_exposition() {
+        install();
+        metrics::counter!(names::HTTP_REQUESTS_TOTAL, "function" => "unit", "route" => "/x", "status" => "200").increment(3);
+        metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "function" => "unit", "route" => "/x").record(0.012);
+        let text = render();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+        let requests = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == names::HTTP_REQUESTS_TOTAL && s.labels.get("function") == Some("unit"))
+            .expect("request counter present");
+        assert!(matches!(requests.value, prometheus_parse::Value::Counter(v) if v == 3.0));
+        assert!(text.contains("# TYPE http_request_duration_seconds histogram"));
+        assert!(text.contains("# HELP http_requests_total"));
+    }
+
+    #[test]
+    fn emf_record_has_the_cloudwatch_envelope() {
+        let record = EmfRecord::new("ChatKb")
+            .dimension_set(&["function"])
+            .dimension_set(&["function", "route"])
+            .dimension("function", "health")
+            .dimension("route", "/health")
+            .property("request_id", "r-1")
+            .metric("http_requests_total", 1.0, "Count")
+            .metric("http_request_duration_seconds", 0.25, "Seconds")
+            .to_json();
+        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Namespace"], "ChatKb");
+        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1][1], "route");
+        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Unit"], "Seconds");
+        assert!(record["_aws"]["Timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+        assert_eq!(record["function"], "health");
+        assert_eq!(record["http_request_duration_seconds"], 0.25);
+        assert_eq!(record["request_id"], "r-1");
+    }
+}

@@ -1,0 +1,5 @@
+//! Logs and metrics (X2, X3).
+
+pub mod logging;
+pub mod metrics;
+pub mod redact;

@@ -1,0 +1,141 @@
+//! Redaction of secrets and personal data (X2, X6).
+//!
+//! Applied to every formatted log line, so it covers messages and fields alike,
+//! including text that came from a dependency's error message.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
+
+struct Rule {
+    pattern: Regex,
+    replace: fn(&Captures) -> String,
+}
+
+fn rule(pattern: &str, replace: fn(&Captures) -> String) -> Rule {
+    Rule {
+        pattern: Regex::new(pattern).expect("redaction pattern compiles"),
+        replace,
+    }
+}
+
+/// Luhn check, so long numbers that are not card numbers (ids, counters) are left alone.
+fn luhn_valid(digits: &str) -> bool {
+    let mut sum = 0;
+    let mut double = false;
+    for c in digits.chars().rev().filter(char::is_ascii_digit) {
+        let mut d = c.to_digit(10).unwrap_or(0);
+        if double {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        double = !double;
+    }
+    sum % 10 == 0
+}
+
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    vec![
+        // user:password@ in any URL.
+        rule(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\x22]*:)[^@\s\x22/]+@", |c| {
+            format!("{}[REDACTED]@", &c[1])
+        }),
+        // Authorization: Bearer <token> (and Basic credentials)
+        rule(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}", |c| {
+            format!("{} [REDACTED]", &c[1])
+        }),
+        // Provider-style keys (OpenAI sk-..., AWS access key ids).
+        rule(r"\bsk-[A-Za-z0-9_-]{8,}|\bAKIA[0-9A-Z]{16}\b", |_| {
+            "[REDACTED_KEY]".to_string()
+        }),
+        // key=value / "key":"value" for names that carry secrets, in plain or JSON-escaped text.
+        rule(
+            r#"(?i)\b((?:x-)?api[_-]?key|password|passwd|secret|client[_-]?secret|access[_-]?token|refresh[_-]?token|token)(\\?"?\s*[:=]\s*\\?"?)([^\s"\\,&;}]+)"#,
+            |c| format!("{}{}[REDACTED]", &c[1], &c[2]),
+        ),
+        rule(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", |_| {
+            "[REDACTED_EMAIL]".to_string()
+        }),
+        // Chinese resident ID numbers (18 characters, last may be X).
+        rule(r"\b\d{17}[\dXx]\b", |_| "[REDACTED_ID]".to_string()),
+        // Card numbers: 13-19 digits, optionally grouped, passing Luhn.
+        rule(r"\b(?:\d[ -]?){12,18}\d\b", |c| {
+            if luhn_valid(&c[0]) {
+                "[REDACTED_CARD]".to_string()
+            } else {
+                c[0].to_string()
+            }
+        }),
+        // Phone numbers: international (+CC ...), North American (555) 123-4567, Chinese mobiles.
+        rule(
+            r"\+\d{1,3}[\s-]?\(?\d{1,4}\)?(?:[\s-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b|\b1[3-9]\d{9}\b",
+            |_| "[REDACTED_PHONE]".to_string(),
+        ),
+    ]
+});
+
+/// Returns the text with secrets and personal data replaced by markers.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut current = Cow::Borrowed(text);
+    for rule in RULES.iter() {
+        if rule.pattern.is_match(&current) {
+            let replaced = rule
+                .pattern
+                .replace_all(&current, |c: &Captures| (rule.replace)(c))
+                .into_owned();
+            current = Cow::Owned(replaced);
+        }
+    }
+    current
+}
+
+/// Hides only the password of a URL (for showing configured endpoints).
+pub fn redact_url_credentials(url: &str) -> String {
+    RULES[0]
+        .pattern
+        .replace_all(url, |c: &Captures| (RULES[0].replace)(c))
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_each_kind() {
+        let cases = [
+            ("postgres://app:hunter2@db:5432/x", "postgres://app:[REDACTED]@db:5432/x", "hunter2"),
+            ("Authorization: Bearer abcDEF123456", "Authorization: Bearer [REDACTED]", "abcDEF123456"),
+            ("using key sk-proj-ABCDEFGH12345678", "using key [REDACTED_KEY]", "sk-proj"),
+            ("api_key=topsecretvalue&x=1", "api_key=[REDACTED]&x=1", "topsecretvalue"),
+            (r#"{"password":"pa55word"}"#, r#"{"password":"[REDACTED]"}"#, "pa55word"),
+            ("mail jane.doe@example.com now", "mail [REDACTED_EMAIL] now", "jane.doe"),
+            ("card 4111 1111 1111 1111 ok", "card [REDACTED_CARD] ok", "4111"),
+            ("card 4111-1111-1111-1111", "card [REDACTED_CARD]", "4111"),
+            ("call +1 415-555-0100 today", "call [REDACTED_PHONE] today", "555-0100"),
+            ("call (415) 555-0100", "call [REDACTED_PHONE]", "555-0100"),
+            ("手机 13812345678 联系", "手机 [REDACTED_PHONE] 联系", "13812345678"),
+            ("身份证 11010519491231002X", "身份证 [REDACTED_ID]", "11010519491231002X"),
+        ];
+        for (input, expected, secret) in cases {
+            let out = redact(input);
+            assert_eq!(out, expected, "input: {input}");
+            assert!(!out.contains(secret));
+        }
+    }
+
+    #[test]
+    fn leaves_ordinary_log_content_alone() {
+        let line = r#"{"timestamp":"2026-11-23T07:30:03.123456Z","level":"INFO","request_id":"550e8400-e29b-41d4-a716-446655440000","status":200,"duration_ms":12.5,"prompt_tokens":1234,"addr":"127.0.0.1:9000","id":1234567890123}"#;
+        assert_eq!(redact(line), line);
+    }
+
+    #[test]
+    fn keeps_numbers_that_fail_luhn() {
+        assert_eq!(redact("order 1234567890123"), "order 1234567890123");
+    }
+}

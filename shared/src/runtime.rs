@@ -1,0 +1,114 @@
+//! Runs a function's router under the Lambda runtime, or as a plain HTTP server
+//! when no Lambda runtime is present (containers, Kubernetes, benchmarks).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use lambda_http::request::LambdaRequest;
+use lambda_runtime::{service_fn, LambdaEvent};
+use serde_json::Value;
+use tower::{Service, ServiceExt};
+
+/// Boxed error type of the Lambda runtime.
+pub type BoxError = lambda_runtime::Error;
+
+/// Handles a non-HTTP event (an EventBridge schedule) and returns its JSON result.
+pub type EventHandler =
+    Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>> + Send + Sync>;
+
+/// True when the process was started by a Lambda runtime (or `cargo lambda watch`).
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// An EventBridge (CloudWatch Events) scheduled event.
+pub fn is_scheduled_event(event: &Value) -> bool {
+    event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        || event.get("source").and_then(Value::as_str) == Some("aws.events")
+}
+
+/// Serves `router` until shutdown. `on_schedule` handles scheduled events under Lambda.
+pub async fn serve(router: Router, port: u16, on_schedule: Option<EventHandler>) -> Result<(), BoxError> {
+    if in_lambda() {
+        serve_lambda(router, on_schedule).await
+    } else {
+        serve_http(router, port).await
+    }
+}
+
+async fn serve_http(router: Router, port: u16) -> Result<(), BoxError> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "listening (standalone HTTP mode)");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn serve_lambda(router: Router, on_schedule: Option<EventHandler>) -> Result<(), BoxError> {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let router = router.clone();
+        let on_schedule = on_schedule.clone();
+        async move { dispatch(router, on_schedule, event).await }
+    }))
+    .await
+}
+
+/// Routes one Lambda event: schedules to their handler, HTTP events through the router.
+pub async fn dispatch(
+    router: Router,
+    on_schedule: Option<EventHandler>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, BoxError> {
+    let LambdaEvent { payload, context } = event;
+    if is_scheduled_event(&payload) {
+        return match on_schedule {
+            Some(handler) => handler(payload).await,
+            None => Err("this function does not handle scheduled events".into()),
+        };
+    }
+    let request: LambdaRequest = serde_json::from_value(payload)
+        .map_err(|e| format!("unsupported event: not an HTTP or scheduled event ({e})"))?;
+    let mut adapter = lambda_http::Adapter::from(router);
+    let adapter = adapter.ready().await?;
+    let response = adapter.call(LambdaEvent::new(request, context)).await?;
+    Ok(serde_json::to_value(response)?)
+}
+
+/// The whole `main` of a function: cold-start initialisation, then serving.
+///
+/// A configuration error stops the function with one log line naming every bad
+/// variable (X1); an unreachable dependency does not (X4).
+pub async fn start(
+    function: &str,
+    routes: fn(Arc<crate::AppContext>) -> Router,
+    on_schedule: Option<fn(Arc<crate::AppContext>) -> EventHandler>,
+) -> Result<(), BoxError> {
+    let ctx = crate::AppContext::init(function).await?;
+    let router = routes(ctx.clone());
+    let on_schedule = on_schedule.map(|make| make(ctx.clone()));
+    serve(router, ctx.settings.port, on_schedule).await
+}

@@ -1,0 +1,173 @@
+//! One database handle over SQLite (embedded) and PostgreSQL (local and AWS).
+//!
+//! Connections are lazy: a database that is down at cold start does not stop the
+//! function from starting. Migrations for the handle's dialect are embedded in the
+//! binary and applied on first use, retried until they succeed.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::OnceCell;
+
+use super::StoreError;
+use crate::config::{DatabaseKind, Settings};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The pool of the configured dialect; stores match on it for dialect-specific SQL.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    migrated: OnceCell<()>,
+    sqlite_dir: Option<std::path::PathBuf>,
+}
+
+/// Cheap to clone; all clones share one pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+impl Database {
+    /// Builds the pool without connecting.
+    pub fn connect_lazy(settings: &Settings) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(
+            settings.database_url.expose(),
+            settings.database_url.kind(),
+            settings.database_max_connections,
+            settings.database_timeout,
+        )
+    }
+
+    pub fn connect_lazy_with(
+        url: &str,
+        kind: DatabaseKind,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let (pool, sqlite_dir) = match kind {
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let dir = options
+                    .get_filename()
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| p.to_path_buf());
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy_with(options);
+                (Pool::Sqlite(pool), dir)
+            }
+            DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(url)?.application_name("chatkb");
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy_with(options);
+                (Pool::Postgres(pool), None)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                migrated: OnceCell::new(),
+                sqlite_dir,
+            }),
+        })
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        match self.inner.pool {
+            Pool::Sqlite(_) => DatabaseKind::Sqlite,
+            Pool::Postgres(_) => DatabaseKind::Postgres,
+        }
+    }
+
+    /// The pool, after making sure the schema is migrated.
+    pub async fn pool(&self) -> Result<&Pool, StoreError> {
+        self.ensure_ready().await?;
+        Ok(&self.inner.pool)
+    }
+
+    /// Applies pending migrations once per process; a failure is retried on the next call.
+    pub async fn ensure_ready(&self) -> Result<(), StoreError> {
+        self.inner
+            .migrated
+            .get_or_try_init(|| async {
+                match &self.inner.pool {
+                    Pool::Sqlite(pool) => {
+                        if let Some(dir) = &self.inner.sqlite_dir {
+                            tokio::fs::create_dir_all(dir).await?;
+                        }
+                        SQLITE_MIGRATIONS.run(pool).await?;
+                    }
+                    Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+                }
+                tracing::info!(database = ?self.kind(), "database migrations applied");
+                Ok::<(), StoreError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Round trip to the database (after migrations): the readiness check.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self.pool().await? {
+            Pool::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the tables the migrations created, for checks and backups.
+    pub async fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        let names = match self.pool().await? {
+            Pool::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
+                )
+                .fetch_all(pool)
+                .await?
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables \
+                     WHERE table_schema = current_schema() AND table_name NOT LIKE '_sqlx%' \
+                     ORDER BY table_name",
+                )
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(names)
+    }
+
+    pub async fn close(&self) {
+        match &self.inner.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Connections to managed services, built once per cold start and shared.
+
+pub mod database;
+pub mod redis;
+
+pub use database::{Database, Pool};
+pub use redis::RedisHandle;
+
+/// A dependency failed; the message is safe to log (no credentials).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("{0} did not answer within {1} ms")]
+    Timeout(&'static str, u128),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
