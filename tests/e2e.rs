@@ -1,1 +1,224 @@
+//! End-to-end: the function binaries as processes, called over HTTP.
 
+use std::time::Duration;
+
+use integration_tests::Function;
+use serde_json::Value;
+use shared::testing::TestDatabase;
+
+async fn get(url: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let res = reqwest::get(url).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+fn json_lines(function: &Function) -> Vec<Value> {
+    function
+        .output()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn all_functions_serve_json_over_http_on_the_embedded_default() {
+    let db = TestDatabase::sqlite();
+    let vars = [("DATABASE_URL", db.url.as_str())];
+    let health = Function::start("health", &vars).await;
+    let chat = Function::start("chat", &vars).await;
+    let ingest = Function::start("ingest", &vars).await;
+    let backup = Function::start("backup", &vars).await;
+
+    let (status, body, headers) = get(&health.url("/health/ready")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+
+    let (status, body, _) = get(&health.url("/health")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    for (function, path) in [
+        (&chat, "/v1/chat/completions"),
+        (&chat, "/v1/models"),
+        (&ingest, "/documents"),
+        (&ingest, "/search?q=x"),
+        (&backup, "/backups"),
+    ] {
+        let (status, body, _) = get(&function.url(path)).await;
+        assert_eq!(status, 501, "{} {path}", function.name);
+        assert_eq!(body["error"]["code"], "not_implemented");
+    }
+
+    let client = reqwest::Client::new();
+    let res = client
+        .delete(health.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert!(res.headers()["allow"].to_str().unwrap().contains("GET"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    let (status, body, _) = get(&chat.url("/v2/unknown")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+
+    // Metrics parse as Prometheus text and count the requests above.
+    let text = reqwest::get(health.url("/health/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let ready = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "http_requests_total"
+                && s.labels.get("route") == Some("/health/ready")
+                && s.labels.get("status") == Some("200")
+        })
+        .expect("ready requests counted");
+    assert!(matches!(ready.value, prometheus_parse::Value::Counter(v) if v >= 1.0));
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric.starts_with("http_request_duration_seconds")));
+
+    // Every request leaves one structured log line with the required fields.
+    let line = health
+        .wait_for_line(|l| {
+            l.contains("\"route\":\"/health/ready\"") && l.contains("request completed")
+        })
+        .await;
+    let log: Value = serde_json::from_str(&line).unwrap();
+    for field in [
+        "request_id",
+        "function",
+        "route",
+        "status",
+        "duration_ms",
+        "cold_start",
+        "timestamp",
+        "level",
+    ] {
+        assert!(log.get(field).is_some(), "{field} missing from {line}");
+    }
+    assert_eq!(log["function"], "health");
+    assert_eq!(log["status"], 200);
+    assert!(json_lines(&health).iter().any(|l| l["cold_start"] == true));
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_the_database_when_postgres_is_unreachable() {
+    let health = Function::start(
+        "health",
+        &[
+            ("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/x"),
+            ("DATABASE_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    let (status, body, _) = get(&health.url("/health/ready")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["failing"], serde_json::json!(["database"]));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("database"));
+    // The function still serves everything that does not need the database.
+    let (status, _, _) = get(&health.url("/health/live")).await;
+    assert_eq!(status, 200);
+    let (status, body, _) = get(&health.url("/health/detailed")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("down")));
+    let output = health.output().join("\n");
+    assert!(!output.contains("hunter2"), "password in logs: {output}");
+    assert!(!body.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_redis_when_configured_but_down() {
+    let db = TestDatabase::sqlite();
+    let health = Function::start(
+        "health",
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDIS_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    let (status, body, _) = get(&health.url("/health/ready")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failing"], serde_json::json!(["redis"]));
+}
+
+#[tokio::test]
+async fn real_postgres_and_redis_backends_are_ready() {
+    let db = TestDatabase::postgres().await;
+    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let health = Function::start(
+        "health",
+        &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],
+    )
+    .await;
+    let (status, body, _) = get(&health.url("/health/ready")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dependencies"][0]["backend"], "postgres");
+    assert_eq!(body["dependencies"][1]["name"], "redis");
+    assert_eq!(body["dependencies"][1]["status"], "up");
+}
+
+#[tokio::test]
+async fn configuration_errors_stop_start_up_with_one_error_naming_every_variable() {
+    let mut health = Function::spawn(
+        "health",
+        &[
+            ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+            ("LOG_LEVEL", "loud[["),
+            ("CORS_ORIGINS", "not-an-origin"),
+            ("API_KEYS", "plaintext-key"),
+        ],
+    );
+    let status = health.wait_exit(Duration::from_secs(10)).await;
+    assert!(!status.success());
+    let output = health.output();
+    let error = output
+        .iter()
+        .find(|l| l.contains("invalid configuration"))
+        .unwrap_or_else(|| panic!("no configuration error in: {output:?}"));
+    for variable in ["DATABASE_URL", "LOG_LEVEL", "CORS_ORIGINS", "API_KEYS"] {
+        assert!(error.contains(variable), "{variable} not named in {error}");
+    }
+    assert!(error.contains("4 problems"), "{error}");
+    let all = output.join("\n");
+    assert!(
+        !all.contains("hunter2") && !all.contains("plaintext-key"),
+        "secret echoed: {all}"
+    );
+}
+
+#[tokio::test]
+async fn emf_metric_lines_are_written_when_enabled() {
+    let db = TestDatabase::sqlite();
+    let health = Function::start(
+        "health",
+        &[("DATABASE_URL", &db.url), ("METRICS_EXPORT", "emf")],
+    )
+    .await;
+    let (status, _, _) = get(&health.url("/health")).await;
+    assert_eq!(status, 200);
+    let line = health.wait_for_line(|l| l.contains("\"_aws\"")).await;
+    let emf: Value = serde_json::from_str(&line).unwrap();
+    let directive = &emf["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "ChatKb");
+    assert_eq!(emf["function"], "health");
+    assert_eq!(emf["route"], "/health");
+    assert_eq!(emf["http_requests_total"], 1.0);
+    assert!(emf["http_request_duration_seconds"].as_f64().unwrap() > 0.0);
+}

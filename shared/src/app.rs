@@ -23,7 +23,7 @@ pub struct AppContext {
 }
 
 /// Why a function could not start: only configuration can stop it (X1, X4).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -31,10 +31,19 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
+/// `main` prints errors with `Debug`: show the same one-line message as the log.
+impl std::fmt::Debug for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 impl AppContext {
     /// Builds clients without touching the network, so a dependency that is down
     /// cannot stop the function from starting.
     pub fn new(settings: Settings) -> Result<Arc<Self>, StoreError> {
+        // Metrics recorded before the recorder exists are lost, so install it first.
+        obs_metrics::install();
         let database = Database::connect_lazy(&settings)?;
         let redis = match &settings.redis_url {
             Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
@@ -61,16 +70,19 @@ impl AppContext {
             }
         };
         logging::init(&settings.log_level);
-        obs_metrics::install();
+        let ctx = Self::new(settings)?;
         metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
         metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
-
-        let ctx = Self::new(settings)?;
         let budget = ctx.settings.database_timeout + Duration::from_millis(500);
         match tokio::time::timeout(budget, ctx.database.ensure_ready()).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use"),
-            Err(_) => tracing::warn!(function, "database did not answer at start-up; will retry on use"),
+            Ok(Err(err)) => {
+                tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use")
+            }
+            Err(_) => tracing::warn!(
+                function,
+                "database did not answer at start-up; will retry on use"
+            ),
         }
         tracing::info!(
             function,

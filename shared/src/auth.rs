@@ -195,8 +195,11 @@ mod tests {
     #[test]
     fn rejects_malformed_entries_without_echoing_them() {
         let upper = hash_key("x").to_uppercase();
-        let err = ApiKeys::parse(&format!("plainsecret,a:{upper},:abc,b:1234,c:{}", hash_key("y")))
-            .unwrap_err();
+        let err = ApiKeys::parse(&format!(
+            "plainsecret,a:{upper},:abc,b:1234,c:{}",
+            hash_key("y")
+        ))
+        .unwrap_err();
         assert!(err.contains("entry 1 is not name:sha256hex"), "{err}");
         assert!(err.contains("entry 2 (a)"), "{err}");
         assert!(err.contains("entry 3 has an invalid name"), "{err}");

@@ -241,14 +241,14 @@ impl Settings {
 
         let port = r.int("PORT", 8080u16, 1, u16::MAX);
 
-        let database_url = match DatabaseUrl::parse(r.get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL))
-        {
-            Ok(url) => Some(url),
-            Err(problem) => {
-                r.fail("DATABASE_URL", problem);
-                None
-            }
-        };
+        let database_url =
+            match DatabaseUrl::parse(r.get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL)) {
+                Ok(url) => Some(url),
+                Err(problem) => {
+                    r.fail("DATABASE_URL", problem);
+                    None
+                }
+            };
         let database_max_connections = r.int("DATABASE_MAX_CONNECTIONS", 5u32, 1, 1000);
         let database_timeout = r.millis("DATABASE_TIMEOUT_MS", 2000, 50, 60_000);
 
@@ -424,7 +424,10 @@ mod tests {
             &vars(&[
                 ("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:5432/test"),
                 ("REDIS_URL", "redis://:r3dis@127.0.0.1:6379/0"),
-                ("CORS_ORIGINS", "https://a.example.com, http://localhost:3000"),
+                (
+                    "CORS_ORIGINS",
+                    "https://a.example.com, http://localhost:3000",
+                ),
                 ("METRICS_EXPORT", "emf"),
             ]),
         )

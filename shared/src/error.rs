@@ -177,11 +177,27 @@ mod tests {
             (ApiError::BadRequest("b".into()), 400, "bad_request"),
             (ApiError::Unauthorized("u".into()), 401, "unauthorized"),
             (ApiError::NotFound("n".into()), 404, "not_found"),
-            (ApiError::MethodNotAllowed("m".into()), 405, "method_not_allowed"),
+            (
+                ApiError::MethodNotAllowed("m".into()),
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::Conflict("c".into()), 409, "conflict"),
-            (ApiError::PayloadTooLarge("p".into()), 413, "payload_too_large"),
-            (ApiError::UnsupportedMediaType("t".into()), 415, "unsupported_media_type"),
-            (ApiError::Unprocessable("e".into()), 422, "unprocessable_entity"),
+            (
+                ApiError::PayloadTooLarge("p".into()),
+                413,
+                "payload_too_large",
+            ),
+            (
+                ApiError::UnsupportedMediaType("t".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                ApiError::Unprocessable("e".into()),
+                422,
+                "unprocessable_entity",
+            ),
             (
                 ApiError::TooManyRequests {
                     message: "slow down".into(),
@@ -190,7 +206,11 @@ mod tests {
                 429,
                 "rate_limited",
             ),
-            (ApiError::NotImplemented("later".into()), 501, "not_implemented"),
+            (
+                ApiError::NotImplemented("later".into()),
+                501,
+                "not_implemented",
+            ),
             (ApiError::unavailable("db down"), 503, "service_unavailable"),
         ];
         for (error, status, code) in cases {

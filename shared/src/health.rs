@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::{AppContext, VERSION};
-use crate::observability::metrics::names;
+use crate::config::MetricsExport;
+use crate::observability::metrics::{names, EmfRecord};
 use crate::observability::redact::redact;
 use crate::store::{Database, Pool, StoreError};
 
@@ -172,8 +173,21 @@ pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
     metrics::gauge!(names::DEEP_CHECK_LAST_TIMESTAMP).set(report.checked_at.timestamp() as f64);
     let failing = failing(&report.dependencies);
     match status {
-        OverallStatus::Ok => tracing::info!(status = status.as_str(), ?failing, tables = report.tables.len(), "deep health check"),
-        _ => tracing::warn!(status = status.as_str(), ?failing, tables = report.tables.len(), "deep health check"),
+        OverallStatus::Ok => tracing::info!(
+            status = status.as_str(),
+            ?failing,
+            tables = report.tables.len(),
+            "deep health check"
+        ),
+        _ => tracing::warn!(
+            status = status.as_str(),
+            ?failing,
+            tables = report.tables.len(),
+            "deep health check"
+        ),
+    }
+    if ctx.settings.metrics_export == MetricsExport::Emf {
+        emit_deep_check_emf(&ctx.settings.metrics_namespace, &report);
     }
     if status != OverallStatus::Down {
         if let Err(err) = record_deep_check(&ctx.database, &report).await {
@@ -181,6 +195,40 @@ pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
         }
     }
     report
+}
+
+/// On AWS the deep check's metrics go to CloudWatch as EMF, one record per configured
+/// dependency, so alarms can watch `health_dependency_up` by dependency.
+pub fn deep_check_emf_records(namespace: &str, report: &DeepCheck) -> Vec<EmfRecord> {
+    report
+        .dependencies
+        .iter()
+        .filter(|d| d.status != DependencyState::Disabled)
+        .map(|dependency| {
+            let up = if dependency.status == DependencyState::Up {
+                1.0
+            } else {
+                0.0
+            };
+            EmfRecord::new(namespace)
+                .dimension_set(&["dependency"])
+                .dimension("dependency", &dependency.name)
+                .property("function", report.function.as_str())
+                .property("status", report.status.as_str())
+                .metric(names::DEPENDENCY_UP, up, "None")
+                .metric(
+                    names::DEPENDENCY_LATENCY_SECONDS,
+                    dependency.latency_ms / 1000.0,
+                    "Seconds",
+                )
+        })
+        .collect()
+}
+
+fn emit_deep_check_emf(namespace: &str, report: &DeepCheck) {
+    for record in deep_check_emf_records(namespace, report) {
+        record.emit();
+    }
 }
 
 /// Stores a deep check and prunes rows older than the retention.
@@ -204,12 +252,14 @@ pub async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), 
         }
         Pool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO health_checks (checked_at, status, report) VALUES ($1, $2, $3::jsonb)")
-                .bind(report.checked_at)
-                .bind(report.status.as_str())
-                .bind(&body)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO health_checks (checked_at, status, report) VALUES ($1, $2, $3::jsonb)",
+            )
+            .bind(report.checked_at)
+            .bind(report.status.as_str())
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM health_checks WHERE checked_at < $1")
                 .bind(cutoff)
                 .execute(&mut *tx)
@@ -222,26 +272,37 @@ pub async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), 
 
 /// The most recent recorded deep check, if any.
 pub async fn last_deep_check(db: &Database) -> Result<Option<DeepCheck>, StoreError> {
-    let body: Option<String> = match db.pool().await? {
-        Pool::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT report FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1")
+    let body: Option<String> =
+        match db.pool().await? {
+            Pool::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT report FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1",
+                )
                 .fetch_optional(pool)
                 .await?
-        }
-        Pool::Postgres(pool) => {
-            sqlx::query_scalar("SELECT report::text FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1")
-                .fetch_optional(pool)
-                .await?
-        }
-    };
+            }
+            Pool::Postgres(pool) => sqlx::query_scalar(
+                "SELECT report::text FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?,
+        };
     Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
 }
 
 /// Number of recorded deep checks (for tests and the detailed view).
 pub async fn deep_check_count(db: &Database) -> Result<i64, StoreError> {
     let count = match db.pool().await? {
-        Pool::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM health_checks").fetch_one(pool).await?,
-        Pool::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM health_checks").fetch_one(pool).await?,
+        Pool::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM health_checks")
+                .fetch_one(pool)
+                .await?
+        }
+        Pool::Postgres(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM health_checks")
+                .fetch_one(pool)
+                .await?
+        }
     };
     Ok(count)
 }
@@ -268,4 +329,70 @@ pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
             "status": d.status,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, status: DependencyState) -> DependencyCheck {
+        DependencyCheck {
+            name: name.into(),
+            status,
+            latency_ms: 2.5,
+            backend: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn overall_status_follows_the_worst_dependency() {
+        use DependencyState::*;
+        assert_eq!(
+            overall(&[check("database", Up), check("redis", Disabled)]),
+            OverallStatus::Ok
+        );
+        assert_eq!(
+            overall(&[check("database", Up), check("redis", Down)]),
+            OverallStatus::Degraded
+        );
+        assert_eq!(
+            overall(&[check("database", Down), check("redis", Up)]),
+            OverallStatus::Down
+        );
+        assert_eq!(
+            failing(&[check("database", Down), check("redis", Down)]),
+            vec!["database", "redis"]
+        );
+    }
+
+    #[test]
+    fn deep_check_emf_has_one_record_per_configured_dependency() {
+        let report = DeepCheck {
+            checked_at: Utc::now(),
+            status: OverallStatus::Degraded,
+            version: VERSION.into(),
+            function: "health".into(),
+            dependencies: vec![
+                check("database", DependencyState::Up),
+                check("redis", DependencyState::Down),
+                check("queue", DependencyState::Disabled),
+            ],
+            tables: vec![],
+        };
+        let records: Vec<Value> = deep_check_emf_records("ChatKb", &report)
+            .iter()
+            .map(EmfRecord::to_json)
+            .collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0]["dependency"], "database");
+        assert_eq!(records[0][names::DEPENDENCY_UP], 1.0);
+        assert_eq!(records[1]["dependency"], "redis");
+        assert_eq!(records[1][names::DEPENDENCY_UP], 0.0);
+        assert_eq!(records[1][names::DEPENDENCY_LATENCY_SECONDS], 0.0025);
+        assert_eq!(
+            records[1]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "dependency"
+        );
+    }
 }

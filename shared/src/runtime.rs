@@ -16,8 +16,9 @@ use tower::{Service, ServiceExt};
 pub type BoxError = lambda_runtime::Error;
 
 /// Handles a non-HTTP event (an EventBridge schedule) and returns its JSON result.
-pub type EventHandler =
-    Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>> + Send + Sync>;
+pub type EventHandler = Arc<
+    dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>> + Send + Sync,
+>;
 
 /// True when the process was started by a Lambda runtime (or `cargo lambda watch`).
 pub fn in_lambda() -> bool {
@@ -31,7 +32,11 @@ pub fn is_scheduled_event(event: &Value) -> bool {
 }
 
 /// Serves `router` until shutdown. `on_schedule` handles scheduled events under Lambda.
-pub async fn serve(router: Router, port: u16, on_schedule: Option<EventHandler>) -> Result<(), BoxError> {
+pub async fn serve(
+    router: Router,
+    port: u16,
+    on_schedule: Option<EventHandler>,
+) -> Result<(), BoxError> {
     if in_lambda() {
         serve_lambda(router, on_schedule).await
     } else {
@@ -55,7 +60,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -69,6 +75,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve_lambda(router: Router, on_schedule: Option<EventHandler>) -> Result<(), BoxError> {
+    // One invocation at a time per instance, as classic Lambda delivers them.
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let router = router.clone();
         let on_schedule = on_schedule.clone();

@@ -41,7 +41,9 @@ impl TestDatabase {
         let name = format!("chatkb_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL for tests is not reachable at TEST_DATABASE_URL ({e})"));
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL for tests is not reachable at TEST_DATABASE_URL ({e})")
+            });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
@@ -65,7 +67,8 @@ impl TestDatabase {
     }
 
     pub fn database(&self) -> Database {
-        Database::connect_lazy_with(&self.url, self.kind, 5, Duration::from_secs(5)).expect("valid test URL")
+        Database::connect_lazy_with(&self.url, self.kind, 5, Duration::from_secs(5))
+            .expect("valid test URL")
     }
 }
 
@@ -77,7 +80,10 @@ impl Drop for TestDatabase {
         let admin = test_database_url();
         // Drop runs outside async code, so use a short-lived runtime on its own thread.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -88,5 +94,81 @@ impl Drop for TestDatabase {
             })
         })
         .join();
+    }
+}
+
+/// Settings from explicit variables (tests never mutate the process environment).
+pub fn settings(function: &str, pairs: &[(&str, &str)]) -> crate::config::Settings {
+    let vars: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    crate::config::Settings::from_vars(function, &vars).expect("test settings are valid")
+}
+
+/// A function context over explicit variables; clients are lazy, nothing is contacted.
+pub fn context(function: &str, pairs: &[(&str, &str)]) -> std::sync::Arc<crate::AppContext> {
+    crate::AppContext::new(settings(function, pairs)).expect("clients build")
+}
+
+/// Path of a sample event in the workspace's `events/` folder.
+pub fn event_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name)
+}
+
+/// A sample event as raw JSON (for non-HTTP triggers and the Lambda dispatcher).
+pub fn load_event_json(name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(event_path(name)).unwrap_or_else(|e| panic!("events/{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("events/{name} is not JSON: {e}"))
+}
+
+/// A sample HTTP event, deserialised the way Lambda hands it to the function.
+pub fn load_event(name: &str) -> lambda_http::Request {
+    let text =
+        std::fs::read_to_string(event_path(name)).unwrap_or_else(|e| panic!("events/{name}: {e}"));
+    lambda_http::request::from_str(&text)
+        .unwrap_or_else(|e| panic!("events/{name} is not an HTTP event: {e}"))
+}
+
+/// A handled response, with the body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+/// Sends one request through a function's router.
+pub async fn call<B>(router: &axum::Router, request: http::Request<B>) -> TestResponse
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("routers are infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    TestResponse {
+        status,
+        headers,
+        text,
+        json,
     }
 }

@@ -14,15 +14,24 @@ use shared::config::Settings;
 use tower::ServiceExt;
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {
-    let vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let vars: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Settings::from_vars("test", &vars).unwrap()
 }
 
 fn app(pairs: &[(&str, &str)]) -> Router {
     let settings = settings(pairs);
     let protected = Router::new()
-        .route("/private", get(|ApiKeyName(name): ApiKeyName| async move { name.to_string() }))
-        .layer(from_fn_with_state(settings.api_keys.clone(), require_api_key));
+        .route(
+            "/private",
+            get(|ApiKeyName(name): ApiKeyName| async move { name.to_string() }),
+        )
+        .layer(from_fn_with_state(
+            settings.api_keys.clone(),
+            require_api_key,
+        ));
     let routes = Router::new()
         .route("/echo", post(|body: Bytes| async move { body }))
         .route("/json", post(|Json(v): Json<Value>| async move { Json(v) }))
@@ -37,7 +46,8 @@ async fn call(app: &Router, request: Request<Body>) -> (StatusCode, http::Header
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, body)
 }
 
@@ -45,12 +55,21 @@ fn get_req(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
 
-fn assert_json_error(status: StatusCode, headers: &http::HeaderMap, body: &Value, expected: u16, code: &str) {
+fn assert_json_error(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &Value,
+    expected: u16,
+    code: &str,
+) {
     assert_eq!(status.as_u16(), expected, "body: {body}");
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(body["error"]["code"], code, "body: {body}");
     assert!(!body["error"]["message"].as_str().unwrap().is_empty());
-    assert_eq!(body["error"]["request_id"], headers["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        body["error"]["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -64,26 +83,46 @@ async fn unknown_route_is_json_404() {
 #[tokio::test]
 async fn wrong_method_is_json_405_with_allow() {
     let app = app(&[]);
-    let (status, headers, body) = call(&app, Request::delete("/ok").body(Body::empty()).unwrap()).await;
+    let (status, headers, body) =
+        call(&app, Request::delete("/ok").body(Body::empty()).unwrap()).await;
     assert_json_error(status, &headers, &body, 405, "method_not_allowed");
-    let allow = headers.get_all("allow").iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>().join(",");
+    let allow = headers
+        .get_all("allow")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     assert!(allow.contains("GET"), "allow: {allow:?}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("GET"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("GET"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn oversized_body_is_json_413_and_never_reaches_the_handler() {
     let app = app(&[("MAX_BODY_BYTES", "1024")]);
     let big = vec![b'x'; 2048];
-    let request = Request::post("/echo").header("content-length", "2048").body(Body::from(big.clone())).unwrap();
+    let request = Request::post("/echo")
+        .header("content-length", "2048")
+        .body(Body::from(big.clone()))
+        .unwrap();
     let (status, headers, body) = call(&app, request).await;
     assert_json_error(status, &headers, &body, 413, "payload_too_large");
-    assert!(body["error"]["message"].as_str().unwrap().contains("1024 bytes"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1024 bytes"));
     // Without a content-length header the limit still applies while the body is read.
-    let (status, headers, body) = call(&app, Request::post("/echo").body(Body::from(big)).unwrap()).await;
+    let (status, headers, body) =
+        call(&app, Request::post("/echo").body(Body::from(big)).unwrap()).await;
     assert_json_error(status, &headers, &body, 413, "payload_too_large");
     // Within the limit, the handler runs.
-    let (status, _, body) = call(&app, Request::post("/echo").body(Body::from("hello")).unwrap()).await;
+    let (status, _, body) = call(
+        &app,
+        Request::post("/echo").body(Body::from("hello")).unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body, "hello");
 }
@@ -94,7 +133,10 @@ async fn json_extractor_rejections_are_json_errors() {
     let no_type = Request::post("/json").body(Body::from("{}")).unwrap();
     let (status, headers, body) = call(&app, no_type).await;
     assert_json_error(status, &headers, &body, 415, "unsupported_media_type");
-    let broken = Request::post("/json").header("content-type", "application/json").body(Body::from("{oops")).unwrap();
+    let broken = Request::post("/json")
+        .header("content-type", "application/json")
+        .body(Body::from("{oops"))
+        .unwrap();
     let (status, headers, body) = call(&app, broken).await;
     assert_json_error(status, &headers, &body, 400, "bad_request");
 }
@@ -114,13 +156,23 @@ async fn a_panic_is_a_json_500_and_the_service_keeps_serving() {
 #[tokio::test]
 async fn request_id_is_echoed_or_generated() {
     let app = app(&[]);
-    let request = Request::get("/ok").header("x-request-id", "client-abc.123").body(Body::empty()).unwrap();
+    let request = Request::get("/ok")
+        .header("x-request-id", "client-abc.123")
+        .body(Body::empty())
+        .unwrap();
     let (_, headers, _) = call(&app, request).await;
     assert_eq!(headers["x-request-id"], "client-abc.123");
-    let forged = Request::get("/ok").header("x-request-id", "evil\"}{").body(Body::empty()).unwrap();
+    let forged = Request::get("/ok")
+        .header("x-request-id", "evil\"}{")
+        .body(Body::empty())
+        .unwrap();
     let (_, headers, _) = call(&app, forged).await;
     let generated = headers["x-request-id"].to_str().unwrap();
-    assert_eq!(generated.len(), 36, "a UUID replaces an unsafe id: {generated}");
+    assert_eq!(
+        generated.len(),
+        36,
+        "a UUID replaces an unsafe id: {generated}"
+    );
     let (_, again, _) = call(&app, get_req("/ok")).await;
     assert_ne!(again["x-request-id"], headers["x-request-id"]);
 }
@@ -133,8 +185,14 @@ async fn security_headers_are_on_every_response() {
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert_eq!(headers["x-frame-options"], "DENY");
         assert_eq!(headers["referrer-policy"], "no-referrer");
-        assert!(headers["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
-        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        assert!(headers["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age="));
+        assert!(headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
         assert_eq!(headers["cache-control"], "no-store");
     }
 }
@@ -142,24 +200,46 @@ async fn security_headers_are_on_every_response() {
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
     let app = app(&[("CORS_ORIGINS", "https://app.example.com")]);
-    let allowed = Request::get("/ok").header("origin", "https://app.example.com").body(Body::empty()).unwrap();
+    let allowed = Request::get("/ok")
+        .header("origin", "https://app.example.com")
+        .body(Body::empty())
+        .unwrap();
     let (_, headers, _) = call(&app, allowed).await;
-    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
-    let other = Request::get("/ok").header("origin", "https://evil.example.com").body(Body::empty()).unwrap();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = Request::get("/ok")
+        .header("origin", "https://evil.example.com")
+        .body(Body::empty())
+        .unwrap();
     let (_, headers, _) = call(&app, other).await;
     assert!(!headers.contains_key("access-control-allow-origin"));
     let preflight = Request::options("/echo")
         .header("origin", "https://app.example.com")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .body(Body::empty())
         .unwrap();
     let (status, headers, _) = call(&app, preflight).await;
     assert!(status.is_success());
-    assert!(headers["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
     // No origins configured: no CORS headers at all.
     let closed = app_without_cors().await;
-    let (_, headers, _) = call(&closed, Request::get("/ok").header("origin", "https://app.example.com").body(Body::empty()).unwrap()).await;
+    let (_, headers, _) = call(
+        &closed,
+        Request::get("/ok")
+            .header("origin", "https://app.example.com")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert!(!headers.contains_key("access-control-allow-origin"));
 }
 
@@ -169,24 +249,37 @@ async fn app_without_cors() -> Router {
 
 #[tokio::test]
 async fn api_keys_guard_protected_routes() {
-    let keys = format!("alice:{},bob:{}", hash_key("alice-key"), hash_key("bob-key"));
+    let keys = format!(
+        "alice:{},bob:{}",
+        hash_key("alice-key"),
+        hash_key("bob-key")
+    );
     let app = app(&[("API_KEYS", &keys)]);
 
     let (status, headers, body) = call(&app, get_req("/private")).await;
     assert_json_error(status, &headers, &body, 401, "unauthorized");
     assert_eq!(headers["www-authenticate"], "Bearer");
 
-    let wrong = Request::get("/private").header("authorization", "Bearer nope").body(Body::empty()).unwrap();
+    let wrong = Request::get("/private")
+        .header("authorization", "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
     let (status, headers, body) = call(&app, wrong).await;
     assert_json_error(status, &headers, &body, 401, "unauthorized");
     assert_eq!(body["error"]["message"], "invalid API key");
 
-    let bearer = Request::get("/private").header("authorization", "Bearer alice-key").body(Body::empty()).unwrap();
+    let bearer = Request::get("/private")
+        .header("authorization", "Bearer alice-key")
+        .body(Body::empty())
+        .unwrap();
     let (status, _, body) = call(&app, bearer).await;
     assert_eq!(status, 200);
     assert_eq!(body, "alice");
 
-    let header = Request::get("/private").header("x-api-key", "bob-key").body(Body::empty()).unwrap();
+    let header = Request::get("/private")
+        .header("x-api-key", "bob-key")
+        .body(Body::empty())
+        .unwrap();
     let (status, _, body) = call(&app, header).await;
     assert_eq!(status, 200);
     assert_eq!(body, "bob");
@@ -199,9 +292,15 @@ async fn api_keys_guard_protected_routes() {
 #[tokio::test]
 async fn without_configured_keys_protected_routes_refuse_everyone() {
     let app = app(&[]);
-    let request = Request::get("/private").header("authorization", "Bearer anything").body(Body::empty()).unwrap();
+    let request = Request::get("/private")
+        .header("authorization", "Bearer anything")
+        .body(Body::empty())
+        .unwrap();
     let (status, headers, body) = call(&app, request).await;
     assert_json_error(status, &headers, &body, 401, "unauthorized");
-    assert!(body["error"]["message"].as_str().unwrap().contains("API_KEYS"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("API_KEYS"));
     let _ = ApiKeys::default();
 }

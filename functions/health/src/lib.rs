@@ -73,13 +73,19 @@ async fn ready(State(ctx): Ctx) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn detailed(State(ctx): Ctx, Extension(ColdStart(cold)): Extension<ColdStart>) -> Json<serde_json::Value> {
+async fn detailed(
+    State(ctx): Ctx,
+    Extension(ColdStart(cold)): Extension<ColdStart>,
+) -> Json<serde_json::Value> {
     Json(health::detailed(&ctx, cold).await)
 }
 
 async fn metrics() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared::observability::metrics::render(),
     )
         .into_response()

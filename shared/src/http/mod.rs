@@ -50,36 +50,36 @@ pub fn app(routes: Router, settings: &Settings) -> Router {
     // The shared layers wrap the whole router as one service (not each route), so they
     // see responses exactly as the client will, including axum's `Allow` on 405.
     Router::new().fallback_service(routes).layer(
-            ServiceBuilder::new()
-                .layer(from_fn(request_id::layer))
-                .layer(from_fn_with_state(observe, observe_request))
-                .layer(CatchPanicLayer::custom(|_| {
-                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
-                }))
-                .layer(security_header("x-content-type-options", "nosniff"))
-                .layer(security_header("x-frame-options", "DENY"))
-                .layer(security_header("referrer-policy", "no-referrer"))
-                .layer(security_header(
-                    "strict-transport-security",
-                    "max-age=63072000; includeSubDomains",
-                ))
-                .layer(security_header(
-                    "content-security-policy",
-                    "default-src 'none'; frame-ancestors 'none'",
-                ))
-                .layer(security_header("cache-control", "no-store"))
-                .option_layer(cors(&settings.cors_origins))
-                .layer(from_fn_with_state(max_body, json_errors))
-                .layer(RequestBodyLimitLayer::new(max_body))
-                .layer(DefaultBodyLimit::max(max_body)),
-        )
+        ServiceBuilder::new()
+            .layer(from_fn(request_id::layer))
+            .layer(from_fn_with_state(observe, observe_request))
+            .layer(CatchPanicLayer::custom(|_| {
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }))
+            .layer(security_header("x-content-type-options", "nosniff"))
+            .layer(security_header("x-frame-options", "DENY"))
+            .layer(security_header("referrer-policy", "no-referrer"))
+            .layer(security_header(
+                "strict-transport-security",
+                "max-age=63072000; includeSubDomains",
+            ))
+            .layer(security_header(
+                "content-security-policy",
+                "default-src 'none'; frame-ancestors 'none'",
+            ))
+            .layer(security_header("cache-control", "no-store"))
+            .option_layer(cors(&settings.cors_origins))
+            .layer(from_fn_with_state(max_body, json_errors))
+            .layer(RequestBodyLimitLayer::new(max_body))
+            .layer(DefaultBodyLimit::max(max_body)),
+    )
 }
 
 /// A route that answers 501 until its capability lands: never a fake success.
 pub fn not_implemented(capability: &'static str) -> MethodRouter {
-    any(move || async move {
-        ApiError::NotImplemented(format!("{capability} is not implemented yet"))
-    })
+    any(
+        move || async move { ApiError::NotImplemented(format!("{capability} is not implemented yet")) },
+    )
 }
 
 async fn not_found(method: Method, uri: http::Uri) -> ApiError {
@@ -103,7 +103,11 @@ struct Observe {
 }
 
 /// One structured log line and the request metrics for every request (X2, X3).
-async fn observe_request(State(observe): State<Arc<Observe>>, mut request: Request, next: Next) -> Response {
+async fn observe_request(
+    State(observe): State<Arc<Observe>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let cold_start = COLD_START.swap(false, Ordering::Relaxed);
     request.extensions_mut().insert(ColdStart(cold_start));
@@ -117,7 +121,8 @@ async fn observe_request(State(observe): State<Arc<Observe>>, mut request: Reque
         .extensions()
         .get::<lambda_runtime::Context>()
         .map(|c| c.request_id.clone());
-    let span = tracing::info_span!("request", request_id = %request_id, function = %observe.function);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, function = %observe.function);
 
     let response = next.run(request).instrument(span).await;
 
@@ -160,8 +165,16 @@ async fn observe_request(State(observe): State<Arc<Observe>>, mut request: Reque
             .property("request_id", request_id)
             .property("cold_start", cold_start)
             .metric(names::HTTP_REQUESTS_TOTAL, 1.0, "Count")
-            .metric(names::HTTP_REQUEST_DURATION_SECONDS, elapsed.as_secs_f64(), "Seconds")
-            .metric(names::HTTP_SERVER_ERRORS_TOTAL, if status >= 500 { 1.0 } else { 0.0 }, "Count")
+            .metric(
+                names::HTTP_REQUEST_DURATION_SECONDS,
+                elapsed.as_secs_f64(),
+                "Seconds",
+            )
+            .metric(
+                names::HTTP_SERVER_ERRORS_TOTAL,
+                if status >= 500 { 1.0 } else { 0.0 },
+                "Count",
+            )
             .emit();
     }
     response
@@ -184,7 +197,9 @@ async fn json_errors(State(max_body): State<usize>, request: Request, next: Next
     }
     let (parts, body) = response.into_parts();
     let text = match http_body_util::Limited::new(body, 4096).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_string(),
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_string(),
         Err(_) => String::new(),
     };
     let message = match status {
@@ -217,7 +232,10 @@ async fn json_errors(State(max_body): State<usize>, request: Request, next: Next
 
 /// A security header, set unless the handler chose its own value.
 fn security_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
-    SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+    SetResponseHeaderLayer::if_not_present(
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
 }
 
 /// CORS for the configured origins only; none configured means no CORS headers.
@@ -233,7 +251,13 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
@@ -241,10 +265,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("idempotency-key"),
             ])
-            .expose_headers([
-                HeaderName::from_static("x-request-id"),
-                header::RETRY_AFTER,
-            ])
+            .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
             .max_age(std::time::Duration::from_secs(600)),
     )
 }

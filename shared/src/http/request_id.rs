@@ -27,8 +27,7 @@ fn accept(value: &HeaderValue) -> Option<String> {
     let s = value.to_str().ok()?;
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
     ok.then(|| s.to_string())
 }
@@ -40,7 +39,9 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .and_then(accept)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = HeaderValue::from_str(&id).expect("request id is visible ASCII");
-    request.headers_mut().insert(X_REQUEST_ID.clone(), header.clone());
+    request
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), header.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = REQUEST_ID.scope(id, next.run(request)).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), header);
@@ -53,9 +54,15 @@ mod tests {
 
     #[test]
     fn accepts_only_safe_ids() {
-        assert_eq!(accept(&HeaderValue::from_static("abc-123_x.y:z")).as_deref(), Some("abc-123_x.y:z"));
+        assert_eq!(
+            accept(&HeaderValue::from_static("abc-123_x.y:z")).as_deref(),
+            Some("abc-123_x.y:z")
+        );
         assert_eq!(accept(&HeaderValue::from_static("has space")), None);
         assert_eq!(accept(&HeaderValue::from_static("a\"b")), None);
-        assert_eq!(accept(&HeaderValue::from_str(&"x".repeat(129)).unwrap()), None);
+        assert_eq!(
+            accept(&HeaderValue::from_str(&"x".repeat(129)).unwrap()),
+            None
+        );
     }
 }

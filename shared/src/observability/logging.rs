@@ -127,7 +127,10 @@ mod tests {
                 status = 200u16,
                 "user jane.doe@example.com called +1 415-555-0100 with api_key=sk-live-0123456789abcdef"
             );
-            tracing::warn!(database = "postgres://app:hunter2@db:5432/app", "db unreachable");
+            tracing::warn!(
+                database = "postgres://app:hunter2@db:5432/app",
+                "db unreachable"
+            );
         });
         let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         for secret in [
@@ -155,6 +158,9 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("[REDACTED_PHONE]"));
-        assert_eq!(lines[1]["database"], "postgres://app:[REDACTED]@db:5432/app");
+        assert_eq!(
+            lines[1]["database"],
+            "postgres://app:[REDACTED]@db:5432/app"
+        );
     }
 }

@@ -41,7 +41,9 @@ pub fn install() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /health/metrics shows only ours");
+            tracing::warn!(
+                "a metrics recorder was already installed; /health/metrics shows only ours"
+            );
         }
         describe_all();
         handle
@@ -50,15 +52,49 @@ pub fn install() -> &'static PrometheusHandle {
 
 fn describe_all() {
     use names::*;
-    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "HTTP requests handled, by function, route and status.");
-    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency, by function and route.");
-    describe_counter!(HTTP_SERVER_ERRORS_TOTAL, Unit::Count, "HTTP responses with a 5xx status, by function and route.");
-    describe_counter!(COLD_STARTS_TOTAL, Unit::Count, "Cold starts of this function instance.");
-    describe_gauge!(BUILD_INFO, "Always 1; labels carry the function and version.");
-    describe_gauge!(DEPENDENCY_UP, "1 when the dependency answered the last check, 0 otherwise.");
-    describe_histogram!(DEPENDENCY_LATENCY_SECONDS, Unit::Seconds, "Latency of dependency checks.");
-    describe_counter!(DEEP_CHECKS_TOTAL, Unit::Count, "Scheduled deep health checks, by outcome.");
-    describe_gauge!(DEEP_CHECK_LAST_TIMESTAMP, Unit::Seconds, "Unix time of the last scheduled deep check.");
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP requests handled, by function, route and status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency, by function and route."
+    );
+    describe_counter!(
+        HTTP_SERVER_ERRORS_TOTAL,
+        Unit::Count,
+        "HTTP responses with a 5xx status, by function and route."
+    );
+    describe_counter!(
+        COLD_STARTS_TOTAL,
+        Unit::Count,
+        "Cold starts of this function instance."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels carry the function and version."
+    );
+    describe_gauge!(
+        DEPENDENCY_UP,
+        "1 when the dependency answered the last check, 0 otherwise."
+    );
+    describe_histogram!(
+        DEPENDENCY_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Latency of dependency checks."
+    );
+    describe_counter!(
+        DEEP_CHECKS_TOTAL,
+        Unit::Count,
+        "Scheduled deep health checks, by outcome."
+    );
+    describe_gauge!(
+        DEEP_CHECK_LAST_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time of the last scheduled deep check."
+    );
 }
 
 /// The Prometheus text exposition of every metric recorded in this process.
@@ -154,7 +190,9 @@ mod tests {
         let requests = scrape
             .samples
             .iter()
-            .find(|s| s.metric == names::HTTP_REQUESTS_TOTAL && s.labels.get("function") == Some("unit"))
+            .find(|s| {
+                s.metric == names::HTTP_REQUESTS_TOTAL && s.labels.get("function") == Some("unit")
+            })
             .expect("request counter present");
         assert!(matches!(requests.value, prometheus_parse::Value::Counter(v) if v == 3.0));
         assert!(text.contains("# TYPE http_request_duration_seconds histogram"));
@@ -172,9 +210,18 @@ mod tests {
             .metric("http_requests_total", 1.0, "Count")
             .metric("http_request_duration_seconds", 0.25, "Seconds")
             .to_json();
-        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Namespace"], "ChatKb");
-        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1][1], "route");
-        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Unit"], "Seconds");
+        assert_eq!(
+            record["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "ChatKb"
+        );
+        assert_eq!(
+            record["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1][1],
+            "route"
+        );
+        assert_eq!(
+            record["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Unit"],
+            "Seconds"
+        );
         assert!(record["_aws"]["Timestamp"].as_u64().unwrap() > 1_700_000_000_000);
         assert_eq!(record["function"], "health");
         assert_eq!(record["http_request_duration_seconds"], 0.25);

@@ -41,9 +41,10 @@ fn luhn_valid(digits: &str) -> bool {
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     vec![
         // user:password@ in any URL.
-        rule(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\x22]*:)[^@\s\x22/]+@", |c| {
-            format!("{}[REDACTED]@", &c[1])
-        }),
+        rule(
+            r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\x22]*:)[^@\s\x22/]+@",
+            |c| format!("{}[REDACTED]@", &c[1]),
+        ),
         // Authorization: Bearer <token> (and Basic credentials)
         rule(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}", |c| {
             format!("{} [REDACTED]", &c[1])
@@ -108,18 +109,58 @@ mod tests {
     #[test]
     fn redacts_each_kind() {
         let cases = [
-            ("postgres://app:hunter2@db:5432/x", "postgres://app:[REDACTED]@db:5432/x", "hunter2"),
-            ("Authorization: Bearer abcDEF123456", "Authorization: Bearer [REDACTED]", "abcDEF123456"),
-            ("using key sk-proj-ABCDEFGH12345678", "using key [REDACTED_KEY]", "sk-proj"),
-            ("api_key=topsecretvalue&x=1", "api_key=[REDACTED]&x=1", "topsecretvalue"),
-            (r#"{"password":"pa55word"}"#, r#"{"password":"[REDACTED]"}"#, "pa55word"),
-            ("mail jane.doe@example.com now", "mail [REDACTED_EMAIL] now", "jane.doe"),
-            ("card 4111 1111 1111 1111 ok", "card [REDACTED_CARD] ok", "4111"),
+            (
+                "postgres://app:hunter2@db:5432/x",
+                "postgres://app:[REDACTED]@db:5432/x",
+                "hunter2",
+            ),
+            (
+                "Authorization: Bearer abcDEF123456",
+                "Authorization: Bearer [REDACTED]",
+                "abcDEF123456",
+            ),
+            (
+                "using key sk-proj-ABCDEFGH12345678",
+                "using key [REDACTED_KEY]",
+                "sk-proj",
+            ),
+            (
+                "api_key=topsecretvalue&x=1",
+                "api_key=[REDACTED]&x=1",
+                "topsecretvalue",
+            ),
+            (
+                r#"{"password":"pa55word"}"#,
+                r#"{"password":"[REDACTED]"}"#,
+                "pa55word",
+            ),
+            (
+                "mail jane.doe@example.com now",
+                "mail [REDACTED_EMAIL] now",
+                "jane.doe",
+            ),
+            (
+                "card 4111 1111 1111 1111 ok",
+                "card [REDACTED_CARD] ok",
+                "4111",
+            ),
             ("card 4111-1111-1111-1111", "card [REDACTED_CARD]", "4111"),
-            ("call +1 415-555-0100 today", "call [REDACTED_PHONE] today", "555-0100"),
+            (
+                "call +1 415-555-0100 today",
+                "call [REDACTED_PHONE] today",
+                "555-0100",
+            ),
             ("call (415) 555-0100", "call [REDACTED_PHONE]", "555-0100"),
-            ("手机 13812345678 联系", "手机 [REDACTED_PHONE] 联系", "13812345678"),
-            ("身份证 11010519491231002X", "身份证 [REDACTED_ID]", "11010519491231002X"),
+            (
+                "手机 13812345678 联系",
+                "手机 [REDACTED_PHONE] 联系",
+                "13812345678",
+            ),
+            (
+                "身份证 11010519491231002X",
+                "身份证 [REDACTED_ID]",
+                "11010519491231002X",
+            ),
         ];
         for (input, expected, secret) in cases {
             let out = redact(input);

@@ -1,0 +1,59 @@
+# One entry point per task (O4). Every target works on a fresh machine with the Rust
+# toolchain and pip; services the tests need are described in the README.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379
+export TEST_DATABASE_URL TEST_REDIS_URL
+
+.PHONY: help run run-services test test-rust smoke bench load-test lint fmt build deploy services
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+run: ## Run every function on the embedded default (SQLite, in-process cache) at http://127.0.0.1:9000
+	scripts/run-local.sh local/embedded.env
+
+run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
+	scripts/run-local.sh local/services.env
+
+test: ## Format check, clippy, every test (PostgreSQL and Redis must be running), Lambda-mode smoke test
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(MAKE) test-rust
+	$(MAKE) smoke
+
+test-rust: ## cargo tests only (unit, handler, store and end-to-end)
+	cargo build --workspace --bins
+	cargo test --workspace
+
+smoke: ## The functions under cargo lambda watch, called on one base URL
+	cargo build --workspace --bins
+	scripts/smoke-lambda.sh
+
+bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/benchmarks.md)
+	cargo bench -p shared --bench foundation
+	scripts/load-test.sh
+
+load-test: ## HTTP load test of the health function in release mode (needs wrk)
+	scripts/load-test.sh
+
+lint: ## fmt, clippy and cfn-lint of the SAM template
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
+	cfn-lint infra/template.yaml
+
+fmt: ## Format the code
+	cargo fmt --all
+
+build: ## Release build of every function for AWS Lambda on arm64 (Graviton), zipped
+	scripts/ensure-cargo-lambda.sh
+	cargo lambda build --release --arm64 --lambda-dir target/lambda
+
+deploy: build ## Deploy with AWS SAM (needs AWS credentials and the sam CLI)
+	sam deploy --template-file infra/template.yaml --guided
+
+services: ## Start PostgreSQL, Redis and the AWS emulator without Docker
+	local/start-services.sh

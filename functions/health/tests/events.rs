@@ -1,0 +1,184 @@
+//! The health function's handlers, driven by the sample events in `events/`.
+
+use lambda_runtime::{Context, LambdaEvent};
+use shared::testing::{call, context, load_event, load_event_json, TestDatabase};
+
+#[tokio::test]
+async fn every_health_route_answers_its_sample_event() {
+    let db = TestDatabase::sqlite();
+    let router = health::router(context("health", &[("DATABASE_URL", &db.url)]));
+
+    let res = call(&router, load_event("health-get.json")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json["status"], "ok");
+    assert_eq!(res.json["function"], "health");
+
+    let res = call(&router, load_event("health-live.json")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json["status"], "alive");
+
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["status"], "ready");
+    assert_eq!(
+        res.headers["x-request-id"], "evt-ready-0001",
+        "the caller's request id is echoed"
+    );
+    assert_eq!(res.json["dependencies"][0]["name"], "database");
+    assert_eq!(res.json["dependencies"][0]["status"], "up");
+
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json["status"], "ok");
+    assert_eq!(res.json["version"], shared::VERSION);
+    assert!(res.json["uptime_seconds"].is_u64());
+    assert!(res.json["cold_start"].is_boolean());
+    let deps = res.json["dependencies"].as_array().unwrap();
+    assert_eq!(deps.len(), 2);
+    assert!(deps[0]["latency_ms"].is_number());
+    assert_eq!(deps[1]["status"], "disabled");
+
+    let res = call(&router, load_event("health-metrics.json")).await;
+    assert_eq!(res.status, 200);
+    assert!(res.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    assert!(res.text.contains(
+        "http_requests_total{function=\"health\",route=\"/health/ready\",status=\"200\"}"
+    ));
+    let scrape = prometheus_parse::Scrape::parse(res.text.lines().map(|l| Ok(l.to_string())));
+    assert!(scrape.is_ok(), "metrics must parse as Prometheus text");
+}
+
+#[tokio::test]
+async fn wrong_method_and_unknown_route_are_json_errors() {
+    let router = health::router(context(
+        "health",
+        &[("DATABASE_URL", &TestDatabase::sqlite().url)],
+    ));
+    let res = call(&router, load_event("health-wrong-method.json")).await;
+    assert_eq!(res.status, 405);
+    assert_eq!(res.json["error"]["code"], "method_not_allowed");
+    assert!(res.headers["allow"].to_str().unwrap().contains("GET"));
+    let res = call(&router, load_event("health-unknown-route.json")).await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.json["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_postgres_when_it_is_unreachable() {
+    let router = health::router(context(
+        "health",
+        &[
+            ("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/x"),
+            ("DATABASE_TIMEOUT_MS", "300"),
+        ],
+    ));
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(res.json["status"], "not_ready");
+    assert_eq!(res.json["failing"], serde_json::json!(["database"]));
+    assert_eq!(res.json["error"]["code"], "service_unavailable");
+    assert!(res.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("database"));
+    assert!(
+        !res.text.contains("hunter2"),
+        "no secret in a response: {}",
+        res.text
+    );
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(
+        res.status, 200,
+        "detailed always answers, with the status inside"
+    );
+    assert_eq!(res.json["status"], "down");
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_redis_when_configured_but_down() {
+    let db = TestDatabase::sqlite();
+    let router = health::router(context(
+        "health",
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDIS_TIMEOUT_MS", "200"),
+        ],
+    ));
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert_eq!(res.json["failing"], serde_json::json!(["redis"]));
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(res.json["status"], "degraded");
+}
+
+#[tokio::test]
+async fn ready_is_200_with_real_postgres_and_redis() {
+    let db = TestDatabase::postgres().await;
+    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let router = health::router(context(
+        "health",
+        &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],
+    ));
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let names: Vec<_> = res.json["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(names, vec!["database", "redis"]);
+}
+
+#[tokio::test]
+async fn the_scheduled_event_runs_and_records_the_deep_check() {
+    let db = TestDatabase::sqlite();
+    let ctx = context("health", &[("DATABASE_URL", &db.url)]);
+    let router = health::router(ctx.clone());
+    let event = LambdaEvent::new(load_event_json("health-scheduled.json"), Context::default());
+    let result = shared::runtime::dispatch(
+        router.clone(),
+        Some(health::on_schedule(ctx.clone())),
+        event,
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["status"], "ok");
+    assert_eq!(result["tables"], serde_json::json!(["health_checks"]));
+    assert_eq!(
+        shared::health::deep_check_count(&ctx.database)
+            .await
+            .unwrap(),
+        1
+    );
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(res.json["last_deep_check"]["status"], "ok");
+    let metrics = call(&router, load_event("health-metrics.json")).await.text;
+    assert!(
+        metrics.contains("health_deep_checks_total{status=\"ok\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn http_events_through_the_lambda_dispatcher_become_gateway_responses() {
+    let db = TestDatabase::sqlite();
+    let ctx = context("health", &[("DATABASE_URL", &db.url)]);
+    let event = LambdaEvent::new(load_event_json("health-ready.json"), Context::default());
+    let result = shared::runtime::dispatch(health::router(ctx.clone()), None, event)
+        .await
+        .unwrap();
+    assert_eq!(result["statusCode"], 200);
+    assert_eq!(result["headers"]["x-request-id"], "evt-ready-0001");
+    let body: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["status"], "ready");
+    // A scheduled event for a function without a schedule handler is an invocation error, not a panic.
+    let event = LambdaEvent::new(load_event_json("health-scheduled.json"), Context::default());
+    assert!(shared::runtime::dispatch(health::router(ctx), None, event)
+        .await
+        .is_err());
+}

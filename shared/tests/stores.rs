@@ -1,0 +1,209 @@
+//! The stores layer against real SQLite, PostgreSQL and Redis.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shared::config::{DatabaseKind, RedisUrl, Settings};
+use shared::health::{self, DependencyState, OverallStatus};
+use shared::store::{Database, Pool, RedisHandle};
+use shared::testing::TestDatabase;
+use shared::AppContext;
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+fn settings(pairs: &[(&str, &str)]) -> Settings {
+    let vars: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::from_vars("test", &vars).unwrap()
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_are_idempotent_on_both_backends() {
+    for test_db in TestDatabase::both().await {
+        let db = test_db.database();
+        db.ensure_ready().await.unwrap();
+        db.ensure_ready().await.unwrap();
+        assert_eq!(
+            db.table_names().await.unwrap(),
+            vec!["health_checks"],
+            "{:?}",
+            test_db.kind
+        );
+        // A second process (new handle) finds the schema already migrated.
+        let again = test_db.database();
+        again.ping().await.unwrap();
+        assert_eq!(again.table_names().await.unwrap(), vec!["health_checks"]);
+        db.close().await;
+        again.close().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_creates_its_folder_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/deeper/app.db", dir.path().display());
+    let db =
+        Database::connect_lazy_with(&url, DatabaseKind::Sqlite, 2, Duration::from_secs(2)).unwrap();
+    assert!(
+        !dir.path().join("nested").exists(),
+        "nothing happens before first use"
+    );
+    db.ping().await.unwrap();
+    assert!(dir.path().join("nested/deeper/app.db").exists());
+}
+
+#[tokio::test]
+async fn deep_checks_are_recorded_and_pruned_on_both_backends() {
+    for test_db in TestDatabase::both().await {
+        let ctx = AppContext::new(settings(&[("DATABASE_URL", &test_db.url)])).unwrap();
+        let first = health::run_deep_check(&ctx).await;
+        assert_eq!(first.status, OverallStatus::Ok);
+        assert_eq!(first.tables, vec!["health_checks"]);
+        assert_eq!(health::deep_check_count(&ctx.database).await.unwrap(), 1);
+
+        // A report older than the retention is pruned by the next recording.
+        let mut old = first.clone();
+        old.checked_at -= chrono::Duration::days(health::DEEP_CHECK_RETENTION_DAYS + 1);
+        insert_raw(&ctx.database, &old).await;
+        assert_eq!(health::deep_check_count(&ctx.database).await.unwrap(), 2);
+        let second = health::run_deep_check(&ctx).await;
+        assert_eq!(
+            health::deep_check_count(&ctx.database).await.unwrap(),
+            2,
+            "old row pruned, new row added"
+        );
+
+        let last = health::last_deep_check(&ctx.database)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.checked_at, second.checked_at);
+        assert_eq!(last.function, "test");
+        ctx.database.close().await;
+    }
+}
+
+/// Inserts a report without pruning, to set up an expired row.
+async fn insert_raw(db: &Database, report: &health::DeepCheck) {
+    let body = serde_json::to_string(report).unwrap();
+    match db.pool().await.unwrap() {
+        Pool::Sqlite(pool) => {
+            sqlx::query("INSERT INTO health_checks (checked_at, status, report) VALUES (?, ?, ?)")
+                .bind(report.checked_at.to_rfc3339())
+                .bind("ok")
+                .bind(body)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Pool::Postgres(pool) => {
+            sqlx::query(
+                "INSERT INTO health_checks (checked_at, status, report) VALUES ($1, $2, $3::jsonb)",
+            )
+            .bind(report.checked_at)
+            .bind("ok")
+            .bind(body)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_does_not_stop_start_up_and_reports_down() {
+    let ctx = AppContext::new(settings(&[
+        (
+            "DATABASE_URL",
+            "postgres://postgres:hunter2@127.0.0.1:1/nothing",
+        ),
+        ("DATABASE_TIMEOUT_MS", "300"),
+        ("HEALTH_TIMEOUT_MS", "1000"),
+    ]))
+    .expect("building clients never touches the network");
+    let checks = health::check_dependencies(&ctx).await;
+    let database = checks.iter().find(|c| c.name == "database").unwrap();
+    assert_eq!(database.status, DependencyState::Down);
+    assert!(!database.error.as_deref().unwrap().contains("hunter2"));
+    assert_eq!(health::overall(&checks), OverallStatus::Down);
+    assert_eq!(health::failing(&checks), vec!["database"]);
+    // The deep check still completes and reports, without recording.
+    let report = health::run_deep_check(&ctx).await;
+    assert_eq!(report.status, OverallStatus::Down);
+    assert!(report.tables.is_empty());
+}
+
+#[tokio::test]
+async fn the_database_recovers_after_being_unreachable_at_start() {
+    // A handle whose first use fails keeps retrying: point SQLite at a folder that
+    // cannot be created yet, then make it possible.
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("later");
+    std::fs::write(&blocker, b"a file where a folder should be").unwrap();
+    let url = format!("sqlite://{}/app.db", blocker.display());
+    let db =
+        Database::connect_lazy_with(&url, DatabaseKind::Sqlite, 2, Duration::from_secs(1)).unwrap();
+    assert!(db.ping().await.is_err());
+    std::fs::remove_file(&blocker).unwrap();
+    db.ping()
+        .await
+        .expect("second attempt succeeds once the cause is gone");
+}
+
+#[tokio::test]
+async fn redis_answers_ping_on_the_local_server() {
+    let url = RedisUrl::parse(&redis_url()).unwrap();
+    let redis = RedisHandle::new(&url, Duration::from_millis(500)).unwrap();
+    redis.ping().await.unwrap();
+    // The connection is shared: a second ping reuses it.
+    redis.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_down_is_reported_within_the_timeout_and_health_is_degraded() {
+    let test_db = TestDatabase::sqlite();
+    let ctx = AppContext::new(settings(&[
+        ("DATABASE_URL", &test_db.url),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("REDIS_TIMEOUT_MS", "200"),
+    ]))
+    .unwrap();
+    let checks = health::check_dependencies(&ctx).await;
+    let redis = checks.iter().find(|c| c.name == "redis").unwrap();
+    assert_eq!(redis.status, DependencyState::Down);
+    assert!(redis.error.is_some());
+    assert_eq!(health::overall(&checks), OverallStatus::Degraded);
+    assert_eq!(health::failing(&checks), vec!["redis"]);
+}
+
+#[tokio::test]
+async fn health_is_ok_with_real_postgres_and_redis() {
+    let test_db = TestDatabase::postgres().await;
+    let ctx = AppContext::new(settings(&[
+        ("DATABASE_URL", &test_db.url),
+        ("REDIS_URL", &redis_url()),
+    ]))
+    .unwrap();
+    let checks = health::check_dependencies(&ctx).await;
+    assert!(
+        checks.iter().all(|c| c.status == DependencyState::Up),
+        "{checks:?}"
+    );
+    assert_eq!(
+        checks
+            .iter()
+            .find(|c| c.name == "database")
+            .unwrap()
+            .backend
+            .as_deref(),
+        Some("postgres")
+    );
+    let detailed = health::detailed(&ctx, false).await;
+    assert_eq!(detailed["status"], "ok");
+    assert_eq!(detailed["dependencies"].as_array().unwrap().len(), 2);
+    ctx.database.close().await;
+}
