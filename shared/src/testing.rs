@@ -98,11 +98,18 @@ impl Drop for TestDatabase {
 }
 
 /// Settings from explicit variables (tests never mutate the process environment).
+///
+/// Timeouts default to 10 s so a slow, loaded CI machine cannot turn a success-path
+/// test into a failure; tests of timeouts set them explicitly.
 pub fn settings(function: &str, pairs: &[(&str, &str)]) -> crate::config::Settings {
-    let vars: std::collections::HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("HEALTH_TIMEOUT_MS", "10000"),
+        ("DATABASE_TIMEOUT_MS", "10000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     crate::config::Settings::from_vars(function, &vars).expect("test settings are valid")
 }
 

@@ -1,7 +1,5 @@
 //! The shared HTTP layers, exercised through a real router (X5, X6, C9 auth).
 
-use std::collections::HashMap;
-
 use axum::body::{Body, Bytes};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
@@ -10,19 +8,11 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use shared::auth::{hash_key, require_api_key, ApiKeyName, ApiKeys};
-use shared::config::Settings;
+use shared::testing::settings;
 use tower::ServiceExt;
 
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    let vars: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Settings::from_vars("test", &vars).unwrap()
-}
-
 fn app(pairs: &[(&str, &str)]) -> Router {
-    let settings = settings(pairs);
+    let settings = settings("test", pairs);
     let protected = Router::new()
         .route(
             "/private",

@@ -1,24 +1,15 @@
 //! The stores layer against real SQLite, PostgreSQL and Redis.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use shared::config::{DatabaseKind, RedisUrl, Settings};
+use shared::config::{DatabaseKind, RedisUrl};
 use shared::health::{self, DependencyState, OverallStatus};
 use shared::store::{Database, Pool, RedisHandle};
-use shared::testing::TestDatabase;
+use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
-}
-
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    let vars: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Settings::from_vars("test", &vars).unwrap()
 }
 
 #[tokio::test]
@@ -59,7 +50,7 @@ async fn sqlite_creates_its_folder_on_first_use() {
 #[tokio::test]
 async fn deep_checks_are_recorded_and_pruned_on_both_backends() {
     for test_db in TestDatabase::both().await {
-        let ctx = AppContext::new(settings(&[("DATABASE_URL", &test_db.url)])).unwrap();
+        let ctx = AppContext::new(settings("test", &[("DATABASE_URL", &test_db.url)])).unwrap();
         let first = health::run_deep_check(&ctx).await;
         assert_eq!(first.status, OverallStatus::Ok);
         assert_eq!(first.tables, vec!["health_checks"]);
@@ -116,14 +107,17 @@ async fn insert_raw(db: &Database, report: &health::DeepCheck) {
 
 #[tokio::test]
 async fn an_unreachable_database_does_not_stop_start_up_and_reports_down() {
-    let ctx = AppContext::new(settings(&[
-        (
-            "DATABASE_URL",
-            "postgres://postgres:hunter2@127.0.0.1:1/nothing",
-        ),
-        ("DATABASE_TIMEOUT_MS", "300"),
-        ("HEALTH_TIMEOUT_MS", "1000"),
-    ]))
+    let ctx = AppContext::new(settings(
+        "test",
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://postgres:hunter2@127.0.0.1:1/nothing",
+            ),
+            ("DATABASE_TIMEOUT_MS", "300"),
+            ("HEALTH_TIMEOUT_MS", "1000"),
+        ],
+    ))
     .expect("building clients never touches the network");
     let checks = health::check_dependencies(&ctx).await;
     let database = checks.iter().find(|c| c.name == "database").unwrap();
@@ -166,11 +160,14 @@ async fn redis_answers_ping_on_the_local_server() {
 #[tokio::test]
 async fn redis_down_is_reported_within_the_timeout_and_health_is_degraded() {
     let test_db = TestDatabase::sqlite();
-    let ctx = AppContext::new(settings(&[
-        ("DATABASE_URL", &test_db.url),
-        ("REDIS_URL", "redis://127.0.0.1:1"),
-        ("REDIS_TIMEOUT_MS", "200"),
-    ]))
+    let ctx = AppContext::new(settings(
+        "test",
+        &[
+            ("DATABASE_URL", &test_db.url),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDIS_TIMEOUT_MS", "200"),
+        ],
+    ))
     .unwrap();
     let checks = health::check_dependencies(&ctx).await;
     let redis = checks.iter().find(|c| c.name == "redis").unwrap();
@@ -183,10 +180,10 @@ async fn redis_down_is_reported_within_the_timeout_and_health_is_degraded() {
 #[tokio::test]
 async fn health_is_ok_with_real_postgres_and_redis() {
     let test_db = TestDatabase::postgres().await;
-    let ctx = AppContext::new(settings(&[
-        ("DATABASE_URL", &test_db.url),
-        ("REDIS_URL", &redis_url()),
-    ]))
+    let ctx = AppContext::new(settings(
+        "test",
+        &[("DATABASE_URL", &test_db.url), ("REDIS_URL", &redis_url())],
+    ))
     .unwrap();
     let checks = health::check_dependencies(&ctx).await;
     assert!(
