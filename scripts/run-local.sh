@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Runs every function under `cargo lambda watch` on one base URL (default http://127.0.0.1:9000).
 # Usage: scripts/run-local.sh [env-file]   (default local/embedded.env)
+# Variables set in the environment override the env file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_file=${1:-local/embedded.env}
 port=${PORT_LAMBDA:-9000}
 scripts/ensure-cargo-lambda.sh
 mkdir -p .data
+# Variables already set in the environment win over the env file, so
+# `DATABASE_URL=postgres://... make run` does what it says.
+effective_env=.data/run.env
+: >"$effective_env"
+while IFS= read -r line || [ -n "$line" ]; do
+  case "$line" in ''|'#'*) continue ;; esac
+  key=${line%%=*}
+  if [ -z "${!key+set}" ]; then
+    printf '%s\n' "$line" >>"$effective_env"
+  else
+    echo "using $key from the environment (not from $env_file)"
+  fi
+done <"$env_file"
 echo "Building the functions (first time: a few minutes)..."
 cargo build --workspace --bins
 cat <<MSG
@@ -25,4 +39,4 @@ cat <<MSG
   Configuration: ${env_file} (local API key: local-dev-key). Stop with Ctrl-C.
 
 MSG
-exec cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --disable-cors --env-file "$env_file"
+exec cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --disable-cors --env-file "$effective_env"
