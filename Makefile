@@ -48,9 +48,13 @@ lint: ## fmt, clippy and cfn-lint of the SAM template
 fmt: ## Format the code
 	cargo fmt --all
 
-build: ## Release build of every function for AWS Lambda on arm64 (Graviton), zipped
+LAMBDA_ARCH ?= arm64
+build: ## Release build of every function for AWS Lambda (LAMBDA_ARCH=arm64 default, or x86-64) into target/lambda/
 	scripts/ensure-cargo-lambda.sh
-	cargo lambda build --release --arm64 --lambda-dir target/lambda
+	@if [ "$(LAMBDA_ARCH)" = arm64 ] && ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then \
+	  echo "adding the Rust target aarch64-unknown-linux-gnu (one-time download)"; \
+	  rustup target add aarch64-unknown-linux-gnu; fi
+	cargo lambda build --release --$(LAMBDA_ARCH) --lambda-dir target/lambda
 
 deploy: build ## Deploy with AWS SAM (needs AWS credentials and the sam CLI)
 	sam deploy --template-file infra/template.yaml --guided

@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use shared::auth::{hash_key, require_api_key, ApiKeyName, ApiKeys};
+use shared::auth::{hash_key, require_api_key, ApiKeyName};
 use shared::testing::settings;
 use tower::ServiceExt;
 
@@ -189,12 +189,12 @@ async fn security_headers_are_on_every_response() {
 
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
-    let app = app(&[("CORS_ORIGINS", "https://app.example.com")]);
+    let router = app(&[("CORS_ORIGINS", "https://app.example.com")]);
     let allowed = Request::get("/ok")
         .header("origin", "https://app.example.com")
         .body(Body::empty())
         .unwrap();
-    let (_, headers, _) = call(&app, allowed).await;
+    let (_, headers, _) = call(&router, allowed).await;
     assert_eq!(
         headers["access-control-allow-origin"],
         "https://app.example.com"
@@ -203,7 +203,7 @@ async fn cors_allows_only_configured_origins() {
         .header("origin", "https://evil.example.com")
         .body(Body::empty())
         .unwrap();
-    let (_, headers, _) = call(&app, other).await;
+    let (_, headers, _) = call(&router, other).await;
     assert!(!headers.contains_key("access-control-allow-origin"));
     let preflight = Request::options("/echo")
         .header("origin", "https://app.example.com")
@@ -214,14 +214,14 @@ async fn cors_allows_only_configured_origins() {
         )
         .body(Body::empty())
         .unwrap();
-    let (status, headers, _) = call(&app, preflight).await;
+    let (status, headers, _) = call(&router, preflight).await;
     assert!(status.is_success());
     assert!(headers["access-control-allow-methods"]
         .to_str()
         .unwrap()
         .contains("POST"));
     // No origins configured: no CORS headers at all.
-    let closed = app_without_cors().await;
+    let closed = app(&[]);
     let (_, headers, _) = call(
         &closed,
         Request::get("/ok")
@@ -231,10 +231,6 @@ async fn cors_allows_only_configured_origins() {
     )
     .await;
     assert!(!headers.contains_key("access-control-allow-origin"));
-}
-
-async fn app_without_cors() -> Router {
-    app(&[])
 }
 
 #[tokio::test]
@@ -292,5 +288,4 @@ async fn without_configured_keys_protected_routes_refuse_everyone() {
         .as_str()
         .unwrap()
         .contains("API_KEYS"));
-    let _ = ApiKeys::default();
 }
