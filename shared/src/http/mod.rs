@@ -144,17 +144,28 @@ async fn observe_request(
             .increment(1);
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    tracing::info!(
-        request_id = %request_id,
-        aws_request_id = aws_request_id.as_deref(),
-        function = %function,
-        method = %method,
-        route = %route,
-        status,
-        duration_ms,
-        cold_start,
-        "request completed"
-    );
+    // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
+    macro_rules! log_request {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                request_id = %request_id,
+                aws_request_id = aws_request_id.as_deref(),
+                function = %function,
+                method = %method,
+                route = %route,
+                status,
+                duration_ms,
+                cold_start,
+                "request completed"
+            )
+        };
+    }
+    if status >= 500 && status != 501 {
+        log_request!(tracing::Level::ERROR);
+    } else {
+        log_request!(tracing::Level::INFO);
+    }
     if let Some(namespace) = &observe.emf_namespace {
         EmfRecord::new(namespace)
             .dimension_set(&["function"])
