@@ -179,3 +179,13 @@ where
         json,
     }
 }
+
+/// Asserts that each sample event gets the JSON 501 of a capability that has not landed.
+pub async fn assert_not_implemented(router: &axum::Router, events: &[&str]) {
+    for event in events {
+        let res = call(router, load_event(event)).await;
+        assert_eq!(res.status, 501, "{event}: {}", res.text);
+        assert_eq!(res.json["error"]["code"], "not_implemented", "{event}");
+        assert!(res.headers.contains_key("x-request-id"), "{event}");
+    }
+}
