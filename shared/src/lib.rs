@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod observability;
+pub mod resilience;
 pub mod runtime;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]

@@ -20,6 +20,20 @@ pub mod names {
     pub const DEPENDENCY_LATENCY_SECONDS: &str = "health_dependency_latency_seconds";
     pub const DEEP_CHECKS_TOTAL: &str = "health_deep_checks_total";
     pub const DEEP_CHECK_LAST_TIMESTAMP: &str = "health_deep_check_last_timestamp_seconds";
+    pub const BREAKER_STATE: &str = "circuit_breaker_state";
+    pub const BREAKER_TRANSITIONS_TOTAL: &str = "circuit_breaker_transitions_total";
+    pub const BREAKER_REJECTIONS_TOTAL: &str = "circuit_breaker_rejections_total";
+    pub const RETRIES_TOTAL: &str = "retries_total";
+    pub const RATE_LIMITED_TOTAL: &str = "rate_limited_total";
+    pub const RATE_LIMIT_FALLBACKS_TOTAL: &str = "rate_limit_fallbacks_total";
+    pub const CONCURRENT_SESSIONS: &str = "chat_concurrent_sessions";
+    pub const CONCURRENCY_REJECTIONS_TOTAL: &str = "concurrency_rejections_total";
+    pub const CACHE_HITS_TOTAL: &str = "cache_hits_total";
+    pub const CACHE_MISSES_TOTAL: &str = "cache_misses_total";
+    pub const CACHE_LOADS_TOTAL: &str = "cache_loads_total";
+    pub const CACHE_L2_ERRORS_TOTAL: &str = "cache_l2_errors_total";
+    pub const CACHE_ENTRIES: &str = "cache_entries";
+    pub const CACHE_INVALIDATIONS_TOTAL: &str = "cache_invalidations_total";
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s, covering cache hits up to slow LLM calls.

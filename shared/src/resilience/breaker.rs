@@ -1,0 +1,827 @@
+//! Circuit breaker per dependency (C6).
+//!
+//! Closed -> open after N consecutive failures or a failure rate over a sliding window
+//! of recent calls; open for a cool-down; then half-open, letting a limited number of
+//! trial calls through: their success closes the breaker, a failure re-opens it.
+//!
+//! With Redis, instances share the open state (`open_until`) and only one instance
+//! probes in half-open (a `SET NX` probe lock). If Redis is unreachable each instance
+//! falls back to its local breaker. Time comes from a [`Clock`], so tests drive the
+//! state machine without sleeping.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::RedisHandle;
+
+/// Wall-clock milliseconds; shared state compares these across instances.
+pub trait Clock: Send + Sync + 'static {
+    fn now_millis(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl SystemClock {
+    /// The current wall-clock time, to start a [`ManualClock`] near real time.
+    pub fn now_millis_for_tests(&self) -> u64 {
+        Clock::now_millis(self)
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start_millis: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(start_millis)))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Thresholds of a breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// Failure ratio over the window that opens the breaker (0 < rate <= 1).
+    pub failure_rate: f64,
+    /// How many recent calls the failure rate is computed over.
+    pub window_size: usize,
+    /// Fewer calls than this in the window never open the breaker by rate.
+    pub min_calls: usize,
+    /// Cool-down before half-open.
+    pub open_for: Duration,
+    /// Trial calls allowed in half-open; all must succeed to close.
+    pub half_open_calls: u32,
+    /// How often shared state is read from Redis (zero: before every call).
+    pub shared_sync: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            failure_rate: 0.5,
+            window_size: 20,
+            min_calls: 10,
+            open_for: Duration::from_secs(60),
+            half_open_calls: 1,
+            shared_sync: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Breaker state; the metric value is 0 closed, 1 open, 2 half-open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn metric_value(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A call was refused because the breaker is open (or its half-open trials are taken).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker `{name}` is open; retry in {} s", retry_after.as_secs_f64().ceil())]
+pub struct BreakerOpen {
+    pub name: String,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Local {
+    state: BreakerState,
+    consecutive_failures: u32,
+    /// Recent outcomes, `true` for a failure.
+    window: VecDeque<bool>,
+    opened_at: u64,
+    trials_in_flight: u32,
+    trial_successes: u32,
+    /// Bumped on every transition, so results of calls admitted in an earlier state are ignored.
+    epoch: u64,
+    last_sync: Option<u64>,
+}
+
+/// What happened to the state when a call was recorded; the shared layer publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    None,
+    Opened { until: u64 },
+    Closed,
+}
+
+struct Inner {
+    name: String,
+    config: BreakerConfig,
+    clock: Arc<dyn Clock>,
+    local: Mutex<Local>,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    redis: RedisHandle,
+    open_key: String,
+    probe_key: String,
+    /// For logging only the changes between reachable and unreachable.
+    healthy: AtomicBool,
+}
+
+/// A named breaker; clones share state.
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Admission to make one call; report its outcome with [`CircuitBreaker::record`].
+/// Dropping it unreported (a cancelled call) frees a half-open slot without counting.
+#[must_use = "report the call's outcome with CircuitBreaker::record"]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    epoch: u64,
+    trial: bool,
+    shared_probe: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.breaker.inner.name)
+            .field("trial", &self.trial)
+            .finish()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.trial {
+            let mut local = self.breaker.inner.local.lock().expect("breaker lock");
+            if local.epoch == self.epoch {
+                local.trials_in_flight = local.trials_in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl CircuitBreaker {
+    pub fn new(name: &str, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        Self::build(name, config, clock, None, "chatkb")
+    }
+
+    /// A breaker whose open state is shared through Redis with every instance using `prefix`.
+    pub fn shared(
+        name: &str,
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        redis: RedisHandle,
+        prefix: &str,
+    ) -> Self {
+        Self::build(name, config, clock, Some(redis), prefix)
+    }
+
+    fn build(
+        name: &str,
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        redis: Option<RedisHandle>,
+        prefix: &str,
+    ) -> Self {
+        let shared = redis.map(|redis| Shared {
+            redis,
+            open_key: format!("{prefix}:breaker:{name}:open_until"),
+            probe_key: format!("{prefix}:breaker:{name}:probe"),
+            healthy: AtomicBool::new(true),
+        });
+        let breaker = Self {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                config,
+                clock,
+                local: Mutex::new(Local {
+                    state: BreakerState::Closed,
+                    consecutive_failures: 0,
+                    window: VecDeque::new(),
+                    opened_at: 0,
+                    trials_in_flight: 0,
+                    trial_successes: 0,
+                    epoch: 0,
+                    last_sync: None,
+                }),
+                shared,
+            }),
+        };
+        breaker.export_state(BreakerState::Closed);
+        breaker
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The state as of now (an open breaker past its cool-down reports half-open).
+    pub fn state(&self) -> BreakerState {
+        let mut local = self.inner.local.lock().expect("breaker lock");
+        self.advance_time(&mut local);
+        local.state
+    }
+
+    fn export_state(&self, state: BreakerState) {
+        metrics::gauge!(crate::observability::metrics::names::BREAKER_STATE, "breaker" => self.inner.name.clone())
+            .set(state.metric_value());
+    }
+
+    fn transition(&self, local: &mut Local, to: BreakerState, why: &str) {
+        let from = local.state;
+        if from == to {
+            return;
+        }
+        local.state = to;
+        local.epoch += 1;
+        local.trials_in_flight = 0;
+        local.trial_successes = 0;
+        match to {
+            BreakerState::Open => local.opened_at = self.inner.clock.now_millis(),
+            BreakerState::Closed => {
+                local.consecutive_failures = 0;
+                local.window.clear();
+            }
+            BreakerState::HalfOpen => {}
+        }
+        self.export_state(to);
+        metrics::counter!(
+            crate::observability::metrics::names::BREAKER_TRANSITIONS_TOTAL,
+            "breaker" => self.inner.name.clone(),
+            "from" => from.as_str(),
+            "to" => to.as_str()
+        )
+        .increment(1);
+        if to == BreakerState::Open {
+            tracing::warn!(breaker = %self.inner.name, from = from.as_str(), to = to.as_str(), reason = why, "circuit breaker transition");
+        } else {
+            tracing::info!(breaker = %self.inner.name, from = from.as_str(), to = to.as_str(), reason = why, "circuit breaker transition");
+        }
+    }
+
+    /// Open -> half-open once the cool-down has passed.
+    fn advance_time(&self, local: &mut Local) {
+        if local.state == BreakerState::Open {
+            let reopen_at = local.opened_at + self.inner.config.open_for.as_millis() as u64;
+            if self.inner.clock.now_millis() >= reopen_at {
+                self.transition(local, BreakerState::HalfOpen, "cool-down elapsed");
+            }
+        }
+    }
+
+    fn rejected(&self, local: &Local) -> BreakerOpen {
+        metrics::counter!(crate::observability::metrics::names::BREAKER_REJECTIONS_TOTAL, "breaker" => self.inner.name.clone())
+            .increment(1);
+        let now = self.inner.clock.now_millis();
+        let retry_after = match local.state {
+            BreakerState::Open => {
+                let reopen_at = local.opened_at + self.inner.config.open_for.as_millis() as u64;
+                Duration::from_millis(reopen_at.saturating_sub(now).max(1000))
+            }
+            _ => Duration::from_secs(1),
+        };
+        BreakerOpen {
+            name: self.inner.name.clone(),
+            retry_after,
+        }
+    }
+
+    /// Local admission decision only, without any I/O: the hot path.
+    pub fn try_acquire(&self) -> Result<Permit, BreakerOpen> {
+        let mut local = self.inner.local.lock().expect("breaker lock");
+        self.advance_time(&mut local);
+        match local.state {
+            BreakerState::Closed => Ok(self.permit(&local, false)),
+            BreakerState::Open => Err(self.rejected(&local)),
+            BreakerState::HalfOpen => {
+                if local.trials_in_flight < self.inner.config.half_open_calls {
+                    local.trials_in_flight += 1;
+                    Ok(self.permit(&local, true))
+                } else {
+                    Err(self.rejected(&local))
+                }
+            }
+        }
+    }
+
+    fn permit(&self, local: &Local, trial: bool) -> Permit {
+        Permit {
+            breaker: self.clone(),
+            epoch: local.epoch,
+            trial,
+            shared_probe: false,
+            done: false,
+        }
+    }
+
+    /// Admission including the shared state: follows other instances' open state and
+    /// lets only one instance probe in half-open.
+    pub async fn acquire(&self) -> Result<Permit, BreakerOpen> {
+        if self.inner.shared.is_some() {
+            self.sync_from_shared().await;
+        }
+        let mut permit = self.try_acquire()?;
+        if permit.trial {
+            if let Some(shared) = &self.inner.shared {
+                match self.claim_probe(shared).await {
+                    Some(true) => permit.shared_probe = true,
+                    Some(false) => {
+                        // Another instance is probing: this one waits like an open breaker.
+                        let local = self.inner.local.lock().expect("breaker lock");
+                        let err = self.rejected(&local);
+                        drop(local);
+                        drop(permit);
+                        return Err(err);
+                    }
+                    None => {} // Redis unreachable: probe locally.
+                }
+            }
+        }
+        Ok(permit)
+    }
+
+    /// Reports a call's outcome (`failed` as the caller classifies it: 5xx, 429 and
+    /// timeouts usually; a 400 is the caller's fault, not the dependency's).
+    pub async fn record(&self, permit: Permit, failed: bool) {
+        let probe = permit.shared_probe;
+        let transition = self.record_local(permit, failed);
+        if let Some(shared) = &self.inner.shared {
+            self.publish(shared, transition, probe).await;
+        }
+    }
+
+    /// Local part of [`Self::record`], without I/O.
+    pub fn record_sync(&self, permit: Permit, failed: bool) {
+        let _ = self.record_local(permit, failed);
+    }
+
+    fn record_local(&self, mut permit: Permit, failed: bool) -> Transition {
+        permit.done = true;
+        let config = &self.inner.config;
+        let mut local = self.inner.local.lock().expect("breaker lock");
+        if local.epoch != permit.epoch {
+            return Transition::None; // admitted under an earlier state
+        }
+        match local.state {
+            BreakerState::Closed => {
+                local.window.push_back(failed);
+                while local.window.len() > config.window_size {
+                    local.window.pop_front();
+                }
+                if !failed {
+                    local.consecutive_failures = 0;
+                    return Transition::None;
+                }
+                local.consecutive_failures += 1;
+                let failures = local.window.iter().filter(|f| **f).count();
+                let rate = failures as f64 / local.window.len() as f64;
+                let reason = if local.consecutive_failures >= config.failure_threshold {
+                    Some("consecutive failures")
+                } else if local.window.len() >= config.min_calls && rate >= config.failure_rate {
+                    Some("failure rate")
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => {
+                        self.transition(&mut local, BreakerState::Open, reason);
+                        Transition::Opened {
+                            until: local.opened_at + config.open_for.as_millis() as u64,
+                        }
+                    }
+                    None => Transition::None,
+                }
+            }
+            BreakerState::HalfOpen if permit.trial => {
+                local.trials_in_flight = local.trials_in_flight.saturating_sub(1);
+                if failed {
+                    self.transition(&mut local, BreakerState::Open, "trial call failed");
+                    Transition::Opened {
+                        until: local.opened_at + config.open_for.as_millis() as u64,
+                    }
+                } else {
+                    local.trial_successes += 1;
+                    if local.trial_successes >= config.half_open_calls {
+                        self.transition(&mut local, BreakerState::Closed, "trial calls succeeded");
+                        Transition::Closed
+                    } else {
+                        Transition::None
+                    }
+                }
+            }
+            _ => Transition::None,
+        }
+    }
+
+    /// Runs `call` through the breaker; `failed` classifies its result.
+    pub async fn call<T, E, F, Fut>(
+        &self,
+        call: F,
+        failed: impl Fn(&Result<T, E>) -> bool,
+    ) -> Result<Result<T, E>, BreakerOpen>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let permit = self.acquire().await?;
+        let result = call().await;
+        let is_failure = failed(&result);
+        self.record(permit, is_failure).await;
+        Ok(result)
+    }
+
+    fn note_redis(&self, shared: &Shared, ok: bool, error: Option<&crate::store::StoreError>) {
+        let was = shared.healthy.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!(breaker = %self.inner.name, "shared breaker state reachable again");
+            } else {
+                tracing::warn!(breaker = %self.inner.name, error = ?error.map(|e| e.to_string()), "shared breaker state unreachable; using the local breaker");
+            }
+        }
+    }
+
+    async fn sync_from_shared(&self) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        let now = self.inner.clock.now_millis();
+        {
+            let mut local = self.inner.local.lock().expect("breaker lock");
+            let interval = self.inner.config.shared_sync.as_millis() as u64;
+            if let Some(last) = local.last_sync {
+                if now < last + interval {
+                    return;
+                }
+            }
+            local.last_sync = Some(now);
+        }
+        let read = async {
+            let mut conn = shared.redis.connection().await?;
+            let value: Option<u64> = redis::cmd("GET")
+                .arg(&shared.open_key)
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, crate::store::StoreError>(value)
+        };
+        let open_until = match tokio::time::timeout(shared.redis.timeout() * 2, read).await {
+            Ok(Ok(value)) => {
+                self.note_redis(shared, true, None);
+                value
+            }
+            Ok(Err(err)) => {
+                self.note_redis(shared, false, Some(&err));
+                return;
+            }
+            Err(_) => {
+                self.note_redis(shared, false, None);
+                return;
+            }
+        };
+        let mut local = self.inner.local.lock().expect("breaker lock");
+        let open_for = self.inner.config.open_for.as_millis() as u64;
+        match (open_until, local.state) {
+            // Another instance opened it: open here too, ending at the same moment.
+            (Some(until), BreakerState::Closed) if until > now => {
+                self.transition(&mut local, BreakerState::Open, "opened by another instance");
+                local.opened_at = until.saturating_sub(open_for);
+            }
+            // Shared cool-down over while we were still open: half-open together.
+            (Some(until), BreakerState::Open) if until <= now => {
+                self.transition(
+                    &mut local,
+                    BreakerState::HalfOpen,
+                    "shared cool-down elapsed",
+                );
+            }
+            // The prober closed it (key deleted): close here too.
+            (None, BreakerState::Open | BreakerState::HalfOpen) => {
+                self.transition(
+                    &mut local,
+                    BreakerState::Closed,
+                    "closed by another instance",
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// `Some(true)` if this instance got the probe lock, `Some(false)` if another has it,
+    /// `None` if Redis did not answer.
+    async fn claim_probe(&self, shared: &Shared) -> Option<bool> {
+        let ttl = self.inner.config.open_for.max(Duration::from_secs(1));
+        let claim = async {
+            let mut conn = shared.redis.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&shared.probe_key)
+                .arg(self.inner.clock.now_millis())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, crate::store::StoreError>(set.is_some())
+        };
+        match tokio::time::timeout(shared.redis.timeout() * 2, claim).await {
+            Ok(Ok(won)) => {
+                self.note_redis(shared, true, None);
+                Some(won)
+            }
+            Ok(Err(err)) => {
+                self.note_redis(shared, false, Some(&err));
+                None
+            }
+            Err(_) => {
+                self.note_redis(shared, false, None);
+                None
+            }
+        }
+    }
+
+    async fn publish(&self, shared: &Shared, transition: Transition, was_probe: bool) {
+        let keep = self.inner.config.open_for + Duration::from_secs(60);
+        let write = async {
+            let mut conn = shared.redis.connection().await?;
+            match transition {
+                Transition::Opened { until } => {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SET")
+                        .arg(&shared.open_key)
+                        .arg(until)
+                        .arg("PX")
+                        .arg(keep.as_millis() as u64);
+                    if was_probe {
+                        pipe.cmd("DEL").arg(&shared.probe_key);
+                    }
+                    let _: () = pipe.query_async(&mut conn).await?;
+                }
+                Transition::Closed => {
+                    let _: () = redis::pipe()
+                        .cmd("DEL")
+                        .arg(&shared.open_key)
+                        .cmd("DEL")
+                        .arg(&shared.probe_key)
+                        .query_async(&mut conn)
+                        .await?;
+                }
+                Transition::None => {}
+            }
+            Ok::<_, crate::store::StoreError>(())
+        };
+        if transition == Transition::None {
+            return;
+        }
+        match tokio::time::timeout(shared.redis.timeout() * 2, write).await {
+            Ok(Ok(())) => self.note_redis(shared, true, None),
+            Ok(Err(err)) => self.note_redis(shared, false, Some(&err)),
+            Err(_) => self.note_redis(shared, false, None),
+        }
+    }
+}
+
+/// Breakers by dependency name, created on first use with one configuration.
+#[derive(Clone)]
+pub struct Breakers {
+    config: BreakerConfig,
+    clock: Arc<dyn Clock>,
+    redis: Option<RedisHandle>,
+    prefix: String,
+    by_name: Arc<Mutex<HashMap<String, CircuitBreaker>>>,
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Breakers {
+    pub fn new(
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        redis: Option<RedisHandle>,
+        prefix: &str,
+    ) -> Self {
+        Self {
+            config,
+            clock,
+            redis,
+            prefix: prefix.to_string(),
+            by_name: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> CircuitBreaker {
+        let mut map = self.by_name.lock().expect("breakers lock");
+        map.entry(name.to_string())
+            .or_insert_with(|| match &self.redis {
+                Some(redis) => CircuitBreaker::shared(
+                    name,
+                    self.config.clone(),
+                    self.clock.clone(),
+                    redis.clone(),
+                    &self.prefix,
+                ),
+                None => CircuitBreaker::new(name, self.config.clone(), self.clock.clone()),
+            })
+            .clone()
+    }
+
+    /// Every breaker's name and state, for `/health/detailed`.
+    pub fn states(&self) -> Vec<(String, BreakerState)> {
+        let map = self.by_name.lock().expect("breakers lock");
+        let mut states: Vec<_> = map
+            .values()
+            .map(|b| (b.name().to_string(), b.state()))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(config: BreakerConfig) -> (CircuitBreaker, Arc<ManualClock>) {
+        let clock = ManualClock::new(1_000_000);
+        (CircuitBreaker::new("test", config, clock.clone()), clock)
+    }
+
+    fn fail(b: &CircuitBreaker, n: usize) {
+        for _ in 0..n {
+            let permit = b.try_acquire().expect("admitted");
+            b.record_sync(permit, true);
+        }
+    }
+
+    fn succeed(b: &CircuitBreaker, n: usize) {
+        for _ in 0..n {
+            let permit = b.try_acquire().expect("admitted");
+            b.record_sync(permit, false);
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_recovers_through_half_open() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        fail(&b, 4);
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b, 1); // resets the consecutive count
+        fail(&b, 4);
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b, 1);
+        assert_eq!(b.state(), BreakerState::Open);
+
+        let err = b.try_acquire().expect_err("open rejects");
+        assert_eq!(err.retry_after, Duration::from_secs(60));
+        clock.advance(Duration::from_secs(59));
+        assert!(b.try_acquire().is_err());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+
+        let trial = b.try_acquire().expect("one trial call");
+        assert!(b.try_acquire().is_err(), "only one trial at a time");
+        b.record_sync(trial, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b, 3);
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_for_a_full_cool_down() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        fail(&b, 5);
+        clock.advance(Duration::from_secs(60));
+        let trial = b.try_acquire().unwrap();
+        b.record_sync(trial, true);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn opens_on_failure_rate_without_consecutive_failures() {
+        let (b, _) = breaker(BreakerConfig {
+            failure_threshold: 100,
+            failure_rate: 0.5,
+            window_size: 10,
+            min_calls: 10,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..4 {
+            succeed(&b, 1);
+            fail(&b, 1);
+        }
+        succeed(&b, 1);
+        assert_eq!(b.state(), BreakerState::Closed, "9 calls: below min_calls");
+        fail(&b, 1); // 10 calls, 5 failures = 50 %
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn several_trial_calls_must_all_succeed() {
+        let (b, clock) = breaker(BreakerConfig {
+            half_open_calls: 3,
+            ..BreakerConfig::default()
+        });
+        fail(&b, 5);
+        clock.advance(Duration::from_secs(60));
+        let trials: Vec<_> = (0..3).map(|_| b.try_acquire().unwrap()).collect();
+        assert!(b.try_acquire().is_err());
+        let mut trials = trials.into_iter();
+        b.record_sync(trials.next().unwrap(), false);
+        b.record_sync(trials.next().unwrap(), false);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record_sync(trials.next().unwrap(), false);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_cancelled_trial_frees_its_slot_and_late_results_are_ignored() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        let before_open = b.try_acquire().unwrap();
+        fail(&b, 5);
+        b.record_sync(before_open, false); // admitted while closed: ignored while open
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(60));
+        let trial = b.try_acquire().unwrap();
+        drop(trial);
+        assert!(
+            b.try_acquire().is_ok(),
+            "the dropped trial's slot is free again"
+        );
+    }
+
+    #[test]
+    fn state_is_exported_as_a_metric() {
+        crate::observability::metrics::install();
+        let b = CircuitBreaker::new(
+            "metric-test",
+            BreakerConfig::default(),
+            Arc::new(SystemClock),
+        );
+        fail(&b, 5);
+        let text = crate::observability::metrics::render();
+        assert!(
+            text.contains("circuit_breaker_state{breaker=\"metric-test\"} 1"),
+            "{text}"
+        );
+    }
+}
