@@ -1,0 +1,845 @@
+//! Tiered cache (C5, I6, X4): L1 in-process (moka), L2 Redis (optional).
+//!
+//! - Namespaces (`chat`, `search`, `embedding`, `session`, `config`) each have a TTL and
+//!   a key prefix; values travel as JSON, never a language-specific format.
+//! - Reads: L1, then L2 (back-filling L1), then the loader. Concurrent misses of one key
+//!   run the loader once per process (moka's `try_get_with`); with Redis a short lock
+//!   lets one instance load while the others wait for its result.
+//! - Invalidation by key, or by namespace through a generation counter in Redis that
+//!   every instance reads (at most `generation_refresh` old), so nothing is scanned.
+//! - Degradation: when Redis fails or is slow, the cache works from L1 alone, logs once
+//!   per state change, never returns an error, and retries Redis after a short pause.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache as MokaCache;
+use moka::Expiry;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::observability::metrics::names;
+use crate::store::RedisHandle;
+
+/// The cache's namespaces; each has its own TTL and key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    Chat,
+    Search,
+    Embedding,
+    Session,
+    Config,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 5] = [
+        Namespace::Chat,
+        Namespace::Search,
+        Namespace::Embedding,
+        Namespace::Session,
+        Namespace::Config,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Namespace::Chat => "chat",
+            Namespace::Search => "search",
+            Namespace::Embedding => "embedding",
+            Namespace::Session => "session",
+            Namespace::Config => "config",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Sizes, TTLs and timings of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Prefix of every Redis key, so deployments can share a Redis.
+    pub prefix: String,
+    pub l1_max_entries: u64,
+    pub l1_max_bytes: u64,
+    /// TTL per namespace, in [`Namespace::ALL`] order.
+    pub ttls: [Duration; 5],
+    /// How long one instance holds the load lock of a key.
+    pub lock_ttl: Duration,
+    /// How long other instances wait for the lock holder's value before loading themselves.
+    pub lock_wait: Duration,
+    /// How stale this instance's view of another instance's namespace invalidation may be.
+    pub generation_refresh: Duration,
+    /// After a Redis failure, how long to use L1 alone before trying Redis again.
+    pub l2_retry_after: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "chatkb".into(),
+            l1_max_entries: 10_000,
+            l1_max_bytes: 64 * 1024 * 1024,
+            ttls: [
+                Duration::from_secs(3600),       // chat answers
+                Duration::from_secs(300),        // search results
+                Duration::from_secs(7 * 86_400), // embeddings (content-addressed)
+                Duration::from_secs(1800),       // sessions
+                Duration::from_secs(60),         // configuration
+            ],
+            lock_ttl: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(2),
+            generation_refresh: Duration::from_secs(1),
+            l2_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn ttl(&self, namespace: Namespace) -> Duration {
+        self.ttls[namespace.index()]
+    }
+}
+
+/// What L1 holds: the typed value for fast hits, plus what L2 and the weigher need.
+#[derive(Clone)]
+struct Entry {
+    value: Arc<dyn Any + Send + Sync>,
+    generation: u64,
+    ttl: Duration,
+    weight: u32,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The JSON stored in Redis: the namespace generation it was written under, and the value.
+#[derive(Serialize, Deserialize)]
+struct Stored<T> {
+    g: u64,
+    v: T,
+}
+
+/// Hits and misses of this process, for `/health/detailed`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CacheStats {
+    pub l1_hits: u64,
+    pub l2_hits: u64,
+    pub misses: u64,
+    pub l1_entries: u64,
+    pub l2_available: Option<bool>,
+}
+
+impl CacheStats {
+    /// Hits over lookups, `None` before any lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let total = self.l1_hits + self.l2_hits + self.misses;
+        (total > 0).then(|| (self.l1_hits + self.l2_hits) as f64 / total as f64)
+    }
+}
+
+struct L2 {
+    redis: RedisHandle,
+    /// Milliseconds since `started` until which Redis is skipped after a failure.
+    skip_until: AtomicU64,
+    healthy: AtomicBool,
+}
+
+struct Inner {
+    config: CacheConfig,
+    l1: MokaCache<String, Entry>,
+    l2: Option<L2>,
+    started: Instant,
+    generations: [AtomicU64; 5],
+    generations_checked: [AtomicU64; 5],
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The shared tiered cache; clones share everything.
+#[derive(Clone)]
+pub struct TieredCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("config", &self.inner.config)
+            .field("l2", &self.inner.l2.is_some())
+            .finish()
+    }
+}
+
+/// A failed Redis operation; never reaches callers.
+#[derive(Debug)]
+struct L2Unavailable;
+
+impl TieredCache {
+    pub fn new(config: CacheConfig, redis: Option<RedisHandle>) -> Self {
+        // Each entry weighs at least the per-entry share of the byte budget, so the
+        // byte bound also bounds the number of entries.
+        let floor = (config.l1_max_bytes / config.l1_max_entries.max(1)).max(1);
+        let l1 = MokaCache::builder()
+            .max_capacity(config.l1_max_bytes)
+            .weigher(move |key: &String, entry: &Entry| {
+                (entry.weight as u64 + key.len() as u64)
+                    .max(floor)
+                    .min(u32::MAX as u64) as u32
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                l1,
+                l2: redis.map(|redis| L2 {
+                    redis,
+                    skip_until: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
+                }),
+                started: Instant::now(),
+                generations: Default::default(),
+                generations_checked: Default::default(),
+                l1_hits: AtomicU64::new(0),
+                l2_hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            l1_hits: self.inner.l1_hits.load(Ordering::Relaxed),
+            l2_hits: self.inner.l2_hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            l1_entries: self.inner.l1.entry_count(),
+            l2_available: self
+                .inner
+                .l2
+                .as_ref()
+                .map(|l2| l2.healthy.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn l1_key(namespace: Namespace, key: &str) -> String {
+        let mut k = String::with_capacity(namespace.as_str().len() + 1 + key.len());
+        k.push_str(namespace.as_str());
+        k.push(':');
+        k.push_str(key);
+        k
+    }
+
+    /// Redis keys carry a hash of the caller's key: bounded length, and no request
+    /// content (which may be personal data) in key names.
+    fn l2_key(&self, namespace: Namespace, key: &str) -> String {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        format!(
+            "{}:cache:{}:{}",
+            self.inner.config.prefix,
+            namespace.as_str(),
+            digest
+        )
+    }
+
+    fn generation_key(&self, namespace: Namespace) -> String {
+        format!(
+            "{}:cache:{}:generation",
+            self.inner.config.prefix,
+            namespace.as_str()
+        )
+    }
+
+    fn lock_key(&self, l2_key: &str) -> String {
+        format!("{l2_key}:lock")
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    // ---- Redis with degradation -------------------------------------------------------
+
+    /// Runs one Redis operation unless Redis is in its pause after a failure; records
+    /// the outcome and logs only changes between reachable and unreachable.
+    async fn l2_call<T, Fut>(
+        &self,
+        op: &'static str,
+        call: impl FnOnce(redis::aio::ConnectionManager) -> Fut,
+    ) -> Result<T, L2Unavailable>
+    where
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let Some(l2) = &self.inner.l2 else {
+            return Err(L2Unavailable);
+        };
+        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) {
+            return Err(L2Unavailable);
+        }
+        let timeout = l2.redis.timeout();
+        let attempt = async {
+            let conn = l2.redis.connection().await.map_err(|e| e.to_string())?;
+            call(conn).await.map_err(|e| e.to_string())
+        };
+        let outcome = match tokio::time::timeout(timeout * 2, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", (timeout * 2).as_millis())),
+        };
+        match outcome {
+            Ok(value) => {
+                if !l2.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("cache: Redis (L2) is back; using both tiers");
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                metrics::counter!(names::CACHE_L2_ERRORS_TOTAL, "op" => op).increment(1);
+                let pause = self.inner.config.l2_retry_after.as_millis() as u64;
+                l2.skip_until
+                    .store(self.now_ms() + pause, Ordering::Relaxed);
+                if l2.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(op, error = %crate::observability::redact::redact(&error), "cache: Redis (L2) unavailable; serving from L1 only");
+                }
+                Err(L2Unavailable)
+            }
+        }
+    }
+
+    // ---- generations ------------------------------------------------------------------
+
+    /// The namespace's current generation; refreshed from Redis at most every `generation_refresh`.
+    async fn generation(&self, namespace: Namespace) -> u64 {
+        let i = namespace.index();
+        let local = self.inner.generations[i].load(Ordering::Acquire);
+        if self.inner.l2.is_none() {
+            return local;
+        }
+        let refresh = self.inner.config.generation_refresh.as_millis() as u64;
+        let checked = self.inner.generations_checked[i].load(Ordering::Relaxed);
+        let now = self.now_ms();
+        if checked != 0 && now < checked + refresh {
+            return local;
+        }
+        self.inner.generations_checked[i].store(now.max(1), Ordering::Relaxed);
+        let key = self.generation_key(namespace);
+        match self
+            .l2_call("generation", |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+            })
+            .await
+        {
+            Ok(remote) => self.adopt_generation(namespace, remote.unwrap_or(0)),
+            Err(L2Unavailable) => local,
+        }
+    }
+
+    /// Generations only move forward, whichever instance bumped them.
+    fn adopt_generation(&self, namespace: Namespace, seen: u64) -> u64 {
+        let i = namespace.index();
+        self.inner.generations[i]
+            .fetch_max(seen, Ordering::AcqRel)
+            .max(seen)
+    }
+
+    // ---- reads ------------------------------------------------------------------------
+
+    fn l1_lookup<T: Clone + Send + Sync + 'static>(
+        &self,
+        entry: Option<Entry>,
+        generation: u64,
+    ) -> Option<T> {
+        let entry = entry?;
+        if entry.generation != generation {
+            return None;
+        }
+        entry.value.downcast_ref::<T>().cloned()
+    }
+
+    fn hit(&self, namespace: Namespace, tier: &'static str) {
+        match tier {
+            "l1" => self.inner.l1_hits.fetch_add(1, Ordering::Relaxed),
+            _ => self.inner.l2_hits.fetch_add(1, Ordering::Relaxed),
+        };
+        metrics::counter!(names::CACHE_HITS_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+    }
+
+    fn miss(&self, namespace: Namespace, tier: &'static str) {
+        if tier == "l2" || self.inner.l2.is_none() {
+            self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::counter!(names::CACHE_MISSES_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+    }
+
+    /// A cached value, from L1 or L2 (which back-fills L1); `None` on a miss.
+    pub async fn get<T>(&self, namespace: Namespace, key: &str) -> Option<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let generation = self.generation(namespace).await;
+        let l1_key = Self::l1_key(namespace, key);
+        if let Some(value) = self.l1_lookup::<T>(self.inner.l1.get(&l1_key).await, generation) {
+            self.hit(namespace, "l1");
+            return Some(value);
+        }
+        self.miss(namespace, "l1");
+        let l2_key = self.l2_key(namespace, key);
+        match self.read_l2::<T>(namespace, &l2_key).await {
+            Some((value, generation, weight)) => {
+                self.hit(namespace, "l2");
+                self.put_l1(namespace, l1_key, value.clone(), generation, weight)
+                    .await;
+                Some(value)
+            }
+            None => {
+                if self.inner.l2.is_some() {
+                    self.miss(namespace, "l2");
+                }
+                None
+            }
+        }
+    }
+
+    /// Reads L2 and the namespace generation in one round trip; a value written under
+    /// an older generation is a miss.
+    async fn read_l2<T: DeserializeOwned>(
+        &self,
+        namespace: Namespace,
+        l2_key: &str,
+    ) -> Option<(T, u64, u32)> {
+        self.inner.l2.as_ref()?;
+        let generation_key = self.generation_key(namespace);
+        let key = l2_key.to_string();
+        let (remote_generation, raw) = self
+            .l2_call("get", |mut conn| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&generation_key)
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut conn)
+                    .await
+            })
+            .await
+            .ok()?;
+        let stored: Option<Stored<T>> = raw.as_deref().and_then(|r| serde_json::from_slice(r).ok());
+        // A value written under a newer generation means another instance invalidated
+        // the namespace while Redis was unreachable for it: adopt that generation too.
+        let seen = remote_generation
+            .unwrap_or(0)
+            .max(stored.as_ref().map_or(0, |s| s.g));
+        let generation = self.adopt_generation(namespace, seen);
+        self.inner.generations_checked[namespace.index()]
+            .store(self.now_ms().max(1), Ordering::Relaxed);
+        let stored = stored?;
+        let weight = raw.map_or(0, |r| r.len() as u32);
+        (stored.g == generation).then_some((stored.v, generation, weight))
+    }
+
+    async fn put_l1<T: Send + Sync + 'static>(
+        &self,
+        namespace: Namespace,
+        l1_key: String,
+        value: T,
+        generation: u64,
+        weight: u32,
+    ) {
+        let entry = Entry {
+            value: Arc::new(value),
+            generation,
+            ttl: self.inner.config.ttl(namespace),
+            weight,
+        };
+        self.inner.l1.insert(l1_key, entry).await;
+        metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
+            .set(self.inner.l1.entry_count() as f64);
+    }
+
+    async fn write_l2(&self, namespace: Namespace, l2_key: &str, json: Vec<u8>) {
+        if self.inner.l2.is_none() {
+            return;
+        }
+        let ttl_ms = self.inner.config.ttl(namespace).as_millis() as u64;
+        let key = l2_key.to_string();
+        let _ = self
+            .l2_call("set", |mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(json)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    /// Stores a value in both tiers.
+    pub async fn set<T>(&self, namespace: Namespace, key: &str, value: &T)
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        let generation = self.generation(namespace).await;
+        let Ok(json) = serde_json::to_vec(&Stored {
+            g: generation,
+            v: value,
+        }) else {
+            return;
+        };
+        let weight = json.len() as u32;
+        self.write_l2(namespace, &self.l2_key(namespace, key), json)
+            .await;
+        self.put_l1(
+            namespace,
+            Self::l1_key(namespace, key),
+            value.clone(),
+            generation,
+            weight,
+        )
+        .await;
+    }
+
+    /// The cached value, or the loader's, cached for the namespace's TTL. Concurrent
+    /// misses of one key run `loader` once in this process, and with Redis once across
+    /// instances unless the lock holder takes longer than `lock_wait`. Loader errors are
+    /// returned and not cached.
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        loader: F,
+    ) -> Result<T, Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let generation = self.generation(namespace).await;
+        let l1_key = Self::l1_key(namespace, key);
+        let current = self.inner.l1.get(&l1_key).await;
+        if let Some(value) = self.l1_lookup::<T>(current.clone(), generation) {
+            self.hit(namespace, "l1");
+            return Ok(value);
+        }
+        if current.is_some() {
+            // Written under an older generation (or as another type): replace it.
+            self.inner.l1.invalidate(&l1_key).await;
+        }
+        self.miss(namespace, "l1");
+        let l2_key = self.l2_key(namespace, key);
+        let entry = self
+            .inner
+            .l1
+            .try_get_with(l1_key, async {
+                if let Some((value, generation, weight)) =
+                    self.read_l2::<T>(namespace, &l2_key).await
+                {
+                    self.hit(namespace, "l2");
+                    return Ok(self.entry(namespace, value, generation, weight));
+                }
+                if self.inner.l2.is_some() {
+                    self.miss(namespace, "l2");
+                }
+                self.load_with_lock(namespace, &l2_key, generation, loader)
+                    .await
+            })
+            .await?;
+        metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
+            .set(self.inner.l1.entry_count() as f64);
+        Ok(entry
+            .value
+            .downcast_ref::<T>()
+            .cloned()
+            .expect("the entry was just built from a T"))
+    }
+
+    fn entry<T: Send + Sync + 'static>(
+        &self,
+        namespace: Namespace,
+        value: T,
+        generation: u64,
+        weight: u32,
+    ) -> Entry {
+        Entry {
+            value: Arc::new(value),
+            generation,
+            ttl: self.inner.config.ttl(namespace),
+            weight,
+        }
+    }
+
+    async fn load_with_lock<T, E, F, Fut>(
+        &self,
+        namespace: Namespace,
+        l2_key: &str,
+        generation: u64,
+        loader: F,
+    ) -> Result<Entry, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = uuid::Uuid::new_v4().to_string();
+        let lock_key = self.lock_key(l2_key);
+        let locked = self.try_lock(&lock_key, &token).await;
+        if locked == Some(false) {
+            // Another instance is loading: wait for its value rather than call upstream too.
+            let deadline = Instant::now() + self.inner.config.lock_wait;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Some((value, generation, weight)) =
+                    self.read_l2::<T>(namespace, l2_key).await
+                {
+                    self.hit(namespace, "l2");
+                    return Ok(self.entry(namespace, value, generation, weight));
+                }
+            }
+            tracing::debug!(
+                namespace = namespace.as_str(),
+                "cache: lock holder too slow; loading here too"
+            );
+        }
+        metrics::counter!(names::CACHE_LOADS_TOTAL, "namespace" => namespace.as_str()).increment(1);
+        let loaded = loader().await;
+        let result = match loaded {
+            Ok(value) => {
+                let json = serde_json::to_vec(&Stored {
+                    g: generation,
+                    v: &value,
+                })
+                .unwrap_or_default();
+                let weight = json.len() as u32;
+                if !json.is_empty() {
+                    self.write_l2(namespace, l2_key, json).await;
+                }
+                Ok(self.entry(namespace, value, generation, weight))
+            }
+            Err(err) => Err(err),
+        };
+        if locked == Some(true) {
+            self.unlock(&lock_key, &token).await;
+        }
+        result
+    }
+
+    /// `Some(true)`: this instance holds the lock; `Some(false)`: another does; `None`: no Redis.
+    async fn try_lock(&self, lock_key: &str, token: &str) -> Option<bool> {
+        let ttl = self.inner.config.lock_ttl.as_millis() as u64;
+        let key = lock_key.to_string();
+        let token = token.to_string();
+        self.l2_call("lock", |mut conn| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl)
+                .query_async(&mut conn)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+        .ok()
+    }
+
+    async fn unlock(&self, lock_key: &str, token: &str) {
+        // Delete only our own lock, not one a later holder took after ours expired.
+        const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let key = lock_key.to_string();
+        let token = token.to_string();
+        let _ = self
+            .l2_call("unlock", |mut conn| async move {
+                redis::Script::new(UNLOCK)
+                    .key(&key)
+                    .arg(&token)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    // ---- invalidation -----------------------------------------------------------------
+
+    /// Removes one key from both tiers.
+    pub async fn invalidate(&self, namespace: Namespace, key: &str) {
+        self.inner
+            .l1
+            .invalidate(&Self::l1_key(namespace, key))
+            .await;
+        let l2_key = self.l2_key(namespace, key);
+        let _ = self
+            .l2_call("del", |mut conn| async move {
+                redis::cmd("DEL")
+                    .arg(&l2_key)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await;
+        metrics::counter!(names::CACHE_INVALIDATIONS_TOTAL, "namespace" => namespace.as_str(), "scope" => "key").increment(1);
+    }
+
+    /// Makes every entry of the namespace stale, on every instance: bumps the generation
+    /// (in Redis when available) instead of scanning keys.
+    pub async fn invalidate_namespace(&self, namespace: Namespace) {
+        let key = self.generation_key(namespace);
+        let remote = self
+            .l2_call("invalidate", |mut conn| async move {
+                redis::cmd("INCR")
+                    .arg(&key)
+                    .query_async::<u64>(&mut conn)
+                    .await
+            })
+            .await;
+        let i = namespace.index();
+        match remote {
+            Ok(generation) => {
+                self.adopt_generation(namespace, generation);
+            }
+            Err(L2Unavailable) => {
+                // Without Redis the bump is local; other instances adopt it when they
+                // read a value this instance wrote under the newer generation.
+                self.inner.generations[i].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.inner.generations_checked[i].store(self.now_ms().max(1), Ordering::Relaxed);
+        metrics::counter!(names::CACHE_INVALIDATIONS_TOTAL, "namespace" => namespace.as_str(), "scope" => "namespace").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn l1_only() -> TieredCache {
+        TieredCache::new(CacheConfig::default(), None)
+    }
+
+    #[tokio::test]
+    async fn l1_only_cache_hits_invalidates_and_keeps_types_apart() {
+        let cache = l1_only();
+        assert_eq!(cache.get::<String>(Namespace::Chat, "q").await, None);
+        cache.set(Namespace::Chat, "q", &"answer".to_string()).await;
+        assert_eq!(
+            cache.get::<String>(Namespace::Chat, "q").await.as_deref(),
+            Some("answer")
+        );
+        assert_eq!(
+            cache.get::<String>(Namespace::Search, "q").await,
+            None,
+            "namespaces are separate"
+        );
+        assert_eq!(
+            cache.get::<u64>(Namespace::Chat, "q").await,
+            None,
+            "another type is a miss"
+        );
+        cache.invalidate(Namespace::Chat, "q").await;
+        assert_eq!(cache.get::<String>(Namespace::Chat, "q").await, None);
+
+        cache.set(Namespace::Search, "a", &1u32).await;
+        cache.set(Namespace::Search, "b", &2u32).await;
+        cache.set(Namespace::Chat, "c", &3u32).await;
+        cache.invalidate_namespace(Namespace::Search).await;
+        assert_eq!(cache.get::<u32>(Namespace::Search, "a").await, None);
+        assert_eq!(cache.get::<u32>(Namespace::Search, "b").await, None);
+        assert_eq!(
+            cache.get::<u32>(Namespace::Chat, "c").await,
+            Some(3),
+            "other namespaces keep their entries"
+        );
+        let stats = cache.stats();
+        assert!(stats.l1_hits >= 2 && stats.misses >= 4, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn loader_errors_are_returned_and_not_cached() {
+        let cache = l1_only();
+        let calls = AtomicUsize::new(0);
+        let failed: Result<String, Arc<&str>> = cache
+            .get_or_load(Namespace::Chat, "k", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("upstream down")
+            })
+            .await;
+        assert_eq!(*failed.unwrap_err(), "upstream down");
+        let ok: Result<String, Arc<&str>> = cache
+            .get_or_load(Namespace::Chat, "k", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok("fine".to_string())
+            })
+            .await;
+        assert_eq!(ok.unwrap(), "fine");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_with_their_namespace_ttl() {
+        let mut config = CacheConfig::default();
+        config.ttls[Namespace::Config.index()] = Duration::from_millis(50);
+        let cache = TieredCache::new(config, None);
+        cache.set(Namespace::Config, "flag", &true).await;
+        cache.set(Namespace::Chat, "answer", &true).await;
+        assert_eq!(
+            cache.get::<bool>(Namespace::Config, "flag").await,
+            Some(true)
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(cache.get::<bool>(Namespace::Config, "flag").await, None);
+        assert_eq!(
+            cache.get::<bool>(Namespace::Chat, "answer").await,
+            Some(true)
+        );
+    }
+
+    #[tokio::test]
+    async fn l1_is_bounded_by_bytes() {
+        let config = CacheConfig {
+            l1_max_entries: 1000,
+            l1_max_bytes: 64 * 1024,
+            ..CacheConfig::default()
+        };
+        let cache = TieredCache::new(config, None);
+        let big = "x".repeat(8 * 1024);
+        for i in 0..100 {
+            cache.set(Namespace::Chat, &format!("k{i}"), &big).await;
+        }
+        cache.inner.l1.run_pending_tasks().await;
+        let weighted = cache.inner.l1.weighted_size();
+        assert!(weighted <= 64 * 1024, "weighted size {weighted}");
+        assert!(cache.inner.l1.entry_count() <= 8);
+    }
+}

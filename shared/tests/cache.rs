@@ -1,0 +1,292 @@
+//! The tiered cache against real Redis servers, including one stopped and restarted mid-test.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::cache::{CacheConfig, Namespace, TieredCache};
+use shared::config::RedisUrl;
+use shared::store::RedisHandle;
+
+fn redis_at(url: &str) -> RedisHandle {
+    RedisHandle::new(&RedisUrl::parse(url).unwrap(), Duration::from_millis(200)).unwrap()
+}
+
+fn shared_redis() -> RedisHandle {
+    redis_at(&std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
+}
+
+fn config() -> CacheConfig {
+    CacheConfig {
+        prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        generation_refresh: Duration::ZERO,
+        l2_retry_after: Duration::from_millis(100),
+        ..CacheConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn l2_hits_back_fill_l1_and_values_are_json_in_redis() {
+    let config = config();
+    let a = TieredCache::new(config.clone(), Some(shared_redis()));
+    let b = TieredCache::new(config.clone(), Some(shared_redis()));
+    a.set(
+        Namespace::Search,
+        "refund policy",
+        &vec!["doc-1".to_string(), "doc-7".to_string()],
+    )
+    .await;
+
+    let got: Option<Vec<String>> = b.get(Namespace::Search, "refund policy").await;
+    assert_eq!(got.unwrap(), vec!["doc-1", "doc-7"]);
+    assert_eq!(b.stats().l2_hits, 1);
+    let _: Option<Vec<String>> = b.get(Namespace::Search, "refund policy").await;
+    assert_eq!(b.stats().l1_hits, 1, "the L2 hit filled L1");
+
+    // Stored as JSON with the generation, under a hashed key (no request text in key names).
+    let mut conn = shared_redis().connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:cache:search:*", config.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let value_key = keys
+        .iter()
+        .find(|k| !k.ends_with(":generation") && !k.ends_with(":lock"))
+        .expect("value key");
+    assert!(!value_key.contains("refund"));
+    let raw: String = redis::cmd("GET")
+        .arg(value_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(json["v"][1], "doc-7");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(value_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 300_000, "search TTL applies: {ttl}");
+}
+
+#[tokio::test]
+async fn namespace_invalidation_reaches_every_instance() {
+    let config = config();
+    let a = TieredCache::new(config.clone(), Some(shared_redis()));
+    let b = TieredCache::new(config.clone(), Some(shared_redis()));
+    a.set(Namespace::Chat, "q1", &"old answer".to_string())
+        .await;
+    a.set(Namespace::Embedding, "e1", &vec![0.5f32, 0.25]).await;
+    assert!(b.get::<String>(Namespace::Chat, "q1").await.is_some());
+
+    a.invalidate_namespace(Namespace::Chat).await;
+    assert_eq!(
+        b.get::<String>(Namespace::Chat, "q1").await,
+        None,
+        "b's L1 copy is stale now"
+    );
+    assert_eq!(a.get::<String>(Namespace::Chat, "q1").await, None);
+    assert_eq!(
+        b.get::<Vec<f32>>(Namespace::Embedding, "e1").await,
+        Some(vec![0.5, 0.25])
+    );
+
+    a.set(Namespace::Chat, "q1", &"new answer".to_string())
+        .await;
+    assert_eq!(
+        b.get::<String>(Namespace::Chat, "q1").await.as_deref(),
+        Some("new answer")
+    );
+
+    a.invalidate(Namespace::Chat, "q1").await;
+    assert_eq!(a.get::<String>(Namespace::Chat, "q1").await, None);
+}
+
+async fn burst(
+    cache: TieredCache,
+    calls: Arc<AtomicUsize>,
+    n: usize,
+    delay: Duration,
+) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(Namespace::Chat, "same question", || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, String>("one upstream answer".to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_misses_run_the_loader_once() {
+    for redis in [None, Some(shared_redis())] {
+        let cache = TieredCache::new(config(), redis);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answers = burst(cache, calls.clone(), 100, Duration::from_millis(50)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|a| a == "one upstream answer"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_one_load_through_the_redis_lock() {
+    let config = config();
+    let a = TieredCache::new(config.clone(), Some(shared_redis()));
+    let b = TieredCache::new(config.clone(), Some(shared_redis()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (left, right) = tokio::join!(
+        burst(a, calls.clone(), 50, Duration::from_millis(300)),
+        burst(b, calls.clone(), 50, Duration::from_millis(300))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one instance loads, the other waits for its value"
+    );
+    assert_eq!(left.len() + right.len(), 100);
+}
+
+#[tokio::test]
+async fn a_closed_redis_port_means_l1_only_without_errors() {
+    let cache = TieredCache::new(config(), Some(redis_at("redis://127.0.0.1:1")));
+    cache.set(Namespace::Session, "s1", &42u32).await;
+    assert_eq!(cache.get::<u32>(Namespace::Session, "s1").await, Some(42));
+    let loaded: Result<u32, Arc<String>> = cache
+        .get_or_load(Namespace::Session, "s2", || async { Ok(7) })
+        .await;
+    assert_eq!(loaded.unwrap(), 7);
+    assert_eq!(cache.stats().l2_available, Some(false));
+}
+
+/// A Redis server of this test's own, so it can be stopped and started again.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (local/start-services.sh installs it)");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_then_restarted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = OwnRedis::start(port).await;
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let config = config();
+    let cache = TieredCache::new(config.clone(), Some(redis_at(&url)));
+
+    cache
+        .set(Namespace::Chat, "before", &"cached".to_string())
+        .await;
+    assert_eq!(cache.stats().l2_available, Some(true));
+
+    server.stop();
+    // L1 keeps serving, writes and loads work, and nothing returns an error.
+    assert_eq!(
+        cache
+            .get::<String>(Namespace::Chat, "before")
+            .await
+            .as_deref(),
+        Some("cached")
+    );
+    cache
+        .set(Namespace::Chat, "during", &"l1 only".to_string())
+        .await;
+    assert_eq!(
+        cache
+            .get::<String>(Namespace::Chat, "during")
+            .await
+            .as_deref(),
+        Some("l1 only")
+    );
+    let loaded: Result<String, Arc<String>> = cache
+        .get_or_load(Namespace::Chat, "load", || async { Ok("loaded".into()) })
+        .await;
+    assert_eq!(loaded.unwrap(), "loaded");
+    assert_eq!(cache.stats().l2_available, Some(false));
+
+    // Redis returns (empty): the cache reconnects by itself and writes reach it again.
+    let _server = OwnRedis::start(port).await;
+    let mut reached = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cache
+            .set(Namespace::Chat, "after", &"both tiers".to_string())
+            .await;
+        let other = TieredCache::new(config.clone(), Some(redis_at(&url)));
+        if other
+            .get::<String>(Namespace::Chat, "after")
+            .await
+            .as_deref()
+            == Some("both tiers")
+        {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "writes reach Redis again after it restarts");
+    assert_eq!(cache.stats().l2_available, Some(true));
+}
