@@ -33,7 +33,7 @@ smoke: ## The functions under cargo lambda watch, called on one base URL
 	scripts/smoke-lambda.sh
 
 bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/benchmarks.md)
-	cargo bench -p shared --bench foundation
+	cargo bench -p shared --bench foundation --bench resilience
 	scripts/load-test.sh
 
 load-test: ## HTTP load test of the health function in release mode (needs wrk)

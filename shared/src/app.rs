@@ -5,8 +5,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::cache::TieredCache;
 use crate::config::{ConfigError, Settings};
 use crate::observability::{logging, metrics as obs_metrics};
+use crate::resilience::limits::{ConcurrencyLimiter, RateLimiter};
+use crate::resilience::{Breakers, SystemClock};
 use crate::store::{Database, RedisHandle, StoreError};
 
 /// Version of the running build, reported by health and logs.
@@ -18,6 +21,14 @@ pub struct AppContext {
     pub settings: Settings,
     pub database: Database,
     pub redis: Option<RedisHandle>,
+    /// L1 in-process + L2 Redis (when configured) cache (C5).
+    pub cache: TieredCache,
+    /// Circuit breakers by dependency (C6), shared through Redis when configured.
+    pub breakers: Breakers,
+    /// Per-key rate limit (C9).
+    pub rate_limiter: Arc<RateLimiter>,
+    /// Cap on concurrent sessions (C9).
+    pub sessions: ConcurrencyLimiter,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
 }
@@ -49,10 +60,37 @@ impl AppContext {
             Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
             None => None,
         };
+        let cache = TieredCache::new(settings.cache.clone(), redis.clone());
+        let shared_breakers = if settings.breaker_shared {
+            redis.clone()
+        } else {
+            None
+        };
+        let breakers = Breakers::new(
+            settings.breaker.clone(),
+            Arc::new(SystemClock),
+            shared_breakers,
+            &settings.cache.prefix,
+        );
+        let rate_limiter = Arc::new(RateLimiter::new(
+            settings.rate_limit_requests,
+            settings.rate_limit_window,
+            redis.clone(),
+            &settings.cache.prefix,
+        ));
+        let sessions = ConcurrencyLimiter::new(
+            "sessions",
+            settings.max_concurrent_sessions,
+            Duration::from_secs(1),
+        );
         Ok(Arc::new(Self {
             settings,
             database,
             redis,
+            cache,
+            breakers,
+            rate_limiter,
+            sessions,
             started: Instant::now(),
             started_at: Utc::now(),
         }))

@@ -693,6 +693,15 @@ impl TieredCache {
 
     // ---- invalidation -----------------------------------------------------------------
 
+    /// Drops this instance's L1 copy only (L2 keeps the value): for memory pressure,
+    /// tests and benchmarks of the L2 path.
+    pub async fn forget_local(&self, namespace: Namespace, key: &str) {
+        self.inner
+            .l1
+            .invalidate(&Self::l1_key(namespace, key))
+            .await;
+    }
+
     /// Removes one key from both tiers.
     pub async fn invalidate(&self, namespace: Namespace, key: &str) {
         self.inner

@@ -13,6 +13,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::auth::ApiKeys;
+use crate::cache::CacheConfig;
+use crate::resilience::retry::RetryPolicy;
+use crate::resilience::BreakerConfig;
 
 /// Default database: a SQLite file under `.data/`, so the embedded mode needs no set-up.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
@@ -139,6 +142,15 @@ pub struct Settings {
     pub health_timeout: Duration,
     pub metrics_export: MetricsExport,
     pub metrics_namespace: String,
+    pub cache: CacheConfig,
+    pub breaker: BreakerConfig,
+    /// Share breaker state through Redis (when `REDIS_URL` is set).
+    pub breaker_shared: bool,
+    pub retry: RetryPolicy,
+    /// Requests per API key per window.
+    pub rate_limit_requests: u32,
+    pub rate_limit_window: Duration,
+    pub max_concurrent_sessions: usize,
 }
 
 /// One bad or missing variable.
@@ -222,6 +234,23 @@ impl<'a> Reader<'a> {
 
     fn millis(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Duration {
         Duration::from_millis(self.int(name, default, min, max))
+    }
+
+    fn secs(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_secs(self.int(name, default, min, max))
+    }
+
+    fn flag(&mut self, name: &'static str, default: bool) -> bool {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("1" | "true" | "yes" | "on") => true,
+            Some("0" | "false" | "no" | "off") => false,
+            Some(other) => {
+                let problem = format!("expected true or false, got `{other}`");
+                self.fail(name, problem);
+                default
+            }
+        }
     }
 }
 
@@ -331,6 +360,76 @@ impl Settings {
             );
         }
 
+        let cache_prefix = r.get("CACHE_PREFIX").unwrap_or("chatkb").to_string();
+        if cache_prefix.is_empty()
+            || cache_prefix.len() > 32
+            || !cache_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            r.fail("CACHE_PREFIX", "1-32 of A-Z a-z 0-9 - _");
+        }
+        let defaults = CacheConfig::default();
+        let year = 365 * 86_400;
+        let cache = CacheConfig {
+            prefix: cache_prefix,
+            l1_max_entries: r.int(
+                "CACHE_L1_MAX_ENTRIES",
+                defaults.l1_max_entries,
+                1,
+                10_000_000,
+            ),
+            l1_max_bytes: r.int(
+                "CACHE_L1_MAX_BYTES",
+                defaults.l1_max_bytes,
+                1 << 20,
+                8 << 30,
+            ),
+            ttls: [
+                r.secs("CACHE_TTL_CHAT_SECS", defaults.ttls[0].as_secs(), 1, year),
+                r.secs("CACHE_TTL_SEARCH_SECS", defaults.ttls[1].as_secs(), 1, year),
+                r.secs(
+                    "CACHE_TTL_EMBEDDING_SECS",
+                    defaults.ttls[2].as_secs(),
+                    1,
+                    year,
+                ),
+                r.secs(
+                    "CACHE_TTL_SESSION_SECS",
+                    defaults.ttls[3].as_secs(),
+                    1,
+                    year,
+                ),
+                r.secs("CACHE_TTL_CONFIG_SECS", defaults.ttls[4].as_secs(), 1, year),
+            ],
+            lock_ttl: defaults.lock_ttl,
+            lock_wait: r.millis("CACHE_LOCK_WAIT_MS", 2000, 0, 60_000),
+            generation_refresh: r.millis("CACHE_GENERATION_REFRESH_MS", 1000, 0, 60_000),
+            l2_retry_after: r.millis("CACHE_L2_RETRY_MS", 1000, 10, 600_000),
+        };
+
+        let breaker = BreakerConfig {
+            failure_threshold: r.int("BREAKER_FAILURE_THRESHOLD", 5u32, 1, 1000),
+            failure_rate: r.int("BREAKER_FAILURE_RATE_PERCENT", 50u32, 1, 100) as f64 / 100.0,
+            window_size: r.int("BREAKER_WINDOW", 20usize, 1, 10_000),
+            min_calls: r.int("BREAKER_MIN_CALLS", 10usize, 1, 10_000),
+            open_for: r.secs("BREAKER_OPEN_SECS", 60, 1, 86_400),
+            half_open_calls: r.int("BREAKER_HALF_OPEN_CALLS", 1u32, 1, 100),
+            shared_sync: r.millis("BREAKER_SHARED_SYNC_MS", 1000, 0, 60_000),
+        };
+        let breaker_shared = r.flag("BREAKER_SHARED", true);
+
+        let retry = RetryPolicy {
+            max_attempts: r.int("RETRY_MAX_ATTEMPTS", 3usize, 1, 10),
+            base_delay: r.millis("RETRY_BASE_DELAY_MS", 200, 1, 60_000),
+            max_delay: r.millis("RETRY_MAX_DELAY_MS", 5000, 1, 300_000),
+            budget: r.millis("RETRY_BUDGET_MS", 20_000, 1, 900_000),
+        };
+
+        let rate_limit_requests = r.int("RATE_LIMIT_REQUESTS", 60u32, 1, 1_000_000);
+        let rate_limit_window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
+        let max_concurrent_sessions = r.int("MAX_CONCURRENT_SESSIONS", 100usize, 1, 100_000);
+
         match (r.problems.is_empty(), database_url) {
             (true, Some(database_url)) => Ok(Settings {
                 function: function.to_string(),
@@ -347,6 +446,13 @@ impl Settings {
                 health_timeout,
                 metrics_export,
                 metrics_namespace,
+                cache,
+                breaker,
+                breaker_shared,
+                retry,
+                rate_limit_requests,
+                rate_limit_window,
+                max_concurrent_sessions,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,
@@ -378,6 +484,38 @@ mod tests {
         assert!(s.cors_origins.is_empty());
         assert_eq!(s.max_body_bytes, 1_048_576);
         assert_eq!(s.metrics_export, MetricsExport::Prometheus);
+        assert_eq!(
+            s.cache.ttl(crate::cache::Namespace::Search),
+            Duration::from_secs(300)
+        );
+        assert_eq!(s.breaker.failure_threshold, 5);
+        assert_eq!(s.breaker.open_for, Duration::from_secs(60));
+        assert!(s.breaker_shared);
+        assert_eq!(s.retry.max_attempts, 3);
+        assert_eq!(s.max_concurrent_sessions, 100);
+    }
+
+    #[test]
+    fn resilience_settings_are_read() {
+        let s = Settings::from_vars(
+            "chat",
+            &vars(&[
+                ("CACHE_TTL_CHAT_SECS", "90"),
+                ("BREAKER_FAILURE_RATE_PERCENT", "25"),
+                ("BREAKER_SHARED", "off"),
+                ("RATE_LIMIT_REQUESTS", "5"),
+                ("RATE_LIMIT_WINDOW_SECS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.cache.ttl(crate::cache::Namespace::Chat),
+            Duration::from_secs(90)
+        );
+        assert_eq!(s.breaker.failure_rate, 0.25);
+        assert!(!s.breaker_shared);
+        assert_eq!(s.rate_limit_requests, 5);
+        assert_eq!(s.rate_limit_window, Duration::from_secs(10));
     }
 
     #[test]
@@ -394,6 +532,8 @@ mod tests {
                 ("MAX_BODY_BYTES", "-1"),
                 ("HEALTH_TIMEOUT_MS", "0"),
                 ("METRICS_EXPORT", "statsd"),
+                ("CACHE_TTL_CHAT_SECS", "0"),
+                ("BREAKER_SHARED", "maybe"),
             ]),
         )
         .unwrap_err();
@@ -409,10 +549,12 @@ mod tests {
                 "MAX_BODY_BYTES",
                 "HEALTH_TIMEOUT_MS",
                 "METRICS_EXPORT",
+                "CACHE_TTL_CHAT_SECS",
+                "BREAKER_SHARED",
             ]
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid configuration (9 problems): PORT: "));
+        assert!(text.starts_with("invalid configuration (11 problems): PORT: "));
         assert!(text.contains("unsupported scheme `mysql`"));
         assert!(!text.contains("hunter2"), "a password leaked: {text}");
     }

@@ -307,6 +307,21 @@ pub async fn deep_check_count(db: &Database) -> Result<i64, StoreError> {
     Ok(count)
 }
 
+fn cache_view(stats: &crate::cache::CacheStats) -> Value {
+    serde_json::json!({
+        "hit_rate": stats.hit_rate().map(|r| (r * 1000.0).round() / 1000.0),
+        "l1_hits": stats.l1_hits,
+        "l2_hits": stats.l2_hits,
+        "misses": stats.misses,
+        "l1_entries": stats.l1_entries,
+        "l2": match stats.l2_available {
+            None => "disabled",
+            Some(true) => "up",
+            Some(false) => "down",
+        },
+    })
+}
+
 /// The JSON of `/health/detailed`.
 pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
     let dependencies = check_dependencies(ctx).await;
@@ -324,6 +339,15 @@ pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
         "uptime_seconds": ctx.uptime().as_secs(),
         "cold_start": cold_start,
         "dependencies": dependencies,
+        "breakers": ctx.breakers.states().into_iter().map(|(name, state)| serde_json::json!({
+            "name": name,
+            "state": state,
+        })).collect::<Vec<_>>(),
+        "cache": cache_view(&ctx.cache.stats()),
+        "concurrent_sessions": {
+            "in_use": ctx.sessions.in_use(),
+            "limit": ctx.settings.max_concurrent_sessions,
+        },
         "last_deep_check": last.map(|d| serde_json::json!({
             "checked_at": d.checked_at,
             "status": d.status,

@@ -37,6 +37,10 @@ async fn every_health_route_answers_its_sample_event() {
     assert_eq!(deps.len(), 2);
     assert!(deps[0]["latency_ms"].is_number());
     assert_eq!(deps[1]["status"], "disabled");
+    assert_eq!(res.json["cache"]["l2"], "disabled");
+    assert!(res.json["cache"]["l1_entries"].is_u64());
+    assert_eq!(res.json["concurrent_sessions"]["limit"], 100);
+    assert!(res.json["breakers"].is_array());
 
     let res = call(&router, load_event("health-metrics.json")).await;
     assert_eq!(res.status, 200);
@@ -181,4 +185,40 @@ async fn http_events_through_the_lambda_dispatcher_become_gateway_responses() {
     assert!(shared::runtime::dispatch(health::router(ctx), None, event)
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn detailed_reports_breaker_states_and_cache_hit_rate() {
+    let db = TestDatabase::sqlite();
+    let ctx = context("health", &[("DATABASE_URL", &db.url)]);
+    let router = health::router(ctx.clone());
+    let breaker = ctx.breakers.get("openai");
+    for _ in 0..5 {
+        let permit = breaker.acquire().await.unwrap();
+        breaker.record(permit, true).await;
+    }
+    ctx.cache
+        .set(shared::cache::Namespace::Chat, "q", &"a".to_string())
+        .await;
+    let _: Option<String> = ctx.cache.get(shared::cache::Namespace::Chat, "q").await;
+    let _: Option<String> = ctx
+        .cache
+        .get(shared::cache::Namespace::Chat, "missing")
+        .await;
+
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(
+        res.json["breakers"],
+        serde_json::json!([{"name": "openai", "state": "open"}])
+    );
+    assert_eq!(res.json["cache"]["hit_rate"], 0.5);
+    let metrics = call(&router, load_event("health-metrics.json")).await.text;
+    assert!(
+        metrics.contains("circuit_breaker_state{breaker=\"openai\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cache_hits_total{namespace=\"chat\",tier=\"l1\"}"),
+        "{metrics}"
+    );
 }
