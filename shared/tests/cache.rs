@@ -290,3 +290,56 @@ async fn redis_stopped_mid_test_then_restarted() {
     assert!(reached, "writes reach Redis again after it restarts");
     assert_eq!(cache.stats().l2_available, Some(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_concurrent_load_costs_no_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = OwnRedis::start(port).await;
+    let cache = TieredCache::new(
+        config(),
+        Some(redis_at(&format!("redis://127.0.0.1:{port}"))),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let cache = cache.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut served = 0u64;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("k{}", i % 50);
+                    let expected = format!("value of {key}");
+                    let got: Result<String, Arc<String>> = cache
+                        .get_or_load(Namespace::Search, &key, || {
+                            let expected = expected.clone();
+                            async move { Ok(expected) }
+                        })
+                        .await;
+                    assert_eq!(
+                        got.expect("no error reaches the caller"),
+                        expected,
+                        "worker {worker}"
+                    );
+                    served += 1;
+                    i += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for worker in workers {
+        served += worker.await.expect("no worker panicked");
+    }
+    assert!(served > 100, "served {served} lookups");
+    assert_eq!(cache.stats().l2_available, Some(false));
+}
