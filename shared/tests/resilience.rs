@@ -62,11 +62,16 @@ async fn a_failed_probe_reopens_everywhere() {
     let a = CircuitBreaker::shared("llm", shared_config(), clock.clone(), redis(), &prefix);
     let b = CircuitBreaker::shared("llm", shared_config(), clock.clone(), redis(), &prefix);
     fail(&a, 5).await;
+    assert!(b.acquire().await.is_err(), "b has seen the open state");
     clock.advance(Duration::from_secs(61));
     let probe = a.acquire().await.unwrap();
     a.record(probe, true).await;
     assert_eq!(a.state(), BreakerState::Open);
-    assert!(b.acquire().await.is_err());
+    let refused = b
+        .acquire()
+        .await
+        .expect_err("b follows the re-opening, it does not probe");
+    assert!(refused.retry_after > Duration::from_secs(50), "{refused:?}");
     assert_eq!(b.state(), BreakerState::Open);
 }
 

@@ -543,29 +543,34 @@ impl CircuitBreaker {
         };
         let mut local = self.inner.local.lock().expect("breaker lock");
         let open_for = self.inner.config.open_for.as_millis() as u64;
-        match (open_until, local.state) {
-            // Another instance opened it: open here too, ending at the same moment.
-            (Some(until), BreakerState::Closed) if until > now => {
-                self.transition(&mut local, BreakerState::Open, "opened by another instance");
+        match open_until {
+            // Open somewhere (or re-opened by a failed probe): open here, ending together.
+            Some(until) if until > now => {
+                if local.state != BreakerState::Open {
+                    self.transition(&mut local, BreakerState::Open, "opened by another instance");
+                }
                 local.opened_at = until.saturating_sub(open_for);
             }
-            // Shared cool-down over while we were still open: half-open together.
-            (Some(until), BreakerState::Open) if until <= now => {
-                self.transition(
-                    &mut local,
-                    BreakerState::HalfOpen,
-                    "shared cool-down elapsed",
-                );
+            // The shared cool-down is over: half-open together (one instance will probe).
+            Some(_) => {
+                if local.state == BreakerState::Open {
+                    self.transition(
+                        &mut local,
+                        BreakerState::HalfOpen,
+                        "shared cool-down elapsed",
+                    );
+                }
             }
             // The prober closed it (key deleted): close here too.
-            (None, BreakerState::Open | BreakerState::HalfOpen) => {
-                self.transition(
-                    &mut local,
-                    BreakerState::Closed,
-                    "closed by another instance",
-                );
+            None => {
+                if local.state != BreakerState::Closed {
+                    self.transition(
+                        &mut local,
+                        BreakerState::Closed,
+                        "closed by another instance",
+                    );
+                }
             }
-            _ => {}
         }
     }
 
