@@ -18,9 +18,11 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
 
-test: ## Format check, clippy, every test (PostgreSQL and Redis must be running), Lambda-mode smoke test
+test: ## Format check, clippy, cfn-lint, every test (PostgreSQL and Redis must be running), Lambda-mode smoke test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
+	cfn-lint infra/template.yaml
 	$(MAKE) test-rust
 	$(MAKE) smoke
 
