@@ -39,6 +39,8 @@ if [ $want_pg = 1 ]; then
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   fi
   wait_for "PostgreSQL (127.0.0.1:5432)" pg_isready -h 127.0.0.1 -p 5432
+  # pgvector for the knowledge base (built from Debian's source package when missing).
+  "$(dirname "$0")/install-pgvector.sh"
   # Databases used by tests (test) and by `make run-services` (chatkb).
   for db in test chatkb; do
     psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \

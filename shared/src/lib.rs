@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod kb;
 pub mod observability;
 pub mod resilience;
 pub mod runtime;

@@ -1,0 +1,3 @@
+pub mod embed;
+pub mod rank;
+pub mod text;
