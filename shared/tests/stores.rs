@@ -8,6 +8,9 @@ use shared::store::{Database, Pool, RedisHandle};
 use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
+/// Every table the migrations create, the same on both backends.
+const TABLES: [&str; 4] = ["chunks", "documents", "events", "health_checks"];
+
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
 }
@@ -20,14 +23,14 @@ async fn migrations_run_once_and_are_idempotent_on_both_backends() {
         db.ensure_ready().await.unwrap();
         assert_eq!(
             db.table_names().await.unwrap(),
-            vec!["health_checks"],
+            TABLES.to_vec(),
             "{:?}",
             test_db.kind
         );
         // A second process (new handle) finds the schema already migrated.
         let again = test_db.database();
         again.ping().await.unwrap();
-        assert_eq!(again.table_names().await.unwrap(), vec!["health_checks"]);
+        assert_eq!(again.table_names().await.unwrap(), TABLES.to_vec());
         db.close().await;
         again.close().await;
     }
@@ -53,7 +56,7 @@ async fn deep_checks_are_recorded_and_pruned_on_both_backends() {
         let ctx = AppContext::new(settings("test", &[("DATABASE_URL", &test_db.url)])).unwrap();
         let first = health::run_deep_check(&ctx).await;
         assert_eq!(first.status, OverallStatus::Ok);
-        assert_eq!(first.tables, vec!["health_checks"]);
+        assert_eq!(first.tables, TABLES.to_vec());
         assert_eq!(health::deep_check_count(&ctx.database).await.unwrap(), 1);
 
         // A report older than the retention is pruned by the next recording.

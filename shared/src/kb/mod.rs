@@ -1,3 +1,453 @@
+//! The knowledge base (I1-I6): normalise -> chunk -> embed -> store, idempotent by
+//! content hash, with an event log and cache invalidation, and hybrid search.
+
 pub mod embed;
 pub mod rank;
+pub mod store;
 pub mod text;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::cache::{Namespace, TieredCache};
+use crate::error::ApiError;
+use crate::store::StoreError;
+use embed::{EmbedError, Embedder};
+use store::{
+    ChunkHit, DocumentRecord, EmbeddedChunk, KnowledgeStore, NewDocument, SearchFilter,
+    WriteOutcome,
+};
+use text::ChunkConfig;
+
+/// Why an ingest, delete or search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KbError {
+    /// The caller's input cannot be ingested (empty text, bad id...): 422.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("document `{0}` not found")]
+    NotFound(String),
+    /// The embedder is down: nothing was stored; 503.
+    #[error(transparent)]
+    Embedder(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<KbError> for ApiError {
+    fn from(e: KbError) -> Self {
+        match e {
+            KbError::Invalid(m) => ApiError::Unprocessable(m),
+            KbError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            KbError::Embedder(err) => ApiError::unavailable(format!("{err}; nothing was stored")),
+            KbError::Store(err) => {
+                tracing::error!(error = %err, "knowledge base store failed");
+                ApiError::unavailable("the knowledge base database is unavailable")
+            }
+        }
+    }
+}
+
+/// A document to ingest, as parsed from HTTP or S3.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub id: Option<String>,
+    pub title: Option<String>,
+    pub text: String,
+    pub content_type: String,
+    pub source: String,
+    pub metadata: Value,
+}
+
+/// The result of one ingest, as `POST /documents` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IngestResult {
+    pub id: String,
+    pub status: &'static str,
+    pub chunks: i64,
+    pub version: i64,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SearchResult {
+    pub document_id: String,
+    pub chunk_id: String,
+    pub title: String,
+    pub score: f64,
+    pub snippet: String,
+}
+
+/// `GET /search`'s answer: `mode` is `keyword` when the embedder was unavailable.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    pub mode: String,
+}
+
+/// Valid document ids: safe in URLs, logs and keys.
+pub fn valid_document_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
+/// An id from a title: lower-case words joined by `-` (so re-posting the same titled
+/// document without an id updates it), or a content hash prefix when there are no words.
+fn derive_id(title: &str, hash: &str) -> String {
+    let slug: String = title
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let slug: String = slug.chars().take(96).collect();
+    if slug.is_empty() {
+        format!("doc-{}", &hash[..16])
+    } else {
+        slug
+    }
+}
+
+/// A short excerpt of `text` around the first query word it contains.
+fn snippet(text: &str, query: &str, max_chars: usize) -> String {
+    let lower = text.to_lowercase();
+    let start_byte = embed::tokens(query)
+        .iter()
+        .filter_map(|t| lower.find(t.as_str()))
+        .min()
+        .unwrap_or(0);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let start_char = chars
+        .iter()
+        .position(|(b, _)| *b >= start_byte)
+        .unwrap_or(0);
+    let from = start_char.saturating_sub(max_chars / 4);
+    let to = (from + max_chars).min(chars.len());
+    let mut out: String = chars[from..to].iter().map(|(_, c)| *c).collect();
+    if from > 0 {
+        out.insert(0, '…');
+    }
+    if to < chars.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Ingest and search over one store and one embedder.
+pub struct KnowledgeBase {
+    store: Arc<dyn KnowledgeStore>,
+    embedder: Arc<dyn Embedder>,
+    cache: TieredCache,
+    chunking: ChunkConfig,
+    prepared: OnceCell<()>,
+}
+
+/// Texts embedded per call to the embedder.
+const EMBED_BATCH: usize = 64;
+
+impl KnowledgeBase {
+    pub fn new(
+        store: Arc<dyn KnowledgeStore>,
+        embedder: Arc<dyn Embedder>,
+        cache: TieredCache,
+        chunking: ChunkConfig,
+    ) -> Self {
+        Self {
+            store,
+            embedder,
+            cache,
+            chunking,
+            prepared: OnceCell::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn KnowledgeStore> {
+        &self.store
+    }
+
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.prepared
+            .get_or_try_init(|| self.store.prepare(self.embedder.dimensions()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Embeddings of `texts`, reusing cached vectors (namespace `embedding`, keyed by
+    /// model and content hash) and embedding only the rest, in batches.
+    async fn embeddings(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let model = self.embedder.model().to_string();
+        let keys: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{model}:{}", hex::encode(Sha256::digest(t.as_bytes()))))
+            .collect();
+        let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
+        for key in &keys {
+            vectors.push(self.cache.get::<Vec<f32>>(Namespace::Embedding, key).await);
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|i| vectors[*i].is_none()).collect();
+        for batch in missing.chunks(EMBED_BATCH) {
+            let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
+            let embedded = self.embedder.embed(&inputs).await?;
+            if embedded.len() != inputs.len() {
+                return Err(EmbedError::Invalid(format!(
+                    "{} vectors for {} texts",
+                    embedded.len(),
+                    inputs.len()
+                )));
+            }
+            for (i, vector) in batch.iter().zip(embedded) {
+                if vector.len() != self.embedder.dimensions() {
+                    return Err(EmbedError::Invalid(format!(
+                        "{} dimensions, expected {}",
+                        vector.len(),
+                        self.embedder.dimensions()
+                    )));
+                }
+                self.cache
+                    .set(Namespace::Embedding, &keys[*i], &vector)
+                    .await;
+                vectors[*i] = Some(vector);
+            }
+        }
+        Ok(vectors.into_iter().map(|v| v.unwrap_or_default()).collect())
+    }
+
+    /// Normalise -> chunk -> embed -> store. Identical content changes nothing (no
+    /// embedding, no event); changed content replaces the chunks atomically.
+    pub async fn ingest(
+        &self,
+        request: IngestRequest,
+        correlation_id: &str,
+    ) -> Result<IngestResult, KbError> {
+        let text = text::normalise(&request.text);
+        if text.is_empty() {
+            return Err(KbError::Invalid("the document has no text".into()));
+        }
+        let title = request
+            .title
+            .as_deref()
+            .map(|t| text::normalise(t).replace('\n', " "))
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| {
+                let first_line = text.lines().next().unwrap_or_default();
+                first_line
+                    .trim_start_matches('#')
+                    .trim()
+                    .chars()
+                    .take(120)
+                    .collect()
+            });
+        if title.chars().count() > 500 {
+            return Err(KbError::Invalid(
+                "title is longer than 500 characters".into(),
+            ));
+        }
+        let hash = text::content_hash(&format!("{title}\n\n{text}\n\n{}", request.metadata));
+        let id = match request.id {
+            Some(id) if valid_document_id(&id) => id,
+            Some(_) => {
+                return Err(KbError::Invalid(
+                    "id must be 1-128 of A-Z a-z 0-9 - _ . :".into(),
+                ))
+            }
+            None => derive_id(&title, &hash),
+        };
+        self.prepare().await?;
+
+        // The common re-ingest: same content, nothing to do (and nothing to embed).
+        if let Some(existing) = self.store.document(&id).await? {
+            if existing.content_hash == hash {
+                return Ok(IngestResult {
+                    id,
+                    status: "unchanged",
+                    chunks: existing.chunk_count,
+                    version: existing.version,
+                });
+            }
+        }
+
+        let chunks = text::chunk(&id, &text, self.chunking);
+        let inputs: Vec<String> = chunks
+            .iter()
+            .map(|c| format!("{title}\n\n{}", c.text))
+            .collect();
+        let vectors = self.embeddings(&inputs).await?;
+        let embedded: Vec<EmbeddedChunk> = chunks
+            .into_iter()
+            .zip(vectors)
+            .map(|(chunk, embedding)| EmbeddedChunk { chunk, embedding })
+            .collect();
+        let document = NewDocument {
+            id: id.clone(),
+            title,
+            content_hash: hash,
+            content_type: request.content_type,
+            source: request.source,
+            metadata: request.metadata,
+        };
+        let outcome = self
+            .store
+            .write_document(&document, &embedded, self.embedder.model(), correlation_id)
+            .await?;
+        if !matches!(outcome, WriteOutcome::Unchanged { .. }) {
+            self.invalidate_caches().await;
+        }
+        Ok(IngestResult {
+            id,
+            status: outcome.status(),
+            chunks: embedded.len() as i64,
+            version: outcome.version(),
+        })
+    }
+
+    /// No stale search result or answer outlives a change of the knowledge base (I6).
+    async fn invalidate_caches(&self) {
+        self.cache.invalidate_namespace(Namespace::Search).await;
+        self.cache.invalidate_namespace(Namespace::Chat).await;
+    }
+
+    pub async fn document(&self, id: &str) -> Result<DocumentRecord, KbError> {
+        self.store
+            .document(id)
+            .await?
+            .ok_or_else(|| KbError::NotFound(id.to_string()))
+    }
+
+    pub async fn delete(&self, id: &str, correlation_id: &str) -> Result<i64, KbError> {
+        let version = self
+            .store
+            .delete_document(id, correlation_id)
+            .await?
+            .ok_or_else(|| KbError::NotFound(id.to_string()))?;
+        self.invalidate_caches().await;
+        Ok(version)
+    }
+
+    /// Hybrid search: vector and keyword lists fused by reciprocal rank; keyword only
+    /// (and flagged) when the embedder is unavailable. Results are cached (`search`).
+    pub async fn search(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<SearchResponse, KbError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(KbError::Invalid("the query is empty".into()));
+        }
+        let cache_key = format!(
+            "{}|{}|{}|{}",
+            self.embedder.model(),
+            k,
+            filter
+                .map(|f| format!("{}={}", f.key, f.value))
+                .unwrap_or_default(),
+            query.to_lowercase()
+        );
+        if let Some(cached) = self
+            .cache
+            .get::<SearchResponse>(Namespace::Search, &cache_key)
+            .await
+        {
+            return Ok(cached);
+        }
+        self.prepare().await?;
+        let candidates = (k * 4).max(20) as i64;
+        let keyword = self.store.keyword_search(query, candidates, filter).await?;
+        let vector = match self.embedder.embed(&[query.to_string()]).await {
+            Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "embedder unavailable; keyword-only search");
+                None
+            }
+        };
+        let (hits, mode): (Vec<ChunkHit>, &str) = match vector {
+            Some(v) => {
+                let by_vector = self
+                    .store
+                    .vector_search(&v, self.embedder.model(), candidates, filter)
+                    .await?;
+                let fused = rank::reciprocal_rank_fusion(
+                    &[
+                        by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
+                        keyword.iter().map(|h| h.chunk_id.clone()).collect(),
+                    ],
+                    rank::RRF_K,
+                );
+                let mut by_id: std::collections::HashMap<String, ChunkHit> = by_vector
+                    .into_iter()
+                    .chain(keyword)
+                    .map(|h| (h.chunk_id.clone(), h))
+                    .collect();
+                let hits = fused
+                    .into_iter()
+                    .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
+                    .collect();
+                (hits, "hybrid")
+            }
+            None => (keyword, "keyword"),
+        };
+        let response = SearchResponse {
+            results: hits
+                .into_iter()
+                .take(k)
+                .map(|h| SearchResult {
+                    snippet: snippet(&h.text, query, 240),
+                    document_id: h.document_id,
+                    chunk_id: h.chunk_id,
+                    title: h.title,
+                    score: (h.score * 1e6).round() / 1e6,
+                })
+                .collect(),
+            mode: mode.to_string(),
+        };
+        // A degraded (keyword-only) answer is not cached, so recovery is immediate.
+        if mode == "hybrid" {
+            self.cache
+                .set(Namespace::Search, &cache_key, &response)
+                .await;
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated_and_derived_from_titles() {
+        assert!(valid_document_id("readme.md"));
+        assert!(!valid_document_id("a b"));
+        assert!(!valid_document_id(""));
+        assert_eq!(
+            derive_id("Refund Policy (2026)", "abc"),
+            "refund-policy-2026"
+        );
+        assert_eq!(
+            derive_id("退款", "0123456789abcdef0123"),
+            "doc-0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn snippets_centre_on_the_first_match() {
+        let text = format!(
+            "{} The refund window is 14 days. {}",
+            "intro ".repeat(60),
+            "outro ".repeat(60)
+        );
+        let s = snippet(&text, "refund", 80);
+        assert!(s.contains("refund window"), "{s}");
+        assert!(s.starts_with('…') && s.ends_with('…'));
+        assert_eq!(snippet("short", "zzz", 80), "short");
+    }
+}

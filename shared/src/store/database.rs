@@ -144,8 +144,10 @@ impl Database {
     pub async fn table_names(&self) -> Result<Vec<String>, StoreError> {
         let names = match self.pool().await? {
             Pool::Sqlite(pool) => {
+                // Plain tables only: not FTS5's virtual table nor its shadow tables, so
+                // both dialects list the same tables.
                 sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                    "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
                      AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
                 )
                 .fetch_all(pool)

@@ -1,0 +1,908 @@
+//! Knowledge-base storage (I3-I5) behind one trait, with a PostgreSQL + pgvector adapter
+//! and a SQLite adapter. A document, all its chunks and its events are written in one
+//! transaction: they appear together or not at all.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::text::Chunk;
+use crate::store::{Database, Pool, StoreError};
+
+/// A stored document (without its text; chunks hold the text).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DocumentRecord {
+    pub id: String,
+    pub title: String,
+    pub content_hash: String,
+    pub version: i64,
+    pub chunk_count: i64,
+    pub content_type: String,
+    pub source: String,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A document to write.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub title: String,
+    pub content_hash: String,
+    pub content_type: String,
+    pub source: String,
+    pub metadata: Value,
+}
+
+/// A chunk with its embedding.
+#[derive(Debug, Clone)]
+pub struct EmbeddedChunk {
+    pub chunk: Chunk,
+    pub embedding: Vec<f32>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "status")]
+pub enum WriteOutcome {
+    Created {
+        version: i64,
+    },
+    Updated {
+        version: i64,
+    },
+    /// Same content hash as stored: nothing written, no event.
+    Unchanged {
+        version: i64,
+    },
+}
+
+impl WriteOutcome {
+    pub fn version(self) -> i64 {
+        match self {
+            WriteOutcome::Created { version }
+            | WriteOutcome::Updated { version }
+            | WriteOutcome::Unchanged { version } => version,
+        }
+    }
+
+    pub fn status(self) -> &'static str {
+        match self {
+            WriteOutcome::Created { .. } => "created",
+            WriteOutcome::Updated { .. } => "updated",
+            WriteOutcome::Unchanged { .. } => "unchanged",
+        }
+    }
+}
+
+/// A chunk found by a search.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChunkHit {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub text: String,
+    pub score: f64,
+}
+
+/// `filter=key:value`: documents whose metadata has that value at that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchFilter {
+    pub key: String,
+    pub value: String,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub aggregate_id: String,
+    pub aggregate_version: i64,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub payload: Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub const DOCUMENT_UPLOADED: &str = "document.uploaded";
+pub const DOCUMENT_PROCESSED: &str = "document.processed";
+pub const DOCUMENT_INDEXED: &str = "document.indexed";
+pub const DOCUMENT_DELETED: &str = "document.deleted";
+
+/// Storage of documents, chunks and events.
+#[async_trait::async_trait]
+pub trait KnowledgeStore: Send + Sync {
+    /// Creates what depends on the embedding dimension (PostgreSQL: the HNSW index).
+    async fn prepare(&self, dims: usize) -> Result<(), StoreError>;
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError>;
+    /// Documents ordered by id, after the cursor `after` (keyset pagination).
+    async fn documents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, StoreError>;
+    /// Writes a document with all its chunks and its uploaded/processed/indexed events,
+    /// replacing any previous chunks, in one transaction; unchanged content writes nothing.
+    async fn write_document(
+        &self,
+        doc: &NewDocument,
+        chunks: &[EmbeddedChunk],
+        model: &str,
+        correlation_id: &str,
+    ) -> Result<WriteOutcome, StoreError>;
+    /// Deletes a document and its chunks and records `document.deleted`; `None` if unknown.
+    async fn delete_document(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, StoreError>;
+    async fn vector_search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError>;
+    async fn keyword_search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError>;
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+/// The adapter for the configured database.
+pub fn knowledge_store(database: &Database) -> Arc<dyn KnowledgeStore> {
+    match database.kind() {
+        crate::config::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
+            db: database.clone(),
+        }),
+        crate::config::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
+            db: database.clone(),
+        }),
+    }
+}
+
+/// Search words for the keyword index: letters and digits only (no query syntax).
+fn keyword_terms(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .take(32)
+        .collect()
+}
+
+/// Events of one write, chained: uploaded -> processed -> indexed.
+fn write_events(
+    doc: &NewDocument,
+    version: i64,
+    chunk_count: usize,
+    model: &str,
+) -> Vec<(String, &'static str, Option<String>, Value)> {
+    let uploaded = uuid::Uuid::new_v4().to_string();
+    let processed = uuid::Uuid::new_v4().to_string();
+    let indexed = uuid::Uuid::new_v4().to_string();
+    vec![
+        (
+            uploaded.clone(),
+            DOCUMENT_UPLOADED,
+            None,
+            serde_json::json!({"title": doc.title, "content_hash": doc.content_hash, "content_type": doc.content_type, "source": doc.source}),
+        ),
+        (
+            processed.clone(),
+            DOCUMENT_PROCESSED,
+            Some(uploaded),
+            serde_json::json!({"chunks": chunk_count, "model": model}),
+        ),
+        (
+            indexed,
+            DOCUMENT_INDEXED,
+            Some(processed),
+            serde_json::json!({"chunks": chunk_count, "version": version}),
+        ),
+    ]
+}
+
+// ---- SQLite ------------------------------------------------------------------------------
+
+pub struct SqliteKnowledgeStore {
+    db: Database,
+}
+
+fn to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+fn from_blob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+type SqliteDocRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+fn sqlite_doc(row: SqliteDocRow) -> DocumentRecord {
+    DocumentRecord {
+        id: row.0,
+        title: row.1,
+        content_hash: row.2,
+        version: row.3,
+        chunk_count: row.4,
+        content_type: row.5,
+        source: row.6,
+        metadata: serde_json::from_str(&row.7).unwrap_or(Value::Null),
+        created_at: parse_time(&row.8),
+        updated_at: parse_time(&row.9),
+    }
+}
+
+const SQLITE_DOC_COLUMNS: &str =
+    "id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at";
+
+impl SqliteKnowledgeStore {
+    async fn pool(&self) -> Result<&sqlx::SqlitePool, StoreError> {
+        match self.db.pool().await? {
+            Pool::Sqlite(pool) => Ok(pool),
+            Pool::Postgres(_) => unreachable!("SQLite store over a PostgreSQL pool"),
+        }
+    }
+}
+
+/// Runs `work` inside `BEGIN IMMEDIATE` (the write lock is taken first, so concurrent
+/// writers of one document queue instead of interleaving), rolling back on error.
+macro_rules! sqlite_immediate {
+    ($pool:expr, |$conn:ident| $work:block) => {{
+        let mut guard = $pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *guard).await?;
+        let result: Result<_, StoreError> = async {
+            let $conn = &mut *guard;
+            $work
+        }
+        .await;
+        match result {
+            Ok(value) => {
+                sqlx::query("COMMIT").execute(&mut *guard).await?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *guard).await;
+                Err(err)
+            }
+        }
+    }};
+}
+
+#[async_trait::async_trait]
+impl KnowledgeStore for SqliteKnowledgeStore {
+    async fn prepare(&self, _dims: usize) -> Result<(), StoreError> {
+        self.pool().await.map(|_| ())
+    }
+
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError> {
+        let sql = format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id = ?");
+        let row: Option<SqliteDocRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(self.pool().await?)
+            .await?;
+        Ok(row.map(sqlite_doc))
+    }
+
+    async fn documents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let sql =
+            format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id > ? ORDER BY id LIMIT ?");
+        let rows: Vec<SqliteDocRow> = sqlx::query_as(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(self.pool().await?)
+            .await?;
+        Ok(rows.into_iter().map(sqlite_doc).collect())
+    }
+
+    async fn write_document(
+        &self,
+        doc: &NewDocument,
+        chunks: &[EmbeddedChunk],
+        model: &str,
+        correlation_id: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        let pool = self.pool().await?;
+        sqlite_immediate!(pool, |conn| {
+            let current: Option<(String, i64, String)> = sqlx::query_as(
+                "SELECT content_hash, version, created_at FROM documents WHERE id = ?",
+            )
+            .bind(&doc.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((hash, version, _)) = &current {
+                if *hash == doc.content_hash {
+                    return Ok(WriteOutcome::Unchanged { version: *version });
+                }
+            }
+            let now = Utc::now().to_rfc3339();
+            let version = current.as_ref().map_or(1, |c| c.1 + 1);
+            let created_at = current.as_ref().map_or(now.clone(), |c| c.2.clone());
+            sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(&doc.id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM chunks WHERE document_id = ?")
+                .bind(&doc.id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+                 metadata = excluded.metadata, updated_at = excluded.updated_at",
+            )
+            .bind(&doc.id)
+            .bind(&doc.title)
+            .bind(&doc.content_hash)
+            .bind(version)
+            .bind(chunks.len() as i64)
+            .bind(&doc.content_type)
+            .bind(&doc.source)
+            .bind(doc.metadata.to_string())
+            .bind(&created_at)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?;
+            for c in chunks {
+                sqlx::query("INSERT INTO chunks (id, document_id, idx, text, model, dims, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    .bind(&c.chunk.id)
+                    .bind(&doc.id)
+                    .bind(c.chunk.index as i64)
+                    .bind(&c.chunk.text)
+                    .bind(model)
+                    .bind(c.embedding.len() as i64)
+                    .bind(to_blob(&c.embedding))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("INSERT INTO chunks_fts (chunk_id, title, text) VALUES (?, ?, ?)")
+                    .bind(&c.chunk.id)
+                    .bind(&doc.title)
+                    .bind(&c.chunk.text)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
+                sqlx::query(
+                    "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(kind)
+                .bind(&doc.id)
+                .bind(version)
+                .bind(correlation_id)
+                .bind(causation)
+                .bind(payload.to_string())
+                .bind(&now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(if current.is_some() {
+                WriteOutcome::Updated { version }
+            } else {
+                WriteOutcome::Created { version }
+            })
+        })
+    }
+
+    async fn delete_document(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let pool = self.pool().await?;
+        sqlite_immediate!(pool, |conn| {
+            let version: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM documents WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            let Some(version) = version else {
+                return Ok(None);
+            };
+            sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM chunks WHERE document_id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM documents WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(DOCUMENT_DELETED)
+            .bind(id)
+            .bind(version + 1)
+            .bind(correlation_id)
+            .bind(serde_json::json!({"deleted_version": version}).to_string())
+            .bind(Utc::now().to_rfc3339())
+            .execute(&mut *conn)
+            .await?;
+            Ok(Some(version + 1))
+        })
+    }
+
+    async fn vector_search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        // Exact scan: fine for the embedded mode's corpus sizes.
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (format!("$.{}", f.key), f.value.clone())
+        });
+        let rows: Vec<(String, String, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT c.id, c.document_id, d.title, c.text, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
+             WHERE c.model = ? AND (? = '' OR json_extract(d.metadata, ?) = ?)",
+        )
+        .bind(model)
+        .bind(&key)
+        .bind(&key)
+        .bind(&value)
+        .fetch_all(self.pool().await?)
+        .await?;
+        let mut hits: Vec<ChunkHit> = rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, blob)| {
+                let score = super::embed::cosine(query, &from_blob(&blob)) as f64;
+                ChunkHit {
+                    chunk_id,
+                    document_id,
+                    title,
+                    text,
+                    score,
+                }
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.chunk_id.cmp(&b.chunk_id))
+        });
+        hits.truncate(k.max(0) as usize);
+        Ok(hits)
+    }
+
+    async fn keyword_search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let terms = keyword_terms(query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expression = terms
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (format!("$.{}", f.key), f.value.clone())
+        });
+        let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(
+            "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score \
+             FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
+             WHERE chunks_fts MATCH ? AND (? = '' OR json_extract(d.metadata, ?) = ?) \
+             ORDER BY score DESC, c.id LIMIT ?",
+        )
+        .bind(expression)
+        .bind(&key)
+        .bind(&key)
+        .bind(&value)
+        .bind(k)
+        .fetch_all(self.pool().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
+                chunk_id,
+                document_id,
+                title,
+                text,
+                score,
+            })
+            .collect())
+    }
+
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at \
+             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                seq: r.0,
+                id: r.1,
+                kind: r.2,
+                aggregate_id: r.3,
+                aggregate_version: r.4,
+                correlation_id: r.5,
+                causation_id: r.6,
+                payload: serde_json::from_str(&r.7).unwrap_or(Value::Null),
+                occurred_at: parse_time(&r.8),
+            })
+            .collect())
+    }
+}
+
+// ---- PostgreSQL --------------------------------------------------------------------------
+
+pub struct PgKnowledgeStore {
+    db: Database,
+}
+
+/// pgvector's text form: `[0.1,0.2,...]`.
+fn vector_literal(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 10 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&x.to_string());
+    }
+    s.push(']');
+    s
+}
+
+type PgDocRow = (
+    String,
+    String,
+    String,
+    i64,
+    i32,
+    String,
+    String,
+    Value,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+fn pg_doc(r: PgDocRow) -> DocumentRecord {
+    DocumentRecord {
+        id: r.0,
+        title: r.1,
+        content_hash: r.2,
+        version: r.3,
+        chunk_count: r.4 as i64,
+        content_type: r.5,
+        source: r.6,
+        metadata: r.7,
+        created_at: r.8,
+        updated_at: r.9,
+    }
+}
+
+impl PgKnowledgeStore {
+    async fn pool(&self) -> Result<&sqlx::PgPool, StoreError> {
+        match self.db.pool().await? {
+            Pool::Postgres(pool) => Ok(pool),
+            Pool::Sqlite(_) => unreachable!("PostgreSQL store over a SQLite pool"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KnowledgeStore for PgKnowledgeStore {
+    async fn prepare(&self, dims: usize) -> Result<(), StoreError> {
+        // HNSW (pgvector >= 0.5) over the chunks of this dimension; cosine distance.
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS chunks_embedding_hnsw_{dims} ON chunks \
+             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
+        );
+        sqlx::query(&sql).execute(self.pool().await?).await?;
+        Ok(())
+    }
+
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError> {
+        let sql = format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id = $1");
+        let row: Option<PgDocRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(self.pool().await?)
+            .await?;
+        Ok(row.map(pg_doc))
+    }
+
+    async fn documents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id > $1 ORDER BY id LIMIT $2"
+        );
+        let rows: Vec<PgDocRow> = sqlx::query_as(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(self.pool().await?)
+            .await?;
+        Ok(rows.into_iter().map(pg_doc).collect())
+    }
+
+    async fn write_document(
+        &self,
+        doc: &NewDocument,
+        chunks: &[EmbeddedChunk],
+        model: &str,
+        correlation_id: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut tx = self.pool().await?.begin().await?;
+        // Serialises writers of one document id, including the first insert.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(&doc.id)
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT content_hash, version FROM documents WHERE id = $1")
+                .bind(&doc.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((hash, version)) = &current {
+            if *hash == doc.content_hash {
+                return Ok(WriteOutcome::Unchanged { version: *version });
+            }
+        }
+        let version = current.as_ref().map_or(1, |c| c.1 + 1);
+        let now = Utc::now();
+        sqlx::query("DELETE FROM chunks WHERE document_id = $1")
+            .bind(&doc.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+             chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+             metadata = excluded.metadata, updated_at = excluded.updated_at",
+        )
+        .bind(&doc.id)
+        .bind(&doc.title)
+        .bind(&doc.content_hash)
+        .bind(version)
+        .bind(chunks.len() as i32)
+        .bind(&doc.content_type)
+        .bind(&doc.source)
+        .bind(&doc.metadata)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if !chunks.is_empty() {
+            // One multi-row insert per document: far fewer round trips than a row at a time.
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, embedding) ",
+            );
+            builder.push_values(chunks, |mut row, c| {
+                row.push_bind(&c.chunk.id)
+                    .push_bind(&doc.id)
+                    .push_bind(c.chunk.index as i32)
+                    .push_bind(&doc.title)
+                    .push_bind(&c.chunk.text)
+                    .push_bind(model)
+                    .push_bind(c.embedding.len() as i32)
+                    .push_bind(vector_literal(&c.embedding))
+                    .push_unseparated("::vector");
+            });
+            builder.build().execute(&mut *tx).await?;
+        }
+        for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
+            sqlx::query(
+                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(&doc.id)
+            .bind(version)
+            .bind(correlation_id)
+            .bind(causation)
+            .bind(payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(if current.is_some() {
+            WriteOutcome::Updated { version }
+        } else {
+            WriteOutcome::Created { version }
+        })
+    }
+
+    async fn delete_document(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool().await?.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("DELETE FROM documents WHERE id = $1 RETURNING version")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, now())",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(DOCUMENT_DELETED)
+        .bind(id)
+        .bind(version + 1)
+        .bind(correlation_id)
+        .bind(serde_json::json!({"deleted_version": version}))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version + 1))
+    }
+
+    async fn vector_search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let dims = query.len();
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (f.key.clone(), f.value.clone())
+        });
+        // The cast and the `dims` predicate match the HNSW expression index of `prepare`.
+        let sql = format!(
+            "SELECT c.id, c.document_id, d.title, c.text, 1 - ((c.embedding::vector({dims})) <=> $1::vector({dims})) AS score \
+             FROM chunks c JOIN documents d ON d.id = c.document_id \
+             WHERE c.dims = {dims} AND c.model = $2 AND ($3 = '' OR d.metadata ->> $3 = $4) \
+             ORDER BY (c.embedding::vector({dims})) <=> $1::vector({dims}) LIMIT $5"
+        );
+        let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(&sql)
+            .bind(vector_literal(query))
+            .bind(model)
+            .bind(&key)
+            .bind(&value)
+            .bind(k)
+            .fetch_all(self.pool().await?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
+                chunk_id,
+                document_id,
+                title,
+                text,
+                score,
+            })
+            .collect())
+    }
+
+    async fn keyword_search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let terms = keyword_terms(query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (f.key.clone(), f.value.clone())
+        });
+        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(
+            "WITH q AS (SELECT to_tsquery('english', $1) AS query) \
+             SELECT c.id, c.document_id, d.title, c.text, ts_rank_cd(c.tsv, q.query) AS score \
+             FROM chunks c JOIN documents d ON d.id = c.document_id, q \
+             WHERE c.tsv @@ q.query AND ($2 = '' OR d.metadata ->> $2 = $3) \
+             ORDER BY score DESC, c.id LIMIT $4",
+        )
+        .bind(terms.join(" | "))
+        .bind(&key)
+        .bind(&value)
+        .bind(k)
+        .fetch_all(self.pool().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
+                chunk_id,
+                document_id,
+                title,
+                text,
+                score: score as f64,
+            })
+            .collect())
+    }
+
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            Value,
+            DateTime<Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at \
+             FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                seq: r.0,
+                id: r.1,
+                kind: r.2,
+                aggregate_id: r.3,
+                aggregate_version: r.4,
+                correlation_id: r.5,
+                causation_id: r.6,
+                payload: r.7,
+                occurred_at: r.8,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,403 @@
+//! The knowledge base on both stores (SQLite and PostgreSQL with pgvector): idempotent
+//! ingest, atomic replacement, deletes, the event log, hybrid search quality, embedder
+//! outages and cache invalidation.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use shared::cache::{CacheConfig, TieredCache};
+use shared::kb::embed::{EmbedError, EmbedFuture, Embedder, OfflineEmbedder};
+use shared::kb::store::{knowledge_store, SearchFilter};
+use shared::kb::text::ChunkConfig;
+use shared::kb::{IngestRequest, KbError, KnowledgeBase};
+use shared::testing::TestDatabase;
+
+struct DownEmbedder;
+
+impl Embedder for DownEmbedder {
+    fn model(&self) -> &str {
+        "offline-hash-v1-256"
+    }
+    fn dimensions(&self) -> usize {
+        256
+    }
+    fn embed<'a>(&'a self, _texts: &'a [String]) -> EmbedFuture<'a> {
+        Box::pin(async { Err(EmbedError::Unavailable("connection refused".into())) })
+    }
+}
+
+fn kb_with(db: &TestDatabase, embedder: Arc<dyn Embedder>) -> KnowledgeBase {
+    let store = knowledge_store(&db.database());
+    KnowledgeBase::new(
+        store,
+        embedder,
+        TieredCache::new(CacheConfig::default(), None),
+        ChunkConfig {
+            size: 400,
+            overlap: 60,
+        },
+    )
+}
+
+fn kb(db: &TestDatabase) -> KnowledgeBase {
+    kb_with(db, Arc::new(OfflineEmbedder::new(256)))
+}
+
+fn doc(id: &str, title: &str, text: &str) -> IngestRequest {
+    IngestRequest {
+        id: Some(id.into()),
+        title: Some(title.into()),
+        text: text.into(),
+        content_type: "text/plain".into(),
+        source: "test".into(),
+        metadata: json!({"team": "support"}),
+    }
+}
+
+#[tokio::test]
+async fn ingest_is_idempotent_replaces_atomically_and_logs_events_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        let first = kb
+            .ingest(
+                doc(
+                    "refunds",
+                    "Refund policy",
+                    "Refunds are paid within 14 days to the original card.",
+                ),
+                "req-1",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.status, first.version, first.chunks),
+            ("created", 1, 1),
+            "{:?}",
+            db.kind
+        );
+
+        let again = kb
+            .ingest(
+                doc(
+                    "refunds",
+                    "Refund policy",
+                    "Refunds  are paid within 14 days to the original card.\n",
+                ),
+                "req-2",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.status, again.version),
+            ("unchanged", 1),
+            "normalised identical text is unchanged"
+        );
+        let events = kb.store().events_after(0, 100).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "document.uploaded",
+                "document.processed",
+                "document.indexed"
+            ],
+            "no event for unchanged"
+        );
+        assert!(events.iter().all(|e| e.aggregate_id == "refunds"
+            && e.aggregate_version == 1
+            && e.correlation_id == "req-1"));
+        assert_eq!(
+            events[1].causation_id.as_deref(),
+            Some(events[0].id.as_str())
+        );
+        assert_eq!(
+            events[2].causation_id.as_deref(),
+            Some(events[1].id.as_str())
+        );
+
+        let edited = kb
+            .ingest(
+                doc(
+                    "refunds",
+                    "Refund policy",
+                    "Store credit is offered instead of cash for sale items.",
+                ),
+                "req-3",
+            )
+            .await
+            .unwrap();
+        assert_eq!((edited.status, edited.version), ("updated", 2));
+        let old = kb.search("original card", 5, None).await.unwrap();
+        assert!(
+            old.results
+                .iter()
+                .all(|r| !r.snippet.contains("original card")),
+            "old chunks are gone: {old:?}"
+        );
+        let new = kb
+            .search("store credit for sale items", 5, None)
+            .await
+            .unwrap();
+        assert_eq!(new.results[0].document_id, "refunds");
+        assert_eq!(new.mode, "hybrid");
+
+        assert_eq!(kb.delete("refunds", "req-4").await.unwrap(), 3);
+        assert!(matches!(
+            kb.document("refunds").await,
+            Err(KbError::NotFound(_))
+        ));
+        assert!(matches!(
+            kb.delete("refunds", "req-5").await,
+            Err(KbError::NotFound(_))
+        ));
+        assert!(kb
+            .search("store credit", 5, None)
+            .await
+            .unwrap()
+            .results
+            .is_empty());
+        let events = kb.store().events_after(3, 100).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "document.uploaded",
+                "document.processed",
+                "document.indexed",
+                "document.deleted"
+            ]
+        );
+        assert_eq!(events[3].aggregate_version, 3);
+        let paged = kb.store().events_after(events[1].seq, 2).await.unwrap();
+        assert_eq!(paged.len(), 2, "paging by seq");
+        assert_eq!(paged[0].id, events[2].id);
+    }
+}
+
+#[tokio::test]
+async fn an_embedder_outage_stores_nothing_and_search_falls_back_to_keywords() {
+    for db in TestDatabase::both().await {
+        let working = kb(&db);
+        working
+            .ingest(
+                doc(
+                    "wifi",
+                    "Office Wi-Fi",
+                    "Visitors use the Guest network; the password is at reception.",
+                ),
+                "r1",
+            )
+            .await
+            .unwrap();
+        let down = kb_with(&db, Arc::new(DownEmbedder));
+        let err = down
+            .ingest(
+                doc(
+                    "coffee",
+                    "Coffee machine",
+                    "Descale the espresso machine every two weeks.",
+                ),
+                "r2",
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KbError::Embedder(_)));
+        assert!(
+            matches!(down.document("coffee").await, Err(KbError::NotFound(_))),
+            "nothing half-written"
+        );
+        assert_eq!(
+            down.store().events_after(0, 100).await.unwrap().len(),
+            3,
+            "no event for the failed ingest"
+        );
+
+        let found = down.search("guest password", 5, None).await.unwrap();
+        assert_eq!(found.mode, "keyword");
+        assert_eq!(found.results[0].document_id, "wifi");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let db = TestDatabase::sqlite();
+    let kb = kb(&db);
+    assert!(matches!(
+        kb.ingest(doc("empty", "Empty", " \n\t "), "r").await,
+        Err(KbError::Invalid(_))
+    ));
+    assert!(matches!(
+        kb.ingest(doc("bad id!", "T", "text"), "r").await,
+        Err(KbError::Invalid(_))
+    ));
+    assert!(matches!(
+        kb.search("  ", 5, None).await,
+        Err(KbError::Invalid(_))
+    ));
+    assert!(kb.store().events_after(0, 10).await.unwrap().is_empty());
+    // Without an id, the id comes from the title, so posting it again is "unchanged".
+    let mut untitled = doc("x", "Readme of Project X", "Project X does things.");
+    untitled.id = None;
+    assert_eq!(
+        kb.ingest(untitled.clone(), "r").await.unwrap().id,
+        "readme-of-project-x"
+    );
+    assert_eq!(kb.ingest(untitled, "r").await.unwrap().status, "unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ingests_of_one_id_never_mix_chunks() {
+    for db in TestDatabase::both().await {
+        let kb = Arc::new(kb(&db));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let kb = kb.clone();
+                tokio::spawn(async move {
+                    let text = (0..12)
+                        .map(|s| format!("Version {i} sentence {s} about topic {i}."))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    kb.ingest(doc("contested", "Contested", &text), &format!("r{i}"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stored = kb.document("contested").await.unwrap();
+        assert_eq!(stored.version, 8, "every write got its own version");
+        // All chunks of the document come from one version's text.
+        let hits = kb.search("Version sentence topic", 50, None).await.unwrap();
+        let versions: std::collections::HashSet<String> = hits
+            .results
+            .iter()
+            .map(|r| {
+                r.snippet
+                    .split_whitespace()
+                    .skip_while(|w| *w != "Version")
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            versions.len(),
+            1,
+            "chunks from several versions: {versions:?}"
+        );
+        assert_eq!(hits.results.len() as i64, stored.chunk_count);
+    }
+}
+
+#[tokio::test]
+async fn search_results_are_cached_and_invalidated_by_changes() {
+    let db = TestDatabase::sqlite();
+    let kb = kb(&db);
+    kb.ingest(
+        doc("a", "Parking", "Staff parking is in the basement garage."),
+        "r",
+    )
+    .await
+    .unwrap();
+    let before = kb.search("garage", 5, None).await.unwrap();
+    assert_eq!(before.results.len(), 1);
+    kb.ingest(
+        doc("b", "Bikes", "Bike racks are next to the garage entrance."),
+        "r",
+    )
+    .await
+    .unwrap();
+    let after = kb.search("garage", 5, None).await.unwrap();
+    assert_eq!(
+        after.results.len(),
+        2,
+        "the cached result did not outlive the change"
+    );
+}
+
+#[tokio::test]
+async fn filters_restrict_results_to_matching_metadata() {
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        let mut hr = doc("leave", "Leave", "Employees get 25 vacation days.");
+        hr.metadata = json!({"team": "hr"});
+        kb.ingest(hr, "r").await.unwrap();
+        kb.ingest(
+            doc(
+                "sla",
+                "Uptime",
+                "Paid plans get 99.9 percent uptime and vacation from outages.",
+            ),
+            "r",
+        )
+        .await
+        .unwrap();
+        let filter = SearchFilter {
+            key: "team".into(),
+            value: "hr".into(),
+        };
+        let found = kb.search("vacation", 5, Some(&filter)).await.unwrap();
+        let ids: Vec<_> = found
+            .results
+            .iter()
+            .map(|r| r.document_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["leave"]);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Corpus {
+    documents: Vec<Value>,
+    queries: Vec<Value>,
+}
+
+#[tokio::test]
+async fn hybrid_search_finds_the_right_document_on_the_fixture_corpus_on_both_backends() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kb_corpus.json");
+    let corpus: Corpus = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        for d in &corpus.documents {
+            kb.ingest(
+                doc(
+                    d["id"].as_str().unwrap(),
+                    d["title"].as_str().unwrap(),
+                    d["text"].as_str().unwrap(),
+                ),
+                "load",
+            )
+            .await
+            .unwrap();
+        }
+        let mut first = 0;
+        let mut outside_top3 = Vec::new();
+        for q in &corpus.queries {
+            let found = kb
+                .search(q["query"].as_str().unwrap(), 3, None)
+                .await
+                .unwrap();
+            let ids: Vec<_> = found
+                .results
+                .iter()
+                .map(|r| r.document_id.as_str())
+                .collect();
+            let expected = q["expected"].as_str().unwrap();
+            if ids.first() == Some(&expected) {
+                first += 1;
+            }
+            if !ids.contains(&expected) {
+                outside_top3.push(format!("{} -> {ids:?}", q["query"]));
+            }
+        }
+        println!("{:?}: {first}/{} first", db.kind, corpus.queries.len());
+        assert!(outside_top3.is_empty(), "{:?}: {outside_top3:#?}", db.kind);
+        assert!(
+            first * 10 >= corpus.queries.len() * 9,
+            "{:?}: only {first} first",
+            db.kind
+        );
+    }
+}
