@@ -115,6 +115,27 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+/// A secret setting: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, only for sending it where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
 /// Where metrics go besides `/health/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsExport {
@@ -151,6 +172,19 @@ pub struct Settings {
     pub rate_limit_requests: u32,
     pub rate_limit_window: Duration,
     pub max_concurrent_sessions: usize,
+    /// OpenAI-compatible embeddings endpoint; unset selects the offline embedder.
+    pub embeddings_base_url: Option<String>,
+    pub embeddings_api_key: Option<Secret>,
+    pub embeddings_model: String,
+    pub embeddings_dimensions: usize,
+    pub embeddings_timeout: Duration,
+    /// Chunk size and overlap in characters.
+    pub chunk_size: usize,
+    pub chunk_overlap: usize,
+    /// S3 bucket of the documents that S3 events refer to (a local folder in embedded mode).
+    pub documents_bucket: Option<String>,
+    pub max_document_bytes: usize,
+    pub max_batch_documents: usize,
 }
 
 /// One bad or missing variable.
@@ -430,6 +464,35 @@ impl Settings {
         let rate_limit_window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
         let max_concurrent_sessions = r.int("MAX_CONCURRENT_SESSIONS", 100usize, 1, 100_000);
 
+        let embeddings_base_url = r.get("EMBEDDINGS_BASE_URL").map(str::to_string);
+        if let Some(url) = &embeddings_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                r.fail("EMBEDDINGS_BASE_URL", "expected an http:// or https:// URL");
+            }
+        }
+        let embeddings_api_key = r.get("EMBEDDINGS_API_KEY").map(Secret::new);
+        let embeddings_model = r
+            .get("EMBEDDINGS_MODEL")
+            .unwrap_or(if embeddings_base_url.is_some() {
+                "text-embedding-3-small"
+            } else {
+                "offline"
+            })
+            .to_string();
+        let embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
+        let embeddings_timeout = r.millis("EMBEDDINGS_TIMEOUT_MS", 10_000, 100, 300_000);
+        let chunk_size = r.int("CHUNK_SIZE", 1000usize, 100, 20_000);
+        let chunk_overlap = r.int("CHUNK_OVERLAP", 150usize, 0, 10_000);
+        if chunk_overlap * 2 > chunk_size {
+            r.fail(
+                "CHUNK_OVERLAP",
+                format!("must be at most half of CHUNK_SIZE ({chunk_size})"),
+            );
+        }
+        let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
+        let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
+        let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
+
         match (r.problems.is_empty(), database_url) {
             (true, Some(database_url)) => Ok(Settings {
                 function: function.to_string(),
@@ -453,6 +516,16 @@ impl Settings {
                 rate_limit_requests,
                 rate_limit_window,
                 max_concurrent_sessions,
+                embeddings_base_url,
+                embeddings_api_key,
+                embeddings_model,
+                embeddings_dimensions,
+                embeddings_timeout,
+                chunk_size,
+                chunk_overlap,
+                documents_bucket,
+                max_document_bytes,
+                max_batch_documents,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,
@@ -534,6 +607,7 @@ mod tests {
                 ("METRICS_EXPORT", "statsd"),
                 ("CACHE_TTL_CHAT_SECS", "0"),
                 ("BREAKER_SHARED", "maybe"),
+                ("CHUNK_OVERLAP", "900"),
             ]),
         )
         .unwrap_err();
@@ -551,10 +625,11 @@ mod tests {
                 "METRICS_EXPORT",
                 "CACHE_TTL_CHAT_SECS",
                 "BREAKER_SHARED",
+                "CHUNK_OVERLAP",
             ]
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid configuration (11 problems): PORT: "));
+        assert!(text.starts_with("invalid configuration (12 problems): PORT: "));
         assert!(text.contains("unsupported scheme `mysql`"));
         assert!(!text.contains("hunter2"), "a password leaked: {text}");
     }
@@ -587,6 +662,21 @@ mod tests {
             vec!["https://a.example.com", "http://localhost:3000"]
         );
         assert_eq!(s.metrics_export, MetricsExport::Emf);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Settings::from_vars(
+            "ingest",
+            &vars(&[
+                ("EMBEDDINGS_BASE_URL", "https://api.example.com/v1"),
+                ("EMBEDDINGS_API_KEY", "sk-very-secret-123"),
+            ]),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("sk-very-secret"));
+        assert_eq!(s.embeddings_api_key.unwrap().expose(), "sk-very-secret-123");
+        assert_eq!(s.embeddings_model, "text-embedding-3-small");
     }
 
     #[test]

@@ -189,3 +189,129 @@ pub async fn assert_not_implemented(router: &axum::Router, events: &[&str]) {
         assert!(res.headers.contains_key("x-request-id"), "{event}");
     }
 }
+
+/// The project's own OpenAI-compatible fake server: the only stand-in in the tests,
+/// replacing the paid API. Embeddings come from the offline embedder, so they are
+/// deterministic; the server can be told to fail or hang to test outages.
+pub mod fake_openai {
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use http::StatusCode;
+    use serde_json::{json, Value};
+
+    use crate::kb::embed::OfflineEmbedder;
+
+    /// How the fake answers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum Mode {
+        Normal = 0,
+        /// 500 with an OpenAI error body.
+        Fail = 1,
+        /// Never answers (the client must time out).
+        Hang = 2,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        mode: AtomicU8,
+        embedding_requests: AtomicUsize,
+        embedded_texts: AtomicUsize,
+    }
+
+    /// A running fake server on 127.0.0.1; stops when dropped.
+    pub struct FakeOpenAi {
+        pub base_url: String,
+        shared: Arc<Shared>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for FakeOpenAi {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn embeddings(
+        State(shared): State<Arc<Shared>>,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
+        shared.embedding_requests.fetch_add(1, Ordering::SeqCst);
+        match shared.mode.load(Ordering::SeqCst) {
+            1 => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(
+                        json!({"error": {"message": "upstream exploded", "type": "server_error", "param": null, "code": null}}),
+                    ),
+                )
+            }
+            2 => std::future::pending::<()>().await,
+            _ => {}
+        }
+        let dims = body["dimensions"].as_u64().unwrap_or(384) as usize;
+        let inputs: Vec<String> = match &body["input"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        };
+        shared
+            .embedded_texts
+            .fetch_add(inputs.len(), Ordering::SeqCst);
+        let embedder = OfflineEmbedder::new(dims);
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embedder.vector(text)}))
+            .collect();
+        (
+            StatusCode::OK,
+            Json(json!({
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": inputs.len() * 8, "total_tokens": inputs.len() * 8}
+            })),
+        )
+    }
+
+    impl FakeOpenAi {
+        pub async fn start() -> Self {
+            let shared = Arc::new(Shared::default());
+            let app = Router::new()
+                .route("/v1/embeddings", post(embeddings))
+                .with_state(shared.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let base_url = format!("http://{}/v1", listener.local_addr().expect("address"));
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Self {
+                base_url,
+                shared,
+                task,
+            }
+        }
+
+        pub fn set_mode(&self, mode: Mode) {
+            self.shared.mode.store(mode as u8, Ordering::SeqCst);
+        }
+
+        pub fn embedding_requests(&self) -> usize {
+            self.shared.embedding_requests.load(Ordering::SeqCst)
+        }
+
+        pub fn embedded_texts(&self) -> usize {
+            self.shared.embedded_texts.load(Ordering::SeqCst)
+        }
+    }
+}

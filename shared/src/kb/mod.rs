@@ -2,6 +2,7 @@
 //! content hash, with an event log and cache invalidation, and hybrid search.
 
 pub mod embed;
+pub mod openai;
 pub mod rank;
 pub mod store;
 pub mod text;
@@ -140,6 +141,32 @@ fn snippet(text: &str, query: &str, max_chars: usize) -> String {
     out
 }
 
+/// A validated, embedded document waiting to be written (or known to be unchanged).
+#[derive(Debug)]
+pub enum Prepared {
+    Unchanged(IngestResult),
+    Ready {
+        document: NewDocument,
+        chunks: Vec<EmbeddedChunk>,
+    },
+}
+
+/// The embedder the configuration selects: an OpenAI-compatible endpoint when
+/// `EMBEDDINGS_BASE_URL` is set, the offline embedder otherwise.
+pub fn embedder_from_settings(settings: &crate::config::Settings) -> Arc<dyn Embedder> {
+    match &settings.embeddings_base_url {
+        Some(url) => Arc::new(openai::OpenAiEmbedder::new(
+            url,
+            settings.embeddings_api_key.as_ref(),
+            &settings.embeddings_model,
+            settings.embeddings_dimensions,
+            settings.embeddings_timeout,
+            settings.retry.clone(),
+        )),
+        None => Arc::new(embed::OfflineEmbedder::new(settings.embeddings_dimensions)),
+    }
+}
+
 /// Ingest and search over one store and one embedder.
 pub struct KnowledgeBase {
     store: Arc<dyn KnowledgeStore>,
@@ -168,11 +195,28 @@ impl KnowledgeBase {
         }
     }
 
+    /// The knowledge base of a function instance: its database, configured embedder and cache.
+    pub fn from_context(ctx: &crate::AppContext) -> Self {
+        Self::new(
+            store::knowledge_store(&ctx.database),
+            embedder_from_settings(&ctx.settings),
+            ctx.cache.clone(),
+            ChunkConfig {
+                size: ctx.settings.chunk_size,
+                overlap: ctx.settings.chunk_overlap,
+            },
+        )
+    }
+
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
     pub fn store(&self) -> &Arc<dyn KnowledgeStore> {
         &self.store
     }
 
-    async fn prepare(&self) -> Result<(), StoreError> {
+    async fn prepare_store(&self) -> Result<(), StoreError> {
         self.prepared
             .get_or_try_init(|| self.store.prepare(self.embedder.dimensions()))
             .await
@@ -219,13 +263,9 @@ impl KnowledgeBase {
         Ok(vectors.into_iter().map(|v| v.unwrap_or_default()).collect())
     }
 
-    /// Normalise -> chunk -> embed -> store. Identical content changes nothing (no
-    /// embedding, no event); changed content replaces the chunks atomically.
-    pub async fn ingest(
-        &self,
-        request: IngestRequest,
-        correlation_id: &str,
-    ) -> Result<IngestResult, KbError> {
+    /// Validates, chunks and embeds a document without writing anything: identical
+    /// content is recognised here, before any embedding.
+    pub async fn prepare(&self, request: IngestRequest) -> Result<Prepared, KbError> {
         let text = text::normalise(&request.text);
         if text.is_empty() {
             return Err(KbError::Invalid("the document has no text".into()));
@@ -259,17 +299,17 @@ impl KnowledgeBase {
             }
             None => derive_id(&title, &hash),
         };
-        self.prepare().await?;
+        self.prepare_store().await?;
 
         // The common re-ingest: same content, nothing to do (and nothing to embed).
         if let Some(existing) = self.store.document(&id).await? {
             if existing.content_hash == hash {
-                return Ok(IngestResult {
+                return Ok(Prepared::Unchanged(IngestResult {
                     id,
                     status: "unchanged",
                     chunks: existing.chunk_count,
                     version: existing.version,
-                });
+                }));
             }
         }
 
@@ -279,32 +319,85 @@ impl KnowledgeBase {
             .map(|c| format!("{title}\n\n{}", c.text))
             .collect();
         let vectors = self.embeddings(&inputs).await?;
-        let embedded: Vec<EmbeddedChunk> = chunks
+        let chunks = chunks
             .into_iter()
             .zip(vectors)
             .map(|(chunk, embedding)| EmbeddedChunk { chunk, embedding })
             .collect();
-        let document = NewDocument {
-            id: id.clone(),
-            title,
-            content_hash: hash,
-            content_type: request.content_type,
-            source: request.source,
-            metadata: request.metadata,
+        Ok(Prepared::Ready {
+            document: NewDocument {
+                id,
+                title,
+                content_hash: hash,
+                content_type: request.content_type,
+                source: request.source,
+                metadata: request.metadata,
+            },
+            chunks,
+        })
+    }
+
+    /// Writes a prepared document: the document, its chunks and events in one transaction.
+    pub async fn commit(
+        &self,
+        prepared: Prepared,
+        correlation_id: &str,
+    ) -> Result<IngestResult, KbError> {
+        let (document, chunks) = match prepared {
+            Prepared::Unchanged(result) => return Ok(result),
+            Prepared::Ready { document, chunks } => (document, chunks),
         };
         let outcome = self
             .store
-            .write_document(&document, &embedded, self.embedder.model(), correlation_id)
+            .write_document(&document, &chunks, self.embedder.model(), correlation_id)
             .await?;
         if !matches!(outcome, WriteOutcome::Unchanged { .. }) {
             self.invalidate_caches().await;
         }
         Ok(IngestResult {
-            id,
+            id: document.id,
             status: outcome.status(),
-            chunks: embedded.len() as i64,
+            chunks: chunks.len() as i64,
             version: outcome.version(),
         })
+    }
+
+    /// Normalise -> chunk -> embed -> store. Identical content changes nothing (no
+    /// embedding, no event); changed content replaces the chunks atomically.
+    pub async fn ingest(
+        &self,
+        request: IngestRequest,
+        correlation_id: &str,
+    ) -> Result<IngestResult, KbError> {
+        let prepared = self.prepare(request).await?;
+        self.commit(prepared, correlation_id).await
+    }
+
+    /// Ingests several documents: all are validated and embedded before the first is
+    /// written, so bad input or an embedder outage leaves nothing written.
+    pub async fn ingest_batch(
+        &self,
+        requests: Vec<IngestRequest>,
+        correlation_id: &str,
+    ) -> Result<Vec<IngestResult>, KbError> {
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.prepare(request).await {
+                Ok(p) => prepared.push(p),
+                Err(KbError::Invalid(message)) => {
+                    return Err(KbError::Invalid(format!(
+                        "document {}: {message}",
+                        index + 1
+                    )))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            results.push(self.commit(p, correlation_id).await?);
+        }
+        Ok(results)
     }
 
     /// No stale search result or answer outlives a change of the knowledge base (I6).
@@ -358,7 +451,7 @@ impl KnowledgeBase {
         {
             return Ok(cached);
         }
-        self.prepare().await?;
+        self.prepare_store().await?;
         let candidates = (k * 4).max(20) as i64;
         let keyword = self.store.keyword_search(query, candidates, filter).await?;
         let vector = match self.embedder.embed(&[query.to_string()]).await {

@@ -1,0 +1,145 @@
+//! Embeddings from any OpenAI-compatible endpoint (OpenAI, Azure-style gateways, local
+//! servers) through async-openai.
+
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
+use async_openai::Client;
+
+use super::embed::{EmbedError, EmbedFuture, Embedder};
+use crate::config::Secret;
+use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
+
+/// An OpenAI-compatible `/embeddings` endpoint.
+pub struct OpenAiEmbedder {
+    client: Client<OpenAIConfig>,
+    model: String,
+    dimensions: usize,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for OpenAiEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiEmbedder")
+            .field("model", &self.model)
+            .field("dimensions", &self.dimensions)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    Timeout(Duration),
+    Http(String),
+    Api(String),
+    Shape(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Timeout(t) => write!(f, "no answer within {} ms", t.as_millis()),
+            CallError::Http(m) | CallError::Api(m) | CallError::Shape(m) => f.write_str(m),
+        }
+    }
+}
+
+impl RetryClass for CallError {
+    /// Timeouts and network failures are retried here; 429 and 5xx answers are already
+    /// retried inside async-openai (exponential backoff honouring `Retry-After`), and
+    /// other answers (bad model, bad key) are not worth repeating.
+    fn is_retryable(&self) -> bool {
+        matches!(self, CallError::Timeout(_) | CallError::Http(_))
+    }
+}
+
+impl OpenAiEmbedder {
+    pub fn new(
+        base_url: &str,
+        api_key: Option<&Secret>,
+        model: &str,
+        dimensions: usize,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        let mut config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/'));
+        if let Some(key) = api_key {
+            config = config.with_api_key(key.expose());
+        }
+        Self {
+            client: Client::with_config(config),
+            model: model.to_string(),
+            dimensions,
+            timeout,
+            retry,
+        }
+    }
+
+    async fn call(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, CallError> {
+        let request = CreateEmbeddingRequest {
+            model: self.model.clone(),
+            input: EmbeddingInput::StringArray(texts.to_vec()),
+            encoding_format: None,
+            user: None,
+            dimensions: Some(self.dimensions as u32),
+        };
+        let response = match tokio::time::timeout(
+            self.timeout,
+            self.client.embeddings().create(request),
+        )
+        .await
+        {
+            Err(_) => return Err(CallError::Timeout(self.timeout)),
+            Ok(Err(OpenAIError::Reqwest(e))) => return Err(CallError::Http(e.to_string())),
+            Ok(Err(OpenAIError::ApiError(e))) => return Err(CallError::Api(e.to_string())),
+            Ok(Err(other)) => return Err(CallError::Shape(other.to_string())),
+            Ok(Ok(response)) => response,
+        };
+        let mut data = response.data;
+        data.sort_by_key(|e| e.index);
+        if data.len() != texts.len() {
+            return Err(CallError::Shape(format!(
+                "{} embeddings for {} inputs",
+                data.len(),
+                texts.len()
+            )));
+        }
+        Ok(data
+            .into_iter()
+            .map(|e| {
+                let mut v = e.embedding;
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+impl Embedder for OpenAiEmbedder {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
+        Box::pin(async move {
+            retry(&self.retry, "embeddings", || self.call(texts))
+                .await
+                .map_err(|e| match e {
+                    CallError::Shape(m) => EmbedError::Invalid(m),
+                    other => EmbedError::Unavailable(
+                        crate::observability::redact::redact(&other.to_string()).into_owned(),
+                    ),
+                })
+        })
+    }
+}
