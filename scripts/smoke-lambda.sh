@@ -12,8 +12,10 @@ failed=0
 
 scripts/ensure-cargo-lambda.sh || exit 1
 
+# API key "smoke-key" (only the SHA-256 is configured).
 cat > "$work/smoke.env" <<ENV
 DATABASE_URL=sqlite://${work}/app.db
+API_KEYS=smoke:$(printf %s smoke-key | sha256sum | cut -d' ' -f1)
 LOG_LEVEL=info
 ENV
 
@@ -35,10 +37,11 @@ check() { # name, condition result (0 = ok), detail
   fi
 }
 
-# request METHOD PATH -> sets $status, $body, $ctype
+# request METHOD PATH [curl args...] -> sets $status, $body, $ctype
 request() {
-  local out
-  out=$(curl -s -X "$1" -o "$work/body" -w '%{http_code} %{content_type}' "${base}$2")
+  local out method=$1 path=$2
+  shift 2
+  out=$(curl -s -X "$method" -o "$work/body" -w '%{http_code} %{content_type}' "$@" "${base}${path}")
   status=${out%% *}
   ctype=${out#* }
   body=$(cat "$work/body")
@@ -63,10 +66,33 @@ check "GET /health/detailed reports version and dependencies" $(grep -q '"versio
 request POST /health/ready
 check "POST /health/ready is JSON 405" $([ "$status" = 405 ] && grep -q '"method_not_allowed"' <<<"$body"; echo $?) "$status $body"
 
-for route in "POST /v1/chat/completions" "GET /v1/models" "POST /documents" "GET /search?q=x" "GET /events" "GET /backups"; do
+for route in "POST /v1/chat/completions" "GET /v1/models" "GET /backups"; do
   request ${route}
   check "${route} reaches its function and is JSON 501" $([ "$status" = 501 ] && grep -q '"not_implemented"' <<<"$body"; echo $?) "$status $body"
 done
+
+# The knowledge base as a user tries it: post a README, search a phrase, re-post, edit, delete.
+key=(-H "x-api-key: smoke-key")
+request GET "/search?q=x"
+check "ingest routes need an API key (401)" $([ "$status" = 401 ]; echo $?) "$status $body"
+request POST "/documents?id=readme" "${key[@]}" -H "content-type: text/markdown" --data-binary @README.md
+check "POST /documents (README.md) is created" $([ "$status" = 201 ] && grep -q '"created"' <<<"$body"; echo $?) "$status $body"
+request POST "/documents?id=other" "${key[@]}" -H "content-type: text/plain" --data-binary "Staff parking is in the basement garage."
+request GET "/search?q=cargo%20lambda%20watch%20router&k=3" "${key[@]}"
+check "a phrase from the README finds it first" $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["results"][0]["document_id"]=="readme" and r["mode"]=="hybrid"' "$work/body" 2>/dev/null; echo $?) "$status $body"
+request POST "/documents?id=readme" "${key[@]}" -H "content-type: text/markdown" --data-binary @README.md
+check "posting the same README again is unchanged" $([ "$status" = 200 ] && grep -q '"unchanged"' <<<"$body"; echo $?) "$status $body"
+request POST "/documents?id=readme" "${key[@]}" -H "content-type: text/markdown" --data-binary "# Changed
+
+This document was rewritten about zebra migrations."
+check "an edited document is updated" $(grep -q '"updated"' <<<"$body"; echo $?) "$status $body"
+request GET "/search?q=cargo%20lambda%20watch%20router&k=3" "${key[@]}"
+check "old chunks are gone after the edit" $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["results"] and all("cargo" not in x["snippet"].lower() for x in r["results"] if x["document_id"]=="readme")' "$work/body" 2>/dev/null; echo $?) "$status $body"
+request DELETE "/documents/readme" "${key[@]}"
+request GET "/documents/readme" "${key[@]}"
+check "a deleted document is 404" $([ "$status" = 404 ]; echo $?) "$status $body"
+request GET "/events?after=0" "${key[@]}"
+check "the event log shows uploaded/processed/indexed/deleted" $(grep -q document.deleted <<<"$body" && grep -q document.indexed <<<"$body"; echo $?) "$status $(head -c 300 <<<"$body")"
 
 request GET /health/metrics
 if command -v promtool >/dev/null 2>&1; then

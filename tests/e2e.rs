@@ -25,7 +25,11 @@ fn json_lines(function: &Function) -> Vec<Value> {
 #[tokio::test]
 async fn all_functions_serve_json_over_http_on_the_embedded_default() {
     let db = TestDatabase::sqlite();
-    let vars = [("DATABASE_URL", db.url.as_str())];
+    let keys = format!("e2e:{}", shared::auth::hash_key("e2e-key"));
+    let vars = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("API_KEYS", keys.as_str()),
+    ];
     let health = Function::start("health", &vars).await;
     let chat = Function::start("chat", &vars).await;
     let ingest = Function::start("ingest", &vars).await;
@@ -42,8 +46,6 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
     for (function, path) in [
         (&chat, "/v1/chat/completions"),
         (&chat, "/v1/models"),
-        (&ingest, "/documents"),
-        (&ingest, "/search?q=x"),
         (&backup, "/backups"),
     ] {
         let (status, body, _) = get(&function.url(path)).await;
@@ -51,7 +53,30 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
         assert_eq!(body["error"]["code"], "not_implemented");
     }
 
+    // The knowledge base over HTTP: a key is required; ingest, then search.
+    let (status, body, _) = get(&ingest.url("/search?q=x")).await;
+    assert_eq!(status, 401, "{body}");
     let client = reqwest::Client::new();
+    let posted = client
+        .post(ingest.url("/documents?id=e2e-doc&title=Parking"))
+        .header("x-api-key", "e2e-key")
+        .header("content-type", "text/plain")
+        .body("Staff parking is in the basement garage, level minus two.")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let found: Value = client
+        .get(ingest.url("/search?q=basement%20garage"))
+        .header("x-api-key", "e2e-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["results"][0]["document_id"], "e2e-doc", "{found}");
+
     let res = client
         .delete(health.url("/health/ready"))
         .send()

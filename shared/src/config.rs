@@ -183,6 +183,8 @@ pub struct Settings {
     pub chunk_overlap: usize,
     /// S3 bucket of the documents that S3 events refer to (a local folder in embedded mode).
     pub documents_bucket: Option<String>,
+    /// Embedded mode: S3 events name objects under this local folder instead of S3.
+    pub documents_dir: Option<std::path::PathBuf>,
     pub max_document_bytes: usize,
     pub max_batch_documents: usize,
 }
@@ -490,6 +492,7 @@ impl Settings {
             );
         }
         let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
+        let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
         let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
         let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
 
@@ -524,6 +527,7 @@ impl Settings {
                 chunk_size,
                 chunk_overlap,
                 documents_bucket,
+                documents_dir,
                 max_document_bytes,
                 max_batch_documents,
             }),

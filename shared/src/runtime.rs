@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 /// Boxed error type of the Lambda runtime.
 pub type BoxError = lambda_runtime::Error;
 
-/// Handles a non-HTTP event (an EventBridge schedule) and returns its JSON result.
+/// Handles a non-HTTP event (an EventBridge schedule, S3 notifications) and returns its JSON result.
 pub type EventHandler = Arc<
     dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>> + Send + Sync,
 >;
@@ -23,6 +23,13 @@ pub type EventHandler = Arc<
 /// True when the process was started by a Lambda runtime (or `cargo lambda watch`).
 pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// An HTTP event from API Gateway (v1 or v2), a function URL or an ALB.
+pub fn is_http_event(event: &Value) -> bool {
+    ["requestContext", "httpMethod", "rawPath", "routeKey"]
+        .iter()
+        .any(|k| event.get(k).is_some())
 }
 
 /// An EventBridge (CloudWatch Events) scheduled event.
@@ -74,27 +81,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve_lambda(router: Router, on_schedule: Option<EventHandler>) -> Result<(), BoxError> {
+async fn serve_lambda(router: Router, on_event: Option<EventHandler>) -> Result<(), BoxError> {
     // One invocation at a time per instance, as classic Lambda delivers them.
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let router = router.clone();
-        let on_schedule = on_schedule.clone();
-        async move { dispatch(router, on_schedule, event).await }
+        let on_event = on_event.clone();
+        async move { dispatch(router, on_event, event).await }
     }))
     .await
 }
 
-/// Routes one Lambda event: schedules to their handler, HTTP events through the router.
+/// Routes one Lambda event: HTTP events through the router, anything else (schedules,
+/// S3 notifications) to the function's event handler.
 pub async fn dispatch(
     router: Router,
-    on_schedule: Option<EventHandler>,
+    on_event: Option<EventHandler>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, BoxError> {
     let LambdaEvent { payload, context } = event;
-    if is_scheduled_event(&payload) {
-        return match on_schedule {
+    if !is_http_event(&payload) {
+        return match on_event {
             Some(handler) => handler(payload).await,
-            None => Err("this function does not handle scheduled events".into()),
+            None => Err("this function handles only HTTP events".into()),
         };
     }
     let request: LambdaRequest = serde_json::from_value(payload)
@@ -112,10 +120,10 @@ pub async fn dispatch(
 pub async fn start(
     function: &str,
     routes: fn(Arc<crate::AppContext>) -> Router,
-    on_schedule: Option<fn(Arc<crate::AppContext>) -> EventHandler>,
+    on_event: Option<fn(Arc<crate::AppContext>) -> EventHandler>,
 ) -> Result<(), BoxError> {
     let ctx = crate::AppContext::init(function).await?;
     let router = routes(ctx.clone());
-    let on_schedule = on_schedule.map(|make| make(ctx.clone()));
-    serve(router, ctx.settings.port, on_schedule).await
+    let on_event = on_event.map(|make| make(ctx.clone()));
+    serve(router, ctx.settings.port, on_event).await
 }

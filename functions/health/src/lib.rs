@@ -28,9 +28,12 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
 
 /// The EventBridge schedule's handler: the deep check, returned as the invocation result.
 pub fn on_schedule(ctx: Arc<AppContext>) -> EventHandler {
-    Arc::new(move |_event| {
+    Arc::new(move |event| {
         let ctx = ctx.clone();
         Box::pin(async move {
+            if !shared::runtime::is_scheduled_event(&event) {
+                return Err("the health function handles only HTTP and scheduled events".into());
+            }
             let report = health::run_deep_check(&ctx).await;
             Ok(serde_json::to_value(report)?)
         })

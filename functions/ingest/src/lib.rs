@@ -1,17 +1,318 @@
-//! Ingest function (I1-I6): the knowledge base. Until its issue lands, every route
-//! answers a JSON 501 rather than a fake success.
+//! Ingest function (I1-I6): HTTP adapter over `shared::kb`. Every route needs an API
+//! key and counts against the key's rate limit.
 
 use std::sync::Arc;
 
-use axum::Router;
-use shared::http::not_implemented;
-use shared::AppContext;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::auth::require_api_key;
+use shared::http::request_id::RequestId;
+use shared::kb::store::SearchFilter;
+use shared::kb::{IngestRequest, KnowledgeBase};
+use shared::resilience::limits::rate_limit;
+use shared::{ApiError, AppContext};
+
+pub mod s3;
+
+#[derive(Clone)]
+struct Ingest {
+    ctx: Arc<AppContext>,
+    kb: Arc<KnowledgeBase>,
+}
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
+    let state = Ingest {
+        kb: Arc::new(KnowledgeBase::from_context(&ctx)),
+        ctx: ctx.clone(),
+    };
     let routes = Router::new()
-        .route("/documents", not_implemented("document ingestion"))
-        .route("/documents/{id}", not_implemented("document ingestion"))
-        .route("/search", not_implemented("search"))
-        .route("/events", not_implemented("the document event log"));
+        .route("/documents", post(create).get(list))
+        .route("/documents/{id}", get(show).delete(remove))
+        .route("/search", get(search))
+        .route("/events", get(events))
+        .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
+        .layer(from_fn_with_state(
+            ctx.settings.api_keys.clone(),
+            require_api_key,
+        ))
+        .with_state(state);
     shared::http::app(routes, &ctx.settings)
+}
+
+/// The handler for S3 object-created events (and nothing else) under Lambda.
+pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
+    let kb = Arc::new(KnowledgeBase::from_context(&ctx));
+    s3::handler(ctx, kb)
+}
+
+/// One document of a JSON body.
+#[derive(Debug, Deserialize)]
+struct JsonDocument {
+    id: Option<String>,
+    title: Option<String>,
+    text: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    documents: Vec<JsonDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TextParams {
+    id: Option<String>,
+    title: Option<String>,
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Parses the body into documents: `text/plain`, `text/markdown`, or JSON (one
+/// document, an array, or `{"documents": [...]}`).
+fn parse_documents(
+    headers: &HeaderMap,
+    params: TextParams,
+    body: &Bytes,
+) -> Result<Vec<IngestRequest>, ApiError> {
+    let content_type = media_type(headers);
+    match content_type.as_str() {
+        "text/plain" | "text/markdown" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
+            Ok(vec![IngestRequest {
+                id: params.id,
+                title: params.title,
+                text: text.to_string(),
+                content_type,
+                source: "http".into(),
+                metadata: json!({}),
+            }])
+        }
+        "application/json" => {
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+            let items: Vec<JsonDocument> = match value {
+                Value::Array(_) => serde_json::from_value(value),
+                Value::Object(ref o) if o.contains_key("documents") => {
+                    serde_json::from_value::<Batch>(value).map(|b| b.documents)
+                }
+                Value::Object(_) => serde_json::from_value(value).map(|d| vec![d]),
+                _ => {
+                    return Err(ApiError::Unprocessable(
+                        "expected a document object, an array, or {\"documents\": [...]}".into(),
+                    ))
+                }
+            }
+            .map_err(|e| ApiError::Unprocessable(format!("invalid document: {e}")))?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let text = d.text.ok_or_else(|| {
+                        ApiError::Unprocessable(format!("document {}: `text` is required", i + 1))
+                    })?;
+                    let metadata = match d.metadata {
+                        None | Some(Value::Null) => json!({}),
+                        Some(Value::Object(m)) => Value::Object(m),
+                        Some(_) => {
+                            return Err(ApiError::Unprocessable(format!(
+                                "document {}: `metadata` must be an object",
+                                i + 1
+                            )))
+                        }
+                    };
+                    Ok(IngestRequest {
+                        id: d.id,
+                        title: d.title,
+                        text,
+                        content_type: "application/json".into(),
+                        source: "http".into(),
+                        metadata,
+                    })
+                })
+                .collect()
+        }
+        "" => Err(ApiError::UnsupportedMediaType(
+            "missing content-type: use text/plain, text/markdown or application/json".into(),
+        )),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported content-type `{other}`: use text/plain, text/markdown or application/json"
+        ))),
+    }
+}
+
+async fn create(
+    State(s): State<Ingest>,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    Query(params): Query<TextParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let documents = parse_documents(&headers, params, &body)?;
+    if documents.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "no documents in the request".into(),
+        ));
+    }
+    let limits = &s.ctx.settings;
+    if documents.len() > limits.max_batch_documents {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} documents in one request; the limit is {} (MAX_BATCH_DOCUMENTS)",
+            documents.len(),
+            limits.max_batch_documents
+        )));
+    }
+    if let Some((i, _)) = documents
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.text.len() > limits.max_document_bytes)
+    {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "document {} is larger than {} bytes (MAX_DOCUMENT_BYTES)",
+            i + 1,
+            limits.max_document_bytes
+        )));
+    }
+    let results = s.kb.ingest_batch(documents, &request_id).await?;
+    let status = if results.iter().any(|r| r.status == "created") {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "documents": results }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(s): State<Ingest>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be from 1 to 100".into()));
+    }
+    let documents =
+        s.kb.store()
+            .documents(p.cursor.as_deref(), limit)
+            .await
+            .map_err(shared::kb::KbError::from)?;
+    let next_cursor = (documents.len() as i64 == limit)
+        .then(|| documents.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "documents": documents, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn show(State(s): State<Ingest>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        serde_json::to_value(s.kb.document(&id).await?).unwrap_or(Value::Null),
+    ))
+}
+
+async fn remove(
+    State(s): State<Ingest>,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let version = s.kb.delete(&id, &request_id).await?;
+    Ok(Json(
+        json!({ "id": id, "status": "deleted", "version": version }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchParams {
+    q: Option<String>,
+    k: Option<usize>,
+    filter: Option<String>,
+}
+
+async fn search(
+    State(s): State<Ingest>,
+    Query(p): Query<SearchParams>,
+) -> Result<Json<Value>, ApiError> {
+    let q = p.q.unwrap_or_default();
+    if q.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "the query parameter `q` is required".into(),
+        ));
+    }
+    if q.len() > 2000 {
+        return Err(ApiError::BadRequest(
+            "`q` is longer than 2000 characters".into(),
+        ));
+    }
+    let k = p.k.unwrap_or(5);
+    if !(1..=50).contains(&k) {
+        return Err(ApiError::BadRequest("k must be from 1 to 50".into()));
+    }
+    let filter = match p.filter.as_deref() {
+        None | Some("") => None,
+        Some(f) => match f.split_once(':') {
+            Some((key, value))
+                if !key.is_empty()
+                    && key.len() <= 64
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                Some(SearchFilter {
+                    key: key.into(),
+                    value: value.into(),
+                })
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "filter must look like key:value (key of A-Z a-z 0-9 _)".into(),
+                ))
+            }
+        },
+    };
+    let response = s.kb.search(&q, k, filter.as_ref()).await?;
+    Ok(Json(serde_json::to_value(response).unwrap_or(Value::Null)))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventParams {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(s): State<Ingest>,
+    Query(p): Query<EventParams>,
+) -> Result<Json<Value>, ApiError> {
+    let after = p.after.unwrap_or(0);
+    let limit = p.limit.unwrap_or(100);
+    if after < 0 || !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "after must be >= 0 and limit from 1 to 500".into(),
+        ));
+    }
+    let events =
+        s.kb.store()
+            .events_after(after, limit)
+            .await
+            .map_err(shared::kb::KbError::from)?;
+    let next_after = events.last().map(|e| e.seq).unwrap_or(after);
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
 }

@@ -1,14 +1,402 @@
-//! Until the knowledge-base issue lands, these routes answer JSON 501, never a fake success.
+//! The ingest function's handlers, driven by the sample events in `events/` on both
+//! database backends, plus the S3 trigger from a local folder and from moto's S3.
 
-use shared::testing::{assert_not_implemented, context, TestDatabase};
+use std::sync::Arc;
+
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{json, Value};
+use shared::auth::hash_key;
+use shared::testing::{call, context, load_event, load_event_json, TestDatabase};
+
+fn api_keys() -> String {
+    format!("example:{}", hash_key("local-example-key"))
+}
+
+fn router_for(
+    db: &TestDatabase,
+    extra: &[(&str, &str)],
+) -> (axum::Router, Arc<shared::AppContext>) {
+    let keys = api_keys();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("API_KEYS", keys.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    let ctx = context("ingest", &vars);
+    (ingest::router(ctx.clone()), ctx)
+}
+
+fn request(
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> http::Request<axum::body::Body> {
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", "local-example-key");
+    if let Some(ct) = content_type {
+        builder = builder.header("content-type", ct);
+    }
+    builder
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap()
+}
 
 #[tokio::test]
-async fn ingest_routes_answer_json_501() {
+async fn the_document_lifecycle_through_sample_events_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let (router, _) = router_for(&db, &[]);
+
+        let res = call(&router, load_event("ingest-documents-post.json")).await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        assert_eq!(res.json["documents"][0]["id"], "refund-policy");
+        assert_eq!(res.json["documents"][0]["status"], "created");
+        assert_eq!(res.json["documents"][0]["version"], 1);
+
+        let res = call(&router, load_event("ingest-documents-markdown.json")).await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        assert_eq!(res.json["documents"][0]["id"], "handbook-shipping");
+        let res = call(&router, load_event("ingest-documents-batch.json")).await;
+        assert_eq!(res.json["documents"].as_array().unwrap().len(), 2);
+
+        // Same document again: unchanged, no new events.
+        let events_before = call(&router, load_event("ingest-events.json")).await.json["events"]
+            .as_array()
+            .unwrap()
+            .len();
+        let res = call(&router, load_event("ingest-documents-post.json")).await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.json["documents"][0]["status"], "unchanged");
+        let events = call(&router, load_event("ingest-events.json")).await;
+        assert_eq!(
+            events.json["events"].as_array().unwrap().len(),
+            events_before
+        );
+        assert_eq!(events.json["events"][0]["type"], "document.uploaded");
+        assert!(events.json["next_after"].as_i64().unwrap() > 0);
+
+        let res = call(&router, load_event("ingest-search.json")).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["mode"], "hybrid");
+        assert_eq!(res.json["results"][0]["document_id"], "refund-policy");
+        for field in ["document_id", "chunk_id", "title", "score", "snippet"] {
+            assert!(res.json["results"][0].get(field).is_some(), "{field}");
+        }
+
+        let res = call(&router, load_event("ingest-document-get.json")).await;
+        assert_eq!(res.json["title"], "Refund policy");
+        assert_eq!(res.json["chunk_count"], 1);
+        let res = call(&router, load_event("ingest-documents-list.json")).await;
+        assert_eq!(res.json["documents"].as_array().unwrap().len(), 4);
+        assert!(res.json["next_cursor"].is_null());
+        let page = call(&router, request("GET", "/documents?limit=3", None, "")).await;
+        // Ordered by id: coffee, handbook-shipping, refund-policy | wifi.
+        assert_eq!(page.json["next_cursor"], "refund-policy");
+        let rest = call(
+            &router,
+            request("GET", "/documents?limit=3&cursor=refund-policy", None, ""),
+        )
+        .await;
+        assert_eq!(rest.json["documents"][0]["id"], "wifi");
+        assert!(rest.json["next_cursor"].is_null());
+
+        let res = call(&router, load_event("ingest-document-delete.json")).await;
+        assert_eq!(res.json["status"], "deleted");
+        let res = call(&router, load_event("ingest-document-get.json")).await;
+        assert_eq!(res.status, 404);
+        let res = call(&router, load_event("ingest-document-delete.json")).await;
+        assert_eq!(res.status, 404);
+        let filtered = call(
+            &router,
+            request("GET", "/search?q=password&filter=team:it", None, ""),
+        )
+        .await;
+        assert_eq!(filtered.json["results"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_status_and_nothing_is_written() {
     let db = TestDatabase::sqlite();
-    let router = ingest::router(context("ingest", &[("DATABASE_URL", &db.url)]));
-    assert_not_implemented(
+    let (router, ctx) = router_for(
+        &db,
+        &[("MAX_DOCUMENT_BYTES", "64"), ("MAX_BATCH_DOCUMENTS", "2")],
+    );
+    let cases: Vec<(http::Request<axum::body::Body>, u16)> = vec![
+        (
+            request("POST", "/documents", Some("application/pdf"), "%PDF"),
+            415,
+        ),
+        (request("POST", "/documents", None, "text"), 415),
+        (
+            request("POST", "/documents", Some("text/plain"), "   \n "),
+            422,
+        ),
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                r#"{"title": "No text"}"#,
+            ),
+            422,
+        ),
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                r#"{"text": "x", "metadata": [1]}"#,
+            ),
+            422,
+        ),
+        (
+            request("POST", "/documents", Some("application/json"), "{broken"),
+            400,
+        ),
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                r#"{"id": "bad id!", "text": "x"}"#,
+            ),
+            422,
+        ),
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("text/plain"),
+                &"long ".repeat(20),
+            ),
+            413,
+        ),
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                r#"[{"text":"a"},{"text":"b"},{"text":"c"}]"#,
+            ),
+            413,
+        ),
+        // One bad document in a batch: the good one is not written either.
+        (
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                r#"[{"id":"good","text":"fine"},{"id":"bad","text":" "}]"#,
+            ),
+            422,
+        ),
+        (request("GET", "/documents/missing", None, ""), 404),
+        (request("DELETE", "/documents/missing", None, ""), 404),
+        (request("GET", "/search", None, ""), 400),
+        (request("GET", "/search?q=x&k=500", None, ""), 400),
+        (request("GET", "/search?q=x&filter=nocolon", None, ""), 400),
+        (request("GET", "/events?limit=0", None, ""), 400),
+        (request("PUT", "/documents", Some("text/plain"), "x"), 405),
+    ];
+    for (req, expected) in cases {
+        let label = format!("{} {}", req.method(), req.uri());
+        let res = call(&router, req).await;
+        assert_eq!(res.status.as_u16(), expected, "{label}: {}", res.text);
+        assert!(
+            res.json["error"]["message"].is_string(),
+            "{label}: JSON error expected, got {}",
+            res.text
+        );
+    }
+    let kb = shared::kb::KnowledgeBase::from_context(&ctx);
+    assert!(
+        kb.store().documents(None, 10).await.unwrap().is_empty(),
+        "nothing was written"
+    );
+    assert!(kb.store().events_after(0, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_route_needs_an_api_key() {
+    let db = TestDatabase::sqlite();
+    let (router, _) = router_for(&db, &[]);
+    for (method, uri) in [
+        ("GET", "/search?q=x"),
+        ("POST", "/documents"),
+        ("GET", "/documents"),
+        ("GET", "/events"),
+    ] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = call(&router, req).await;
+        assert_eq!(res.status, 401, "{method} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_get_429_with_retry_after() {
+    let db = TestDatabase::sqlite();
+    let (router, _) = router_for(
+        &db,
+        &[
+            ("RATE_LIMIT_REQUESTS", "3"),
+            ("RATE_LIMIT_WINDOW_SECS", "60"),
+        ],
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            call(&router, request("GET", "/events", None, ""))
+                .await
+                .status,
+            200
+        );
+    }
+    let res = call(&router, request("GET", "/events", None, "")).await;
+    assert_eq!(res.status, 429);
+    assert!(res.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn an_s3_event_ingests_the_object_from_the_local_folder() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("handbook")).unwrap();
+    std::fs::write(
+        dir.path().join("handbook/refund policy.md"),
+        "# Refund policy\n\nRefunds are paid within 14 days.",
+    )
+    .unwrap();
+    let folder = dir.path().display().to_string();
+    let (router, ctx) = router_for(&db, &[("DOCUMENTS_DIR", &folder)]);
+    let handler = ingest::on_event(ctx.clone());
+    let event = LambdaEvent::new(
+        load_event_json("ingest-s3-object-created.json"),
+        Context::default(),
+    );
+    let result = shared::runtime::dispatch(router.clone(), Some(handler.clone()), event)
+        .await
+        .unwrap();
+    assert_eq!(result["records"][0]["status"], "created", "{result}");
+    assert_eq!(result["records"][0]["id"], "handbook-refund-policy.md");
+    let found = call(
         &router,
-        &["ingest-documents-post.json", "ingest-search.json"],
+        request("GET", "/search?q=refunds%2014%20days", None, ""),
     )
     .await;
+    assert_eq!(
+        found.json["results"][0]["document_id"],
+        "handbook-refund-policy.md"
+    );
+
+    // A key that escapes the folder is refused, not read.
+    let mut escape = load_event_json("ingest-s3-object-created.json");
+    escape["Records"][0]["s3"]["object"]["key"] = json!("../../etc/passwd");
+    let result = handler(escape).await.unwrap();
+    assert_eq!(result["records"][0]["status"], "failed");
+    // Not an S3 notification: an invocation error, not a panic.
+    assert!(handler(json!({"hello": "world"})).await.is_err());
+}
+
+/// moto's S3 emulator, started for this test and stopped when dropped.
+struct Moto(std::process::Child, u16);
+
+impl Moto {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] (installed by .ci/run and local/start-services.sh)");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Moto(child, port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_s3_event_ingests_the_object_from_s3() {
+    let moto = Moto::start().await;
+    let endpoint = format!("http://127.0.0.1:{}", moto.1);
+    // aws-config reads these; only this test in this binary talks to AWS.
+    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let config = aws_config::load_from_env().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("chatkb-documents")
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket("chatkb-documents")
+        .key("handbook/refund policy.md")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"# Refund policy\n\nRefunds reach the original card within 14 days.",
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = router_for(&db, &[]);
+    let handler = ingest::on_event(ctx);
+    let event: Value = load_event_json("ingest-s3-object-created.json");
+    let result = handler(event.clone()).await.unwrap();
+    assert_eq!(result["records"][0]["status"], "created", "{result}");
+    let again = handler(event).await.unwrap();
+    assert_eq!(again["records"][0]["status"], "unchanged");
+    let found = call(
+        &router,
+        request("GET", "/search?q=original%20card", None, ""),
+    )
+    .await;
+    assert_eq!(
+        found.json["results"][0]["document_id"],
+        "handbook-refund-policy.md"
+    );
+
+    // A missing object is reported, not fatal.
+    let mut missing = load_event_json("ingest-s3-object-created.json");
+    missing["Records"][0]["s3"]["object"]["key"] = json!("nope.md");
+    let result = handler(missing).await.unwrap();
+    assert_eq!(result["records"][0]["status"], "failed");
 }

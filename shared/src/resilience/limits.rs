@@ -187,6 +187,22 @@ impl RateLimiter {
     }
 }
 
+/// Middleware: the per-key rate limit for routes behind `require_api_key` (it reads the
+/// key name that layer adds). Use with `from_fn_with_state(limiter, rate_limit)`.
+pub async fn rate_limit(
+    axum::extract::State(limiter): axum::extract::State<Arc<RateLimiter>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let key = request
+        .extensions()
+        .get::<crate::auth::ApiKeyName>()
+        .map(|k| k.0.to_string())
+        .unwrap_or_else(|| "anonymous".to_string());
+    limiter.check(&key).await?;
+    Ok(next.run(request).await)
+}
+
 /// Caps concurrent work (chat sessions by default); refuses with a hint instead of queueing.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLimiter {

@@ -1,0 +1,252 @@
+//! S3 object-created events (I1): each new object is read (from S3 with aws-sdk-s3, or
+//! from `DOCUMENTS_DIR` in embedded mode) and ingested like an HTTP upload.
+
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::kb::{IngestRequest, KbError, KnowledgeBase};
+use shared::runtime::{BoxError, EventHandler};
+use shared::AppContext;
+use tokio::sync::OnceCell;
+
+#[derive(Debug, Deserialize)]
+struct Notification {
+    #[serde(rename = "Records", default)]
+    records: Vec<Record>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    #[serde(rename = "eventSource", default)]
+    event_source: String,
+    #[serde(rename = "eventName", default)]
+    event_name: String,
+    s3: S3Entity,
+}
+
+#[derive(Debug, Deserialize)]
+struct S3Entity {
+    bucket: Bucket,
+    object: Object,
+}
+
+#[derive(Debug, Deserialize)]
+struct Bucket {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Object {
+    key: String,
+}
+
+/// S3 event keys are URL-encoded with `+` for spaces.
+pub fn decode_key(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// A document id from an object key: same key, same document (so re-uploads update it).
+pub fn document_id(key: &str) -> String {
+    let id: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    id.trim_matches('-').to_string()
+}
+
+fn content_type(key: &str) -> &'static str {
+    let lower = key.to_ascii_lowercase();
+    if lower.ends_with(".md") || lower.ends_with(".markdown") {
+        "text/markdown"
+    } else {
+        "text/plain"
+    }
+}
+
+/// Reads objects from S3, or from a local folder in embedded mode.
+enum Source {
+    Folder(std::path::PathBuf),
+    S3(OnceCell<aws_sdk_s3::Client>),
+}
+
+impl Source {
+    async fn read(&self, bucket: &str, key: &str, limit: usize) -> Result<Vec<u8>, String> {
+        match self {
+            Source::Folder(dir) => {
+                // Keys are paths below the folder: no absolute paths, no `..`.
+                let relative = Path::new(key);
+                if relative
+                    .components()
+                    .any(|c| !matches!(c, Component::Normal(_)))
+                {
+                    return Err(format!("key `{key}` is not a plain relative path"));
+                }
+                let path = dir.join(relative);
+                let size = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .len();
+                if size as usize > limit {
+                    return Err(format!(
+                        "object is larger than {limit} bytes (MAX_DOCUMENT_BYTES)"
+                    ));
+                }
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Source::S3(client) => {
+                let client = client
+                    .get_or_init(|| async {
+                        aws_sdk_s3::Client::new(&aws_config::load_from_env().await)
+                    })
+                    .await;
+                let object = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let detail = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+                        format!(
+                            "s3://{bucket}/{key}: {}",
+                            shared::observability::redact::redact(&detail)
+                        )
+                    })?;
+                if object.content_length().unwrap_or(0) as usize > limit {
+                    return Err(format!(
+                        "object is larger than {limit} bytes (MAX_DOCUMENT_BYTES)"
+                    ));
+                }
+                let bytes = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| format!("s3://{bucket}/{key}: {e}"))?;
+                Ok(bytes.into_bytes().to_vec())
+            }
+        }
+    }
+}
+
+/// Builds the event handler; the S3 client is created on first use and then shared.
+pub fn handler(ctx: Arc<AppContext>, kb: Arc<KnowledgeBase>) -> EventHandler {
+    let source = Arc::new(match &ctx.settings.documents_dir {
+        Some(dir) => Source::Folder(dir.clone()),
+        None => Source::S3(OnceCell::new()),
+    });
+    Arc::new(move |event| {
+        let ctx = ctx.clone();
+        let kb = kb.clone();
+        let source = source.clone();
+        Box::pin(async move { ingest_notification(&ctx, &kb, &source, event).await })
+    })
+}
+
+async fn ingest_notification(
+    ctx: &AppContext,
+    kb: &KnowledgeBase,
+    source: &Source,
+    event: Value,
+) -> Result<Value, BoxError> {
+    let notification: Notification =
+        serde_json::from_value(event).map_err(|e| format!("not an S3 notification: {e}"))?;
+    if notification.records.is_empty() {
+        return Err("not an S3 notification: no Records".into());
+    }
+    let correlation_id = uuid_like();
+    let mut results = Vec::new();
+    let mut retryable_failure = None;
+    for record in notification.records {
+        if record.event_source != "aws:s3" || !record.event_name.starts_with("ObjectCreated:") {
+            continue;
+        }
+        let bucket = record.s3.bucket.name;
+        let key = decode_key(&record.s3.object.key);
+        let read = source
+            .read(&bucket, &key, ctx.settings.max_document_bytes)
+            .await;
+        let outcome = match read {
+            Err(error) => {
+                tracing::warn!(bucket = %bucket, key = %key, error = %error, "S3 object not ingested");
+                json!({"bucket": bucket, "key": key, "status": "failed", "error": error})
+            }
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Err(_) => {
+                    json!({"bucket": bucket, "key": key, "status": "failed", "error": "object is not UTF-8 text"})
+                }
+                Ok(text) => {
+                    let request = IngestRequest {
+                        id: Some(document_id(&key)),
+                        title: None,
+                        text,
+                        content_type: content_type(&key).into(),
+                        source: format!("s3://{bucket}/{key}"),
+                        metadata: json!({"bucket": bucket, "key": key}),
+                    };
+                    match kb.ingest(request, &correlation_id).await {
+                        Ok(result) => {
+                            json!({"bucket": bucket, "key": key, "id": result.id, "status": result.status, "chunks": result.chunks, "version": result.version})
+                        }
+                        Err(KbError::Invalid(message)) => {
+                            json!({"bucket": bucket, "key": key, "status": "failed", "error": message})
+                        }
+                        Err(err) => {
+                            // Dependencies down: fail the invocation so Lambda retries the event.
+                            retryable_failure = Some(err.to_string());
+                            json!({"bucket": bucket, "key": key, "status": "failed", "error": err.to_string()})
+                        }
+                    }
+                }
+            },
+        };
+        tracing::info!(event = "s3_ingest", outcome = %outcome, "S3 object processed");
+        results.push(outcome);
+    }
+    if let Some(error) = retryable_failure {
+        return Err(format!("S3 ingest failed and will be retried: {error}").into());
+    }
+    Ok(json!({ "records": results }))
+}
+
+fn uuid_like() -> String {
+    format!(
+        "s3-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_and_become_ids() {
+        assert_eq!(
+            decode_key("handbook/refund+policy%281%29.md"),
+            "handbook/refund policy(1).md"
+        );
+        assert_eq!(
+            document_id("handbook/refund policy(1).md"),
+            "handbook-refund-policy-1-.md"
+        );
+        assert_eq!(content_type("A.MD"), "text/markdown");
+        assert_eq!(content_type("notes.txt"), "text/plain");
+    }
+}
