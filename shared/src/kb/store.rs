@@ -170,6 +170,9 @@ pub fn knowledge_store(database: &Database) -> Arc<dyn KnowledgeStore> {
     }
 }
 
+/// Most keyword matches ranked per search (PostgreSQL); see `keyword_search`.
+const KEYWORD_CANDIDATES: usize = 500;
+
 /// Search words for the keyword index: letters and digits only (no query syntax).
 fn keyword_terms(query: &str) -> Vec<String> {
     query
@@ -642,7 +645,8 @@ impl KnowledgeStore for PgKnowledgeStore {
         // HNSW (pgvector >= 0.5) over the chunks of this dimension; cosine distance.
         let sql = format!(
             "CREATE INDEX IF NOT EXISTS chunks_embedding_hnsw_{dims} ON chunks \
-             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
+             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WITH (m = 16, ef_construction = 48) \
+             WHERE dims = {dims}"
         );
         sqlx::query(&sql).execute(self.pool().await?).await?;
         Ok(())
@@ -738,21 +742,20 @@ impl KnowledgeStore for PgKnowledgeStore {
             });
             builder.build().execute(&mut *tx).await?;
         }
-        for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
-            sqlx::query(
-                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(id)
-            .bind(kind)
-            .bind(&doc.id)
-            .bind(version)
-            .bind(correlation_id)
-            .bind(causation)
-            .bind(payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let events = write_events(doc, version, chunks.len(), model);
+        let mut builder =
+            sqlx::QueryBuilder::new("INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ");
+        builder.push_values(events, |mut row, (id, kind, causation, payload)| {
+            row.push_bind(id)
+                .push_bind(kind)
+                .push_bind(&doc.id)
+                .push_bind(version)
+                .push_bind(correlation_id)
+                .push_bind(causation)
+                .push_bind(payload)
+                .push_bind(now);
+        });
+        builder.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(if current.is_some() {
             WriteOutcome::Updated { version }
@@ -812,7 +815,10 @@ impl KnowledgeStore for PgKnowledgeStore {
              WHERE c.dims = {dims} AND c.model = $2 AND ($3 = '' OR d.metadata ->> $3 = $4) \
              ORDER BY (c.embedding::vector({dims})) <=> $1::vector({dims}) LIMIT $5"
         );
+        // An unnamed statement: planned with the actual values, so the partial HNSW index
+        // is chosen (a cached generic plan may scan and sort every chunk instead).
         let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(&sql)
+            .persistent(false)
             .bind(vector_literal(query))
             .bind(model)
             .bind(&key)
@@ -845,19 +851,28 @@ impl KnowledgeStore for PgKnowledgeStore {
         let (key, value) = filter.map_or((String::new(), String::new()), |f| {
             (f.key.clone(), f.value.clone())
         });
-        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(
-            "WITH q AS (SELECT to_tsquery('english', $1) AS query) \
-             SELECT c.id, c.document_id, d.title, c.text, ts_rank_cd(c.tsv, q.query) AS score \
-             FROM chunks c JOIN documents d ON d.id = c.document_id, q \
-             WHERE c.tsv @@ q.query AND ($2 = '' OR d.metadata ->> $2 = $3) \
-             ORDER BY score DESC, c.id LIMIT $4",
-        )
-        .bind(terms.join(" | "))
-        .bind(&key)
-        .bind(&value)
-        .bind(k)
-        .fetch_all(self.pool().await?)
-        .await?;
+        // Ranking is bounded: at most KEYWORD_CANDIDATES matches (found through the GIN
+        // index) are ranked, so a very common word cannot make a search scan the corpus;
+        // chunk texts are read only for the top k.
+        let sql = format!(
+            "WITH q AS (SELECT to_tsquery('english', $1) AS query), \
+             matches AS (SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query \
+                 AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
+                 LIMIT {KEYWORD_CANDIDATES}), \
+             ranked AS (SELECT m.id, m.document_id, ts_rank(m.tsv, q.query) AS score FROM matches m, q \
+                 ORDER BY score DESC, m.id LIMIT $4) \
+             SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
+             JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
+             ORDER BY r.score DESC, r.id"
+        );
+        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+            .persistent(false)
+            .bind(terms.join(" | "))
+            .bind(&key)
+            .bind(&value)
+            .bind(k)
+            .fetch_all(self.pool().await?)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
