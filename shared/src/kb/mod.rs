@@ -453,7 +453,6 @@ impl KnowledgeBase {
         }
         self.prepare_store().await?;
         let candidates = (k * 4).max(20) as i64;
-        let keyword = self.store.keyword_search(query, candidates, filter).await?;
         let vector = match self.embedder.embed(&[query.to_string()]).await {
             Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
             Ok(_) => None,
@@ -462,12 +461,24 @@ impl KnowledgeBase {
                 None
             }
         };
-        let (hits, mode): (Vec<ChunkHit>, &str) = match vector {
-            Some(v) => {
-                let by_vector = self
+        // The two lists are independent: query them at the same time (two connections).
+        let vector_list = async {
+            match &vector {
+                Some(v) => self
                     .store
-                    .vector_search(&v, self.embedder.model(), candidates, filter)
-                    .await?;
+                    .vector_search(v, self.embedder.model(), candidates, filter)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (keyword, by_vector) = tokio::join!(
+            self.store.keyword_search(query, candidates, filter),
+            vector_list
+        );
+        let (keyword, by_vector) = (keyword?, by_vector?);
+        let (hits, mode): (Vec<ChunkHit>, &str) = match by_vector {
+            Some(by_vector) => {
                 let fused = rank::reciprocal_rank_fusion(
                     &[
                         by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
