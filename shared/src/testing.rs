@@ -8,6 +8,14 @@ use sqlx::Connection;
 use crate::config::DatabaseKind;
 use crate::store::Database;
 
+/// A TCP port that was free a moment ago, for servers a test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// The PostgreSQL server tests use.
 pub fn test_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")

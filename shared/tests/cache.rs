@@ -228,11 +228,7 @@ impl Drop for OwnRedis {
 
 #[tokio::test]
 async fn redis_stopped_mid_test_then_restarted() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = shared::testing::free_port();
     let mut server = OwnRedis::start(port).await;
     let url = format!("redis://127.0.0.1:{}", server.port);
     let config = config();
@@ -293,11 +289,7 @@ async fn redis_stopped_mid_test_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_under_concurrent_load_costs_no_errors() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = shared::testing::free_port();
     let mut server = OwnRedis::start(port).await;
     let cache = TieredCache::new(
         config(),

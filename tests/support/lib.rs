@@ -15,13 +15,7 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use shared::testing::free_port;
 
 /// A running function process; killed when dropped.
 pub struct Function {

@@ -308,11 +308,7 @@ struct Moto(std::process::Child, u16);
 
 impl Moto {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = shared::testing::free_port();
         let child = std::process::Command::new("python3")
             .args([
                 "-m",

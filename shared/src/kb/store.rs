@@ -265,7 +265,7 @@ fn sqlite_doc(row: SqliteDocRow) -> DocumentRecord {
     }
 }
 
-const SQLITE_DOC_COLUMNS: &str =
+const DOC_COLUMNS: &str =
     "id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at";
 
 impl SqliteKnowledgeStore {
@@ -308,7 +308,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
     }
 
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError> {
-        let sql = format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id = ?");
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id = ?");
         let row: Option<SqliteDocRow> = sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(self.pool().await?)
@@ -321,8 +321,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DocumentRecord>, StoreError> {
-        let sql =
-            format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id > ? ORDER BY id LIMIT ?");
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id > ? ORDER BY id LIMIT ?");
         let rows: Vec<SqliteDocRow> = sqlx::query_as(&sql)
             .bind(after.unwrap_or(""))
             .bind(limit)
@@ -653,7 +652,7 @@ impl KnowledgeStore for PgKnowledgeStore {
     }
 
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError> {
-        let sql = format!("SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id = $1");
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id = $1");
         let row: Option<PgDocRow> = sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(self.pool().await?)
@@ -666,9 +665,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DocumentRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {SQLITE_DOC_COLUMNS} FROM documents WHERE id > $1 ORDER BY id LIMIT $2"
-        );
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id > $1 ORDER BY id LIMIT $2");
         let rows: Vec<PgDocRow> = sqlx::query_as(&sql)
             .bind(after.unwrap_or(""))
             .bind(limit)
