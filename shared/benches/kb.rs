@@ -1,7 +1,8 @@
 //! Knowledge-base throughput and latency on PostgreSQL + pgvector with the offline
 //! embedder (issue 4 targets): ingest >= 2,000 chunks/s; search p95 < 15 ms at 100k chunks.
 //! Needs PostgreSQL with pgvector on TEST_DATABASE_URL; creates and drops its own database.
-//! `KB_BENCH_CHUNKS` sets the corpus size (default 100000). Run with `make bench`.
+//! `KB_BENCH_CHUNKS` sets the corpus size (default 100000), `KB_BENCH_DIMS` the embedding
+//! size (default 384, the EMBEDDINGS_DIMENSIONS default). Run with `make bench`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,12 +154,16 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let dims: usize = std::env::var("KB_BENCH_DIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(384);
     let db = TestDatabase::postgres().await;
     let store = knowledge_store(&db.database());
     let cache = TieredCache::new(CacheConfig::default(), None);
     let kb = Arc::new(KnowledgeBase::new(
         store,
-        Arc::new(OfflineEmbedder::new(384)),
+        Arc::new(OfflineEmbedder::new(dims)),
         cache,
         ChunkConfig {
             size: 500,
@@ -168,7 +173,7 @@ async fn main() {
 
     // The embedder alone, for scale.
     {
-        let embedder = OfflineEmbedder::new(384);
+        let embedder = OfflineEmbedder::new(dims);
         let mut words = Words(7);
         let texts: Vec<String> = (0..2000)
             .map(|_| {
