@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cache::TieredCache;
 use crate::config::{ConfigError, Settings};
+use crate::kb::KnowledgeBase;
 use crate::observability::{logging, metrics as obs_metrics};
 use crate::resilience::limits::{ConcurrencyLimiter, RateLimiter};
 use crate::resilience::{Breakers, SystemClock};
@@ -29,6 +30,8 @@ pub struct AppContext {
     pub rate_limiter: Arc<RateLimiter>,
     /// Cap on concurrent sessions (C9).
     pub sessions: ConcurrencyLimiter,
+    /// The knowledge base (ingest, and chat's retrieval), built on first use and shared.
+    knowledge_base: std::sync::OnceLock<Arc<KnowledgeBase>>,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
 }
@@ -91,6 +94,7 @@ impl AppContext {
             breakers,
             rate_limiter,
             sessions,
+            knowledge_base: std::sync::OnceLock::new(),
             started: Instant::now(),
             started_at: Utc::now(),
         }))
@@ -131,6 +135,14 @@ impl AppContext {
             "function initialised"
         );
         Ok(ctx)
+    }
+
+    /// The instance's knowledge base: one store adapter, embedder and cache for every
+    /// route and event handler of the function.
+    pub fn knowledge_base(&self) -> Arc<KnowledgeBase> {
+        self.knowledge_base
+            .get_or_init(|| Arc::new(KnowledgeBase::from_context(self)))
+            .clone()
     }
 
     pub fn uptime(&self) -> Duration {

@@ -103,6 +103,14 @@ impl ApiError {
     }
 }
 
+/// A store that fails is a dependency outage: 503, details logged, never sent.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        tracing::error!(error = %err, "store failed");
+        ApiError::unavailable("the database is unavailable")
+    }
+}
+
 /// The stable machine-readable code and OpenAI-style type for a status.
 pub fn code_for(status: StatusCode) -> (&'static str, &'static str) {
     match status.as_u16() {
@@ -229,6 +237,21 @@ mod tests {
             assert_eq!(body.error.code, code);
             assert_eq!(body.error.message, message);
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_is_a_503_without_details() {
+        let err: ApiError =
+            crate::store::StoreError::Timeout("database at db.internal:5432", 2000).into();
+        let response = err.into_response();
+        assert_eq!(response.status(), 503);
+        let body = body_of(response).await;
+        assert_eq!(body.error.code, "service_unavailable");
+        assert!(
+            !body.error.message.contains("db.internal"),
+            "{}",
+            body.error.message
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,56 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A server process a test starts itself (its own Redis, moto's S3): waited for until
+/// its port accepts connections, killed when dropped or stopped.
+pub struct ServerProcess {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ServerProcess {
+    /// Runs `program args...` (where `{port}` in an argument becomes the port) and waits
+    /// up to 10 s for 127.0.0.1:port; `what` names it in the panic if it cannot start.
+    pub async fn start(program: &str, args: &[&str], port: u16, what: &str) -> Self {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let child = std::process::Command::new(program)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The PostgreSQL server tests use.
 pub fn test_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")

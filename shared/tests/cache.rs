@@ -1,6 +1,5 @@
 //! The tiered cache against real Redis servers, including one stopped and restarted mid-test.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use shared::cache::{CacheConfig, Namespace, TieredCache};
 use shared::config::RedisUrl;
 use shared::store::RedisHandle;
+use shared::testing::ServerProcess;
 
 fn redis_at(url: &str) -> RedisHandle {
     RedisHandle::new(&RedisUrl::parse(url).unwrap(), Duration::from_millis(200)).unwrap()
@@ -175,61 +175,29 @@ async fn a_closed_redis_port_means_l1_only_without_errors() {
 }
 
 /// A Redis server of this test's own, so it can be stopped and started again.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (local/start-services.sh installs it)");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+async fn own_redis(port: u16) -> ServerProcess {
+    ServerProcess::start(
+        "redis-server",
+        &[
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        port,
+        "redis-server (local/start-services.sh installs it)",
+    )
+    .await
 }
 
 #[tokio::test]
 async fn redis_stopped_mid_test_then_restarted() {
     let port = shared::testing::free_port();
-    let mut server = OwnRedis::start(port).await;
+    let mut server = own_redis(port).await;
     let url = format!("redis://127.0.0.1:{}", server.port);
     let config = config();
     let cache = TieredCache::new(config.clone(), Some(redis_at(&url)));
@@ -265,7 +233,7 @@ async fn redis_stopped_mid_test_then_restarted() {
     assert_eq!(cache.stats().l2_available, Some(false));
 
     // Redis returns (empty): the cache reconnects by itself and writes reach it again.
-    let _server = OwnRedis::start(port).await;
+    let _server = own_redis(port).await;
     let mut reached = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -290,7 +258,7 @@ async fn redis_stopped_mid_test_then_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_under_concurrent_load_costs_no_errors() {
     let port = shared::testing::free_port();
-    let mut server = OwnRedis::start(port).await;
+    let mut server = own_redis(port).await;
     let cache = TieredCache::new(
         config(),
         Some(redis_at(&format!("redis://127.0.0.1:{port}"))),

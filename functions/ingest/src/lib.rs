@@ -29,7 +29,7 @@ struct Ingest {
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     let state = Ingest {
-        kb: Arc::new(KnowledgeBase::from_context(&ctx)),
+        kb: ctx.knowledge_base(),
         ctx: ctx.clone(),
     };
     let routes = Router::new()
@@ -48,7 +48,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
 
 /// The handler for S3 object-created events (and nothing else) under Lambda.
 pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
-    let kb = Arc::new(KnowledgeBase::from_context(&ctx));
+    let kb = ctx.knowledge_base();
     s3::handler(ctx, kb)
 }
 
@@ -211,11 +211,7 @@ async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be from 1 to 100".into()));
     }
-    let documents =
-        s.kb.store()
-            .documents(p.cursor.as_deref(), limit)
-            .await
-            .map_err(shared::kb::KbError::from)?;
+    let documents = s.kb.store().documents(p.cursor.as_deref(), limit).await?;
     let next_cursor = (documents.len() as i64 == limit)
         .then(|| documents.last().map(|d| d.id.clone()))
         .flatten();
@@ -308,11 +304,7 @@ async fn events(
             "after must be >= 0 and limit from 1 to 500".into(),
         ));
     }
-    let events =
-        s.kb.store()
-            .events_after(after, limit)
-            .await
-            .map_err(shared::kb::KbError::from)?;
+    let events = s.kb.store().events_after(after, limit).await?;
     let next_after = events.last().map(|e| e.seq).unwrap_or(after);
     Ok(Json(json!({ "events": events, "next_after": next_after })))
 }

@@ -167,7 +167,7 @@ async fn ingest_notification(
     if notification.records.is_empty() {
         return Err("not an S3 notification: no Records".into());
     }
-    let correlation_id = uuid_like();
+    let correlation_id = format!("s3-{}", uuid::Uuid::new_v4());
     let mut results = Vec::new();
     let mut retryable_failure = None;
     for record in notification.records {
@@ -220,16 +220,6 @@ async fn ingest_notification(
         return Err(format!("S3 ingest failed and will be retried: {error}").into());
     }
     Ok(json!({ "records": results }))
-}
-
-fn uuid_like() -> String {
-    format!(
-        "s3-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    )
 }
 
 #[cfg(test)]

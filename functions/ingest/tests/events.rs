@@ -211,7 +211,7 @@ async fn every_bad_input_gets_its_status_and_nothing_is_written() {
             res.text
         );
     }
-    let kb = shared::kb::KnowledgeBase::from_context(&ctx);
+    let kb = ctx.knowledge_base();
     assert!(
         kb.store().documents(None, 10).await.unwrap().is_empty(),
         "nothing was written"
@@ -303,49 +303,17 @@ async fn an_s3_event_ingests_the_object_from_the_local_folder() {
     assert!(handler(json!({"hello": "world"})).await.is_err());
 }
 
-/// moto's S3 emulator, started for this test and stopped when dropped.
-struct Moto(std::process::Child, u16);
-
-impl Moto {
-    async fn start() -> Self {
-        let port = shared::testing::free_port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 with moto[server] (installed by .ci/run and local/start-services.sh)");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        Moto(child, port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn an_s3_event_ingests_the_object_from_s3() {
-    let moto = Moto::start().await;
-    let endpoint = format!("http://127.0.0.1:{}", moto.1);
+    // moto's S3 emulator, started for this test and stopped when dropped.
+    let moto = shared::testing::ServerProcess::start(
+        "python3",
+        &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+        shared::testing::free_port(),
+        "moto's server (python3 -m pip install 'moto[server]'; .ci/run installs it)",
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
     // aws-config reads these; only this test in this binary talks to AWS.
     std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");

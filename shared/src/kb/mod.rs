@@ -45,10 +45,7 @@ impl From<KbError> for ApiError {
             KbError::Invalid(m) => ApiError::Unprocessable(m),
             KbError::NotFound(_) => ApiError::NotFound(e.to_string()),
             KbError::Embedder(err) => ApiError::unavailable(format!("{err}; nothing was stored")),
-            KbError::Store(err) => {
-                tracing::error!(error = %err, "knowledge base store failed");
-                ApiError::unavailable("the knowledge base database is unavailable")
-            }
+            KbError::Store(err) => err.into(),
         }
     }
 }
@@ -174,6 +171,15 @@ pub struct KnowledgeBase {
     cache: TieredCache,
     chunking: ChunkConfig,
     prepared: OnceCell<()>,
+}
+
+impl std::fmt::Debug for KnowledgeBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnowledgeBase")
+            .field("model", &self.embedder.model())
+            .field("chunking", &self.chunking)
+            .finish()
+    }
 }
 
 /// Texts embedded per call to the embedder.
