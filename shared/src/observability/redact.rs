@@ -61,20 +61,29 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", |_| {
             "[REDACTED_EMAIL]".to_string()
         }),
+        // Number-shaped rules only match standalone numbers: group 1 is what precedes the
+        // number (start of text, or anything but a word character or `.`), so the digits
+        // of a decimal such as `"duration_ms":0.4111111111111111` are never taken for one.
         // Chinese resident ID numbers (18 characters, last may be X).
-        rule(r"\b\d{17}[\dXx]\b", |_| "[REDACTED_ID]".to_string()),
+        rule(r"(^|[^0-9A-Za-z_.])\d{17}[\dXx]\b", |c| {
+            format!("{}[REDACTED_ID]", &c[1])
+        }),
         // Card numbers: 13-19 digits, optionally grouped, passing Luhn.
-        rule(r"\b(?:\d[ -]?){12,18}\d\b", |c| {
-            if luhn_valid(&c[0]) {
-                "[REDACTED_CARD]".to_string()
+        rule(r"(^|[^0-9A-Za-z_.])((?:\d[ -]?){12,18}\d)\b", |c| {
+            if luhn_valid(&c[2]) {
+                format!("{}[REDACTED_CARD]", &c[1])
             } else {
                 c[0].to_string()
             }
         }),
         // Phone numbers: international (+CC ...), North American (555) 123-4567, Chinese mobiles.
         rule(
-            r"\+\d{1,3}[\s-]?\(?\d{1,4}\)?(?:[\s-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b|\b1[3-9]\d{9}\b",
+            r"\+\d{1,3}[\s-]?\(?\d{1,4}\)?(?:[\s-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b",
             |_| "[REDACTED_PHONE]".to_string(),
+        ),
+        rule(
+            r"(^|[^0-9A-Za-z_.])(?:\d{3}[.-]\d{3}[.-]\d{4}|1[3-9]\d{9})\b",
+            |c| format!("{}[REDACTED_PHONE]", &c[1]),
         ),
     ]
 });
@@ -184,6 +193,34 @@ mod tests {
     fn leaves_ordinary_log_content_alone() {
         let line = r#"{"timestamp":"2026-11-23T07:30:03.123456Z","level":"INFO","request_id":"550e8400-e29b-41d4-a716-446655440000","status":200,"duration_ms":12.5,"prompt_tokens":1234,"addr":"127.0.0.1:9000","id":1234567890123}"#;
         assert_eq!(redact(line), line);
+    }
+
+    #[test]
+    fn never_touches_the_digits_of_decimal_numbers() {
+        // Log lines carry floats such as duration_ms; their fraction digits can look like a
+        // card (and pass Luhn), a phone or an ID number. None may be rewritten.
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let value = (x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((x % 4) as i32);
+            let line = format!(r#"{{"duration_ms":{value},"score":-{value}}}"#);
+            assert_eq!(redact(&line), line);
+        }
+        assert_eq!(
+            redact("took 0.4111111111111111 ms"),
+            "took 0.4111111111111111 ms"
+        );
+        assert_eq!(redact("ratio 0.13812345678"), "ratio 0.13812345678");
+        assert_eq!(redact("id x11010519491231002X"), "id x11010519491231002X");
+        // Standalone numbers are still redacted, at the start of the text too.
+        assert_eq!(redact("4111111111111111"), "[REDACTED_CARD]");
+        assert_eq!(redact("call 13812345678"), "call [REDACTED_PHONE]");
+        assert_eq!(
+            redact(r#"{"phone":"415-555-0100"}"#),
+            r#"{"phone":"[REDACTED_PHONE]"}"#
+        );
     }
 
     #[test]
