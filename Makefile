@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: help run run-services test test-rust smoke bench load-test lint fmt build deploy services
+.PHONY: help run run-services test test-rust smoke sdk fake-openai bench load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -25,10 +25,17 @@ test: ## Format check, clippy, cfn-lint, every test (PostgreSQL and Redis must b
 	cfn-lint infra/template.yaml
 	$(MAKE) test-rust
 	$(MAKE) smoke
+	$(MAKE) sdk
 
 test-rust: ## cargo tests only (unit, handler, store and end-to-end)
 	cargo build --workspace --bins
 	cargo test --workspace
+
+sdk: ## The official OpenAI Python SDK against chat (standalone server) with the fake provider
+	scripts/sdk-check.sh
+
+fake-openai: ## The project's OpenAI-compatible fake server on http://127.0.0.1:8090/v1
+	cargo run -p fake-openai -- --port 8090
 
 smoke: ## The functions under cargo lambda watch, called on one base URL
 	cargo build --workspace --bins

@@ -43,15 +43,11 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
     let (status, body, _) = get(&health.url("/health")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 
-    for (function, path) in [
-        (&chat, "/v1/chat/completions"),
-        (&chat, "/v1/models"),
-        (&backup, "/backups"),
-    ] {
-        let (status, body, _) = get(&function.url(path)).await;
-        assert_eq!(status, 501, "{} {path}", function.name);
-        assert_eq!(body["error"]["code"], "not_implemented");
-    }
+    let (status, body, _) = get(&backup.url("/backups")).await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["error"]["code"], "not_implemented");
+    let (status, body, _) = get(&chat.url("/v1/models")).await;
+    assert_eq!(status, 401, "chat needs a key: {body}");
 
     // The knowledge base over HTTP: a key is required; ingest, then search.
     let (status, body, _) = get(&ingest.url("/search?q=x")).await;
@@ -76,6 +72,20 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
         .await
         .unwrap();
     assert_eq!(found["results"][0]["document_id"], "e2e-doc", "{found}");
+
+    // The chat function (another process on the same database) retrieves what ingest
+    // stored; with no provider configured the answer is flagged retrieval-only.
+    let answer = client
+        .post(chat.url("/v1/chat/completions"))
+        .bearer_auth("e2e-key")
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "Where is staff parking?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-degraded"], "retrieval-only");
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["sources"][0], "e2e-doc", "{answer}");
 
     let res = client
         .delete(health.url("/health/ready"))

@@ -187,6 +187,28 @@ pub struct Settings {
     pub documents_dir: Option<std::path::PathBuf>,
     pub max_document_bytes: usize,
     pub max_batch_documents: usize,
+    pub chat: ChatSettings,
+}
+
+/// The chat gateway's providers, limits and retrieval (C1-C5).
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    /// OpenAI-compatible endpoint; unset selects the offline retrieval-only provider.
+    pub llm_base_url: Option<String>,
+    pub llm_api_key: Option<Secret>,
+    /// The primary model, and the model callers get when they name none.
+    pub llm_model: String,
+    /// Tried in order when the primary model fails or its breaker is open.
+    pub llm_fallback_models: Vec<String>,
+    /// Whole answer (plain) or first byte (stream) from the provider.
+    pub llm_timeout: Duration,
+    pub max_messages: usize,
+    /// Requests with a temperature up to this are answered from the response cache.
+    pub cache_max_temperature: f64,
+    pub retrieval_enabled: bool,
+    pub retrieval_top_k: usize,
+    /// Most tokens of knowledge-base passages put into the system prompt.
+    pub retrieval_token_budget: usize,
 }
 
 /// One bad or missing variable.
@@ -226,6 +248,9 @@ impl fmt::Display for ConfigError {
         Ok(())
     }
 }
+
+/// The model name of the offline retrieval-only provider (no `LLM_BASE_URL`).
+pub const OFFLINE_MODEL: &str = "retrieval-only";
 
 /// Reads variables and remembers every problem instead of stopping at the first.
 struct Reader<'a> {
@@ -496,6 +521,41 @@ impl Settings {
         let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
         let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
 
+        let llm_base_url = r.get("LLM_BASE_URL").map(str::to_string);
+        if let Some(url) = &llm_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                r.fail("LLM_BASE_URL", "expected an http:// or https:// URL");
+            }
+        }
+        let llm_model = r
+            .get("LLM_MODEL")
+            .unwrap_or(if llm_base_url.is_some() {
+                "gpt-4o-mini"
+            } else {
+                OFFLINE_MODEL
+            })
+            .to_string();
+        let chat = ChatSettings {
+            llm_api_key: r.get("LLM_API_KEY").map(Secret::new),
+            llm_fallback_models: r
+                .get("LLM_FALLBACK_MODELS")
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty() && *m != llm_model)
+                .map(str::to_string)
+                .collect(),
+            llm_model,
+            llm_base_url,
+            llm_timeout: r.millis("LLM_TIMEOUT_MS", 30_000, 100, 900_000),
+            max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
+            cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64
+                / 100.0,
+            retrieval_enabled: r.flag("RETRIEVAL_ENABLED", true),
+            retrieval_top_k: r.int("RETRIEVAL_TOP_K", 4usize, 1, 50),
+            retrieval_token_budget: r.int("RETRIEVAL_TOKEN_BUDGET", 1200usize, 50, 100_000),
+        };
+
         match (r.problems.is_empty(), database_url) {
             (true, Some(database_url)) => Ok(Settings {
                 function: function.to_string(),
@@ -530,6 +590,7 @@ impl Settings {
                 documents_dir,
                 max_document_bytes,
                 max_batch_documents,
+                chat,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,

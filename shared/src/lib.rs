@@ -4,8 +4,11 @@
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fake-openai")]
+pub mod fake_openai;
 pub mod health;
 pub mod http;
 pub mod kb;

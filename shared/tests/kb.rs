@@ -7,9 +7,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::{EmbedError, EmbedFuture, Embedder, OfflineEmbedder};
+use shared::kb::store::NewDocument;
 use shared::kb::store::{knowledge_store, SearchFilter};
 use shared::kb::text::ChunkConfig;
-use shared::kb::{IngestRequest, KbError, KnowledgeBase};
+use shared::kb::{IngestRequest, KbError, KnowledgeBase, Prepared};
 use shared::testing::TestDatabase;
 
 struct DownEmbedder;
@@ -243,6 +244,66 @@ async fn bad_input_is_refused_before_anything_is_written() {
         "readme-of-project-x"
     );
     assert_eq!(kb.ingest(untitled, "r").await.unwrap().status, "unchanged");
+}
+
+#[tokio::test]
+async fn a_batch_failing_half_way_in_the_database_writes_nothing_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        let first = kb
+            .prepare(doc("batch-a", "Alpha", "Alpha text about invoices."))
+            .await
+            .unwrap();
+        let Prepared::Ready { chunks, .. } = kb
+            .prepare(doc("batch-b", "Beta", "Beta text about shipping."))
+            .await
+            .unwrap()
+        else {
+            panic!("new content is ready to write")
+        };
+        // The second document reuses the first one's chunk ids: its insert violates the
+        // chunks primary key after the first document was written in the transaction.
+        let Prepared::Ready { chunks: clash, .. } = &first else {
+            panic!("new content is ready to write")
+        };
+        let mut chunks = chunks;
+        chunks[0].chunk.id = clash[0].chunk.id.clone();
+        let second = Prepared::Ready {
+            document: NewDocument {
+                id: "batch-b".into(),
+                title: "Beta".into(),
+                content_hash: "beta".into(),
+                content_type: "text/plain".into(),
+                source: "test".into(),
+                metadata: json!({}),
+            },
+            chunks,
+        };
+        let err = kb.commit_all(vec![first, second], "r").await.unwrap_err();
+        assert!(matches!(err, KbError::Store(_)), "{:?}: {err:?}", db.kind);
+        for id in ["batch-a", "batch-b"] {
+            assert!(
+                kb.store().document(id).await.unwrap().is_none(),
+                "{:?}: {id} written",
+                db.kind
+            );
+        }
+        assert!(kb.store().events_after(0, 10).await.unwrap().is_empty());
+        // The same batch without the clash is written whole.
+        let results = kb
+            .ingest_batch(
+                vec![
+                    doc("batch-a", "Alpha", "Alpha text about invoices."),
+                    doc("batch-b", "Beta", "Beta text about shipping."),
+                ],
+                "r",
+            )
+            .await
+            .unwrap();
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(|r| r.status == "created"));
+        assert_eq!(kb.store().events_after(0, 10).await.unwrap().len(), 6);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

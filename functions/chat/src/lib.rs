@@ -1,16 +1,134 @@
-//! Chat function (C1-C10): an OpenAI-compatible gateway. Until its issue lands,
-//! every route answers a JSON 501 rather than a fake success.
+//! Chat function (C1-C10): an OpenAI-compatible gateway. A thin HTTP adapter over
+//! `shared::chat`: parse, call the gateway, map the reply to headers and a body.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::json;
+use shared::auth::require_api_key;
+use shared::chat::{ChatGateway, ReplyMeta};
 use shared::http::not_implemented;
-use shared::AppContext;
+use shared::observability::metrics::names;
+use shared::resilience::limits::rate_limit;
+use shared::{ApiError, AppContext};
+
+#[derive(Clone)]
+struct Chat {
+    ctx: Arc<AppContext>,
+    gateway: Arc<ChatGateway>,
+}
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
+    let state = Chat {
+        gateway: Arc::new(ChatGateway::from_context(&ctx)),
+        ctx: ctx.clone(),
+    };
     let routes = Router::new()
-        .route("/v1/chat/completions", not_implemented("chat completions"))
-        .route("/v1/models", not_implemented("model listing"))
-        .route("/v1/usage", not_implemented("usage reporting"));
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/v1/usage", not_implemented("usage reporting"))
+        .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
+        .layer(from_fn_with_state(
+            ctx.settings.api_keys.clone(),
+            require_api_key,
+        ))
+        .with_state(state);
     shared::http::app(routes, &ctx.settings)
+}
+
+/// `GET /v1/models`: the configured models, in OpenAI's list shape.
+async fn models(State(chat): State<Chat>) -> Json<serde_json::Value> {
+    let data: Vec<_> = chat
+        .gateway
+        .models()
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "chatkb"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn wants_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
+        })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_none_or(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+}
+
+/// The headers every chat reply carries: what was degraded, whether it came from the
+/// cache, and the gateway's own time (`x-overhead-ms`, C10).
+fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
+    let overhead = started.elapsed().saturating_sub(meta.provider_wait);
+    metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS).record(overhead.as_secs_f64());
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        headers.insert("x-overhead-ms", v);
+    }
+    if !meta.degraded.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&meta.degraded.join(",")) {
+            headers.insert("x-degraded", v);
+        }
+    }
+    headers.insert(
+        "x-cache",
+        HeaderValue::from_static(if meta.cached { "hit" } else { "miss" }),
+    );
+}
+
+/// `POST /v1/chat/completions`, plain or streamed (C1).
+async fn completions(
+    State(chat): State<Chat>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the request as application/json".into(),
+        ));
+    }
+    let request = chat.gateway.parse(&body, wants_no_cache(&headers))?;
+    // One slot per answer in progress (C9); a stream holds it until it ends.
+    let slot = chat.ctx.sessions.try_acquire()?;
+    if request.stream {
+        let reply = chat.gateway.stream(&request).await?;
+        let body = reply.body.map(move |bytes| {
+            let _held = &slot;
+            Ok::<_, std::convert::Infallible>(bytes)
+        });
+        let mut response = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(body))
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        annotate(&mut response, &reply.meta, started);
+        return Ok(response);
+    }
+    let reply = chat.gateway.complete(&request).await?;
+    drop(slot);
+    let mut response = Json(reply.answer.completion).into_response();
+    annotate(&mut response, &reply.meta, started);
+    Ok(response)
 }

@@ -76,7 +76,9 @@ pub fn app(routes: Router, settings: &Settings) -> Router {
 }
 
 /// A route that answers 501 until its capability lands: never a fake success.
-pub fn not_implemented(capability: &'static str) -> MethodRouter {
+pub fn not_implemented<S: Clone + Send + Sync + 'static>(
+    capability: &'static str,
+) -> MethodRouter<S> {
     any(
         move || async move { ApiError::NotImplemented(format!("{capability} is not implemented yet")) },
     )

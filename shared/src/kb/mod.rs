@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::store::StoreError;
 use embed::{EmbedError, Embedder};
 use store::{
-    ChunkHit, DocumentRecord, EmbeddedChunk, KnowledgeStore, NewDocument, SearchFilter,
-    WriteOutcome,
+    ChunkHit, DocumentRecord, DocumentWrite, EmbeddedChunk, KnowledgeStore, NewDocument,
+    SearchFilter, WriteOutcome,
 };
 use text::ChunkConfig;
 
@@ -349,23 +349,55 @@ impl KnowledgeBase {
         prepared: Prepared,
         correlation_id: &str,
     ) -> Result<IngestResult, KbError> {
-        let (document, chunks) = match prepared {
-            Prepared::Unchanged(result) => return Ok(result),
-            Prepared::Ready { document, chunks } => (document, chunks),
-        };
-        let outcome = self
+        let mut results = self.commit_all(vec![prepared], correlation_id).await?;
+        Ok(results.remove(0))
+    }
+
+    /// Writes prepared documents in one transaction: all of them appear or none does.
+    pub async fn commit_all(
+        &self,
+        prepared: Vec<Prepared>,
+        correlation_id: &str,
+    ) -> Result<Vec<IngestResult>, KbError> {
+        let mut results: Vec<Option<IngestResult>> = Vec::with_capacity(prepared.len());
+        let mut writes = Vec::new();
+        for p in prepared {
+            match p {
+                Prepared::Unchanged(result) => results.push(Some(result)),
+                Prepared::Ready { document, chunks } => {
+                    results.push(None);
+                    writes.push(DocumentWrite { document, chunks });
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let outcomes = self
             .store
-            .write_document(&document, &chunks, self.embedder.model(), correlation_id)
+            .write_documents(&writes, self.embedder.model(), correlation_id)
             .await?;
-        if !matches!(outcome, WriteOutcome::Unchanged { .. }) {
+        if outcomes
+            .iter()
+            .any(|o| !matches!(o, WriteOutcome::Unchanged { .. }))
+        {
             self.invalidate_caches().await;
         }
-        Ok(IngestResult {
-            id: document.id,
-            status: outcome.status(),
-            chunks: chunks.len() as i64,
-            version: outcome.version(),
-        })
+        let mut written = writes.into_iter().zip(outcomes);
+        Ok(results
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| {
+                    let (write, outcome) = written.next().expect("one outcome per write");
+                    IngestResult {
+                        id: write.document.id,
+                        status: outcome.status(),
+                        chunks: write.chunks.len() as i64,
+                        version: outcome.version(),
+                    }
+                })
+            })
+            .collect())
     }
 
     /// Normalise -> chunk -> embed -> store. Identical content changes nothing (no
@@ -379,8 +411,9 @@ impl KnowledgeBase {
         self.commit(prepared, correlation_id).await
     }
 
-    /// Ingests several documents: all are validated and embedded before the first is
-    /// written, so bad input or an embedder outage leaves nothing written.
+    /// Ingests several documents: all are validated and embedded before anything is
+    /// written, and all are written in one transaction, so bad input, an embedder outage
+    /// or a database failure half-way leaves nothing written.
     pub async fn ingest_batch(
         &self,
         requests: Vec<IngestRequest>,
@@ -399,11 +432,7 @@ impl KnowledgeBase {
                 Err(other) => return Err(other),
             }
         }
-        let mut results = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            results.push(self.commit(p, correlation_id).await?);
-        }
-        Ok(results)
+        self.commit_all(prepared, correlation_id).await
     }
 
     /// No stale search result or answer outlives a change of the knowledge base (I6).
@@ -427,6 +456,85 @@ impl KnowledgeBase {
             .ok_or_else(|| KbError::NotFound(id.to_string()))?;
         self.invalidate_caches().await;
         Ok(version)
+    }
+
+    /// The ranked chunks for a query: vector and keyword lists fused, or keyword only
+    /// (`"keyword"`) when the embedder is unavailable.
+    async fn hybrid(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<(Vec<ChunkHit>, &'static str), KbError> {
+        self.prepare_store().await?;
+        let candidates = (k * 4).max(20) as i64;
+        let vector = match self.embedder.embed(&[query.to_string()]).await {
+            Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "embedder unavailable; keyword-only search");
+                None
+            }
+        };
+        // The two lists are independent: query them at the same time (two connections).
+        let vector_list = async {
+            match &vector {
+                Some(v) => self
+                    .store
+                    .vector_search(v, self.embedder.model(), candidates, filter)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (keyword, by_vector) = tokio::join!(
+            self.store.keyword_search(query, candidates, filter),
+            vector_list
+        );
+        let (keyword, by_vector) = (keyword?, by_vector?);
+        Ok(match by_vector {
+            Some(by_vector) => {
+                let fused = rank::reciprocal_rank_fusion(
+                    &[
+                        by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
+                        keyword.iter().map(|h| h.chunk_id.clone()).collect(),
+                    ],
+                    rank::RRF_K,
+                );
+                let mut by_id: std::collections::HashMap<String, ChunkHit> = by_vector
+                    .into_iter()
+                    .chain(keyword)
+                    .map(|h| (h.chunk_id.clone(), h))
+                    .collect();
+                let hits = fused
+                    .into_iter()
+                    .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
+                    .collect();
+                (hits, "hybrid")
+            }
+            None => (keyword, "keyword"),
+        })
+    }
+
+    /// Passages for a chat prompt (C3): like `search`, with each chunk's whole text as
+    /// the snippet, and not cached (the chat answer is).
+    pub async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, KbError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (hits, _) = self.hybrid(query, k, None).await?;
+        Ok(hits
+            .into_iter()
+            .take(k)
+            .map(|h| SearchResult {
+                document_id: h.document_id,
+                chunk_id: h.chunk_id,
+                title: h.title,
+                score: (h.score * 1e6).round() / 1e6,
+                snippet: h.text,
+            })
+            .collect())
     }
 
     /// Hybrid search: vector and keyword lists fused by reciprocal rank; keyword only
@@ -457,54 +565,7 @@ impl KnowledgeBase {
         {
             return Ok(cached);
         }
-        self.prepare_store().await?;
-        let candidates = (k * 4).max(20) as i64;
-        let vector = match self.embedder.embed(&[query.to_string()]).await {
-            Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
-            Ok(_) => None,
-            Err(err) => {
-                tracing::warn!(error = %err, "embedder unavailable; keyword-only search");
-                None
-            }
-        };
-        // The two lists are independent: query them at the same time (two connections).
-        let vector_list = async {
-            match &vector {
-                Some(v) => self
-                    .store
-                    .vector_search(v, self.embedder.model(), candidates, filter)
-                    .await
-                    .map(Some),
-                None => Ok(None),
-            }
-        };
-        let (keyword, by_vector) = tokio::join!(
-            self.store.keyword_search(query, candidates, filter),
-            vector_list
-        );
-        let (keyword, by_vector) = (keyword?, by_vector?);
-        let (hits, mode): (Vec<ChunkHit>, &str) = match by_vector {
-            Some(by_vector) => {
-                let fused = rank::reciprocal_rank_fusion(
-                    &[
-                        by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
-                        keyword.iter().map(|h| h.chunk_id.clone()).collect(),
-                    ],
-                    rank::RRF_K,
-                );
-                let mut by_id: std::collections::HashMap<String, ChunkHit> = by_vector
-                    .into_iter()
-                    .chain(keyword)
-                    .map(|h| (h.chunk_id.clone(), h))
-                    .collect();
-                let hits = fused
-                    .into_iter()
-                    .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
-                    .collect();
-                (hits, "hybrid")
-            }
-            None => (keyword, "keyword"),
-        };
+        let (hits, mode) = self.hybrid(query, k, filter).await?;
         let response = SearchResponse {
             results: hits
                 .into_iter()

@@ -115,6 +115,12 @@ pub const DOCUMENT_PROCESSED: &str = "document.processed";
 pub const DOCUMENT_INDEXED: &str = "document.indexed";
 pub const DOCUMENT_DELETED: &str = "document.deleted";
 
+/// One document of a write: its record and its embedded chunks.
+pub struct DocumentWrite {
+    pub document: NewDocument,
+    pub chunks: Vec<EmbeddedChunk>,
+}
+
 /// Storage of documents, chunks and events.
 #[async_trait::async_trait]
 pub trait KnowledgeStore: Send + Sync {
@@ -127,15 +133,15 @@ pub trait KnowledgeStore: Send + Sync {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DocumentRecord>, StoreError>;
-    /// Writes a document with all its chunks and its uploaded/processed/indexed events,
-    /// replacing any previous chunks, in one transaction; unchanged content writes nothing.
-    async fn write_document(
+    /// Writes documents with all their chunks and their uploaded/processed/indexed
+    /// events, replacing any previous chunks, in one transaction: the whole batch appears
+    /// or none of it does. Unchanged content writes nothing.
+    async fn write_documents(
         &self,
-        doc: &NewDocument,
-        chunks: &[EmbeddedChunk],
+        documents: &[DocumentWrite],
         model: &str,
         correlation_id: &str,
-    ) -> Result<WriteOutcome, StoreError>;
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
     /// Deletes a document and its chunks and records `document.deleted`; `None` if unknown.
     async fn delete_document(
         &self,
@@ -330,91 +336,101 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         Ok(rows.into_iter().map(sqlite_doc).collect())
     }
 
-    async fn write_document(
+    async fn write_documents(
         &self,
-        doc: &NewDocument,
-        chunks: &[EmbeddedChunk],
+        documents: &[DocumentWrite],
         model: &str,
         correlation_id: &str,
-    ) -> Result<WriteOutcome, StoreError> {
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
         let pool = self.pool().await?;
         sqlite_immediate!(pool, |conn| {
-            let current: Option<(String, i64, String)> = sqlx::query_as(
-                "SELECT content_hash, version, created_at FROM documents WHERE id = ?",
-            )
-            .bind(&doc.id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((hash, version, _)) = &current {
-                if *hash == doc.content_hash {
-                    return Ok(WriteOutcome::Unchanged { version: *version });
-                }
-            }
-            let now = Utc::now().to_rfc3339();
-            let version = current.as_ref().map_or(1, |c| c.1 + 1);
-            let created_at = current.as_ref().map_or(now.clone(), |c| c.2.clone());
-            sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(&doc.id).execute(&mut *conn).await?;
-            sqlx::query("DELETE FROM chunks WHERE document_id = ?")
-                .bind(&doc.id)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
-                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
-                 metadata = excluded.metadata, updated_at = excluded.updated_at",
-            )
-            .bind(&doc.id)
-            .bind(&doc.title)
-            .bind(&doc.content_hash)
-            .bind(version)
-            .bind(chunks.len() as i64)
-            .bind(&doc.content_type)
-            .bind(&doc.source)
-            .bind(doc.metadata.to_string())
-            .bind(&created_at)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
-            for c in chunks {
-                sqlx::query("INSERT INTO chunks (id, document_id, idx, text, model, dims, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                    .bind(&c.chunk.id)
-                    .bind(&doc.id)
-                    .bind(c.chunk.index as i64)
-                    .bind(&c.chunk.text)
-                    .bind(model)
-                    .bind(c.embedding.len() as i64)
-                    .bind(to_blob(&c.embedding))
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query("INSERT INTO chunks_fts (chunk_id, title, text) VALUES (?, ?, ?)")
-                    .bind(&c.chunk.id)
-                    .bind(&doc.title)
-                    .bind(&c.chunk.text)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
-                sqlx::query(
-                    "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            let mut outcomes = Vec::with_capacity(documents.len());
+            for DocumentWrite {
+                document: doc,
+                chunks,
+            } in documents
+            {
+                let current: Option<(String, i64, String)> = sqlx::query_as(
+                    "SELECT content_hash, version, created_at FROM documents WHERE id = ?",
                 )
-                .bind(id)
-                .bind(kind)
                 .bind(&doc.id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some((hash, version, _)) = &current {
+                    if *hash == doc.content_hash {
+                        outcomes.push(WriteOutcome::Unchanged { version: *version });
+                        continue;
+                    }
+                }
+                let now = Utc::now().to_rfc3339();
+                let version = current.as_ref().map_or(1, |c| c.1 + 1);
+                let created_at = current.as_ref().map_or(now.clone(), |c| c.2.clone());
+                sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(&doc.id).execute(&mut *conn).await?;
+                sqlx::query("DELETE FROM chunks WHERE document_id = ?")
+                    .bind(&doc.id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+                     chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+                     metadata = excluded.metadata, updated_at = excluded.updated_at",
+                )
+                .bind(&doc.id)
+                .bind(&doc.title)
+                .bind(&doc.content_hash)
                 .bind(version)
-                .bind(correlation_id)
-                .bind(causation)
-                .bind(payload.to_string())
+                .bind(chunks.len() as i64)
+                .bind(&doc.content_type)
+                .bind(&doc.source)
+                .bind(doc.metadata.to_string())
+                .bind(&created_at)
                 .bind(&now)
                 .execute(&mut *conn)
                 .await?;
+                for c in chunks {
+                    sqlx::query("INSERT INTO chunks (id, document_id, idx, text, model, dims, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                        .bind(&c.chunk.id)
+                        .bind(&doc.id)
+                        .bind(c.chunk.index as i64)
+                        .bind(&c.chunk.text)
+                        .bind(model)
+                        .bind(c.embedding.len() as i64)
+                        .bind(to_blob(&c.embedding))
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("INSERT INTO chunks_fts (chunk_id, title, text) VALUES (?, ?, ?)")
+                        .bind(&c.chunk.id)
+                        .bind(&doc.title)
+                        .bind(&c.chunk.text)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                for (id, kind, causation, payload) in
+                    write_events(doc, version, chunks.len(), model)
+                {
+                    sqlx::query(
+                        "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(id)
+                    .bind(kind)
+                    .bind(&doc.id)
+                    .bind(version)
+                    .bind(correlation_id)
+                    .bind(causation)
+                    .bind(payload.to_string())
+                    .bind(&now)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                outcomes.push(if current.is_some() {
+                    WriteOutcome::Updated { version }
+                } else {
+                    WriteOutcome::Created { version }
+                });
             }
-            Ok(if current.is_some() {
-                WriteOutcome::Updated { version }
-            } else {
-                WriteOutcome::Created { version }
-            })
+            Ok(outcomes)
         })
     }
 
@@ -674,91 +690,103 @@ impl KnowledgeStore for PgKnowledgeStore {
         Ok(rows.into_iter().map(pg_doc).collect())
     }
 
-    async fn write_document(
+    async fn write_documents(
         &self,
-        doc: &NewDocument,
-        chunks: &[EmbeddedChunk],
+        documents: &[DocumentWrite],
         model: &str,
         correlation_id: &str,
-    ) -> Result<WriteOutcome, StoreError> {
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut tx = self.pool().await?.begin().await?;
-        // Serialises writers of one document id, including the first insert.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&doc.id)
+        // Serialises writers of one document id, including the first insert. Locks are
+        // taken in id order, so two batches sharing ids cannot deadlock.
+        let mut ids: Vec<&str> = documents.iter().map(|d| d.document.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS id ORDER BY id")
+            .bind(&ids)
             .execute(&mut *tx)
             .await?;
-        let current: Option<(String, i64)> =
-            sqlx::query_as("SELECT content_hash, version FROM documents WHERE id = $1")
-                .bind(&doc.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((hash, version)) = &current {
-            if *hash == doc.content_hash {
-                return Ok(WriteOutcome::Unchanged { version: *version });
+        let mut outcomes = Vec::with_capacity(documents.len());
+        for DocumentWrite {
+            document: doc,
+            chunks,
+        } in documents
+        {
+            let current: Option<(String, i64)> =
+                sqlx::query_as("SELECT content_hash, version FROM documents WHERE id = $1")
+                    .bind(&doc.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((hash, version)) = &current {
+                if *hash == doc.content_hash {
+                    outcomes.push(WriteOutcome::Unchanged { version: *version });
+                    continue;
+                }
             }
-        }
-        let version = current.as_ref().map_or(1, |c| c.1 + 1);
-        let now = Utc::now();
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1")
+            let version = current.as_ref().map_or(1, |c| c.1 + 1);
+            let now = Utc::now();
+            sqlx::query("DELETE FROM chunks WHERE document_id = $1")
+                .bind(&doc.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+                 metadata = excluded.metadata, updated_at = excluded.updated_at",
+            )
             .bind(&doc.id)
+            .bind(&doc.title)
+            .bind(&doc.content_hash)
+            .bind(version)
+            .bind(chunks.len() as i32)
+            .bind(&doc.content_type)
+            .bind(&doc.source)
+            .bind(&doc.metadata)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
-             chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
-             metadata = excluded.metadata, updated_at = excluded.updated_at",
-        )
-        .bind(&doc.id)
-        .bind(&doc.title)
-        .bind(&doc.content_hash)
-        .bind(version)
-        .bind(chunks.len() as i32)
-        .bind(&doc.content_type)
-        .bind(&doc.source)
-        .bind(&doc.metadata)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if !chunks.is_empty() {
-            // One multi-row insert per document: far fewer round trips than a row at a time.
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, embedding) ",
-            );
-            builder.push_values(chunks, |mut row, c| {
-                row.push_bind(&c.chunk.id)
+            if !chunks.is_empty() {
+                // One multi-row insert per document: far fewer round trips than a row at a time.
+                let mut builder = sqlx::QueryBuilder::new(
+                    "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, embedding) ",
+                );
+                builder.push_values(chunks, |mut row, c| {
+                    row.push_bind(&c.chunk.id)
+                        .push_bind(&doc.id)
+                        .push_bind(c.chunk.index as i32)
+                        .push_bind(&doc.title)
+                        .push_bind(&c.chunk.text)
+                        .push_bind(model)
+                        .push_bind(c.embedding.len() as i32)
+                        .push_bind(vector_literal(&c.embedding))
+                        .push_unseparated("::vector");
+                });
+                builder.build().execute(&mut *tx).await?;
+            }
+            let events = write_events(doc, version, chunks.len(), model);
+            let mut builder =
+                sqlx::QueryBuilder::new("INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ");
+            builder.push_values(events, |mut row, (id, kind, causation, payload)| {
+                row.push_bind(id)
+                    .push_bind(kind)
                     .push_bind(&doc.id)
-                    .push_bind(c.chunk.index as i32)
-                    .push_bind(&doc.title)
-                    .push_bind(&c.chunk.text)
-                    .push_bind(model)
-                    .push_bind(c.embedding.len() as i32)
-                    .push_bind(vector_literal(&c.embedding))
-                    .push_unseparated("::vector");
+                    .push_bind(version)
+                    .push_bind(correlation_id)
+                    .push_bind(causation)
+                    .push_bind(payload)
+                    .push_bind(now);
             });
             builder.build().execute(&mut *tx).await?;
+            outcomes.push(if current.is_some() {
+                WriteOutcome::Updated { version }
+            } else {
+                WriteOutcome::Created { version }
+            });
         }
-        let events = write_events(doc, version, chunks.len(), model);
-        let mut builder =
-            sqlx::QueryBuilder::new("INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ");
-        builder.push_values(events, |mut row, (id, kind, causation, payload)| {
-            row.push_bind(id)
-                .push_bind(kind)
-                .push_bind(&doc.id)
-                .push_bind(version)
-                .push_bind(correlation_id)
-                .push_bind(causation)
-                .push_bind(payload)
-                .push_bind(now);
-        });
-        builder.build().execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(if current.is_some() {
-            WriteOutcome::Updated { version }
-        } else {
-            WriteOutcome::Created { version }
-        })
+        Ok(outcomes)
     }
 
     async fn delete_document(
@@ -856,20 +884,39 @@ impl KnowledgeStore for PgKnowledgeStore {
              matches AS (SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query \
                  AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
                  LIMIT {KEYWORD_CANDIDATES}), \
-             ranked AS (SELECT m.id, m.document_id, ts_rank(m.tsv, q.query) AS score FROM matches m, q \
+             ranked AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.query) AS score FROM matches m, q \
                  ORDER BY score DESC, m.id LIMIT $4) \
              SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
              JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
              ORDER BY r.score DESC, r.id"
         );
-        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
-            .persistent(false)
-            .bind(terms.join(" | "))
-            .bind(&key)
-            .bind(&value)
-            .bind(k)
-            .fetch_all(self.pool().await?)
-            .await?;
+        // Chunks with every word first: the GIN index intersects posting lists cheaply,
+        // and they are the best matches. Only when fewer than k have every word does the
+        // search widen to any word (whose common words make the index scan long), the
+        // chunks with every word staying on top.
+        let pool = self.pool().await?;
+        let mut rows: Vec<(String, String, String, String, f32)> = Vec::new();
+        for operator in [" & ", " | "] {
+            let found: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+                .persistent(false)
+                .bind(terms.join(operator))
+                .bind(&key)
+                .bind(&value)
+                .bind(k)
+                .fetch_all(pool)
+                .await?;
+            for row in found {
+                if rows.len() as i64 >= k {
+                    break;
+                }
+                if !rows.iter().any(|r| r.0 == row.0) {
+                    rows.push(row);
+                }
+            }
+            if rows.len() as i64 >= k || terms.len() == 1 {
+                break;
+            }
+        }
         Ok(rows
             .into_iter()
             .map(|(chunk_id, document_id, title, text, score)| ChunkHit {

@@ -34,11 +34,22 @@ pub mod names {
     pub const CACHE_L2_ERRORS_TOTAL: &str = "cache_l2_errors_total";
     pub const CACHE_ENTRIES: &str = "cache_entries";
     pub const CACHE_INVALIDATIONS_TOTAL: &str = "cache_invalidations_total";
+    pub const LLM_REQUESTS_TOTAL: &str = "llm_requests_total";
+    pub const LLM_TOKENS_TOTAL: &str = "llm_tokens_total";
+    pub const LLM_COST_USD_TOTAL: &str = "llm_cost_usd_total";
+    pub const LLM_FALLBACKS_TOTAL: &str = "llm_fallbacks_total";
+    pub const LLM_TIME_TO_FIRST_TOKEN_SECONDS: &str = "llm_time_to_first_token_seconds";
+    pub const GATEWAY_OVERHEAD_SECONDS: &str = "gateway_overhead_seconds";
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s, covering cache hits up to slow LLM calls.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The gateway's own time is sub-millisecond: buckets from 50 µs to 100 ms.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -51,6 +62,11 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(names::GATEWAY_OVERHEAD_SECONDS.into()),
+                OVERHEAD_BUCKETS,
+            )
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -172,6 +188,35 @@ fn describe_all() {
         CACHE_INVALIDATIONS_TOTAL,
         Unit::Count,
         "Cache invalidations by namespace and scope (key, namespace)."
+    );
+    describe_counter!(
+        LLM_REQUESTS_TOTAL,
+        Unit::Count,
+        "Chat answers by model and outcome (ok, error, breaker_open, refused, cache_hit, degraded, stream_cut)."
+    );
+    describe_counter!(
+        LLM_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens reported by providers, by model and kind (prompt, completion)."
+    );
+    describe_counter!(
+        LLM_COST_USD_TOTAL,
+        "Provider cost in US dollars, by model (LLM_PRICES)."
+    );
+    describe_counter!(
+        LLM_FALLBACKS_TOTAL,
+        Unit::Count,
+        "Steps down the fallback chain, from a model to the next model, cached-answer or retrieval-only."
+    );
+    describe_histogram!(
+        LLM_TIME_TO_FIRST_TOKEN_SECONDS,
+        Unit::Seconds,
+        "Time from calling a model to its first streamed chunk, by model."
+    );
+    describe_histogram!(
+        GATEWAY_OVERHEAD_SECONDS,
+        Unit::Seconds,
+        "The gateway's own time per chat request: total minus time waiting on providers."
     );
 }
 

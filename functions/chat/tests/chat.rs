@@ -1,0 +1,637 @@
+//! The chat gateway over HTTP against the project's fake OpenAI server: the API shape,
+//! retrieval, the response cache, breakers, the fallback chain, streaming and bad input
+//! (C1-C7, X4, X5). The fake is the only stand-in; the databases are real.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use serde_json::{json, Value};
+use shared::auth::hash_key;
+use shared::fake_openai::{Behaviour, FakeOpenAi};
+use shared::kb::IngestRequest;
+use shared::testing::{call, context, load_event, TestDatabase, TestResponse};
+use shared::AppContext;
+
+const KEY: &str = "sk-local-example-key";
+
+fn keys() -> String {
+    format!("example:{}", hash_key(KEY))
+}
+
+/// A chat router on a fresh SQLite database, with `LLM_BASE_URL` at `fake` when given.
+fn chat_router(
+    db: &TestDatabase,
+    fake: Option<&FakeOpenAi>,
+    extra: &[(&str, &str)],
+) -> (axum::Router, Arc<AppContext>) {
+    let keys = keys();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("API_KEYS", keys.as_str()),
+        ("RETRY_MAX_ATTEMPTS", "1"),
+        ("LLM_MODEL", "gpt-4o-mini"),
+        ("LLM_FALLBACK_MODELS", "gpt-4o-backup"),
+        ("LLM_TIMEOUT_MS", "5000"),
+    ];
+    if let Some(fake) = fake {
+        vars.push(("LLM_BASE_URL", fake.base_url.as_str()));
+    }
+    vars.extend_from_slice(extra);
+    let ctx = context("chat", &vars);
+    (chat::router(ctx.clone()), ctx)
+}
+
+fn post(body: Value) -> http::Request<Body> {
+    post_with(body, &[])
+}
+
+fn post_with(body: Value, headers: &[(&str, &str)]) -> http::Request<Body> {
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Body::from(body.to_string())).unwrap()
+}
+
+fn ask(question: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "temperature": 0})
+}
+
+async fn ingest(ctx: &AppContext, id: &str, title: &str, text: &str) {
+    ctx.knowledge_base()
+        .ingest(
+            IngestRequest {
+                id: Some(id.into()),
+                title: Some(title.into()),
+                text: text.into(),
+                content_type: "text/plain".into(),
+                source: "test".into(),
+                metadata: json!({}),
+            },
+            "test",
+        )
+        .await
+        .expect("ingest");
+}
+
+fn header<'a>(res: &'a TestResponse, name: &str) -> Option<&'a str> {
+    res.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The text of a stream's content deltas.
+fn streamed_text(text: &str) -> String {
+    sse_events(text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn sample_events_get_an_openai_shaped_answer_and_the_model_list() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+
+    let res = call(&router, load_event("chat-completions.json")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["object"], "chat.completion");
+    assert_eq!(res.json["model"], "gpt-4o-mini");
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("What is our refund policy?"), "{content}");
+    assert!(res.json["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert!(res.json["sources"].is_array());
+    assert!(res.json.get("degraded").is_none());
+    assert!(header(&res, "x-degraded").is_none());
+    let overhead: f64 = header(&res, "x-overhead-ms").unwrap().parse().unwrap();
+    assert!(overhead >= 0.0);
+    assert_eq!(fake.chat_completions(), 1);
+
+    let res = call(&router, load_event("chat-models.json")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids: Vec<&str> = res.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt-4o-mini", "gpt-4o-backup"]);
+}
+
+#[tokio::test]
+async fn without_a_provider_the_answer_is_a_flagged_retrieval_only_answer_citing_the_document() {
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = chat_router(&db, None, &[("LLM_MODEL", "")]);
+    ingest(
+        &ctx,
+        "refund-policy",
+        "Refund policy",
+        "Customers can ask for a refund within 30 days of delivery. Refunds go back to the original card.",
+    )
+    .await;
+    ingest(
+        &ctx,
+        "office-plants",
+        "Office plants",
+        "Water the ficus on Mondays and keep the cactus away from the radiator.",
+    )
+    .await;
+
+    let res = call(
+        &router,
+        post(json!({"messages": [{"role": "user", "content": "How long do I have to ask for a refund?"}]})),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    assert_eq!(res.json["degraded"], "retrieval-only");
+    assert_eq!(res.json["model"], "retrieval-only");
+    assert_eq!(res.json["sources"][0], "refund-policy");
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        content.starts_with("No language model is available"),
+        "{content}"
+    );
+    assert!(content.contains("within 30 days"), "{content}");
+
+    // The model list names the offline provider.
+    let res = call(
+        &router,
+        http::Request::get("/v1/models")
+            .header("x-api-key", KEY)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.json["data"][0]["id"], "retrieval-only");
+}
+
+#[tokio::test]
+async fn passages_go_into_the_prompt_and_sources_come_back_unless_retrieval_is_off() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = chat_router(&db, Some(&fake), &[]);
+    ingest(
+        &ctx,
+        "shipping",
+        "Shipping times",
+        "Parcels to Norway take five working days; express takes two.",
+    )
+    .await;
+
+    let res = call(&router, post(ask("How long does shipping to Norway take?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["sources"], json!(["shipping"]));
+    let sent = fake.last_request();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{sent}");
+    assert_eq!(messages[0]["role"], "system");
+    assert!(messages[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("five working days"));
+    // Our extension fields never reach the provider.
+    assert!(sent.get("retrieval").is_none() && sent.get("cache").is_none());
+
+    let mut body = ask("How long does shipping to Norway take?");
+    body["retrieval"] = json!(false);
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["sources"], json!([]));
+    assert_eq!(fake.last_request()["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn identical_requests_are_answered_from_the_cache_once_loaded() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_behaviour(Behaviour {
+        latency_ms: 200,
+        ..Behaviour::default()
+    });
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+
+    // A burst of identical misses makes one upstream call (single-flight).
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { call(&router, post(ask("What is RRF?"))).await })
+        })
+        .collect();
+    for task in burst {
+        let res = task.await.unwrap();
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert_eq!(fake.chat_completions(), 1);
+
+    // Whitespace differences hit the same entry; the hit reports the original usage.
+    let res = call(&router, post(ask("  What   is RRF? "))).await;
+    assert_eq!(header(&res, "x-cache"), Some("hit"));
+    assert_eq!(res.json["cached"], true);
+    assert!(res.json["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(fake.chat_completions(), 1);
+
+    // Opting out, by body field or header, and a non-zero temperature, call upstream.
+    let mut body = ask("What is RRF?");
+    body["cache"] = json!(false);
+    let res = call(&router, post(body)).await;
+    assert_eq!(header(&res, "x-cache"), Some("miss"));
+    let res = call(
+        &router,
+        post_with(ask("What is RRF?"), &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(header(&res, "x-cache"), Some("miss"));
+    let mut body = ask("What is RRF?");
+    body["temperature"] = json!(0.7);
+    call(&router, post(body)).await;
+    assert_eq!(fake.chat_completions(), 4);
+}
+
+#[tokio::test]
+async fn the_fallback_chain_goes_secondary_model_then_cached_answer_then_retrieval_only() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = chat_router(&db, Some(&fake), &[("BREAKER_FAILURE_THRESHOLD", "100")]);
+    ingest(
+        &ctx,
+        "warranty",
+        "Warranty",
+        "Every laptop has a two year warranty covering parts and labour.",
+    )
+    .await;
+
+    // A first good answer (remembered as the last answer to this question).
+    let question = "What does the laptop warranty cover?";
+    let mut body = ask(question);
+    body["temperature"] = json!(1.0); // not served from the response cache
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200);
+    assert!(header(&res, "x-degraded").is_none());
+
+    // 1. The primary model fails: the secondary answers, flagged.
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        failure_status: Some(503),
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    assert_eq!(res.json["model"], "gpt-4o-backup");
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 1);
+
+    // 2. Every model fails: the last answer to the same question, flagged.
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let degraded = header(&res, "x-degraded").unwrap();
+    assert!(degraded.ends_with("cached-answer"), "{degraded}");
+    assert!(res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Fake answer from"));
+
+    // 3. A question never answered before: the passages themselves, flagged.
+    let mut other = ask("Is labour covered by the laptop warranty?");
+    other["temperature"] = json!(1.0);
+    let res = call(&router, post(other)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    assert_eq!(res.json["sources"][0], "warranty");
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("two year warranty"), "{content}");
+    assert!(content.contains("the model provider failed"), "{content}");
+}
+
+#[tokio::test]
+async fn an_open_breaker_makes_no_calls_to_the_failing_model_until_it_recovers() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("BREAKER_FAILURE_THRESHOLD", "3"),
+            ("BREAKER_OPEN_SECS", "1"),
+            ("LLM_FALLBACK_MODELS", ""),
+        ],
+    );
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        ..Behaviour::default()
+    });
+    for i in 0..3 {
+        let res = call(&router, post(ask(&format!("question {i}")))).await;
+        assert_eq!(res.status, 200);
+        assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    }
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 3);
+    // Open: answers keep coming (degraded), the upstream count is frozen.
+    for i in 3..10 {
+        let res = call(&router, post(ask(&format!("question {i}")))).await;
+        assert_eq!(res.status, 200);
+        assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    }
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 3);
+    let metrics = shared::observability::metrics::render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("circuit_breaker_state{")
+                && l.contains("llm:openai:gpt-4o-mini")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // The provider recovers; after the cool-down one trial call closes the breaker.
+    fake.set_behaviour(Behaviour::default());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let res = call(&router, post(ask("question after recovery"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(header(&res, "x-degraded").is_none(), "{:?}", res.headers);
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 4);
+}
+
+#[tokio::test]
+async fn streams_use_openai_chunks_end_with_done_and_report_usage_when_asked() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+    let mut body = ask("Stream me an answer");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "content-type"), Some("text/event-stream"));
+    let events = sse_events(&res.text);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(text.contains("Stream me an answer"), "{text}");
+    assert!(
+        chunks.last().unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(chunks[0]["sources"].is_array());
+
+    // Without include_usage no usage chunk; the repeat replays the cached stream whole.
+    body["stream_options"] = json!(null);
+    let res = call(&router, post(body)).await;
+    assert_eq!(header(&res, "x-cache"), Some("hit"));
+    let events = sse_events(&res.text);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(!res.text.contains("\"usage\""), "{}", res.text);
+    let replayed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(replayed, text);
+    assert_eq!(fake.chat_completions(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_falls_back_before_the_first_byte_and_reports_a_cut_after_it() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[("BREAKER_FAILURE_THRESHOLD", "100")]);
+    let mut body = ask("Stream with trouble");
+    body["stream"] = json!(true);
+    body["cache"] = json!(false);
+
+    // Before the first byte: the secondary model streams instead, flagged.
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    assert!(streamed_text(&res.text).starts_with("Fake answer from gpt-4o-backup"));
+    assert!(res.text.ends_with("data: [DONE]\n\n"));
+
+    // After the first byte: the upstream cuts the stream; the caller gets an error
+    // event and no [DONE], never a truncated stream that looks complete.
+    fake.set_behaviour(Behaviour {
+        cut_stream_after: Some(2),
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200);
+    let events = sse_events(&res.text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).expect(&res.text);
+    assert_eq!(
+        last["error"]["code"], "upstream_stream_interrupted",
+        "{}",
+        res.text
+    );
+    assert!(!res.text.contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors_and_never_reach_the_provider() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[("MAX_BODY_BYTES", "4096"), ("CHAT_MAX_MESSAGES", "3")],
+    );
+    let raw = |body: &str| {
+        http::Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let many: Vec<Value> = (0..4)
+        .map(|i| json!({"role": "user", "content": format!("m{i}")}))
+        .collect();
+    let cases: Vec<(http::Request<Body>, u16, &str)> = vec![
+        (raw("{\"messages\": ["), 400, "not valid JSON"),
+        (raw("{\"model\": \"gpt-4o-mini\"}"), 400, "`messages` is required"),
+        (raw("{\"messages\": \"hello\"}"), 400, "must be an array"),
+        (
+            raw("{\"messages\": [{\"role\": \"user\", \"content\": 42}]}"),
+            400,
+            "content",
+        ),
+        (
+            raw("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": \"hot\"}"),
+            400,
+            "temperature",
+        ),
+        (
+            post(json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]})),
+            404,
+            "gpt-9",
+        ),
+        (post(json!({"messages": many})), 413, "at most 3"),
+        (
+            post(json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]})),
+            413,
+            "",
+        ),
+        (
+            http::Request::post("/v1/chat/completions")
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "text/plain")
+                .body(Body::from("hello"))
+                .unwrap(),
+            415,
+            "application/json",
+        ),
+        (
+            http::Request::post("/v1/chat/completions")
+                .header("content-type", "application/json")
+                .body(Body::from(ask("hi").to_string()))
+                .unwrap(),
+            401,
+            "",
+        ),
+    ];
+    for (request, status, fragment) in cases {
+        let res = call(&router, request).await;
+        assert_eq!(res.status, status, "{}", res.text);
+        let message = res.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(fragment), "{status}: {message}");
+        assert!(res.json["error"]["type"].is_string(), "{}", res.text);
+    }
+    assert_eq!(fake.chat_completions(), 0);
+}
+
+#[tokio::test]
+async fn the_provider_adapter_keeps_status_and_retry_after_of_upstream_errors() {
+    use shared::chat::provider::{ChatProvider, OpenAiProvider, ProviderError};
+    use shared::resilience::retry::RetryClass;
+    let fake = FakeOpenAi::start().await;
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        failure_status: Some(429),
+        retry_after_s: Some(7),
+        ..Behaviour::default()
+    });
+    let provider = OpenAiProvider::new(&fake.base_url, None, Duration::from_secs(5));
+    let err = provider
+        .complete(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .unwrap_err();
+    match &err {
+        ProviderError::Status {
+            status,
+            retry_after,
+            ..
+        } => {
+            assert_eq!(*status, 429);
+            assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+        }
+        other => panic!("expected a status error, got {other:?}"),
+    }
+    assert!(err.is_retryable());
+    // One call: async-openai's own retries are off (ours are breaker-aware).
+    assert_eq!(fake.chat_completions(), 1);
+
+    fake.set_behaviour(Behaviour {
+        hang: true,
+        ..Behaviour::default()
+    });
+    let provider = OpenAiProvider::new(&fake.base_url, None, Duration::from_millis(300));
+    let err = provider
+        .complete(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn redis_down_still_answers_and_database_down_answers_without_retrieval_flagged() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let closed = format!("redis://127.0.0.1:{}", shared::testing::free_port());
+    let (router, _) = chat_router(&db, Some(&fake), &[("REDIS_URL", closed.as_str())]);
+    let res = call(&router, post(ask("Redis is down, are you?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(header(&res, "x-degraded").is_none());
+
+    let unreachable = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        shared::testing::free_port()
+    );
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("DATABASE_URL", unreachable.as_str()),
+            ("DATABASE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let res = call(&router, post(ask("The database is down, are you?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-unavailable"));
+    assert_eq!(res.json["degraded"], "retrieval-unavailable");
+    assert!(res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Fake answer from gpt-4o-mini"));
+}
+
+#[tokio::test]
+async fn chat_works_against_postgres_with_pgvector_too() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::postgres().await;
+    let (router, ctx) = chat_router(&db, Some(&fake), &[]);
+    ingest(
+        &ctx,
+        "rotation",
+        "Key rotation",
+        "API keys are rotated every ninety days by the platform team.",
+    )
+    .await;
+    let res = call(&router, post(ask("How often are API keys rotated?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["sources"][0], "rotation");
+}

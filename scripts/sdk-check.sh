@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The official OpenAI Python SDK against the chat function in standalone server mode
+# (chunked streaming), with the project's fake OpenAI server as the provider (C1).
+# Installs the `openai` package when missing. Exits non-zero when any check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
+cargo build --quiet -p chat -p fake-openai
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+fake_port=$(free_port)
+chat_port=$(free_port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$target/debug/fake-openai" --port "$fake_port" 2>"$work/fake.log" &
+pids+=($!)
+env -i PATH="$PATH" PORT="$chat_port" DATABASE_URL="sqlite://$work/app.db" \
+  API_KEYS="sdk:$(printf %s sdk-key | sha256sum | cut -d' ' -f1)" \
+  LLM_BASE_URL="http://127.0.0.1:$fake_port/v1" LLM_MODEL=gpt-4o-mini LLM_FALLBACK_MODELS=gpt-4o-backup \
+  "$target/debug/chat" >"$work/chat.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -sf "http://127.0.0.1:$fake_port/_fake/calls" >/dev/null && curl -s -o /dev/null "http://127.0.0.1:$chat_port/v1/models"; then
+    break
+  fi
+  sleep 0.1
+done
+
+if ! python3 tests/openai_sdk.py "http://127.0.0.1:$chat_port" sdk-key provider "http://127.0.0.1:$fake_port"; then
+  echo "--- chat log"; tail -20 "$work/chat.log"
+  exit 1
+fi

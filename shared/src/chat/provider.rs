@@ -1,0 +1,215 @@
+//! Chat providers (C4): a trait at the boundary to the paid API, and its adapter for any
+//! OpenAI-compatible endpoint through async-openai. Requests and chunks stay JSON
+//! (async-openai's "bring your own types"), so fields the gateway does not know about
+//! (tools, response_format, ...) pass through untouched.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use async_openai::Client;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::config::Secret;
+use crate::resilience::retry::RetryClass;
+
+/// Streamed chunks (`chat.completion.chunk` objects) of one answer.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ProviderError>> + Send>>;
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("upstream answered {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("unexpected answer: {0}")]
+    Shape(String),
+    #[error("the stream ended early: {0}")]
+    StreamCut(String),
+}
+
+impl ProviderError {
+    /// The caller's own request was refused (bad parameters, context too long): not a
+    /// sign of provider trouble, so no fallback and no breaker failure.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(self, ProviderError::Status { status, .. } if matches!(status, 400 | 404 | 413 | 422))
+    }
+}
+
+impl RetryClass for ProviderError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Timeout(_) | ProviderError::Network(_) => true,
+            ProviderError::Status { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
+            ProviderError::Shape(_) | ProviderError::StreamCut(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One answering backend. `body` is a complete OpenAI chat request, model included.
+#[async_trait::async_trait]
+pub trait ChatProvider: Send + Sync {
+    /// A short name for metrics and breaker keys (`openai`).
+    fn name(&self) -> &str;
+    async fn complete(&self, body: &Value) -> Result<Value, ProviderError>;
+    /// Opens a stream; the first chunk has not necessarily arrived yet.
+    async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError>;
+}
+
+/// An upstream error answer, read inside the HTTP service so its status, message and
+/// `Retry-After` survive (async-openai's own error keeps neither the header nor the
+/// status of a body that is not OpenAI-shaped).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream answered {status}: {message}")]
+struct UpstreamStatus {
+    status: u16,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+/// Any OpenAI-compatible `/chat/completions` endpoint.
+pub struct OpenAiProvider {
+    client: Client<OpenAIConfig>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn retry_after_header(headers: &openai_http::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// async-openai's HTTP layer without its built-in retries (ours are breaker-aware and
+/// bounded by a budget); non-success answers become [`UpstreamStatus`].
+async fn execute(
+    http: openai_http::Client,
+    factory: HttpRequestFactory,
+) -> Result<openai_http::Response, OpenAIError> {
+    let request = factory.build().await?;
+    let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = retry_after_header(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    Err(OpenAIError::Boxed(Box::new(UpstreamStatus {
+        status: status.as_u16(),
+        message: crate::observability::redact::redact(&message).into_owned(),
+        retry_after,
+    })))
+}
+
+fn map_error(err: OpenAIError) -> ProviderError {
+    match err {
+        OpenAIError::Boxed(boxed) => match boxed.downcast::<UpstreamStatus>() {
+            Ok(s) => ProviderError::Status {
+                status: s.status,
+                message: s.message,
+                retry_after: s.retry_after,
+            },
+            Err(other) => ProviderError::Network(other.to_string()),
+        },
+        OpenAIError::Reqwest(e) => ProviderError::Network(e.to_string()),
+        OpenAIError::ApiError(e) => ProviderError::Status {
+            status: e.status_code.as_u16(),
+            message: e.api_error.message,
+            retry_after: None,
+        },
+        OpenAIError::StreamError(e) => ProviderError::StreamCut(e.to_string()),
+        other => ProviderError::Shape(other.to_string()),
+    }
+}
+
+impl OpenAiProvider {
+    pub fn new(base_url: &str, api_key: Option<&Secret>, timeout: Duration) -> Self {
+        let mut config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/'));
+        if let Some(key) = api_key {
+            config = config.with_api_key(key.expose());
+        }
+        let http = openai_http::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        let service =
+            tower::service_fn(move |factory: HttpRequestFactory| execute(http.clone(), factory));
+        Self {
+            client: Client::with_config(config).with_http_service(service),
+            timeout,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatProvider for OpenAiProvider {
+    fn name(&self) -> &str {
+        "openai"
+    }
+
+    async fn complete(&self, body: &Value) -> Result<Value, ProviderError> {
+        let mut body = body.clone();
+        body["stream"] = Value::Bool(false);
+        if let Some(map) = body.as_object_mut() {
+            map.remove("stream_options");
+        }
+        let chat = self.client.chat();
+        let call = chat.create_byot::<Value, Value>(body);
+        let response = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| ProviderError::Timeout(self.timeout))?
+            .map_err(map_error)?;
+        if response["choices"].as_array().is_none() {
+            return Err(ProviderError::Shape(
+                "the answer has no `choices` array".into(),
+            ));
+        }
+        Ok(response)
+    }
+
+    async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError> {
+        let mut body = body.clone();
+        body["stream"] = Value::Bool(true);
+        let chat = self.client.chat();
+        let call = chat.create_stream_byot::<Value, Value>(body);
+        let stream = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| ProviderError::Timeout(self.timeout))?
+            .map_err(map_error)?;
+        Ok(Box::pin(stream.map(|item| item.map_err(map_error))))
+    }
+}

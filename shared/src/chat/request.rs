@@ -1,0 +1,319 @@
+//! The chat completion request as callers send it (C1): validated up front so a bad
+//! request gets a clear 400 and never reaches a provider.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Roles OpenAI accepts in `messages`.
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// Fields of ours that OpenAI clients may send as extra body fields; never forwarded.
+const EXTENSION_FIELDS: &[&str] = &["session_id", "retrieval", "cache"];
+
+/// Fields that do not change the answer, left out of the cache key.
+const NOT_IN_CACHE_KEY: &[&str] = &["stream", "stream_options", "user", "metadata", "store"];
+
+/// A validated chat completion request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The body to forward upstream (our extension fields removed).
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub temperature: Option<f64>,
+    /// `retrieval: false` turns knowledge-base passages off for this request.
+    pub retrieval: bool,
+    /// `cache: false` (or `Cache-Control: no-cache`) skips the response cache.
+    pub cache: bool,
+    pub session_id: Option<String>,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+fn validate_message(index: usize, message: &Value) -> Result<(), ApiError> {
+    let Some(object) = message.as_object() else {
+        return Err(bad(format!("messages[{index}] must be an object")));
+    };
+    match object.get("role") {
+        Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+        Some(Value::String(role)) => {
+            return Err(bad(format!(
+                "messages[{index}].role `{role}` is not one of {}",
+                ROLES.join(", ")
+            )))
+        }
+        Some(_) => return Err(bad(format!("messages[{index}].role must be a string"))),
+        None => return Err(bad(format!("messages[{index}].role is required"))),
+    }
+    match object.get("content") {
+        Some(Value::String(_)) | Some(Value::Null) => Ok(()),
+        Some(Value::Array(parts)) => {
+            for (p, part) in parts.iter().enumerate() {
+                if !part.is_object() || !part.get("type").is_some_and(Value::is_string) {
+                    return Err(bad(format!(
+                        "messages[{index}].content[{p}] must be an object with a `type`"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        // Assistant messages may carry tool calls instead of content.
+        None if object.contains_key("tool_calls") || object.contains_key("function_call") => Ok(()),
+        None => Err(bad(format!("messages[{index}].content is required"))),
+        Some(_) => Err(bad(format!(
+            "messages[{index}].content must be a string or an array of parts"
+        ))),
+    }
+}
+
+/// The text of a message's content (string, or the text parts of an array).
+pub fn message_text(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+impl ChatRequest {
+    /// Parses and validates a request body. `default_model` fills a missing `model`;
+    /// `max_messages` bounds `messages`; `no_cache_header` is `Cache-Control: no-cache`.
+    pub fn parse(
+        bytes: &[u8],
+        default_model: &str,
+        max_messages: usize,
+        no_cache_header: bool,
+    ) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
+        let Value::Object(mut body) = value else {
+            return Err(bad("the body must be a JSON object"));
+        };
+        let model = match body.get("model") {
+            None | Some(Value::Null) => default_model.to_string(),
+            Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
+            Some(_) => return Err(bad("`model` must be a non-empty string")),
+        };
+        body.insert("model".into(), Value::String(model.clone()));
+        let messages = match body.get("messages") {
+            None => return Err(bad("`messages` is required")),
+            Some(Value::Array(m)) if m.is_empty() => {
+                return Err(bad("`messages` must not be empty"))
+            }
+            Some(Value::Array(m)) => m,
+            Some(_) => return Err(bad("`messages` must be an array")),
+        };
+        if messages.len() > max_messages {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{} messages; at most {max_messages} are accepted",
+                messages.len()
+            )));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            validate_message(i, m)?;
+        }
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("`stream` must be a boolean")),
+        };
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(bad("`stream_options.include_usage` must be a boolean")),
+            },
+            Some(_) => return Err(bad("`stream_options` must be an object")),
+        };
+        let temperature = match body.get("temperature") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(t) if (0.0..=2.0).contains(&t) => Some(t),
+                _ => return Err(bad("`temperature` must be between 0 and 2")),
+            },
+            Some(_) => return Err(bad("`temperature` must be a number")),
+        };
+        let flag = |name: &str| -> Result<bool, ApiError> {
+            match body.get(name) {
+                None | Some(Value::Null) => Ok(true),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(bad(format!("`{name}` must be a boolean"))),
+            }
+        };
+        let retrieval = flag("retrieval")?;
+        let cache = flag("cache")? && !no_cache_header;
+        let session_id = match body.get("session_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if valid_session_id(s) => Some(s.clone()),
+            Some(_) => return Err(bad("`session_id` must be 1-128 of A-Z a-z 0-9 - _ . :")),
+        };
+        for field in EXTENSION_FIELDS {
+            body.remove(*field);
+        }
+        Ok(Self {
+            body,
+            model,
+            stream,
+            include_usage,
+            temperature,
+            retrieval,
+            cache,
+            session_id,
+        })
+    }
+
+    pub fn messages(&self) -> &[Value] {
+        self.body["messages"].as_array().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn set_messages(&mut self, messages: Vec<Value>) {
+        self.body.insert("messages".into(), Value::Array(messages));
+    }
+
+    /// The last user message's text: what retrieval searches for.
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .map(message_text)
+            .filter(|t| !t.trim().is_empty())
+    }
+
+    /// Normalised request (whitespace collapsed in texts, fields that do not change the
+    /// answer removed, keys sorted by serde_json's map) hashed: never the raw payload.
+    pub fn cache_key(&self, generation: &str) -> String {
+        let mut normalised = self.body.clone();
+        for field in NOT_IN_CACHE_KEY {
+            normalised.remove(*field);
+        }
+        if let Some(Value::Array(messages)) = normalised.get_mut("messages") {
+            for m in messages.iter_mut() {
+                if let Some(Value::String(text)) = m.get_mut("content") {
+                    *text = normalise_text(text);
+                }
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(generation.as_bytes());
+        hasher.update([0]);
+        hasher.update(Value::Object(normalised).to_string().as_bytes());
+        format!("completion:{}", hex::encode(hasher.finalize()))
+    }
+
+    /// The key of the last good answer to this question, for the fallback chain.
+    pub fn question_key(&self) -> Option<String> {
+        let question = normalise_text(&self.last_user_text()?.to_lowercase());
+        Some(format!(
+            "last-answer:{}",
+            hex::encode(Sha256::digest(question.as_bytes()))
+        ))
+    }
+}
+
+/// Collapses runs of whitespace and trims.
+pub fn normalise_text(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(body.as_bytes(), "m", 4, false)
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        for (body, fragment) in [
+            ("{", "not valid JSON"),
+            ("[]", "JSON object"),
+            (r#"{"model":"m"}"#, "`messages` is required"),
+            (r#"{"messages":[]}"#, "must not be empty"),
+            (r#"{"messages":"hi"}"#, "must be an array"),
+            (r#"{"messages":[{"role":"user"}]}"#, "content is required"),
+            (
+                r#"{"messages":[{"role":"boss","content":"x"}]}"#,
+                "is not one of",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":5}]}"#,
+                "string or an array",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "boolean",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "between 0 and 2",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"model":7}"#,
+                "non-empty string",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"session_id":"a b"}"#,
+                "session_id",
+            ),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.status(), 400, "{body}");
+            assert!(err.to_string().contains(fragment), "{body}: {err}");
+        }
+        let too_many = r#"{"messages":[{"role":"user","content":"1"},{"role":"user","content":"2"},{"role":"user","content":"3"},{"role":"user","content":"4"},{"role":"user","content":"5"}]}"#;
+        assert_eq!(parse(too_many).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn extensions_are_read_and_never_forwarded() {
+        let r = parse(r#"{"messages":[{"role":"user","content":"hi"}],"retrieval":false,"cache":false,"session_id":"s-1","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(r.model, "m");
+        assert!(!r.retrieval && !r.cache && r.stream && r.include_usage);
+        assert_eq!(r.session_id.as_deref(), Some("s-1"));
+        for field in EXTENSION_FIELDS {
+            assert!(!r.body.contains_key(*field));
+        }
+        assert_eq!(r.body["model"], "m");
+    }
+
+    #[test]
+    fn cache_keys_ignore_whitespace_and_streaming_but_not_parameters() {
+        let a =
+            parse(r#"{"messages":[{"role":"user","content":"What  is\nRRF?"}],"temperature":0}"#)
+                .unwrap();
+        let b = parse(r#"{"messages":[{"role":"user","content":"What is RRF? "}],"temperature":0,"stream":true}"#).unwrap();
+        let c = parse(r#"{"messages":[{"role":"user","content":"What is RRF?"}],"temperature":0,"max_tokens":5}"#).unwrap();
+        assert_eq!(a.cache_key("g1"), b.cache_key("g1"));
+        assert_ne!(a.cache_key("g1"), c.cache_key("g1"));
+        assert_ne!(a.cache_key("g1"), a.cache_key("g2"));
+        assert!(!a.cache_key("g1").contains("RRF"));
+        assert_eq!(a.question_key(), c.question_key());
+    }
+}

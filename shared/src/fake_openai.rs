@@ -1,0 +1,458 @@
+//! The project's own OpenAI-compatible fake server (C-tests, benchmarks, offline demos):
+//! chat completions (plain and streamed) and embeddings, with configurable latency,
+//! failure rate, status codes, `Retry-After`, hangs and cut streams, and call counters
+//! readable over HTTP. It stands in for the paid LLM API and nothing else.
+//!
+//! Control endpoints (no key needed):
+//! - `GET /_fake/calls`: `{"chat_completions", "embeddings", "by_model": {model: n}}`
+//! - `GET /_fake/last_request`: the last chat completion request body
+//! - `PUT /_fake/behaviour`: a [`Behaviour`] as JSON (fields may be left out)
+//! - `POST /_fake/reset`: counters and behaviour back to the start
+//!
+//! Run it alone with `cargo run -p fake-openai -- --port 8090` (see `local/fake-openai`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::kb::embed::OfflineEmbedder;
+
+/// How the fake answers. Failures and delays apply to chat completions and embeddings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// Delay before every answer (and before the first streamed chunk), in ms.
+    pub latency_ms: u64,
+    /// Delay between streamed chunks, in ms.
+    pub chunk_delay_ms: u64,
+    /// Share of calls that fail, 0.0-1.0.
+    pub failure_rate: f64,
+    /// Status of a failure (default 500).
+    pub failure_status: Option<u16>,
+    /// `Retry-After` seconds sent with failures.
+    pub retry_after_s: Option<u64>,
+    /// Never answer (the client must time out).
+    pub hang: bool,
+    /// End streams abruptly after this many content chunks (no `[DONE]`).
+    pub cut_stream_after: Option<usize>,
+    /// Apply failures, hangs and cuts only to these models (all when empty).
+    pub models: Vec<String>,
+}
+
+impl Behaviour {
+    fn applies_to(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// Compatibility shorthand used by older tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// 500 with an OpenAI error body.
+    Fail,
+    /// Never answers.
+    Hang,
+}
+
+#[derive(Default)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    chat_completions: AtomicUsize,
+    embedding_requests: AtomicUsize,
+    embedded_texts: AtomicUsize,
+    by_model: Mutex<HashMap<String, usize>>,
+    last_request: Mutex<Value>,
+}
+
+impl Shared {
+    fn behaviour(&self) -> Behaviour {
+        self.behaviour.lock().expect("behaviour lock").clone()
+    }
+
+    fn count_model(&self, model: &str) {
+        *self
+            .by_model
+            .lock()
+            .expect("model counts")
+            .entry(model.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// The router of the fake server.
+fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/_fake/calls", get(calls))
+        .route("/_fake/last_request", get(last_request))
+        .route("/_fake/behaviour", put(set_behaviour).get(get_behaviour))
+        .route("/_fake/reset", post(reset))
+        .with_state(shared)
+}
+
+/// Serves the fake on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, app(Arc::new(Shared::default()))).await
+}
+
+fn error_response(status: StatusCode, retry_after: Option<u64>) -> Response {
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        "rate_limit_error"
+    } else if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let mut response = (
+        status,
+        Json(json!({"error": {"message": format!("fake upstream failure ({})", status.as_u16()), "type": kind, "param": null, "code": null}})),
+    )
+        .into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Waits, hangs or fails as configured; `None` means answer normally.
+async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    }
+    if !behaviour.applies_to(model) {
+        return None;
+    }
+    if behaviour.hang {
+        std::future::pending::<()>().await;
+    }
+    if behaviour.failure_rate > 0.0 && fastrand::f64() < behaviour.failure_rate {
+        let status = behaviour
+            .failure_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Some(error_response(status, behaviour.retry_after_s));
+    }
+    None
+}
+
+/// About four characters per token, as OpenAI's rule of thumb.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4).max(1)
+}
+
+fn message_text(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// A deterministic answer that shows what the model was given.
+fn answer_for(model: &str, messages: &[Value]) -> String {
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(message_text)
+        .unwrap_or_default();
+    let question: String = question.chars().take(200).collect();
+    format!(
+        "Fake answer from {model} to \"{question}\" ({} messages in the prompt).",
+        messages.len()
+    )
+}
+
+async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    shared.chat_completions.fetch_add(1, Ordering::SeqCst);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error_response(StatusCode::BAD_REQUEST, None);
+    };
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("fake-model")
+        .to_string();
+    shared.count_model(&model);
+    *shared.last_request.lock().expect("last request") = request.clone();
+    let behaviour = shared.behaviour();
+    if let Some(failure) = misbehave(&behaviour, &model).await {
+        return failure;
+    }
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let content = answer_for(&model, &messages);
+    let prompt_tokens: u64 = messages
+        .iter()
+        .map(|m| estimate_tokens(&message_text(m)) + 4)
+        .sum();
+    let completion_tokens = estimate_tokens(&content);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    });
+    let id = format!("chatcmpl-fake-{}", uuid::Uuid::new_v4().simple());
+    let created = chrono::Utc::now().timestamp();
+    if request["stream"].as_bool() != Some(true) {
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": null
+            }],
+            "usage": usage
+        }))
+        .into_response();
+    }
+
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let cut_after = behaviour
+        .cut_stream_after
+        .filter(|_| behaviour.applies_to(&model));
+    let chunk = move |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]
+        })
+    };
+    let mut events: Vec<Value> = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
+    for word in &words {
+        events.push(chunk(json!({"content": word}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let delay = Duration::from_millis(behaviour.chunk_delay_ms);
+    let stream = async_stream(events, cut_after, delay);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("static response parts")
+}
+
+/// The SSE body: one `data:` line per event and `[DONE]`, or an abrupt end after
+/// `cut_after` content chunks (the connection closes mid-body).
+fn async_stream(
+    events: Vec<Value>,
+    cut_after: Option<usize>,
+    delay: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(
+        (events.into_iter().enumerate(), false),
+        move |(mut iter, done)| async move {
+            if done {
+                return None;
+            }
+            match iter.next() {
+                Some((index, event)) => {
+                    if cut_after.is_some_and(|n| index > n) {
+                        // Let what was sent reach the client before the connection
+                        // drops (hyper discards unflushed output when a body fails).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Some((
+                            Err(std::io::Error::other("fake upstream cut the stream")),
+                            (iter, true),
+                        ));
+                    }
+                    if index > 0 && !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let line = Bytes::from(format!("data: {event}\n\n"));
+                    Some((Ok(line), (iter, false)))
+                }
+                None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (iter, true))),
+            }
+        },
+    )
+}
+
+async fn embeddings(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    shared.embedding_requests.fetch_add(1, Ordering::SeqCst);
+    let model = body["model"]
+        .as_str()
+        .unwrap_or("fake-embedding")
+        .to_string();
+    let behaviour = shared.behaviour();
+    if let Some(failure) = misbehave(&behaviour, &model).await {
+        return failure;
+    }
+    let dims = body["dimensions"].as_u64().unwrap_or(384) as usize;
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    };
+    shared
+        .embedded_texts
+        .fetch_add(inputs.len(), Ordering::SeqCst);
+    let embedder = OfflineEmbedder::new(dims);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embedder.vector(text)}))
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": inputs.len() * 8, "total_tokens": inputs.len() * 8}
+    }))
+    .into_response()
+}
+
+async fn models() -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}),
+    )
+}
+
+async fn calls(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "chat_completions": shared.chat_completions.load(Ordering::SeqCst),
+        "embeddings": shared.embedding_requests.load(Ordering::SeqCst),
+        "embedded_texts": shared.embedded_texts.load(Ordering::SeqCst),
+        "by_model": *shared.by_model.lock().expect("model counts"),
+    }))
+}
+
+async fn last_request(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(shared.last_request.lock().expect("last request").clone())
+}
+
+async fn get_behaviour(State(shared): State<Arc<Shared>>) -> Json<Behaviour> {
+    Json(shared.behaviour())
+}
+
+async fn set_behaviour(
+    State(shared): State<Arc<Shared>>,
+    Json(behaviour): Json<Behaviour>,
+) -> Json<Behaviour> {
+    *shared.behaviour.lock().expect("behaviour lock") = behaviour.clone();
+    Json(behaviour)
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Result<StatusCode, Infallible> {
+    *shared.behaviour.lock().expect("behaviour lock") = Behaviour::default();
+    shared.chat_completions.store(0, Ordering::SeqCst);
+    shared.embedding_requests.store(0, Ordering::SeqCst);
+    shared.embedded_texts.store(0, Ordering::SeqCst);
+    shared.by_model.lock().expect("model counts").clear();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A fake server running inside a test process on 127.0.0.1; stops when dropped.
+pub struct FakeOpenAi {
+    /// `http://127.0.0.1:<port>/v1`
+    pub base_url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeOpenAi {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let base_url = format!("http://{}/v1", listener.local_addr().expect("address"));
+        let router = app(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            base_url,
+            shared,
+            task,
+        }
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().expect("behaviour lock") = behaviour;
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.set_behaviour(match mode {
+            Mode::Normal => Behaviour::default(),
+            Mode::Fail => Behaviour {
+                failure_rate: 1.0,
+                ..Behaviour::default()
+            },
+            Mode::Hang => Behaviour {
+                hang: true,
+                ..Behaviour::default()
+            },
+        });
+    }
+
+    pub fn chat_completions(&self) -> usize {
+        self.shared.chat_completions.load(Ordering::SeqCst)
+    }
+
+    pub fn calls_for(&self, model: &str) -> usize {
+        self.shared
+            .by_model
+            .lock()
+            .expect("model counts")
+            .get(model)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn last_request(&self) -> Value {
+        self.shared
+            .last_request
+            .lock()
+            .expect("last request")
+            .clone()
+    }
+
+    pub fn embedding_requests(&self) -> usize {
+        self.shared.embedding_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn embedded_texts(&self) -> usize {
+        self.shared.embedded_texts.load(Ordering::SeqCst)
+    }
+}
