@@ -44,6 +44,7 @@ smoke: ## The functions under cargo lambda watch, called on one base URL
 bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/benchmarks.md)
 	cargo bench -p shared --bench foundation --bench resilience
 	cargo bench -p shared --bench kb
+	cargo bench -p chat --bench gateway
 	scripts/load-test.sh
 
 load-test: ## HTTP load test of the health function in release mode (needs wrk)

@@ -209,6 +209,12 @@ pub struct ChatSettings {
     pub retrieval_top_k: usize,
     /// Most tokens of knowledge-base passages put into the system prompt.
     pub retrieval_token_budget: usize,
+    /// DynamoDB table of session history; the SQL database when unset.
+    pub sessions_table: Option<String>,
+    pub session_ttl: Duration,
+    /// The history window: at most this many messages and this many tokens.
+    pub history_messages: usize,
+    pub history_tokens: usize,
 }
 
 /// One bad or missing variable.
@@ -554,6 +560,10 @@ impl Settings {
             retrieval_enabled: r.flag("RETRIEVAL_ENABLED", true),
             retrieval_top_k: r.int("RETRIEVAL_TOP_K", 4usize, 1, 50),
             retrieval_token_budget: r.int("RETRIEVAL_TOKEN_BUDGET", 1200usize, 50, 100_000),
+            sessions_table: r.get("SESSIONS_TABLE").map(str::to_string),
+            session_ttl: r.secs("SESSION_TTL_SECS", 7 * 86_400, 60, 365 * 86_400),
+            history_messages: r.int("CHAT_HISTORY_MESSAGES", 20usize, 0, 1000),
+            history_tokens: r.int("CHAT_HISTORY_TOKENS", 4000usize, 0, 1_000_000),
         };
 
         match (r.problems.is_empty(), database_url) {

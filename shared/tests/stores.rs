@@ -9,7 +9,13 @@ use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
 /// Every table the migrations create, the same on both backends.
-const TABLES: [&str; 4] = ["chunks", "documents", "events", "health_checks"];
+const TABLES: [&str; 5] = [
+    "chat_messages",
+    "chunks",
+    "documents",
+    "events",
+    "health_checks",
+];
 
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())

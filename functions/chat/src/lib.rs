@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
-use shared::auth::require_api_key;
+use shared::auth::{require_api_key, ApiKeyName};
+use shared::chat::request::valid_session_id;
 use shared::chat::{ChatGateway, ReplyMeta};
 use shared::http::not_implemented;
 use shared::observability::metrics::names;
@@ -34,6 +35,10 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
     let routes = Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
+        .route(
+            "/v1/metrics",
+            get(shared::observability::metrics::exposition),
+        )
         .route("/v1/usage", not_implemented("usage reporting"))
         .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
         .layer(from_fn_with_state(
@@ -99,6 +104,7 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
 /// `POST /v1/chat/completions`, plain or streamed (C1).
 async fn completions(
     State(chat): State<Chat>,
+    ApiKeyName(owner): ApiKeyName,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -108,11 +114,27 @@ async fn completions(
             "send the request as application/json".into(),
         ));
     }
-    let request = chat.gateway.parse(&body, wants_no_cache(&headers))?;
+    let mut request = chat.gateway.parse(&body, wants_no_cache(&headers))?;
+    if request.session_id.is_none() {
+        if let Some(id) = headers.get("x-session-id") {
+            let id = id.to_str().unwrap_or_default();
+            if !valid_session_id(id) {
+                return Err(ApiError::BadRequest(
+                    "x-session-id must be 1-128 of A-Z a-z 0-9 - _ . :".into(),
+                ));
+            }
+            request.session_id = Some(id.to_string());
+        }
+    }
     // One slot per answer in progress (C9); a stream holds it until it ends.
     let slot = chat.ctx.sessions.try_acquire()?;
+    let (session, session_degraded) = chat.gateway.with_history(&mut request, &owner).await;
+    let initial: Vec<String> = session_degraded.into_iter().collect();
     if request.stream {
-        let reply = chat.gateway.stream(&request).await?;
+        let reply = chat
+            .gateway
+            .stream(&request, session.as_ref(), initial)
+            .await?;
         let body = reply.body.map(move |bytes| {
             let _held = &slot;
             Ok::<_, std::convert::Infallible>(bytes)
@@ -126,7 +148,10 @@ async fn completions(
         annotate(&mut response, &reply.meta, started);
         return Ok(response);
     }
-    let reply = chat.gateway.complete(&request).await?;
+    let reply = chat
+        .gateway
+        .complete(&request, session.as_ref(), initial)
+        .await?;
     drop(slot);
     let mut response = Json(reply.answer.completion).into_response();
     annotate(&mut response, &reply.meta, started);

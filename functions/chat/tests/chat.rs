@@ -635,3 +635,137 @@ async fn chat_works_against_postgres_with_pgvector_too() {
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.json["sources"][0], "rotation");
 }
+
+/// A request on behalf of another key, to check that sessions are per key.
+fn post_as(key: &str, body: Value, headers: &[(&str, &str)]) -> http::Request<Body> {
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("x-api-key", key)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Body::from(body.to_string())).unwrap()
+}
+
+/// The contents of the messages the provider last received.
+fn sent_contents(fake: &FakeOpenAi) -> Vec<String> {
+    fake.last_request()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn session_history_is_kept_per_key_and_bounded(extra: &[(&str, &str)]) {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let two_keys = format!("{},other:{}", keys(), hash_key("sk-other-key"));
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("API_KEYS", two_keys.as_str()),
+        ("CHAT_HISTORY_MESSAGES", "4"),
+        ("RETRIEVAL_ENABLED", "false"),
+    ];
+    vars.extend_from_slice(extra);
+    let (router, _) = chat_router(&db, Some(&fake), &vars);
+
+    let mut first = ask("My name is Ada.");
+    first["session_id"] = json!("conv-1");
+    let res = call(&router, post(first)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+
+    // The header works as well as the body field; the history comes first.
+    let res = call(
+        &router,
+        post_with(ask("What is my name?"), &[("x-session-id", "conv-1")]),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let sent = sent_contents(&fake);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0], "My name is Ada.");
+    assert!(sent[1].starts_with("Fake answer from"), "{sent:?}");
+    assert_eq!(sent[2], "What is my name?");
+
+    // Another key's conversation of the same id is another conversation.
+    let res = call(
+        &router,
+        post_as(
+            "sk-other-key",
+            ask("Who am I?"),
+            &[("x-session-id", "conv-1")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(sent_contents(&fake), ["Who am I?"]);
+
+    // The window: at most 4 earlier messages (two exchanges) come along.
+    for i in 0..3 {
+        let mut body = ask(&format!("Message {i}"));
+        body["session_id"] = json!("conv-1");
+        call(&router, post(body)).await;
+    }
+    let sent = sent_contents(&fake);
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    assert_eq!(sent[0], "Message 0");
+    assert_eq!(sent[4], "Message 2");
+
+    let res = call(
+        &router,
+        post_with(ask("bad id"), &[("x-session-id", "not ok!")]),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text);
+}
+
+#[tokio::test]
+async fn session_history_in_sqlite() {
+    session_history_is_kept_per_key_and_bounded(&[]).await;
+}
+
+#[tokio::test]
+async fn session_history_in_dynamodb_on_motos_emulator() {
+    // moto's DynamoDB, started for this test and stopped when dropped.
+    let moto = shared::testing::ServerProcess::start(
+        "python3",
+        &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+        shared::testing::free_port(),
+        "moto's server (python3 -m pip install 'moto[server]'; .ci/run installs it)",
+    )
+    .await;
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import boto3; c = boto3.client('dynamodb', endpoint_url='{endpoint}', region_name='us-east-1'); \
+                 c.create_table(TableName='chat-sessions', BillingMode='PAY_PER_REQUEST', \
+                 KeySchema=[{{'AttributeName': 'pk', 'KeyType': 'HASH'}}, {{'AttributeName': 'seq', 'KeyType': 'RANGE'}}], \
+                 AttributeDefinitions=[{{'AttributeName': 'pk', 'AttributeType': 'S'}}, {{'AttributeName': 'seq', 'AttributeType': 'N'}}])"
+            ),
+        ])
+        .status()
+        .expect("python3 with boto3 (installed with moto)");
+    assert!(status.success());
+    session_history_is_kept_per_key_and_bounded(&[("SESSIONS_TABLE", "chat-sessions")]).await;
+
+    // DynamoDB unreachable: the answer comes without history, flagged.
+    let mut moto = moto;
+    moto.stop();
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[("SESSIONS_TABLE", "chat-sessions")]);
+    let mut body = ask("Hello?");
+    body["session_id"] = json!("conv-1");
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("session-unavailable"));
+    assert_eq!(sent_contents(&fake), ["Hello?"]);
+}

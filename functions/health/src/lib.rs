@@ -6,7 +6,7 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http::{header, StatusCode};
+use http::StatusCode;
 use serde_json::json;
 use shared::health::{self, DependencyState};
 use shared::http::ColdStart;
@@ -21,7 +21,10 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/detailed", get(detailed))
-        .route("/health/metrics", get(metrics))
+        .route(
+            "/health/metrics",
+            get(shared::observability::metrics::exposition),
+        )
         .with_state(ctx.clone());
     shared::http::app(routes, &ctx.settings)
 }
@@ -81,15 +84,4 @@ async fn detailed(
     Extension(ColdStart(cold)): Extension<ColdStart>,
 ) -> Json<serde_json::Value> {
     Json(health::detailed(&ctx, cold).await)
-}
-
-async fn metrics() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        shared::observability::metrics::render(),
-    )
-        .into_response()
 }

@@ -154,7 +154,13 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
     assert_eq!(result["status"], "ok");
     assert_eq!(
         result["tables"],
-        serde_json::json!(["chunks", "documents", "events", "health_checks"])
+        serde_json::json!([
+            "chat_messages",
+            "chunks",
+            "documents",
+            "events",
+            "health_checks"
+        ])
     );
     assert_eq!(
         shared::health::deep_check_count(&ctx.database)

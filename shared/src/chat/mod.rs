@@ -6,6 +6,7 @@
 pub mod provider;
 pub mod request;
 pub mod retrieval;
+pub mod session;
 mod sse;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
 use provider::{ChatProvider, ChunkStream, OpenAiProvider, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
+use session::{DynamoSessionStore, SessionStore, SqlSessionStore};
 
 /// Why an answer is not a fresh answer of the requested model (`x-degraded`).
 pub mod degraded {
@@ -38,6 +40,8 @@ pub mod degraded {
     pub const FALLBACK_MODEL: &str = "fallback-model";
     /// The knowledge base could not be searched: answered without passages.
     pub const RETRIEVAL_UNAVAILABLE: &str = "retrieval-unavailable";
+    /// The session history could not be read or written: answered without it.
+    pub const SESSION_UNAVAILABLE: &str = "session-unavailable";
 }
 
 /// A finished answer, as cached and as returned.
@@ -121,6 +125,16 @@ pub struct ChatGateway {
     retry: RetryPolicy,
     cache: TieredCache,
     knowledge_base: Option<Arc<KnowledgeBase>>,
+    sessions: Arc<dyn SessionStore>,
+}
+
+/// A conversation's place: who owns it (the API key's name) and its id.
+#[derive(Debug, Clone)]
+pub struct SessionRef {
+    pub owner: String,
+    pub id: String,
+    /// The caller's new messages (no system messages), appended with the answer.
+    pub new_messages: Vec<Value>,
 }
 
 impl std::fmt::Debug for ChatGateway {
@@ -146,6 +160,25 @@ fn synthetic_completion(model: &str, content: &str) -> Value {
         }],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     })
+}
+
+/// Appends an exchange to a session, unless the answer is not a model's.
+async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answer) {
+    if answer
+        .degraded
+        .iter()
+        .any(|d| d == degraded::RETRIEVAL_ONLY)
+    {
+        return;
+    }
+    let mut messages = session.new_messages.clone();
+    messages.push(json!({
+        "role": "assistant",
+        "content": answer.completion["choices"][0]["message"]["content"],
+    }));
+    if let Err(err) = store.append(&session.owner, &session.id, &messages).await {
+        tracing::warn!(error = %err, "session history not saved");
+    }
 }
 
 fn record_usage_metrics(model: &str, completion: &Value) {
@@ -178,6 +211,7 @@ impl ChatGateway {
         retry: RetryPolicy,
         cache: TieredCache,
         knowledge_base: Option<Arc<KnowledgeBase>>,
+        sessions: Arc<dyn SessionStore>,
     ) -> Self {
         Self {
             settings,
@@ -186,6 +220,7 @@ impl ChatGateway {
             retry,
             cache,
             knowledge_base,
+            sessions,
         }
     }
 
@@ -200,6 +235,10 @@ impl ChatGateway {
                 chat.llm_timeout,
             )) as Arc<dyn ChatProvider>
         });
+        let sessions: Arc<dyn SessionStore> = match &chat.sessions_table {
+            Some(table) => Arc::new(DynamoSessionStore::new(table, chat.session_ttl)),
+            None => Arc::new(SqlSessionStore::new(ctx.database.clone(), chat.session_ttl)),
+        };
         Self::new(
             chat,
             provider,
@@ -207,7 +246,59 @@ impl ChatGateway {
             ctx.settings.retry.clone(),
             ctx.cache.clone(),
             Some(ctx.knowledge_base()),
+            sessions,
         )
+    }
+
+    /// Puts the session's history (within the window) before the caller's new messages;
+    /// returns where to append the exchange, and a degradation if the store failed.
+    pub async fn with_history(
+        &self,
+        request: &mut ChatRequest,
+        owner: &str,
+    ) -> (Option<SessionRef>, Option<String>) {
+        let Some(id) = request.session_id.clone() else {
+            return (None, None);
+        };
+        let messages = request.messages().to_vec();
+        let system_count = messages
+            .iter()
+            .take_while(|m| m["role"] == "system" || m["role"] == "developer")
+            .count();
+        let session = SessionRef {
+            owner: owner.to_string(),
+            id: id.clone(),
+            new_messages: messages[system_count..].to_vec(),
+        };
+        if self.settings.history_messages == 0 {
+            return (Some(session), None);
+        }
+        match self
+            .sessions
+            .history(owner, &id, self.settings.history_messages)
+            .await
+        {
+            Ok(history) => {
+                let history = session::window(history, self.settings.history_tokens);
+                let mut merged = messages[..system_count].to_vec();
+                merged.extend(history);
+                merged.extend_from_slice(&messages[system_count..]);
+                request.set_messages(merged);
+                (Some(session), None)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "session history unavailable; answering without it");
+                (
+                    Some(session),
+                    Some(degraded::SESSION_UNAVAILABLE.to_string()),
+                )
+            }
+        }
+    }
+
+    /// Records the caller's messages and the model's answer in the session.
+    pub async fn remember(&self, session: &SessionRef, answer: &Answer) {
+        remember(self.sessions.as_ref(), session, answer).await;
     }
 
     /// The models callers may ask for: the primary, then the fallbacks.
@@ -349,8 +440,12 @@ impl ChatGateway {
     }
 
     /// The answer without the response cache: retrieval, then the fallback chain.
-    async fn answer(&self, request: &ChatRequest) -> Result<(Answer, Duration), Uncached> {
-        let mut degraded = Vec::new();
+    async fn answer(
+        &self,
+        request: &ChatRequest,
+        initial: &[String],
+    ) -> Result<(Answer, Duration), Uncached> {
+        let mut degraded = initial.to_vec();
         let context = self.context(request, &mut degraded).await;
         let Some(provider) = self.provider.clone() else {
             let answer = self
@@ -425,10 +520,30 @@ impl ChatGateway {
         Err(Uncached::Degraded(answer, waited))
     }
 
-    /// Answers a plain request (C1, C3-C7).
-    pub async fn complete(&self, request: &ChatRequest) -> Result<Reply, ApiError> {
-        if !self.cacheable(request) {
-            return match self.answer(request).await {
+    /// Answers a plain request (C1-C7). `session` is where the exchange is recorded,
+    /// `initial` what is already degraded (a session store that failed).
+    pub async fn complete(
+        &self,
+        request: &ChatRequest,
+        session: Option<&SessionRef>,
+        initial: Vec<String>,
+    ) -> Result<Reply, ApiError> {
+        let reply = self.complete_inner(request, &initial).await?;
+        if let Some(session) = session {
+            if initial.is_empty() {
+                self.remember(session, &reply.answer).await;
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn complete_inner(
+        &self,
+        request: &ChatRequest,
+        initial: &[String],
+    ) -> Result<Reply, ApiError> {
+        if !self.cacheable(request) || !initial.is_empty() {
+            return match self.answer(request, initial).await {
                 Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -445,7 +560,7 @@ impl ChatGateway {
         let loaded = self
             .cache
             .get_or_load(Namespace::Chat, &key, || async {
-                let result = self.answer(request).await;
+                let result = self.answer(request, initial).await;
                 if let Ok((_, w)) = &result {
                     *waited.lock().expect("wait slot") = Some(*w);
                 }
@@ -486,14 +601,22 @@ impl ChatGateway {
     /// Answers a streamed request. Everything before the first byte (cache, retrieval,
     /// breakers, retries, fallbacks) is decided first; after it, an upstream failure
     /// ends the stream with an error event and no `[DONE]`, never a silent cut (C6, C7).
-    pub async fn stream(&self, request: &ChatRequest) -> Result<StreamReply, ApiError> {
+    pub async fn stream(
+        &self,
+        request: &ChatRequest,
+        session: Option<&SessionRef>,
+        initial: Vec<String>,
+    ) -> Result<StreamReply, ApiError> {
         let include_usage = request.include_usage;
-        let cacheable = self.cacheable(request);
+        let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);
         if cacheable {
             if let Some(mut answer) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
                 answer.completion["cached"] = json!(true);
                 count_request(&answer.model, "cache_hit");
+                if let Some(session) = session {
+                    self.remember(session, &answer).await;
+                }
                 return Ok(StreamReply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -504,7 +627,7 @@ impl ChatGateway {
                 });
             }
         }
-        let mut degraded = Vec::new();
+        let mut degraded = initial.clone();
         let context = self.context(request, &mut degraded).await;
         let Some(provider) = self.provider.clone() else {
             let answer = self
@@ -550,6 +673,9 @@ impl ChatGateway {
                         question_key: request.question_key(),
                         breaker,
                         permit: Some(permit),
+                        session: session
+                            .filter(|_| initial.is_empty())
+                            .map(|s| (self.sessions.clone(), s.clone())),
                     };
                     return Ok(StreamReply {
                         meta: ReplyMeta {

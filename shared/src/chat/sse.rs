@@ -7,7 +7,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::provider::ChunkStream;
-use super::{record_usage_metrics, Answer};
+use super::session::SessionStore;
+use super::{record_usage_metrics, Answer, SessionRef};
 use crate::cache::{Namespace, TieredCache};
 use crate::resilience::breaker::{CircuitBreaker, Permit};
 
@@ -79,6 +80,8 @@ pub struct Relay {
     pub question_key: Option<String>,
     pub breaker: CircuitBreaker,
     pub permit: Option<Permit>,
+    /// Where to record the exchange once the stream completes.
+    pub session: Option<(std::sync::Arc<dyn SessionStore>, SessionRef)>,
 }
 
 struct State {
@@ -220,6 +223,9 @@ impl State {
         }
         if let Some(key) = &self.relay.question_key {
             self.relay.cache.set(Namespace::Chat, key, &answer).await;
+        }
+        if let Some((store, session)) = &self.relay.session {
+            super::remember(store.as_ref(), session, &answer).await;
         }
     }
 }

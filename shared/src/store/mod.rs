@@ -19,4 +19,7 @@ pub enum StoreError {
     Timeout(&'static str, u128),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A DynamoDB call failed (the SDK's error, rendered with its cause).
+    #[error("dynamodb: {0}")]
+    DynamoDb(String),
 }
