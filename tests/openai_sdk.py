@@ -10,6 +10,7 @@ Prints one line per check and exits non-zero when any fails.
 import json
 import sys
 import urllib.request
+import uuid
 
 import openai
 
@@ -80,6 +81,18 @@ try:
     check("empty messages are refused", False, "no error")
 except openai.BadRequestError as e:
     check("empty messages are a BadRequestError", "messages" in str(e), e)
+
+if mode == "provider":
+    key = {"Idempotency-Key": f"sdk-{uuid.uuid4()}"}
+    first = client.chat.completions.with_raw_response.create(
+        model=model, messages=question, temperature=1, extra_headers=key
+    )
+    again = client.chat.completions.with_raw_response.create(
+        model=model, messages=question, temperature=1, extra_headers=key
+    )
+    check("a repeated Idempotency-Key replays the first answer",
+          again.headers.get("x-idempotent-replay") == "true" and again.parse().id == first.parse().id,
+          (dict(again.headers), again.parse().id, first.parse().id))
 
 if mode == "provider" and fake_url:
     fake({"cut_stream_after": 2})

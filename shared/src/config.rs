@@ -215,6 +215,11 @@ pub struct ChatSettings {
     /// The history window: at most this many messages and this many tokens.
     pub history_messages: usize,
     pub history_tokens: usize,
+    /// DynamoDB table of idempotency records; the SQL database when unset.
+    pub idempotency_table: Option<String>,
+    pub idempotency_ttl: Duration,
+    /// After this, an in-progress record whose owner vanished may be taken over.
+    pub idempotency_in_progress: Duration,
 }
 
 /// One bad or missing variable.
@@ -564,6 +569,9 @@ impl Settings {
             session_ttl: r.secs("SESSION_TTL_SECS", 7 * 86_400, 60, 365 * 86_400),
             history_messages: r.int("CHAT_HISTORY_MESSAGES", 20usize, 0, 1000),
             history_tokens: r.int("CHAT_HISTORY_TOKENS", 4000usize, 0, 1_000_000),
+            idempotency_table: r.get("IDEMPOTENCY_TABLE").map(str::to_string),
+            idempotency_ttl: r.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1, 30 * 86_400),
+            idempotency_in_progress: r.secs("IDEMPOTENCY_IN_PROGRESS_SECS", 300, 1, 86_400),
         };
 
         match (r.problems.is_empty(), database_url) {

@@ -9,12 +9,13 @@ use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
 /// Every table the migrations create, the same on both backends.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "chat_messages",
     "chunks",
     "documents",
     "events",
     "health_checks",
+    "idempotency_records",
 ];
 
 fn redis_url() -> String {

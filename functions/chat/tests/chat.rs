@@ -727,7 +727,7 @@ async fn session_history_in_sqlite() {
 }
 
 #[tokio::test]
-async fn session_history_in_dynamodb_on_motos_emulator() {
+async fn sessions_and_idempotency_records_in_dynamodb_on_motos_emulator() {
     // moto's DynamoDB, started for this test and stopped when dropped.
     let moto = shared::testing::ServerProcess::start(
         "python3",
@@ -756,6 +756,87 @@ async fn session_history_in_dynamodb_on_motos_emulator() {
     assert!(status.success());
     session_history_is_kept_per_key_and_bounded(&[("SESSIONS_TABLE", "chat-sessions")]).await;
 
+    // Idempotency records with conditional writes (the Powertools record design).
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import boto3; c = boto3.client('dynamodb', endpoint_url='{endpoint}', region_name='us-east-1'); \
+                 c.create_table(TableName='idempotency', BillingMode='PAY_PER_REQUEST', \
+                 KeySchema=[{{'AttributeName': 'id', 'KeyType': 'HASH'}}], \
+                 AttributeDefinitions=[{{'AttributeName': 'id', 'AttributeType': 'S'}}])"
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    {
+        use shared::chat::idempotency::{
+            Begin, DynamoIdempotencyStore, IdempotencyStore, StoredResponse,
+        };
+        let store = Arc::new(DynamoIdempotencyStore::new(
+            "idempotency",
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        ));
+        let racers: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.begin("owner#race", "h1").await.unwrap() })
+            })
+            .collect();
+        let mut started = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Begin::Started => started += 1,
+                Begin::InProgress => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 1);
+        assert_eq!(
+            store.begin("owner#race", "h2").await.unwrap(),
+            Begin::Mismatch
+        );
+        let response = StoredResponse {
+            status: 200,
+            content_type: "application/json".into(),
+            headers: vec![],
+            body: "{\"ok\":true}".into(),
+        };
+        store.complete("owner#race", &response).await.unwrap();
+        assert_eq!(
+            store.begin("owner#race", "h1").await.unwrap(),
+            Begin::Completed(response)
+        );
+        // A released key can be taken again; a completed one is not released.
+        assert_eq!(
+            store.begin("owner#fail", "h").await.unwrap(),
+            Begin::Started
+        );
+        store.release("owner#fail").await.unwrap();
+        assert_eq!(
+            store.begin("owner#fail", "h").await.unwrap(),
+            Begin::Started
+        );
+        store.release("owner#race").await.unwrap();
+        assert!(matches!(
+            store.begin("owner#race", "h1").await.unwrap(),
+            Begin::Completed(_)
+        ));
+    }
+    // Through the router, with IDEMPOTENCY_TABLE.
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[("IDEMPOTENCY_TABLE", "idempotency")]);
+    let mut body = ask("Dynamo, remember me");
+    body["temperature"] = json!(1.0);
+    let first = call(&router, with_key(body.clone(), "d-1")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = call(&router, with_key(body, "d-1")).await;
+    assert_eq!(header(&again, "x-idempotent-replay"), Some("true"));
+    assert_eq!(fake.chat_completions(), 1);
+
     // DynamoDB unreachable: the answer comes without history, flagged.
     let mut moto = moto;
     moto.stop();
@@ -768,4 +849,163 @@ async fn session_history_in_dynamodb_on_motos_emulator() {
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(header(&res, "x-degraded"), Some("session-unavailable"));
     assert_eq!(sent_contents(&fake), ["Hello?"]);
+}
+
+fn with_key(body: Value, key: &str) -> http::Request<Body> {
+    post_with(body, &[("idempotency-key", key)])
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_other_bodies() {
+    for db in TestDatabase::both().await {
+        let fake = FakeOpenAi::start().await;
+        let (router, _) = chat_router(&db, Some(&fake), &[]);
+        // Temperature 1: not from the response cache, so only idempotency can replay.
+        let mut body = ask("Summarise the refund policy");
+        body["temperature"] = json!(1.0);
+        let first = call(&router, with_key(body.clone(), "key-1")).await;
+        assert_eq!(first.status, 200, "{}", first.text);
+        let again = call(&router, with_key(body.clone(), "key-1")).await;
+        assert_eq!(again.status, 200);
+        assert_eq!(header(&again, "x-idempotent-replay"), Some("true"));
+        assert_eq!(again.json, first.json);
+        assert_eq!(fake.chat_completions(), 1);
+
+        let mut other = body.clone();
+        other["messages"][0]["content"] = json!("Something else");
+        let res = call(&router, with_key(other, "key-1")).await;
+        assert_eq!(res.status, 422, "{}", res.text);
+        assert_eq!(fake.chat_completions(), 1);
+
+        // Streams are replayed whole.
+        let mut stream = body.clone();
+        stream["stream"] = json!(true);
+        let first = call(&router, with_key(stream.clone(), "key-2")).await;
+        assert!(first.text.ends_with("data: [DONE]\n\n"));
+        let again = call(&router, with_key(stream, "key-2")).await;
+        assert_eq!(header(&again, "x-idempotent-replay"), Some("true"));
+        assert_eq!(header(&again, "content-type"), Some("text/event-stream"));
+        assert_eq!(again.text, first.text);
+        assert_eq!(fake.chat_completions(), 2);
+
+        let res = call(&router, with_key(body, "bad key with spaces")).await;
+        assert_eq!(res.status, 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_get_409_and_the_provider_is_called_once() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_behaviour(Behaviour {
+        latency_ms: 300,
+        ..Behaviour::default()
+    });
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("DATABASE_MAX_CONNECTIONS", "20"),
+            ("RATE_LIMIT_REQUESTS", "1000"),
+        ],
+    );
+    let mut body = ask("One answer for a hundred callers");
+    body["temperature"] = json!(1.0);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let router = router.clone();
+            let body = body.clone();
+            tokio::spawn(async move { call(&router, with_key(body, "burst")).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let res = task.await.unwrap();
+        if res.status == 409 {
+            assert!(res.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("in progress"));
+        }
+        statuses.push(res.status.as_u16());
+    }
+    assert_eq!(fake.chat_completions(), 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&409));
+    // Once the first finished, the key replays.
+    let res = call(&router, with_key(body, "burst")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(header(&res, "x-idempotent-replay"), Some("true"));
+}
+
+#[tokio::test]
+async fn a_failed_or_degraded_first_attempt_frees_the_key() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("LLM_FALLBACK_MODELS", ""),
+            ("BREAKER_FAILURE_THRESHOLD", "100"),
+        ],
+    );
+    let mut body = ask("Try me twice");
+    body["temperature"] = json!(1.0);
+    fake.set_mode(shared::fake_openai::Mode::Fail);
+    let res = call(&router, with_key(body.clone(), "retry-me")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+
+    fake.set_mode(shared::fake_openai::Mode::Normal);
+    let res = call(&router, with_key(body.clone(), "retry-me")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(header(&res, "x-degraded").is_none());
+    assert!(header(&res, "x-idempotent-replay").is_none());
+
+    // A stream cut after the first byte frees its key too.
+    fake.set_behaviour(Behaviour {
+        cut_stream_after: Some(1),
+        ..Behaviour::default()
+    });
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let res = call(&router, with_key(stream.clone(), "cut-stream")).await;
+    assert!(!res.text.contains("[DONE]"));
+    fake.set_behaviour(Behaviour::default());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let res = call(&router, with_key(stream, "cut-stream")).await;
+    assert!(header(&res, "x-idempotent-replay").is_none());
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+}
+
+#[tokio::test]
+async fn with_the_idempotency_store_down_a_keyed_request_gets_503_and_no_provider_call() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let unreachable = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        shared::testing::free_port()
+    );
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("DATABASE_URL", unreachable.as_str()),
+            ("DATABASE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let res = call(&router, with_key(ask("Is the database there?"), "k-down")).await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert!(res.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("idempotency store is unavailable"));
+    assert_eq!(fake.chat_completions(), 0);
+    // Without a key the same request is answered (without retrieval, flagged).
+    let res = call(&router, post(ask("Is the database there?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
 }

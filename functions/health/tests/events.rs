@@ -159,7 +159,8 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
             "chunks",
             "documents",
             "events",
-            "health_checks"
+            "health_checks",
+            "idempotency_records"
         ])
     );
     assert_eq!(

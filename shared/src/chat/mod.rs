@@ -3,6 +3,7 @@
 //! fallback chain (secondary models -> last cached answer -> retrieval-only answer).
 //! A degraded answer always says so; it is never passed off as a model's.
 
+pub mod idempotency;
 pub mod provider;
 pub mod request;
 pub mod retrieval;
