@@ -27,13 +27,16 @@ cat <<MSG
 
   Functions are served on http://127.0.0.1:${port} with the deployed API's paths:
     health  http://127.0.0.1:${port}/health  /health/live  /health/ready  /health/detailed  /health/metrics
-    chat    http://127.0.0.1:${port}/v1/chat/completions  /v1/models
+    chat    http://127.0.0.1:${port}/v1/chat/completions  /v1/models  /v1/metrics
     ingest  http://127.0.0.1:${port}/documents  /search  /events
     backup  http://127.0.0.1:${port}/backups
 
   Try:
     curl -s http://127.0.0.1:${port}/health/ready
     curl -s http://127.0.0.1:${port}/health/metrics
+    curl -s -H 'x-api-key: local-dev-key' -H 'content-type: text/markdown' --data-binary @README.md 'http://127.0.0.1:${port}/documents?id=readme'
+    curl -s -H 'authorization: Bearer local-dev-key' -H 'content-type: application/json' http://127.0.0.1:${port}/v1/chat/completions \
+      -d '{"messages":[{"role":"user","content":"How do I run the tests?"}]}'
     cargo lambda invoke health --invoke-address 127.0.0.1 --invoke-port ${port} --data-file events/health-scheduled.json
 
   Configuration: ${env_file} (local API key: local-dev-key). Stop with Ctrl-C.

@@ -220,6 +220,12 @@ pub struct ChatSettings {
     pub idempotency_ttl: Duration,
     /// After this, an in-progress record whose owner vanished may be taken over.
     pub idempotency_in_progress: Duration,
+    /// Per-model prices per million tokens (`LLM_PRICES`).
+    pub prices: std::collections::HashMap<String, crate::chat::usage::Price>,
+    /// Daily spend per API key after which requests get 429.
+    pub daily_budget_usd: Option<f64>,
+    /// How often buffered usage is written in standalone mode.
+    pub usage_flush: Duration,
 }
 
 /// One bad or missing variable.
@@ -499,7 +505,15 @@ impl Settings {
         };
 
         let rate_limit_requests = r.int("RATE_LIMIT_REQUESTS", 60u32, 1, 1_000_000);
-        let rate_limit_window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
+        let mut rate_limit_window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
+        // The name for the common case: requests per key per minute.
+        let rate_limit_requests = match r.get("RATE_LIMIT_PER_MINUTE") {
+            Some(_) => {
+                rate_limit_window = Duration::from_secs(60);
+                r.int("RATE_LIMIT_PER_MINUTE", rate_limit_requests, 1, 1_000_000)
+            }
+            None => rate_limit_requests,
+        };
         let max_concurrent_sessions = r.int("MAX_CONCURRENT_SESSIONS", 100usize, 1, 100_000);
 
         let embeddings_base_url = r.get("EMBEDDINGS_BASE_URL").map(str::to_string);
@@ -572,6 +586,25 @@ impl Settings {
             idempotency_table: r.get("IDEMPOTENCY_TABLE").map(str::to_string),
             idempotency_ttl: r.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1, 30 * 86_400),
             idempotency_in_progress: r.secs("IDEMPOTENCY_IN_PROGRESS_SECS", 300, 1, 86_400),
+            prices: match crate::chat::usage::parse_prices(r.get("LLM_PRICES").unwrap_or("")) {
+                Ok(prices) => prices,
+                Err(problem) => {
+                    r.fail("LLM_PRICES", problem);
+                    Default::default()
+                }
+            },
+            daily_budget_usd: match r.get("DAILY_BUDGET_USD").map(str::parse::<f64>) {
+                None => None,
+                Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
+                Some(_) => {
+                    r.fail(
+                        "DAILY_BUDGET_USD",
+                        "expected a non-negative number of dollars",
+                    );
+                    None
+                }
+            },
+            usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
         };
 
         match (r.problems.is_empty(), database_url) {

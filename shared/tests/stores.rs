@@ -9,13 +9,14 @@ use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
 /// Every table the migrations create, the same on both backends.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "chat_messages",
     "chunks",
     "documents",
     "events",
     "health_checks",
     "idempotency_records",
+    "usage_records",
 ];
 
 fn redis_url() -> String {

@@ -17,7 +17,6 @@ use shared::auth::{require_api_key, ApiKeyName};
 use shared::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
 use shared::chat::request::valid_session_id;
 use shared::chat::{ChatGateway, ReplyMeta};
-use shared::http::not_implemented;
 use shared::observability::metrics::names;
 use shared::resilience::limits::rate_limit;
 use shared::{ApiError, AppContext};
@@ -42,7 +41,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
             "/v1/metrics",
             get(shared::observability::metrics::exposition),
         )
-        .route("/v1/usage", not_implemented("usage reporting"))
+        .route("/v1/usage", get(usage))
         .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
         .layer(from_fn_with_state(
             ctx.settings.api_keys.clone(),
@@ -50,6 +49,65 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         ))
         .with_state(state);
     shared::http::app(routes, &ctx.settings)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct UsageQuery {
+    key: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn day(
+    value: Option<&str>,
+    name: &str,
+    default: chrono::NaiveDate,
+) -> Result<chrono::NaiveDate, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+            .or_else(|_| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&chrono::Utc).date_naive())
+            })
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "`{name}` must be a date (YYYY-MM-DD) or an RFC 3339 time"
+                ))
+            }),
+    }
+}
+
+/// `GET /v1/usage?key=&from=&to=` (C10): a key's totals over UTC days (default today).
+/// A key sees its own usage only.
+async fn usage(
+    State(chat): State<Chat>,
+    ApiKeyName(owner): ApiKeyName,
+    axum::extract::Query(query): axum::extract::Query<UsageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = query.key.unwrap_or_else(|| owner.to_string());
+    if key != *owner {
+        return Err(ApiError::NotFound(format!(
+            "no usage for key `{key}` is visible to this API key"
+        )));
+    }
+    let today = chrono::Utc::now().date_naive();
+    let from = day(query.from.as_deref(), "from", today)?;
+    let to = day(query.to.as_deref(), "to", today)?;
+    if from > to {
+        return Err(ApiError::BadRequest("`from` is after `to`".into()));
+    }
+    let totals = chat.gateway.usage().totals(&key, from, to).await?;
+    Ok(Json(json!({
+        "key": key,
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "requests": totals.requests,
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "cached_requests": totals.cached_requests,
+        "cost_usd": totals.cost_usd,
+    })))
 }
 
 /// `GET /v1/models`: the configured models, in OpenAI's list shape.
@@ -266,6 +324,7 @@ async fn answer(
             request.session_id = Some(id.to_string());
         }
     }
+    chat.gateway.usage().check_budget(owner).await?;
     // One slot per answer in progress (C9); a stream holds it until it ends.
     let slot = chat.ctx.sessions.try_acquire()?;
     let (session, session_degraded) = chat.gateway.with_history(&mut request, owner).await;
@@ -273,7 +332,7 @@ async fn answer(
     if request.stream {
         let reply = chat
             .gateway
-            .stream(&request, session.as_ref(), initial)
+            .stream(owner, &request, session.as_ref(), initial)
             .await?;
         let body = reply.body.map(move |bytes| {
             let _held = &slot;
@@ -290,7 +349,7 @@ async fn answer(
     }
     let reply = chat
         .gateway
-        .complete(&request, session.as_ref(), initial)
+        .complete(owner, &request, session.as_ref(), initial)
         .await?;
     drop(slot);
     let mut response = Json(reply.answer.completion).into_response();

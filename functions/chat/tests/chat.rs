@@ -1009,3 +1009,105 @@ async fn with_the_idempotency_store_down_a_keyed_request_gets_503_and_no_provide
     let res = call(&router, post(ask("Is the database there?"))).await;
     assert_eq!(res.status, 200, "{}", res.text);
 }
+
+#[tokio::test]
+async fn usage_and_cost_are_recorded_per_key_and_the_daily_budget_refuses_with_429() {
+    for db in TestDatabase::both().await {
+        let fake = FakeOpenAi::start().await;
+        let (router, _) = chat_router(
+            &db,
+            Some(&fake),
+            &[
+                // Dollars per million tokens, large so that one answer costs cents.
+                ("LLM_PRICES", "gpt-4o-mini=100/200"),
+                ("DAILY_BUDGET_USD", "0.05"),
+                ("RETRIEVAL_ENABLED", "false"),
+            ],
+        );
+        let first = call(&router, post(ask("What does usage cost?"))).await;
+        assert_eq!(first.status, 200, "{}", first.text);
+        let prompt = first.json["usage"]["prompt_tokens"].as_u64().unwrap();
+        let completion = first.json["usage"]["completion_tokens"].as_u64().unwrap();
+        let cost = (prompt as f64 * 100.0 + completion as f64 * 200.0) / 1e6;
+
+        // A cache hit reports the original token counts, marked cached, and costs 0.
+        let hit = call(&router, post(ask("What does usage cost?"))).await;
+        assert_eq!(hit.json["cached"], true, "{:?} {}", db.kind, hit.text);
+        assert_eq!(hit.json["usage"]["prompt_tokens"].as_u64().unwrap(), prompt);
+
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["requests"], 2);
+        assert_eq!(res.json["cached_requests"], 1);
+        assert_eq!(res.json["prompt_tokens"].as_u64().unwrap(), 2 * prompt);
+        let recorded = res.json["cost_usd"].as_f64().unwrap();
+        assert!((recorded - cost).abs() < 1e-6, "{recorded} vs {cost}");
+
+        // Over budget once more has been spent: 429 with a clear message.
+        let mut spent = cost;
+        let mut i = 0;
+        while spent < 0.05 {
+            let mut body = ask(&format!("Spend more {i}"));
+            body["cache"] = json!(false);
+            let res = call(&router, post(body)).await;
+            assert_eq!(res.status, 200, "{}", res.text);
+            spent += (res.json["usage"]["prompt_tokens"].as_u64().unwrap() as f64 * 100.0
+                + res.json["usage"]["completion_tokens"].as_u64().unwrap() as f64 * 200.0)
+                / 1e6;
+            i += 1;
+        }
+        let calls = fake.chat_completions();
+        let res = call(&router, post(ask("One more?"))).await;
+        assert_eq!(res.status, 429, "{}", res.text);
+        assert!(res.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily budget"));
+        assert!(res.headers.contains_key("retry-after"));
+        assert_eq!(fake.chat_completions(), calls);
+
+        // Another key's usage is not visible; bad dates are refused.
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage?key=someone-else")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 404);
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage?from=yesterday")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 400);
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage?from=2026-01-01&to=2099-12-31")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        assert!(res.json["requests"].as_u64().unwrap() >= 3);
+    }
+    let metrics = shared::observability::metrics::render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("llm_cost_usd_total{")),
+        "{metrics}"
+    );
+}

@@ -160,7 +160,8 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
             "documents",
             "events",
             "health_checks",
-            "idempotency_records"
+            "idempotency_records",
+            "usage_records"
         ])
     );
     assert_eq!(

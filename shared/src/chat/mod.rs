@@ -9,6 +9,7 @@ pub mod request;
 pub mod retrieval;
 pub mod session;
 mod sse;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use provider::{ChatProvider, ChunkStream, OpenAiProvider, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
 use session::{DynamoSessionStore, SessionStore, SqlSessionStore};
+use usage::{UsageRecord, UsageRecorder};
 
 /// Why an answer is not a fresh answer of the requested model (`x-degraded`).
 pub mod degraded {
@@ -127,6 +129,7 @@ pub struct ChatGateway {
     cache: TieredCache,
     knowledge_base: Option<Arc<KnowledgeBase>>,
     sessions: Arc<dyn SessionStore>,
+    usage: Arc<UsageRecorder>,
 }
 
 /// A conversation's place: who owns it (the API key's name) and its id.
@@ -161,6 +164,30 @@ fn synthetic_completion(model: &str, content: &str) -> Value {
         }],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     })
+}
+
+/// The usage row of an answer: the provider's token counts, and its cost unless it came
+/// from the cache.
+fn usage_of(usage: &UsageRecorder, key: &str, answer: &Answer, cached: bool) -> UsageRecord {
+    let prompt = answer.completion["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    let completion = answer.completion["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    UsageRecord {
+        key: key.to_string(),
+        model: answer.model.clone(),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cached,
+        cost_usd: if cached {
+            0.0
+        } else {
+            usage.cost(&answer.model, prompt, completion)
+        },
+        at: chrono::Utc::now(),
+    }
 }
 
 /// Appends an exchange to a session, unless the answer is not a model's.
@@ -205,24 +232,9 @@ fn count_fallback(from: &str, to: &str) {
 }
 
 impl ChatGateway {
-    pub fn new(
-        settings: ChatSettings,
-        provider: Option<Arc<dyn ChatProvider>>,
-        breakers: Breakers,
-        retry: RetryPolicy,
-        cache: TieredCache,
-        knowledge_base: Option<Arc<KnowledgeBase>>,
-        sessions: Arc<dyn SessionStore>,
-    ) -> Self {
-        Self {
-            settings,
-            provider,
-            breakers,
-            retry,
-            cache,
-            knowledge_base,
-            sessions,
-        }
+    /// Usage, cost and budgets.
+    pub fn usage(&self) -> &Arc<UsageRecorder> {
+        &self.usage
     }
 
     /// The gateway the configuration describes (OpenAI-compatible provider when
@@ -240,15 +252,28 @@ impl ChatGateway {
             Some(table) => Arc::new(DynamoSessionStore::new(table, chat.session_ttl)),
             None => Arc::new(SqlSessionStore::new(ctx.database.clone(), chat.session_ttl)),
         };
-        Self::new(
-            chat,
+        // Standalone: buffered and flushed in the background, off the response path.
+        // Lambda: written before the answer is returned (nothing runs between invocations).
+        let buffered = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none();
+        let usage = UsageRecorder::new(
+            ctx.database.clone(),
+            chat.prices.clone(),
+            chat.daily_budget_usd,
+            buffered,
+        );
+        if buffered && tokio::runtime::Handle::try_current().is_ok() {
+            usage.spawn_flusher(chat.usage_flush);
+        }
+        Self {
+            settings: chat,
             provider,
-            ctx.breakers.clone(),
-            ctx.settings.retry.clone(),
-            ctx.cache.clone(),
-            Some(ctx.knowledge_base()),
+            breakers: ctx.breakers.clone(),
+            retry: ctx.settings.retry.clone(),
+            cache: ctx.cache.clone(),
+            knowledge_base: Some(ctx.knowledge_base()),
             sessions,
-        )
+            usage,
+        }
     }
 
     /// Puts the session's history (within the window) before the caller's new messages;
@@ -525,11 +550,20 @@ impl ChatGateway {
     /// `initial` what is already degraded (a session store that failed).
     pub async fn complete(
         &self,
+        owner: &str,
         request: &ChatRequest,
         session: Option<&SessionRef>,
         initial: Vec<String>,
     ) -> Result<Reply, ApiError> {
         let reply = self.complete_inner(request, &initial).await?;
+        self.usage
+            .record(usage_of(
+                &self.usage,
+                owner,
+                &reply.answer,
+                reply.meta.cached,
+            ))
+            .await;
         if let Some(session) = session {
             if initial.is_empty() {
                 self.remember(session, &reply.answer).await;
@@ -604,6 +638,7 @@ impl ChatGateway {
     /// ends the stream with an error event and no `[DONE]`, never a silent cut (C6, C7).
     pub async fn stream(
         &self,
+        owner: &str,
         request: &ChatRequest,
         session: Option<&SessionRef>,
         initial: Vec<String>,
@@ -618,6 +653,9 @@ impl ChatGateway {
                 if let Some(session) = session {
                     self.remember(session, &answer).await;
                 }
+                self.usage
+                    .record(usage_of(&self.usage, owner, &answer, true))
+                    .await;
                 return Ok(StreamReply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -633,6 +671,9 @@ impl ChatGateway {
         let Some(provider) = self.provider.clone() else {
             let answer = self
                 .without_model(request, &context, degraded, "no provider is configured")
+                .await;
+            self.usage
+                .record(usage_of(&self.usage, owner, &answer, false))
                 .await;
             return Ok(StreamReply {
                 meta: ReplyMeta {
@@ -677,6 +718,7 @@ impl ChatGateway {
                         session: session
                             .filter(|_| initial.is_empty())
                             .map(|s| (self.sessions.clone(), s.clone())),
+                        usage: (self.usage.clone(), owner.to_string()),
                     };
                     return Ok(StreamReply {
                         meta: ReplyMeta {
@@ -722,6 +764,9 @@ impl ChatGateway {
         let reason = format!("the model provider failed: {last_error}");
         let answer = self
             .without_model(request, &context, degraded, &reason)
+            .await;
+        self.usage
+            .record(usage_of(&self.usage, owner, &answer, false))
             .await;
         Ok(StreamReply {
             meta: ReplyMeta {

@@ -82,6 +82,8 @@ pub struct Relay {
     pub permit: Option<Permit>,
     /// Where to record the exchange once the stream completes.
     pub session: Option<(std::sync::Arc<dyn SessionStore>, SessionRef)>,
+    /// Where to record the answer's usage, and for which API key.
+    pub usage: (std::sync::Arc<super::usage::UsageRecorder>, String),
 }
 
 struct State {
@@ -227,5 +229,9 @@ impl State {
         if let Some((store, session)) = &self.relay.session {
             super::remember(store.as_ref(), session, &answer).await;
         }
+        let (recorder, key) = &self.relay.usage;
+        recorder
+            .record(super::usage_of(recorder, key, &answer, false))
+            .await;
     }
 }

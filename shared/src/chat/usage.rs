@@ -1,0 +1,315 @@
+//! Usage, cost and daily budgets (C10): every answer's tokens and cost per API key and
+//! model, recorded in the database without a round trip on the response path (buffered
+//! and flushed in the background in standalone mode; written before the invocation ends
+//! on Lambda), totals for `GET /v1/usage`, and a daily budget per key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::observability::metrics::names;
+use crate::store::{Database, Pool, StoreError};
+
+/// Prices per million tokens: input (prompt) and output (completion).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// `LLM_PRICES`: `model=input/output,...` in US dollars per million tokens.
+pub fn parse_prices(text: &str) -> Result<HashMap<String, Price>, String> {
+    let mut prices = HashMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (model, pair) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("`{entry}` is not model=input/output"))?;
+        let (input, output) = pair
+            .split_once('/')
+            .ok_or_else(|| format!("`{entry}` is not model=input/output"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p >= 0.0)
+                .ok_or_else(|| format!("`{v}` in `{entry}` is not a price"))
+        };
+        prices.insert(
+            model.trim().to_string(),
+            Price {
+                input: parse(input)?,
+                output: parse(output)?,
+            },
+        );
+    }
+    Ok(prices)
+}
+
+/// One answer's usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub key: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Served from the response cache: original token counts, cost 0.
+    pub cached: bool,
+    pub cost_usd: f64,
+    pub at: chrono::DateTime<Utc>,
+}
+
+/// Totals for a key over a period.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_requests: u64,
+    pub cost_usd: f64,
+}
+
+/// Records usage, enforces budgets and sums totals.
+pub struct UsageRecorder {
+    db: Database,
+    prices: HashMap<String, Price>,
+    daily_budget: Option<f64>,
+    /// Buffer and flush in the background (standalone) or write at once (Lambda).
+    buffered: bool,
+    buffer: Mutex<Vec<UsageRecord>>,
+    /// Today's spend per key as this instance knows it: (day, usd, loaded from the db).
+    spend: Mutex<HashMap<String, (NaiveDate, f64)>>,
+}
+
+impl UsageRecorder {
+    pub fn new(
+        db: Database,
+        prices: HashMap<String, Price>,
+        daily_budget: Option<f64>,
+        buffered: bool,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            prices,
+            daily_budget,
+            buffered,
+            buffer: Mutex::new(Vec::new()),
+            spend: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Flushes the buffer every `every` until the process ends (standalone mode).
+    pub fn spawn_flusher(self: &Arc<Self>, every: Duration) {
+        let recorder = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                ticker.tick().await;
+                let Some(recorder) = recorder.upgrade() else {
+                    return;
+                };
+                if let Err(err) = recorder.flush().await {
+                    tracing::warn!(error = %err, "usage not flushed; kept for the next try");
+                }
+            }
+        });
+    }
+
+    pub fn cost(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        self.prices.get(model).map_or(0.0, |p| {
+            (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6
+        })
+    }
+
+    /// Refuses a key whose daily budget is spent (429 with a clear message).
+    pub async fn check_budget(&self, key: &str) -> Result<(), ApiError> {
+        let Some(budget) = self.daily_budget else {
+            return Ok(());
+        };
+        let today = Utc::now().date_naive();
+        let known = self
+            .spend
+            .lock()
+            .expect("spend lock")
+            .get(key)
+            .filter(|(day, _)| *day == today)
+            .map(|(_, usd)| *usd);
+        let spent = match known {
+            Some(usd) => usd,
+            None => {
+                // First check of the day in this instance: start from what is stored.
+                let stored = self
+                    .totals(key, today, today)
+                    .await
+                    .map(|t| t.cost_usd)
+                    .unwrap_or(0.0);
+                let mut spend = self.spend.lock().expect("spend lock");
+                let entry = spend.entry(key.to_string()).or_insert((today, 0.0));
+                if entry.0 != today {
+                    *entry = (today, 0.0);
+                }
+                entry.1 = entry.1.max(stored);
+                entry.1
+            }
+        };
+        if spent >= budget {
+            let retry_after = (today.succ_opt().unwrap_or(today))
+                .and_hms_opt(0, 0, 0)
+                .map(|midnight| (midnight.and_utc() - Utc::now()).num_seconds().max(1) as u64)
+                .unwrap_or(3600);
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "the daily budget of ${budget:.2} for this API key is spent (${spent:.4} today); it resets at 00:00 UTC"
+                ),
+                retry_after: Some(Duration::from_secs(retry_after)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records one answer: metrics now, the row buffered or written.
+    pub async fn record(&self, record: UsageRecord) {
+        if record.cost_usd > 0.0 {
+            metrics::gauge!(names::LLM_COST_USD_TOTAL, "model" => record.model.clone())
+                .increment(record.cost_usd);
+        }
+        {
+            let day = record.at.date_naive();
+            let mut spend = self.spend.lock().expect("spend lock");
+            let entry = spend.entry(record.key.clone()).or_insert((day, 0.0));
+            if entry.0 != day {
+                *entry = (day, 0.0);
+            }
+            entry.1 += record.cost_usd;
+        }
+        self.buffer.lock().expect("usage buffer").push(record);
+        if !self.buffered {
+            if let Err(err) = self.flush().await {
+                tracing::warn!(error = %err, "usage not written; kept for the next try");
+            }
+        }
+    }
+
+    /// Writes buffered records in one transaction; on failure they stay buffered
+    /// (bounded: the oldest are dropped past 10,000).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let batch: Vec<UsageRecord> =
+            std::mem::take(&mut *self.buffer.lock().expect("usage buffer"));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.write(&batch).await;
+        if result.is_err() {
+            let mut buffer = self.buffer.lock().expect("usage buffer");
+            let mut kept = batch;
+            kept.append(&mut buffer);
+            let excess = kept.len().saturating_sub(10_000);
+            kept.drain(..excess);
+            *buffer = kept;
+        }
+        result
+    }
+
+    async fn write(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        match self.db.pool().await? {
+            Pool::Sqlite(pool) => {
+                let mut builder = sqlx::QueryBuilder::new(
+                    "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) ",
+                );
+                builder.push_values(batch, |mut row, r| {
+                    row.push_bind(&r.key)
+                        .push_bind(&r.model)
+                        .push_bind(r.prompt_tokens as i64)
+                        .push_bind(r.completion_tokens as i64)
+                        .push_bind(r.cached)
+                        .push_bind(r.cost_usd)
+                        .push_bind(r.at.date_naive().to_string())
+                        .push_bind(r.at.to_rfc3339());
+                });
+                builder.build().execute(pool).await?;
+            }
+            Pool::Postgres(pool) => {
+                let mut builder = sqlx::QueryBuilder::new(
+                    "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) ",
+                );
+                builder.push_values(batch, |mut row, r| {
+                    row.push_bind(&r.key)
+                        .push_bind(&r.model)
+                        .push_bind(r.prompt_tokens as i64)
+                        .push_bind(r.completion_tokens as i64)
+                        .push_bind(r.cached)
+                        .push_bind(r.cost_usd)
+                        .push_bind(r.at.date_naive().to_string())
+                        .push_bind(r.at);
+                });
+                builder.build().execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Totals of a key from `from` to `to` (UTC days, inclusive), after flushing.
+    pub async fn totals(
+        &self,
+        key: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<UsageTotals, StoreError> {
+        self.flush().await?;
+        let sql_sqlite = "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), \
+             COALESCE(SUM(CASE WHEN cached THEN 1 ELSE 0 END), 0), COALESCE(SUM(cost_usd), 0.0) \
+             FROM usage_records WHERE key_name = ? AND day >= ? AND day <= ?";
+        let sql_pg = "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0)::BIGINT, COALESCE(SUM(completion_tokens), 0)::BIGINT, \
+             COALESCE(SUM(CASE WHEN cached THEN 1 ELSE 0 END), 0)::BIGINT, COALESCE(SUM(cost_usd), 0.0)::FLOAT8 \
+             FROM usage_records WHERE key_name = $1 AND day >= $2 AND day <= $3";
+        let row: (i64, i64, i64, i64, f64) = match self.db.pool().await? {
+            Pool::Sqlite(pool) => {
+                sqlx::query_as(sql_sqlite)
+                    .bind(key)
+                    .bind(from.to_string())
+                    .bind(to.to_string())
+                    .fetch_one(pool)
+                    .await?
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query_as(sql_pg)
+                    .bind(key)
+                    .bind(from.to_string())
+                    .bind(to.to_string())
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(UsageTotals {
+            requests: row.0 as u64,
+            prompt_tokens: row.1 as u64,
+            completion_tokens: row.2 as u64,
+            cached_requests: row.3 as u64,
+            cost_usd: (row.4 * 1e6).round() / 1e6,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_parse_and_bad_entries_are_named() {
+        let prices = parse_prices("gpt-4o-mini=0.15/0.60, gpt-4o = 2.5/10").unwrap();
+        assert_eq!(
+            prices["gpt-4o-mini"],
+            Price {
+                input: 0.15,
+                output: 0.6
+            }
+        );
+        assert_eq!(prices["gpt-4o"].output, 10.0);
+        assert!(parse_prices("gpt=1").unwrap_err().contains("gpt=1"));
+        assert!(parse_prices("gpt=a/1").unwrap_err().contains("not a price"));
+        assert!(parse_prices("").unwrap().is_empty());
+    }
+}
