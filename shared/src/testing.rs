@@ -60,6 +60,27 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// moto's AWS emulator (S3, DynamoDB) on a free port, with the process environment
+    /// pointed at it (AWS_ENDPOINT_URL, test credentials, us-east-1): only one test per
+    /// test binary may use it, since the environment is process-wide.
+    pub async fn moto() -> (Self, String) {
+        let moto = Self::start(
+            "python3",
+            &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+            free_port(),
+            "moto's server (python3 -m pip install 'moto[server]'; .ci/run installs it)",
+        )
+        .await;
+        let endpoint = format!("http://127.0.0.1:{}", moto.port);
+        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        (moto, endpoint)
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();

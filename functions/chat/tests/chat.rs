@@ -729,18 +729,7 @@ async fn session_history_in_sqlite() {
 #[tokio::test]
 async fn sessions_and_idempotency_records_in_dynamodb_on_motos_emulator() {
     // moto's DynamoDB, started for this test and stopped when dropped.
-    let moto = shared::testing::ServerProcess::start(
-        "python3",
-        &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
-        shared::testing::free_port(),
-        "moto's server (python3 -m pip install 'moto[server]'; .ci/run installs it)",
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    std::env::set_var("AWS_REGION", "us-east-1");
+    let (moto, endpoint) = shared::testing::ServerProcess::moto().await;
     let status = std::process::Command::new("python3")
         .args([
             "-c",

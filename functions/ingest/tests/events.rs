@@ -305,20 +305,9 @@ async fn an_s3_event_ingests_the_object_from_the_local_folder() {
 
 #[tokio::test]
 async fn an_s3_event_ingests_the_object_from_s3() {
-    // moto's S3 emulator, started for this test and stopped when dropped.
-    let moto = shared::testing::ServerProcess::start(
-        "python3",
-        &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
-        shared::testing::free_port(),
-        "moto's server (python3 -m pip install 'moto[server]'; .ci/run installs it)",
-    )
-    .await;
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    // aws-config reads these; only this test in this binary talks to AWS.
-    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    std::env::set_var("AWS_REGION", "us-east-1");
+    // moto's S3 emulator, started for this test and stopped when dropped; aws-config
+    // reads the environment it sets (only this test in this binary talks to AWS).
+    let (_moto, _endpoint) = shared::testing::ServerProcess::moto().await;
     let config = aws_config::load_from_env().await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)

@@ -12,8 +12,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
 
+use crate::store::dynamo::{dynamo_error, LazyDynamo};
 use crate::store::{Database, Pool, StoreError};
 
 const IN_PROGRESS: &str = "INPROGRESS";
@@ -215,7 +215,7 @@ impl IdempotencyStore for SqlIdempotencyStore {
 /// `response` (S, JSON), `expiration` (N, epoch seconds, the table's TTL attribute) and
 /// `in_progress_expiration` (N, epoch milliseconds), as Powertools names them.
 pub struct DynamoIdempotencyStore {
-    client: OnceCell<aws_sdk_dynamodb::Client>,
+    client: LazyDynamo,
     table: String,
     ttl: Duration,
     in_progress_for: Duration,
@@ -224,24 +224,12 @@ pub struct DynamoIdempotencyStore {
 impl DynamoIdempotencyStore {
     pub fn new(table: &str, ttl: Duration, in_progress_for: Duration) -> Self {
         Self {
-            client: OnceCell::new(),
+            client: LazyDynamo::default(),
             table: table.to_string(),
             ttl,
             in_progress_for,
         }
     }
-
-    async fn client(&self) -> &aws_sdk_dynamodb::Client {
-        self.client
-            .get_or_init(|| async {
-                aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await)
-            })
-            .await
-    }
-}
-
-fn dynamo_error(err: impl std::error::Error) -> StoreError {
-    StoreError::DynamoDb(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string())
 }
 
 fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
@@ -273,6 +261,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let result = self
+            .client
             .client()
             .await
             .put_item()
@@ -302,6 +291,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
                             Some(old) => old,
                             // Emulators may not return the old item: read it.
                             None => self
+                                .client
                                 .client()
                                 .await
                                 .get_item()
@@ -329,7 +319,8 @@ impl IdempotencyStore for DynamoIdempotencyStore {
     }
 
     async fn complete(&self, key: &str, response: &StoredResponse) -> Result<(), StoreError> {
-        self.client()
+        self.client
+            .client()
             .await
             .update_item()
             .table_name(&self.table)
@@ -350,6 +341,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
         let result = self
+            .client
             .client()
             .await
             .delete_item()

@@ -209,6 +209,38 @@ async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answe
     }
 }
 
+/// A caller's error the provider reported: its status and our message.
+fn provider_refusal(e: &ProviderError) -> (u16, String) {
+    let (status, message) = match e {
+        ProviderError::Status {
+            status, message, ..
+        } => (*status, message.clone()),
+        other => (400, other.to_string()),
+    };
+    (
+        status,
+        format!("the provider refused the request: {message}"),
+    )
+}
+
+/// Counts and logs a failed model and the step to the next one; returns the error text.
+fn step_down(chain: &[String], i: usize, e: &AttemptError) -> String {
+    let model = &chain[i];
+    count_request(
+        model,
+        if matches!(e, AttemptError::Open(_)) {
+            "breaker_open"
+        } else {
+            "error"
+        },
+    );
+    tracing::warn!(model = %model, error = %e, "model failed; falling back");
+    if let Some(next) = chain.get(i + 1) {
+        count_fallback(model, next);
+    }
+    e.to_string()
+}
+
 fn record_usage_metrics(model: &str, completion: &Value) {
     for (kind, field) in [
         ("prompt", "prompt_tokens"),
@@ -511,32 +543,10 @@ impl ChatGateway {
                 }
                 Err(AttemptError::Provider(e)) if e.is_caller_error() => {
                     count_request(model, "refused");
-                    let (status, message) = match &e {
-                        ProviderError::Status {
-                            status, message, ..
-                        } => (*status, message.clone()),
-                        other => (400, other.to_string()),
-                    };
-                    return Err(Uncached::Refused {
-                        status,
-                        message: format!("the provider refused the request: {message}"),
-                    });
+                    let (status, message) = provider_refusal(&e);
+                    return Err(Uncached::Refused { status, message });
                 }
-                Err(e) => {
-                    count_request(
-                        model,
-                        if matches!(e, AttemptError::Open(_)) {
-                            "breaker_open"
-                        } else {
-                            "error"
-                        },
-                    );
-                    tracing::warn!(model = %model, error = %e, "model failed; falling back");
-                    last_error = e.to_string();
-                    if let Some(next) = chain.get(i + 1) {
-                        count_fallback(model, next);
-                    }
-                }
+                Err(e) => last_error = step_down(&chain, i, &e),
             }
         }
         let reason = format!("the model provider failed: {last_error}");
@@ -731,34 +741,10 @@ impl ChatGateway {
                 }
                 Err(AttemptError::Provider(e)) if e.is_caller_error() => {
                     count_request(model, "refused");
-                    let message = match &e {
-                        ProviderError::Status { message, .. } => message.clone(),
-                        other => other.to_string(),
-                    };
-                    let status = match &e {
-                        ProviderError::Status { status, .. } => *status,
-                        _ => 400,
-                    };
-                    return Err(refusal(
-                        status,
-                        &format!("the provider refused the request: {message}"),
-                    ));
+                    let (status, message) = provider_refusal(&e);
+                    return Err(refusal(status, &message));
                 }
-                Err(e) => {
-                    count_request(
-                        model,
-                        if matches!(e, AttemptError::Open(_)) {
-                            "breaker_open"
-                        } else {
-                            "error"
-                        },
-                    );
-                    tracing::warn!(model = %model, error = %e, "model failed before the first byte; falling back");
-                    last_error = e.to_string();
-                    if let Some(next) = chain.get(i + 1) {
-                        count_fallback(model, next);
-                    }
-                }
+                Err(e) => last_error = step_down(&chain, i, &e),
             }
         }
         let reason = format!("the model provider failed: {last_error}");

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
+use crate::store::dynamo::{dynamo_error, LazyDynamo};
 use crate::store::{Database, Pool, StoreError};
 
 /// Where session history lives.
@@ -158,7 +158,7 @@ impl SessionStore for SqlSessionStore {
 /// Sessions in a DynamoDB table: partition key `pk` (S, `owner#session`), sort key `seq`
 /// (N), `message` (S, JSON), `expires_at` (N, the table's TTL attribute).
 pub struct DynamoSessionStore {
-    client: OnceCell<aws_sdk_dynamodb::Client>,
+    client: LazyDynamo,
     table: String,
     ttl: Duration,
 }
@@ -166,24 +166,11 @@ pub struct DynamoSessionStore {
 impl DynamoSessionStore {
     pub fn new(table: &str, ttl: Duration) -> Self {
         Self {
-            client: OnceCell::new(),
+            client: LazyDynamo::default(),
             table: table.to_string(),
             ttl,
         }
     }
-
-    /// Built on first use (AWS_ENDPOINT_URL selects a local emulator), then shared.
-    async fn client(&self) -> &aws_sdk_dynamodb::Client {
-        self.client
-            .get_or_init(|| async {
-                aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await)
-            })
-            .await
-    }
-}
-
-fn dynamo_error(err: impl std::error::Error) -> StoreError {
-    StoreError::DynamoDb(aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string())
 }
 
 #[async_trait::async_trait]
@@ -196,6 +183,7 @@ impl SessionStore for DynamoSessionStore {
     ) -> Result<Vec<Value>, StoreError> {
         let now = chrono::Utc::now().timestamp();
         let output = self
+            .client
             .client()
             .await
             .query()
@@ -244,7 +232,8 @@ impl SessionStore for DynamoSessionStore {
             ]
             .into_iter()
             .collect();
-            self.client()
+            self.client
+                .client()
                 .await
                 .put_item()
                 .table_name(&self.table)
