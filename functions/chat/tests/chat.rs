@@ -58,6 +58,10 @@ fn post_with(body: Value, headers: &[(&str, &str)]) -> http::Request<Body> {
     builder.body(Body::from(body.to_string())).unwrap()
 }
 
+fn ask_model(model: &str, question: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0})
+}
+
 fn ask(question: &str) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "temperature": 0})
 }
@@ -342,6 +346,9 @@ async fn an_open_breaker_makes_no_calls_to_the_failing_model_until_it_recovers()
             ("BREAKER_FAILURE_THRESHOLD", "3"),
             ("BREAKER_OPEN_SECS", "1"),
             ("LLM_FALLBACK_MODELS", ""),
+            // A model of its own: the breaker gauge is process-wide, and other tests
+            // in this binary use gpt-4o-mini's.
+            ("LLM_MODEL", "breaker-model"),
         ],
     );
     fake.set_behaviour(Behaviour {
@@ -349,24 +356,32 @@ async fn an_open_breaker_makes_no_calls_to_the_failing_model_until_it_recovers()
         ..Behaviour::default()
     });
     for i in 0..3 {
-        let res = call(&router, post(ask(&format!("question {i}")))).await;
+        let res = call(
+            &router,
+            post(ask_model("breaker-model", &format!("question {i}"))),
+        )
+        .await;
         assert_eq!(res.status, 200);
         assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
     }
-    assert_eq!(fake.calls_for("gpt-4o-mini"), 3);
+    assert_eq!(fake.calls_for("breaker-model"), 3);
     // Open: answers keep coming (degraded), the upstream count is frozen.
     for i in 3..10 {
-        let res = call(&router, post(ask(&format!("question {i}")))).await;
+        let res = call(
+            &router,
+            post(ask_model("breaker-model", &format!("question {i}"))),
+        )
+        .await;
         assert_eq!(res.status, 200);
         assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
     }
-    assert_eq!(fake.calls_for("gpt-4o-mini"), 3);
+    assert_eq!(fake.calls_for("breaker-model"), 3);
     let metrics = shared::observability::metrics::render();
     assert!(
         metrics
             .lines()
             .any(|l| l.starts_with("circuit_breaker_state{")
-                && l.contains("llm:openai:gpt-4o-mini")
+                && l.contains("llm:openai:breaker-model")
                 && l.ends_with(" 1")),
         "{metrics}"
     );
@@ -374,10 +389,14 @@ async fn an_open_breaker_makes_no_calls_to_the_failing_model_until_it_recovers()
     // The provider recovers; after the cool-down one trial call closes the breaker.
     fake.set_behaviour(Behaviour::default());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let res = call(&router, post(ask("question after recovery"))).await;
+    let res = call(
+        &router,
+        post(ask_model("breaker-model", "question after recovery")),
+    )
+    .await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert!(header(&res, "x-degraded").is_none(), "{:?}", res.headers);
-    assert_eq!(fake.calls_for("gpt-4o-mini"), 4);
+    assert_eq!(fake.calls_for("breaker-model"), 4);
 }
 
 #[tokio::test]
