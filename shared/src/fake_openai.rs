@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::chat::request::message_text;
 use crate::kb::embed::OfflineEmbedder;
 
 /// How the fake answers. Failures and delays apply to chat completions and embeddings.
@@ -151,21 +152,9 @@ async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
     None
 }
 
-/// About four characters per token, as OpenAI's rule of thumb.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4).max(1)
-}
-
-fn message_text(message: &Value) -> String {
-    match &message["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+/// Token estimates as the gateway makes them (about four characters per token).
+fn estimate_tokens(text: &str) -> u64 {
+    crate::chat::retrieval::estimate_tokens(text) as u64
 }
 
 /// A deterministic answer that shows what the model was given.
@@ -255,7 +244,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         events.push(last);
     }
     let delay = Duration::from_millis(behaviour.chunk_delay_ms);
-    let stream = async_stream(events, cut_after, delay);
+    let stream = sse_body(events, cut_after, delay);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -265,7 +254,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
 
 /// The SSE body: one `data:` line per event and `[DONE]`, or an abrupt end after
 /// `cut_after` content chunks (the connection closes mid-body).
-fn async_stream(
+fn sse_body(
     events: Vec<Value>,
     cut_after: Option<usize>,
     delay: Duration,

@@ -128,6 +128,12 @@ async fn sample_events_get_an_openai_shaped_answer_and_the_model_list() {
     assert!(header(&res, "x-degraded").is_none());
     let overhead: f64 = header(&res, "x-overhead-ms").unwrap().parse().unwrap();
     assert!(overhead >= 0.0);
+    // The overhead histogram has sub-millisecond buckets (the gateway's own time).
+    let metrics = shared::observability::metrics::render();
+    assert!(
+        metrics.contains("gateway_overhead_seconds_bucket{le=\"0.00005\"}"),
+        "{metrics}"
+    );
     assert_eq!(fake.chat_completions(), 1);
 
     let res = call(&router, load_event("chat-models.json")).await;

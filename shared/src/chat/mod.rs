@@ -209,6 +209,15 @@ async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answe
     }
 }
 
+/// The request as the provider gets it: the caller's body with the passages added.
+fn upstream_body(request: &ChatRequest, context: &Context) -> Value {
+    let mut body = Value::Object(request.body.clone());
+    if !context.is_empty() {
+        body["messages"] = Value::Array(context.augment(request.messages()));
+    }
+    body
+}
+
 /// A caller's error the provider reported: its status and our message.
 fn provider_refusal(e: &ProviderError) -> (u16, String) {
     let (status, message) = match e {
@@ -511,10 +520,7 @@ impl ChatGateway {
                 .await;
             return Err(Uncached::Degraded(answer, Duration::ZERO));
         };
-        let mut body = Value::Object(request.body.clone());
-        if !context.is_empty() {
-            body["messages"] = Value::Array(context.augment(request.messages()));
-        }
+        let mut body = upstream_body(request, &context);
         let mut waited = Duration::ZERO;
         let chain = self.chain(&request.model);
         let mut last_error = String::new();
@@ -693,10 +699,7 @@ impl ChatGateway {
                 body: sse::replay(answer.completion, include_usage),
             });
         };
-        let mut body = Value::Object(request.body.clone());
-        if !context.is_empty() {
-            body["messages"] = Value::Array(context.augment(request.messages()));
-        }
+        let mut body = upstream_body(request, &context);
         // Usage is always asked for upstream (it is recorded and cached); the caller
         // sees it only when it asked.
         body["stream_options"] = json!({"include_usage": true});
