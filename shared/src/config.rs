@@ -187,6 +187,8 @@ pub struct Settings {
     pub documents_dir: Option<std::path::PathBuf>,
     pub max_document_bytes: usize,
     pub max_batch_documents: usize,
+    /// When bulk writes skip the PostgreSQL HNSW index and when it catches up (`VECTOR_INDEX_*`).
+    pub vector_index: crate::kb::vector_index::VectorIndexConfig,
     pub chat: ChatSettings,
 }
 
@@ -545,6 +547,13 @@ impl Settings {
         let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
         let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
         let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
+        let vector_index = crate::kb::vector_index::VectorIndexConfig {
+            bulk_chunks: r.int("VECTOR_INDEX_BULK_CHUNKS", 100usize, 1, 1_000_000),
+            quiet: r.millis("VECTOR_INDEX_QUIET_MS", 2_000, 0, 3_600_000),
+            delta_rows: r.int("VECTOR_INDEX_DELTA_ROWS", 50_000i64, 1, 100_000_000),
+            build_memory_mb: r.int("VECTOR_INDEX_BUILD_MEMORY_MB", 512u32, 16, 1_048_576),
+            background: !crate::runtime::in_lambda(),
+        };
 
         let llm_base_url = r.get("LLM_BASE_URL").map(str::to_string);
         if let Some(url) = &llm_base_url {
@@ -641,6 +650,7 @@ impl Settings {
                 documents_dir,
                 max_document_bytes,
                 max_batch_documents,
+                vector_index,
                 chat,
             }),
             _ => Err(ConfigError {

@@ -462,3 +462,183 @@ async fn hybrid_search_finds_the_right_document_on_the_fixture_corpus_on_both_ba
         );
     }
 }
+
+/// Bulk writes skip the PostgreSQL HNSW index and are searched exactly until the
+/// maintainer folds them in (small delta) or builds a new index (large delta); small
+/// writes go straight into the live index. Searches see every chunk throughout.
+#[tokio::test]
+async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
+    use shared::kb::store::knowledge_store_with;
+    use shared::kb::vector_index::{Maintenance, VectorIndexConfig};
+
+    let db = TestDatabase::postgres().await;
+    let shared::store::Pool::Postgres(pool) = db.database().pool().await.unwrap().clone() else {
+        unreachable!()
+    };
+    let store = knowledge_store_with(
+        &db.database(),
+        VectorIndexConfig {
+            bulk_chunks: 4,
+            ..VectorIndexConfig::default()
+        },
+    );
+    let kb = KnowledgeBase::new(
+        store.clone(),
+        Arc::new(OfflineEmbedder::new(256)),
+        TieredCache::new(CacheConfig::default(), None),
+        ChunkConfig {
+            size: 400,
+            overlap: 60,
+        },
+    );
+    let segments = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT DISTINCT segment FROM chunks WHERE document_id = $1",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let top = |query: &'static str| {
+        let kb = &kb;
+        async move {
+            kb.search(query, 3, None).await.unwrap().results[0]
+                .document_id
+                .clone()
+        }
+    };
+
+    // No index yet: everything is delta, searched exactly.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kb_corpus.json");
+    let corpus: Corpus = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for d in &corpus.documents {
+        let (id, title, text) = (
+            d["id"].as_str().unwrap(),
+            d["title"].as_str().unwrap(),
+            d["text"].as_str().unwrap(),
+        );
+        kb.ingest(doc(id, title, text), "load").await.unwrap();
+    }
+    let state = store.vector_index_state(256).await.unwrap().unwrap();
+    assert!(!state.indexed, "{state:?}");
+    let expected = corpus.queries[0]["expected"].as_str().unwrap().to_string();
+    let first_query = corpus.queries[0]["query"].as_str().unwrap().to_string();
+    assert_eq!(
+        kb.search(&first_query, 3, None).await.unwrap().results[0].document_id,
+        expected
+    );
+
+    // Below the thresholds a pass waits; a due pass builds the first index.
+    let waiting = store.maintain_vector_index(false).await.unwrap();
+    assert!(
+        matches!(waiting[..], [(256, Maintenance::Waiting { delta })] if delta > 0),
+        "{waiting:?}"
+    );
+    let built = store.maintain_vector_index(true).await.unwrap();
+    let [(256, Maintenance::Built { generation: 1, ref index, rows, .. })] = built[..] else {
+        panic!("{built:?}")
+    };
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, total);
+    let valid: bool = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1",
+    )
+    .bind(index)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(valid);
+    let state = store.vector_index_state(256).await.unwrap().unwrap();
+    assert_eq!((state.generation, state.indexed, state.indexed_rows), (1, true, total));
+    assert!(store.maintain_vector_index(true).await.unwrap().is_empty());
+
+    // The planner uses the partial index for the indexed branch of a search.
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM chunks WHERE dims = 256 AND segment <= 1 \
+         ORDER BY (embedding::vector(256)) <=> (SELECT embedding::vector(256) FROM chunks LIMIT 1) LIMIT 5",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|l| l.contains(index.as_str())), "{plan:#?}");
+
+    // A small write joins the live index at once.
+    kb.ingest(
+        doc("small", "Parrot care", "Parrots need a varied diet of seeds and fresh fruit."),
+        "small",
+    )
+    .await
+    .unwrap();
+    assert_eq!(segments("small").await, vec![1]);
+    assert_eq!(top("parrot diet seeds").await, "small");
+
+    // A bulk write (>= 4 chunks) waits outside it but is found at once...
+    let long = (0..25)
+        .map(|i| format!("Chapter {i} of the lighthouse keeper's logbook records the fog horn schedule."))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    kb.ingest(doc("bulk", "Lighthouse logbook", &long), "bulk")
+        .await
+        .unwrap();
+    assert_eq!(segments("bulk").await, vec![2]);
+    assert_eq!(top("lighthouse keeper fog horn").await, "bulk");
+    // ...and, being small next to the index, is folded into it row by row.
+    let folded = store.maintain_vector_index(true).await.unwrap();
+    assert!(
+        matches!(folded[..], [(256, Maintenance::Folded { rows })] if rows > 0),
+        "{folded:?}"
+    );
+    assert_eq!(segments("bulk").await, vec![1]);
+    assert_eq!(top("lighthouse keeper fog horn").await, "bulk");
+
+    // A builder that died mid-build is cleaned up by the next pass, and a delta as large
+    // as the index gets a new index, swapped in for the old one.
+    sqlx::query("UPDATE vector_indexes SET building = true")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let big: Vec<IngestRequest> = (0..total)
+        .map(|i| doc(&format!("extra-{i}"), "Extra", &format!("Filler note number {i} about gardening tools.")))
+        .collect();
+    kb.ingest_batch(big, "big").await.unwrap();
+    assert_eq!(segments("extra-0").await, vec![3], "building: generation + 2");
+    let rebuilt = store.maintain_vector_index(true).await.unwrap();
+    let [(256, Maintenance::Built { generation: 2, .. })] = rebuilt[..] else {
+        panic!("{rebuilt:?}")
+    };
+    // Written while a build was believed to run, the batch is still delta for generation 2.
+    assert_eq!(top("lighthouse keeper fog horn").await, "bulk");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'chunks' AND indexname LIKE 'chunks_hnsw_%' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, vec!["chunks_hnsw_256_g2".to_string()]);
+    let last = store.maintain_vector_index(true).await.unwrap();
+    assert!(
+        matches!(last[..], [(256, Maintenance::Built { generation: 3, .. })]),
+        "{last:?}"
+    );
+    assert_eq!(segments("extra-0").await, vec![3]);
+    assert!(store.maintain_vector_index(true).await.unwrap().is_empty());
+    assert_eq!(top("parrot diet seeds").await, "small");
+}
+
+#[tokio::test]
+async fn sqlite_has_no_vector_index_to_maintain() {
+    let db = TestDatabase::sqlite();
+    let kb = kb(&db);
+    kb.ingest(doc("a", "A", "Some text about apples."), "t")
+        .await
+        .unwrap();
+    assert!(kb.store().maintain_vector_index(true).await.unwrap().is_empty());
+    assert_eq!(kb.store().vector_index_state(256).await.unwrap(), None);
+}

@@ -9,7 +9,7 @@ use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
 /// Every table the migrations create, the same on both backends.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "chat_messages",
     "chunks",
     "documents",
@@ -17,6 +17,7 @@ const TABLES: [&str; 7] = [
     "health_checks",
     "idempotency_records",
     "usage_records",
+    "vector_indexes",
 ];
 
 fn redis_url() -> String {

@@ -161,7 +161,8 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
             "events",
             "health_checks",
             "idempotency_records",
-            "usage_records"
+            "usage_records",
+            "vector_indexes"
         ])
     );
     assert_eq!(

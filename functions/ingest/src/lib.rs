@@ -46,10 +46,26 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
     shared::http::app(routes, &ctx.settings)
 }
 
-/// The handler for S3 object-created events (and nothing else) under Lambda.
+/// The handler for non-HTTP events under Lambda: the schedule (vector index
+/// maintenance: bulk imports leave chunks outside the HNSW index until it runs) and S3
+/// object-created events.
 pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
     let kb = ctx.knowledge_base();
-    s3::handler(ctx, kb)
+    let s3 = s3::handler(ctx, kb.clone());
+    Arc::new(move |event| {
+        if !shared::runtime::is_scheduled_event(&event) {
+            return s3(event);
+        }
+        let kb = kb.clone();
+        Box::pin(async move {
+            let done = kb.store().maintain_vector_index(true).await?;
+            let dimensions: Vec<Value> = done
+                .into_iter()
+                .map(|(dims, outcome)| json!({"dims": dims, "maintenance": outcome}))
+                .collect();
+            Ok(json!({"vector_index": dimensions}))
+        })
+    })
 }
 
 /// One document of a JSON body.

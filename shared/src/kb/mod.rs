@@ -6,6 +6,7 @@ pub mod openai;
 pub mod rank;
 pub mod store;
 pub mod text;
+pub mod vector_index;
 
 use std::sync::Arc;
 
@@ -204,7 +205,7 @@ impl KnowledgeBase {
     /// The knowledge base of a function instance: its database, configured embedder and cache.
     pub fn from_context(ctx: &crate::AppContext) -> Self {
         Self::new(
-            store::knowledge_store(&ctx.database),
+            store::knowledge_store_with(&ctx.database, ctx.settings.vector_index.clone()),
             embedder_from_settings(&ctx.settings),
             ctx.cache.clone(),
             ChunkConfig {

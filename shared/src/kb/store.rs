@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::text::Chunk;
+use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
 use crate::store::{Database, Pool, StoreError};
 
 /// A stored document (without its text; chunks hold the text).
@@ -162,16 +163,39 @@ pub trait KnowledgeStore: Send + Sync {
         filter: Option<&SearchFilter>,
     ) -> Result<Vec<ChunkHit>, StoreError>;
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
+    /// Indexes chunks that bulk writes left outside the vector index, for every dimension
+    /// (PostgreSQL; SQLite searches exactly and has nothing to do). `due` indexes any
+    /// such chunks; otherwise only as many as the thresholds allow to wait.
+    async fn maintain_vector_index(
+        &self,
+        _due: bool,
+    ) -> Result<Vec<(usize, Maintenance)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The vector index of one dimension (PostgreSQL), `None` where there is none to keep.
+    async fn vector_index_state(&self, _dims: usize) -> Result<Option<IndexState>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The adapter for the configured database, with the default vector index settings and
+/// no background maintenance (tests and tools call `maintain_vector_index`).
+pub fn knowledge_store(database: &Database) -> Arc<dyn KnowledgeStore> {
+    knowledge_store_with(database, VectorIndexConfig::default())
 }
 
 /// The adapter for the configured database.
-pub fn knowledge_store(database: &Database) -> Arc<dyn KnowledgeStore> {
+pub fn knowledge_store_with(
+    database: &Database,
+    vector_index: VectorIndexConfig,
+) -> Arc<dyn KnowledgeStore> {
     match database.kind() {
         crate::config::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
             db: database.clone(),
         }),
         crate::config::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
             db: database.clone(),
+            indexer: Arc::new(VectorIndexer::new(vector_index)),
         }),
     }
 }
@@ -601,6 +625,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
 
 pub struct PgKnowledgeStore {
     db: Database,
+    indexer: Arc<VectorIndexer>,
 }
 
 /// pgvector's text form: `[0.1,0.2,...]`.
@@ -656,14 +681,8 @@ impl PgKnowledgeStore {
 
 #[async_trait::async_trait]
 impl KnowledgeStore for PgKnowledgeStore {
-    async fn prepare(&self, dims: usize) -> Result<(), StoreError> {
-        // HNSW (pgvector >= 0.5) over the chunks of this dimension; cosine distance.
-        let sql = format!(
-            "CREATE INDEX IF NOT EXISTS chunks_embedding_hnsw_{dims} ON chunks \
-             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WITH (m = 16, ef_construction = 48) \
-             WHERE dims = {dims}"
-        );
-        sqlx::query(&sql).execute(self.pool().await?).await?;
+    async fn prepare(&self, _dims: usize) -> Result<(), StoreError> {
+        // The HNSW index is built by the maintainer once there are chunks (vector_index).
         Ok(())
     }
 
@@ -706,6 +725,22 @@ impl KnowledgeStore for PgKnowledgeStore {
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
+        // Which vector index generation the chunks join: the live index, or (bulk) the
+        // delta the maintainer indexes later.
+        let dims = documents
+            .iter()
+            .flat_map(|d| d.chunks.first())
+            .map(|c| c.embedding.len())
+            .next();
+        let (segment, bulk) = match dims {
+            Some(dims) => {
+                let count = documents.iter().map(|d| d.chunks.len()).sum();
+                self.indexer
+                    .segment_for_write(&mut tx, dims, count)
+                    .await?
+            }
+            None => (0, false),
+        };
         let mut outcomes = Vec::with_capacity(documents.len());
         for DocumentWrite {
             document: doc,
@@ -750,7 +785,7 @@ impl KnowledgeStore for PgKnowledgeStore {
             if !chunks.is_empty() {
                 // One multi-row insert per document: far fewer round trips than a row at a time.
                 let mut builder = sqlx::QueryBuilder::new(
-                    "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, embedding) ",
+                    "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
                 );
                 builder.push_values(chunks, |mut row, c| {
                     row.push_bind(&c.chunk.id)
@@ -760,6 +795,7 @@ impl KnowledgeStore for PgKnowledgeStore {
                         .push_bind(&c.chunk.text)
                         .push_bind(model)
                         .push_bind(c.embedding.len() as i32)
+                        .push_bind(segment)
                         .push_bind(vector_literal(&c.embedding))
                         .push_unseparated("::vector");
                 });
@@ -786,6 +822,9 @@ impl KnowledgeStore for PgKnowledgeStore {
             });
         }
         tx.commit().await?;
+        if let (true, Some(dims)) = (bulk, dims) {
+            self.indexer.bulk_written(self.pool().await?, dims);
+        }
         Ok(outcomes)
     }
 
@@ -833,13 +872,31 @@ impl KnowledgeStore for PgKnowledgeStore {
         let (key, value) = filter.map_or((String::new(), String::new()), |f| {
             (f.key.clone(), f.value.clone())
         });
-        // The cast and the `dims` predicate match the HNSW expression index of `prepare`.
-        let sql = format!(
-            "SELECT c.id, c.document_id, d.title, c.text, 1 - ((c.embedding::vector({dims})) <=> $1::vector({dims})) AS score \
-             FROM chunks c JOIN documents d ON d.id = c.document_id \
-             WHERE c.dims = {dims} AND c.model = $2 AND ($3 = '' OR d.metadata ->> $3 = $4) \
-             ORDER BY (c.embedding::vector({dims})) <=> $1::vector({dims}) LIMIT $5"
-        );
+        let pool = self.pool().await?;
+        let state = self.indexer.state(pool, dims).await?;
+        let nearest = |segments: &str| {
+            format!(
+                "SELECT c.id, c.document_id, d.title, c.text, (c.embedding::vector({dims})) <=> $1::vector({dims}) AS distance \
+                 FROM chunks c JOIN documents d ON d.id = c.document_id \
+                 WHERE c.dims = {dims} AND {segments} AND c.model = $2 AND ($3 = '' OR d.metadata ->> $3 = $4) \
+                 ORDER BY (c.embedding::vector({dims})) <=> $1::vector({dims}) LIMIT $5"
+            )
+        };
+        // The live index (its partial predicate repeated, so the planner can use it) plus
+        // an exact scan of the delta that bulk writes left outside it (see vector_index).
+        let sql = if state.indexed {
+            let generation = state.generation;
+            format!(
+                "SELECT id, document_id, title, text, 1 - distance FROM (({}) UNION ALL ({})) hits ORDER BY distance LIMIT $5",
+                nearest(&format!("c.segment <= {generation}")),
+                nearest(&format!("c.segment > {generation}"))
+            )
+        } else {
+            format!(
+                "SELECT id, document_id, title, text, 1 - distance FROM ({}) hits",
+                nearest("true")
+            )
+        };
         // An unnamed statement: planned with the actual values, so the partial HNSW index
         // is chosen (a cached generic plan may scan and sort every chunk instead).
         let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(&sql)
@@ -849,7 +906,7 @@ impl KnowledgeStore for PgKnowledgeStore {
             .bind(&key)
             .bind(&value)
             .bind(k)
-            .fetch_all(self.pool().await?)
+            .fetch_all(pool)
             .await?;
         Ok(rows
             .into_iter()
@@ -927,6 +984,23 @@ impl KnowledgeStore for PgKnowledgeStore {
                 score: score as f64,
             })
             .collect())
+    }
+
+    async fn maintain_vector_index(
+        &self,
+        due: bool,
+    ) -> Result<Vec<(usize, Maintenance)>, StoreError> {
+        let pool = self.pool().await?;
+        let mut done = Vec::new();
+        for dims in self.indexer.dimensions_with_delta(pool).await? {
+            done.push((dims, self.indexer.maintain(pool, dims, due).await?));
+        }
+        Ok(done)
+    }
+
+    async fn vector_index_state(&self, dims: usize) -> Result<Option<IndexState>, StoreError> {
+        let pool = self.pool().await?;
+        Ok(Some(self.indexer.fresh_state(pool, dims).await?))
     }
 
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
