@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::OfflineEmbedder;
 use shared::kb::store::knowledge_store_with;
-use shared::kb::vector_index::{Maintenance, VectorIndexConfig};
 use shared::kb::text::ChunkConfig;
+use shared::kb::vector_index::{Maintenance, VectorIndexConfig};
 use shared::kb::{IngestRequest, KnowledgeBase};
 use shared::testing::TestDatabase;
 

@@ -552,7 +552,8 @@ impl Settings {
             quiet: r.millis("VECTOR_INDEX_QUIET_MS", 2_000, 0, 3_600_000),
             delta_rows: r.int("VECTOR_INDEX_DELTA_ROWS", 50_000i64, 1, 100_000_000),
             build_memory_mb: r.int("VECTOR_INDEX_BUILD_MEMORY_MB", 512u32, 16, 1_048_576),
-            background: !crate::runtime::in_lambda(),
+            // Under Lambda the instance is frozen between requests: the schedule maintains.
+            background: r.flag("VECTOR_INDEX_BACKGROUND", true) && !crate::runtime::in_lambda(),
         };
 
         let llm_base_url = r.get("LLM_BASE_URL").map(str::to_string);

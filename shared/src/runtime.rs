@@ -25,6 +25,20 @@ pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
+/// True when responses should be streamed under Lambda (`LAMBDA_RESPONSE_STREAMING`): the
+/// function sits behind a function URL with `InvokeMode: RESPONSE_STREAM`, so a chat
+/// answer reaches the caller token by token. API Gateway HTTP APIs buffer whole
+/// responses and need the default (buffered) mode.
+pub fn lambda_response_streaming() -> bool {
+    matches!(
+        std::env::var("LAMBDA_RESPONSE_STREAMING")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
 /// An HTTP event from API Gateway (v1 or v2), a function URL or an ALB.
 pub fn is_http_event(event: &Value) -> bool {
     ["requestContext", "httpMethod", "rawPath", "routeKey"]
@@ -44,7 +58,12 @@ pub async fn serve(
     port: u16,
     on_schedule: Option<EventHandler>,
 ) -> Result<(), BoxError> {
-    if in_lambda() {
+    if in_lambda() && lambda_response_streaming() {
+        if on_schedule.is_some() {
+            tracing::warn!("streaming responses: only HTTP events (function URL) are handled");
+        }
+        lambda_http::run_with_streaming_response(router).await
+    } else if in_lambda() {
         serve_lambda(router, on_schedule).await
     } else {
         serve_http(router, port).await

@@ -539,7 +539,16 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
         "{waiting:?}"
     );
     let built = store.maintain_vector_index(true).await.unwrap();
-    let [(256, Maintenance::Built { generation: 1, ref index, rows, .. })] = built[..] else {
+    let [(
+        256,
+        Maintenance::Built {
+            generation: 1,
+            ref index,
+            rows,
+            ..
+        },
+    )] = built[..]
+    else {
         panic!("{built:?}")
     };
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
@@ -556,7 +565,10 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
     .unwrap();
     assert!(valid);
     let state = store.vector_index_state(256).await.unwrap().unwrap();
-    assert_eq!((state.generation, state.indexed, state.indexed_rows), (1, true, total));
+    assert_eq!(
+        (state.generation, state.indexed, state.indexed_rows),
+        (1, true, total)
+    );
     assert!(store.maintain_vector_index(true).await.unwrap().is_empty());
 
     // The planner uses the partial index for the indexed branch of a search.
@@ -571,7 +583,11 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
 
     // A small write joins the live index at once.
     kb.ingest(
-        doc("small", "Parrot care", "Parrots need a varied diet of seeds and fresh fruit."),
+        doc(
+            "small",
+            "Parrot care",
+            "Parrots need a varied diet of seeds and fresh fruit.",
+        ),
         "small",
     )
     .await
@@ -581,7 +597,9 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
 
     // A bulk write (>= 4 chunks) waits outside it but is found at once...
     let long = (0..25)
-        .map(|i| format!("Chapter {i} of the lighthouse keeper's logbook records the fog horn schedule."))
+        .map(|i| {
+            format!("Chapter {i} of the lighthouse keeper's logbook records the fog horn schedule.")
+        })
         .collect::<Vec<_>>()
         .join("\n\n");
     kb.ingest(doc("bulk", "Lighthouse logbook", &long), "bulk")
@@ -605,10 +623,20 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
         .await
         .unwrap();
     let big: Vec<IngestRequest> = (0..total)
-        .map(|i| doc(&format!("extra-{i}"), "Extra", &format!("Filler note number {i} about gardening tools.")))
+        .map(|i| {
+            doc(
+                &format!("extra-{i}"),
+                "Extra",
+                &format!("Filler note number {i} about gardening tools."),
+            )
+        })
         .collect();
     kb.ingest_batch(big, "big").await.unwrap();
-    assert_eq!(segments("extra-0").await, vec![3], "building: generation + 2");
+    assert_eq!(
+        segments("extra-0").await,
+        vec![3],
+        "building: generation + 2"
+    );
     let rebuilt = store.maintain_vector_index(true).await.unwrap();
     let [(256, Maintenance::Built { generation: 2, .. })] = rebuilt[..] else {
         panic!("{rebuilt:?}")
@@ -639,6 +667,65 @@ async fn sqlite_has_no_vector_index_to_maintain() {
     kb.ingest(doc("a", "A", "Some text about apples."), "t")
         .await
         .unwrap();
-    assert!(kb.store().maintain_vector_index(true).await.unwrap().is_empty());
+    assert!(kb
+        .store()
+        .maintain_vector_index(true)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(kb.store().vector_index_state(256).await.unwrap(), None);
+}
+
+/// One batch naming an id twice behaves as two writes in order: the second replaces the
+/// first, both leave their events, and identical copies are unchanged.
+#[tokio::test]
+async fn a_batch_naming_an_id_twice_applies_the_copies_in_order_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        let results = kb
+            .ingest_batch(
+                vec![
+                    doc("dup", "Dup", "The first wording mentions zeppelins."),
+                    doc("dup", "Dup", "The second wording mentions submarines."),
+                    doc("dup", "Dup", "The second wording mentions submarines."),
+                    doc("other", "Other", "Unrelated text about teapots."),
+                ],
+                "batch",
+            )
+            .await
+            .unwrap();
+        let statuses: Vec<_> = results.iter().map(|r| (r.status, r.version)).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("created", 1),
+                ("updated", 2),
+                ("unchanged", 2),
+                ("created", 1)
+            ],
+            "{:?}",
+            db.kind
+        );
+        let stored = kb.document("dup").await.unwrap();
+        assert_eq!(stored.version, 2);
+        let found = kb.search("submarines", 3, None).await.unwrap();
+        assert_eq!(found.results[0].document_id, "dup");
+        let zeppelins = kb.search("zeppelins", 3, None).await.unwrap();
+        assert!(
+            zeppelins
+                .results
+                .iter()
+                .all(|r| !r.snippet.contains("zeppelins")),
+            "{:?}: the first copy's chunks are gone",
+            db.kind
+        );
+        let events = kb.store().events_after(0, 100).await.unwrap();
+        let dup_events: Vec<_> = events
+            .iter()
+            .filter(|e| e.aggregate_id == "dup")
+            .map(|e| (e.kind.as_str(), e.aggregate_version))
+            .collect();
+        assert_eq!(dup_events.len(), 6, "{:?}: {dup_events:?}", db.kind);
+        assert_eq!(dup_events.last().unwrap().1, 2);
+    }
 }

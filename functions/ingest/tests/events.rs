@@ -353,3 +353,39 @@ async fn an_s3_event_ingests_the_object_from_s3() {
     let result = handler(missing).await.unwrap();
     assert_eq!(result["records"][0]["status"], "failed");
 }
+
+/// The scheduled event indexes what bulk writes left outside the HNSW index (PostgreSQL)
+/// and finds nothing to do on SQLite.
+#[tokio::test]
+async fn the_scheduled_event_maintains_the_vector_index() {
+    for db in TestDatabase::both().await {
+        let (router, ctx) = router_for(&db, &[("VECTOR_INDEX_BACKGROUND", "false")]);
+        let res = call(&router, load_event("ingest-documents-batch.json")).await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        let handler = ingest::on_event(ctx.clone());
+        let scheduled =
+            || LambdaEvent::new(load_event_json("ingest-scheduled.json"), Context::default());
+        let result = shared::runtime::dispatch(router.clone(), Some(handler.clone()), scheduled())
+            .await
+            .unwrap();
+        match db.kind {
+            shared::config::DatabaseKind::Postgres => {
+                let pass = &result["vector_index"][0];
+                assert_eq!(pass["dims"], 384, "{result}");
+                assert_eq!(pass["maintenance"]["outcome"], "built", "{result}");
+                assert_eq!(pass["maintenance"]["generation"], 1, "{result}");
+            }
+            shared::config::DatabaseKind::Sqlite => {
+                assert_eq!(result, json!({"vector_index": []}))
+            }
+        }
+        // Nothing left to do the next time; search still answers from the index.
+        let again = shared::runtime::dispatch(router.clone(), Some(handler), scheduled())
+            .await
+            .unwrap();
+        assert_eq!(again, json!({"vector_index": []}));
+        let found = call(&router, load_event("ingest-search.json")).await;
+        assert_eq!(found.status, 200);
+        assert!(!found.json["results"].as_array().unwrap().is_empty());
+    }
+}

@@ -196,9 +196,13 @@ pub fn knowledge_store_with(
         crate::config::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
             db: database.clone(),
             indexer: Arc::new(VectorIndexer::new(vector_index)),
+            common_lexemes: CommonLexemes::default(),
         }),
     }
 }
+
+/// Bind parameters per multi-row statement, well under PostgreSQL's limit of 65,535.
+const PG_ROWS_PER_STATEMENT: usize = 30_000;
 
 /// Most keyword matches ranked per search (PostgreSQL); see `keyword_search`.
 const KEYWORD_CANDIDATES: usize = 500;
@@ -626,6 +630,41 @@ impl KnowledgeStore for SqliteKnowledgeStore {
 pub struct PgKnowledgeStore {
     db: Database,
     indexer: Arc<VectorIndexer>,
+    common_lexemes: CommonLexemes,
+}
+
+/// Lexemes in more than this share of chunks are left out of keyword queries.
+const COMMON_LEXEME_SHARE: f32 = 0.1;
+/// How long a read of the column statistics is reused (ANALYZE refreshes them rarely).
+const COMMON_LEXEMES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The corpus' most common lexemes, from PostgreSQL's statistics of `chunks.tsv`
+/// (gathered by ANALYZE and autovacuum), cached.
+#[derive(Default)]
+struct CommonLexemes(std::sync::Mutex<Option<(Arc<Vec<String>>, std::time::Instant)>>);
+
+impl CommonLexemes {
+    async fn get(&self, pool: &sqlx::PgPool) -> Arc<Vec<String>> {
+        if let Some((lexemes, at)) = &*self.0.lock().unwrap() {
+            if at.elapsed() < COMMON_LEXEMES_TTL {
+                return lexemes.clone();
+            }
+        }
+        // No statistics yet, or no permission to read them: nothing is left out.
+        let lexemes: Vec<String> = sqlx::query_scalar(
+            "SELECT e.lexeme FROM pg_stats s, \
+             unnest(s.most_common_elems::text::text[]) WITH ORDINALITY AS e(lexeme, n) \
+             WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv' \
+             AND s.most_common_elem_freqs[e.n] > $1",
+        )
+        .bind(COMMON_LEXEME_SHARE)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let lexemes = Arc::new(lexemes);
+        *self.0.lock().unwrap() = Some((lexemes.clone(), std::time::Instant::now()));
+        lexemes
+    }
 }
 
 /// pgvector's text form: `[0.1,0.2,...]`.
@@ -735,91 +774,131 @@ impl KnowledgeStore for PgKnowledgeStore {
         let (segment, bulk) = match dims {
             Some(dims) => {
                 let count = documents.iter().map(|d| d.chunks.len()).sum();
-                self.indexer
-                    .segment_for_write(&mut tx, dims, count)
-                    .await?
+                self.indexer.segment_for_write(&mut tx, dims, count).await?
             }
             None => (0, false),
         };
+        // Set-based: a handful of statements per batch, not per document (round trips
+        // were a large share of ingest time). Later copies of an id in one batch see
+        // the earlier ones, as if written one after the other.
+        let current: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, content_hash, version FROM documents WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut stored: std::collections::HashMap<&str, (&str, i64)> = current
+            .iter()
+            .map(|(id, hash, version)| (id.as_str(), (hash.as_str(), *version)))
+            .collect();
+        let now = Utc::now();
         let mut outcomes = Vec::with_capacity(documents.len());
-        for DocumentWrite {
-            document: doc,
-            chunks,
-        } in documents
+        // The last write of each id (with its version) is what gets stored.
+        let mut last: std::collections::HashMap<&str, (usize, i64)> = Default::default();
+        let mut replaced: Vec<&str> = Vec::new();
+        let mut events = Vec::new();
+        for (
+            i,
+            DocumentWrite {
+                document: doc,
+                chunks,
+            },
+        ) in documents.iter().enumerate()
         {
-            let current: Option<(String, i64)> =
-                sqlx::query_as("SELECT content_hash, version FROM documents WHERE id = $1")
-                    .bind(&doc.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((hash, version)) = &current {
-                if *hash == doc.content_hash {
-                    outcomes.push(WriteOutcome::Unchanged { version: *version });
+            let previous = stored.get(doc.id.as_str()).copied();
+            if let Some((hash, version)) = previous {
+                if hash == doc.content_hash {
+                    outcomes.push(WriteOutcome::Unchanged { version });
                     continue;
                 }
+                replaced.push(doc.id.as_str());
             }
-            let version = current.as_ref().map_or(1, |c| c.1 + 1);
-            let now = Utc::now();
-            sqlx::query("DELETE FROM chunks WHERE document_id = $1")
-                .bind(&doc.id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
-                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
-                 metadata = excluded.metadata, updated_at = excluded.updated_at",
-            )
-            .bind(&doc.id)
-            .bind(&doc.title)
-            .bind(&doc.content_hash)
-            .bind(version)
-            .bind(chunks.len() as i32)
-            .bind(&doc.content_type)
-            .bind(&doc.source)
-            .bind(&doc.metadata)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if !chunks.is_empty() {
-                // One multi-row insert per document: far fewer round trips than a row at a time.
-                let mut builder = sqlx::QueryBuilder::new(
-                    "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
-                );
-                builder.push_values(chunks, |mut row, c| {
-                    row.push_bind(&c.chunk.id)
-                        .push_bind(&doc.id)
-                        .push_bind(c.chunk.index as i32)
-                        .push_bind(&doc.title)
-                        .push_bind(&c.chunk.text)
-                        .push_bind(model)
-                        .push_bind(c.embedding.len() as i32)
-                        .push_bind(segment)
-                        .push_bind(vector_literal(&c.embedding))
-                        .push_unseparated("::vector");
-                });
-                builder.build().execute(&mut *tx).await?;
+            let version = previous.map_or(1, |p| p.1 + 1);
+            stored.insert(doc.id.as_str(), (doc.content_hash.as_str(), version));
+            last.insert(doc.id.as_str(), (i, version));
+            for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
+                events.push((id, kind, causation, payload, doc.id.as_str(), version));
             }
-            let events = write_events(doc, version, chunks.len(), model);
-            let mut builder =
-                sqlx::QueryBuilder::new("INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ");
-            builder.push_values(events, |mut row, (id, kind, causation, payload)| {
-                row.push_bind(id)
-                    .push_bind(kind)
-                    .push_bind(&doc.id)
-                    .push_bind(version)
-                    .push_bind(correlation_id)
-                    .push_bind(causation)
-                    .push_bind(payload)
-                    .push_bind(now);
-            });
-            builder.build().execute(&mut *tx).await?;
-            outcomes.push(if current.is_some() {
+            outcomes.push(if previous.is_some() {
                 WriteOutcome::Updated { version }
             } else {
                 WriteOutcome::Created { version }
             });
+        }
+        if !replaced.is_empty() {
+            sqlx::query("DELETE FROM chunks WHERE document_id = ANY($1)")
+                .bind(&replaced)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut written: Vec<(usize, i64)> = last.into_values().collect();
+        written.sort_unstable();
+        for group in written.chunks(PG_ROWS_PER_STATEMENT / 10) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) ",
+            );
+            builder.push_values(group, |mut row, &(i, version)| {
+                let (doc, chunks) = (&documents[i].document, &documents[i].chunks);
+                row.push_bind(&doc.id)
+                    .push_bind(&doc.title)
+                    .push_bind(&doc.content_hash)
+                    .push_bind(version)
+                    .push_bind(chunks.len() as i32)
+                    .push_bind(&doc.content_type)
+                    .push_bind(&doc.source)
+                    .push_bind(&doc.metadata)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            builder.push(
+                " ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+                 metadata = excluded.metadata, updated_at = excluded.updated_at",
+            );
+            builder.build().execute(&mut *tx).await?;
+        }
+        let rows: Vec<(&NewDocument, &EmbeddedChunk)> = written
+            .iter()
+            .flat_map(|&(i, _)| {
+                let write = &documents[i];
+                write.chunks.iter().map(move |c| (&write.document, c))
+            })
+            .collect();
+        for group in rows.chunks(PG_ROWS_PER_STATEMENT / 9) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
+            );
+            builder.push_values(group, |mut row, (doc, c)| {
+                row.push_bind(&c.chunk.id)
+                    .push_bind(&doc.id)
+                    .push_bind(c.chunk.index as i32)
+                    .push_bind(&doc.title)
+                    .push_bind(&c.chunk.text)
+                    .push_bind(model)
+                    .push_bind(c.embedding.len() as i32)
+                    .push_bind(segment)
+                    .push_bind(vector_literal(&c.embedding))
+                    .push_unseparated("::vector");
+            });
+            builder.build().execute(&mut *tx).await?;
+        }
+        for group in events.chunks(PG_ROWS_PER_STATEMENT / 8) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ",
+            );
+            builder.push_values(
+                group,
+                |mut row, (id, kind, causation, payload, aggregate, version)| {
+                    row.push_bind(id)
+                        .push_bind(*kind)
+                        .push_bind(*aggregate)
+                        .push_bind(*version)
+                        .push_bind(correlation_id)
+                        .push_bind(causation)
+                        .push_bind(payload)
+                        .push_bind(now);
+                },
+            );
+            builder.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         if let (true, Some(dims)) = (bulk, dims) {
@@ -936,8 +1015,15 @@ impl KnowledgeStore for PgKnowledgeStore {
         // Ranking is bounded: at most KEYWORD_CANDIDATES matches (found through the GIN
         // index) are ranked, so a very common word cannot make a search scan the corpus;
         // chunk texts are read only for the top k.
+        // When widening to any word, words in more than COMMON_LEXEME_SHARE of chunks
+        // (PostgreSQL's own statistics of the tsvector column) are left out unless
+        // nothing else is left: matching any of them matches most of the corpus, and
+        // their posting lists are what makes the scan slow. The every-word pass keeps
+        // them: with them a remembered phrase still narrows to its chunk.
         let sql = format!(
-            "WITH q AS (SELECT to_tsquery('english', $1) AS query), \
+            "WITH lex AS (SELECT array_agg(lexeme) AS every, array_agg(lexeme) FILTER (WHERE lexeme <> ALL($5::text[])) AS rare \
+                 FROM unnest(to_tsvector('english', $1))), \
+             q AS (SELECT array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(coalesce(lex.rare, lex.every)) AS x), $6)::tsquery AS query FROM lex), \
              matches AS (SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query \
                  AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
                  LIMIT {KEYWORD_CANDIDATES}), \
@@ -952,14 +1038,22 @@ impl KnowledgeStore for PgKnowledgeStore {
         // search widen to any word (whose common words make the index scan long), the
         // chunks with every word staying on top.
         let pool = self.pool().await?;
+        let common = self.common_lexemes.get(pool).await;
+        let words = terms.join(" ");
         let mut rows: Vec<(String, String, String, String, f32)> = Vec::new();
         for operator in [" & ", " | "] {
             let found: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
                 .persistent(false)
-                .bind(terms.join(operator))
+                .bind(&words)
                 .bind(&key)
                 .bind(&value)
                 .bind(k)
+                .bind(if operator == " | " {
+                    common.as_slice()
+                } else {
+                    &[]
+                })
+                .bind(operator)
                 .fetch_all(pool)
                 .await?;
             for row in found {

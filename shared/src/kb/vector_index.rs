@@ -265,10 +265,11 @@ impl VectorIndexer {
         due: bool,
     ) -> Result<Maintenance, StoreError> {
         let mut conn = pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(lock_key(dims))
-            .fetch_one(&mut *conn)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(lock_key(dims))
+                .fetch_one(&mut *conn)
+                .await?;
         if !locked {
             return Ok(Maintenance::Busy);
         }
@@ -370,11 +371,12 @@ impl VectorIndexer {
         let started = Instant::now();
         let generation = state.generation + 1;
         let index = format!("chunks_hnsw_{dims}_g{generation}");
-        let old: Option<String> =
-            sqlx::query_scalar("UPDATE vector_indexes SET building = true WHERE dims = $1 RETURNING index_name")
-                .bind(dims as i32)
-                .fetch_one(&mut *conn)
-                .await?;
+        let old: Option<String> = sqlx::query_scalar(
+            "UPDATE vector_indexes SET building = true WHERE dims = $1 RETURNING index_name",
+        )
+        .bind(dims as i32)
+        .fetch_one(&mut *conn)
+        .await?;
         // CREATE INDEX CONCURRENTLY cannot run in a transaction (not even a multi-statement
         // query): one plain statement at a time on this connection. m and ef_construction
         // as the row-by-row index had (recall measured in docs/benchmarks.md).
@@ -390,8 +392,12 @@ impl VectorIndexer {
              USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WITH (m = 16, ef_construction = 48) \
              WHERE dims = {dims} AND segment <= {generation}"
         );
-        let created = sqlx::query(&create).persistent(false).execute(&mut *conn).await;
-        let _ = sqlx::query("RESET maintenance_work_mem").persistent(false)
+        let created = sqlx::query(&create)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await;
+        let _ = sqlx::query("RESET maintenance_work_mem")
+            .persistent(false)
             .execute(&mut *conn)
             .await;
         if let Err(error) = created {
@@ -422,7 +428,8 @@ impl VectorIndexer {
         if let Some(old) = old.filter(|o| *o != index) {
             // Searches that read the old state within STATE_TTL still name the old index.
             tokio::time::sleep(STATE_TTL * 2).await;
-            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {old}")).persistent(false)
+            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {old}"))
+                .persistent(false)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -448,7 +455,8 @@ impl VectorIndexer {
         .fetch_all(&mut *conn)
         .await?;
         for index in invalid {
-            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).persistent(false)
+            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+                .persistent(false)
                 .execute(&mut *conn)
                 .await?;
         }
