@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The official OpenAI Python SDK against the chat function in standalone server mode
-# (chunked streaming), with the project's fake OpenAI server as the provider (C1).
-# Installs the `openai` package when missing. Exits non-zero when any check fails.
+# The official OpenAI Python SDK against the chat function with the project's fake OpenAI
+# server as the provider (C1): in standalone server mode (chunked streaming), then under
+# `cargo lambda watch` with LAMBDA_RESPONSE_STREAMING (lambda_http's streaming responses,
+# as behind a function URL with InvokeMode RESPONSE_STREAM). Both check that a streamed
+# answer arrives incrementally. Installs the `openai` package when missing. Exits non-zero
+# when any check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -13,7 +16,7 @@ work=$(mktemp -d)
 fake_port=$(free_port)
 chat_port=$(free_port)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -- "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$target/debug/fake-openai" --port "$fake_port" 2>"$work/fake.log" &
@@ -31,7 +34,34 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-if ! python3 tests/openai_sdk.py "http://127.0.0.1:$chat_port" sdk-key provider "http://127.0.0.1:$fake_port"; then
+if ! python3 tests/openai_sdk.py "http://127.0.0.1:$chat_port" sdk-key provider "http://127.0.0.1:$fake_port" \
+  || ! python3 tests/first_byte.py "http://127.0.0.1:$chat_port" sdk-key "http://127.0.0.1:$fake_port"; then
   echo "--- chat log"; tail -20 "$work/chat.log"
+  exit 1
+fi
+
+echo "== the same under cargo lambda watch with streaming responses"
+scripts/ensure-cargo-lambda.sh >/dev/null
+watch_port=$(free_port)
+cat > "$work/watch.env" <<ENV
+LAMBDA_RESPONSE_STREAMING=true
+DATABASE_URL=sqlite://$work/lambda.db
+API_KEYS=sdk:$(printf %s sdk-key | sha256sum | cut -d' ' -f1)
+LLM_BASE_URL=http://127.0.0.1:$fake_port/v1
+LLM_MODEL=gpt-4o-mini
+LLM_FALLBACK_MODELS=gpt-4o-backup
+ENV
+setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$watch_port" --disable-cors \
+  --ignore-changes --env-file "$work/watch.env" >"$work/watch.log" 2>&1 &
+watch_pid=$!
+pids+=(-"$watch_pid")
+deadline=$((SECONDS + 300))
+until curl -s -o /dev/null -f "http://127.0.0.1:$watch_port/v1/models" -H "x-api-key: sdk-key"; do
+  if [ $SECONDS -gt $deadline ]; then echo "cargo lambda watch did not serve chat"; tail -30 "$work/watch.log"; exit 1; fi
+  sleep 1
+done
+if ! python3 tests/openai_sdk.py "http://127.0.0.1:$watch_port" sdk-key provider "http://127.0.0.1:$fake_port" \
+  || ! python3 tests/first_byte.py "http://127.0.0.1:$watch_port" sdk-key "http://127.0.0.1:$fake_port"; then
+  echo "--- watch log"; tail -30 "$work/watch.log"
   exit 1
 fi

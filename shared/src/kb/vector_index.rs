@@ -93,7 +93,7 @@ pub enum Maintenance {
 const STATE_TTL: Duration = Duration::from_secs(1);
 /// Rows per statement when folding a delta, so no transaction holds many row locks.
 const FOLD_BATCH: i64 = 500;
-/// Row-by-row insertion costs about four times a bulk build per vector (measured at 100k
+/// Row-by-row insertion costs four to six times a bulk build per vector (measured at 100k
 /// chunks, docs/benchmarks.md), so a delta under a quarter of the index is folded in and
 /// a larger one triggers a rebuild.
 const FOLD_RATIO: i64 = 4;
@@ -181,7 +181,7 @@ impl VectorIndexer {
         dims: usize,
         chunks: usize,
     ) -> Result<(i64, bool), StoreError> {
-        let state = read_state(&mut **tx, dims).await?;
+        let state = read_state(tx, dims).await?;
         let bulk = !state.indexed
             || chunks >= self.config.bulk_chunks
             || sqlx::query_scalar::<_, bool>(
