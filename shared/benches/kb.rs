@@ -314,6 +314,40 @@ async fn main() {
         warmup.elapsed().as_secs_f64()
     );
 
+    // Where a search's time goes: each list alone, straight from the store (k = 20, the
+    // candidates a k = 5 search asks each list for), on phrase-like queries.
+    {
+        let embedder = OfflineEmbedder::new(dims);
+        let model = shared::kb::embed::Embedder::model(&embedder).to_string();
+        let mut profile_words = Words(777);
+        let (mut keyword, mut vector) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            let query = profile_words.sentence(4);
+            let t = Instant::now();
+            store
+                .keyword_search(&query, 20, None)
+                .await
+                .expect("keyword");
+            keyword.push(t.elapsed());
+            let v = embedder.vector(&query);
+            let t = Instant::now();
+            store
+                .vector_search(&v, &model, 20, None)
+                .await
+                .expect("vector");
+            vector.push(t.elapsed());
+        }
+        keyword.sort();
+        vector.sort();
+        println!(
+            "lists alone (200 four-word queries, k=20): keyword p50 {:.2} ms, p95 {:.2} ms; vector p50 {:.2} ms, p95 {:.2} ms",
+            percentile(&keyword, 0.5).as_secs_f64() * 1000.0,
+            percentile(&keyword, 0.95).as_secs_f64() * 1000.0,
+            percentile(&vector, 0.5).as_secs_f64() * 1000.0,
+            percentile(&vector, 0.95).as_secs_f64() * 1000.0
+        );
+    }
+
     // Known-item queries: four consecutive words from a sentence of a kept document, as
     // a user searching for a phrase they remember; the hit rate is the share of searches
     // whose top 5 holds that document.

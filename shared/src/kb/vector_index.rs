@@ -320,10 +320,17 @@ impl VectorIndexer {
         if !due && delta < self.config.delta_rows.max(state.indexed_rows) {
             return Ok(Maintenance::Waiting { delta });
         }
-        if state.indexed && delta * FOLD_RATIO < state.indexed_rows {
-            return self.fold(conn, dims, state).await;
-        }
-        self.build(conn, dims, state).await
+        let done = if state.indexed && delta * FOLD_RATIO < state.indexed_rows {
+            self.fold(conn, dims, state).await?
+        } else {
+            self.build(conn, dims, state).await?
+        };
+        // Bulk writes also filled the keyword index's pending list, which every keyword
+        // search scans in full: merge it now rather than at the next vacuum.
+        sqlx::query("SELECT gin_clean_pending_list('chunks_tsv'::regclass)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(done)
     }
 
     /// Moves the delta into the live index: updated rows get the index's segment, and
