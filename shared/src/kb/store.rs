@@ -1041,31 +1041,34 @@ impl KnowledgeStore for PgKnowledgeStore {
         let common = self.common_lexemes.get(pool).await;
         let words = terms.join(" ");
         let mut rows: Vec<(String, String, String, String, f32)> = Vec::new();
-        for operator in [" & ", " | "] {
-            let found: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+        type Row = (String, String, String, String, f32);
+        let pass = |operator: &'static str| {
+            let common: &[String] = if operator == " | " { &common } else { &[] };
+            sqlx::query_as::<_, Row>(&sql)
                 .persistent(false)
                 .bind(&words)
                 .bind(&key)
                 .bind(&value)
                 .bind(k)
-                .bind(if operator == " | " {
-                    common.as_slice()
-                } else {
-                    &[]
-                })
+                .bind(common)
                 .bind(operator)
                 .fetch_all(pool)
-                .await?;
-            for row in found {
-                if rows.len() as i64 >= k {
-                    break;
-                }
-                if !rows.iter().any(|r| r.0 == row.0) {
-                    rows.push(row);
-                }
-            }
-            if rows.len() as i64 >= k || terms.len() == 1 {
+        };
+        // Both passes at once (two connections): a phrase rarely has k chunks with every
+        // word, so the any-word pass is nearly always needed, and waiting for one before
+        // starting the other doubled the latency.
+        let (every, any) = if terms.len() == 1 {
+            (pass(" & ").await?, Vec::new())
+        } else {
+            let (every, any) = tokio::join!(pass(" & "), pass(" | "));
+            (every?, any?)
+        };
+        for row in every.into_iter().chain(any) {
+            if rows.len() as i64 >= k {
                 break;
+            }
+            if !rows.iter().any(|r: &Row| r.0 == row.0) {
+                rows.push(row);
             }
         }
         Ok(rows
