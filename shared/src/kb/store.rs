@@ -204,8 +204,9 @@ pub fn knowledge_store_with(
 /// Bind parameters per multi-row statement, well under PostgreSQL's limit of 65,535.
 const PG_ROWS_PER_STATEMENT: usize = 30_000;
 
-/// Most keyword matches ranked per search (PostgreSQL); see `keyword_search`.
-const KEYWORD_CANDIDATES: usize = 500;
+/// Most keyword matches ranked per pass (PostgreSQL; ranking reads each one's tsvector,
+/// ~20 µs apiece); see `keyword_search`.
+const KEYWORD_CANDIDATES: usize = 200;
 
 /// Search words for the keyword index: letters and digits only (no query syntax).
 fn keyword_terms(query: &str) -> Vec<String> {
