@@ -206,7 +206,7 @@ const PG_ROWS_PER_STATEMENT: usize = 30_000;
 
 /// Most keyword matches ranked per pass (PostgreSQL; ranking reads each one's tsvector,
 /// ~20 µs apiece); see `keyword_search`.
-const KEYWORD_CANDIDATES: usize = 200;
+const KEYWORD_CANDIDATES: usize = 500;
 
 /// Search words for the keyword index: letters and digits only (no query syntax).
 fn keyword_terms(query: &str) -> Vec<String> {
