@@ -658,6 +658,19 @@ async fn bulk_writes_are_indexed_later_and_searchable_at_once() {
     assert_eq!(segments("extra-0").await, vec![3]);
     assert!(store.maintain_vector_index(true).await.unwrap().is_empty());
     assert_eq!(top("parrot diet seeds").await, "small");
+
+    // An index that disappeared (dropped by hand, a restore without it) is built again;
+    // searches stay correct meanwhile.
+    sqlx::query("DROP INDEX chunks_hnsw_256_g3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(top("lighthouse keeper fog horn").await, "bulk");
+    let again = store.maintain_vector_index(true).await.unwrap();
+    assert!(
+        matches!(again[..], [(256, Maintenance::Built { generation: 4, .. })]),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]

@@ -242,14 +242,16 @@ impl VectorIndexer {
         }
     }
 
-    /// Every dimension with chunks outside its index, for the scheduled maintenance.
+    /// Every dimension with chunks outside its index (or whose index has gone), for the
+    /// scheduled maintenance.
     pub(crate) async fn dimensions_with_delta(
         &self,
         pool: &PgPool,
     ) -> Result<BTreeSet<usize>, StoreError> {
         let dims: Vec<i32> = sqlx::query_scalar(
             "SELECT DISTINCT c.dims FROM chunks c LEFT JOIN vector_indexes v ON v.dims = c.dims \
-             WHERE v.index_name IS NULL OR c.segment > v.generation",
+             WHERE v.index_name IS NULL OR c.segment > v.generation \
+             UNION SELECT dims FROM vector_indexes WHERE to_regclass(index_name) IS NULL AND index_name IS NOT NULL",
         )
         .fetch_all(pool)
         .await?;
@@ -305,6 +307,25 @@ impl VectorIndexer {
                 .execute(&mut *conn)
                 .await?;
             state.building = false;
+        }
+        if state.indexed {
+            // An index dropped by hand, or a table restored without it: build it again.
+            let exists: bool = sqlx::query_scalar(
+                "SELECT to_regclass(index_name) IS NOT NULL FROM vector_indexes WHERE dims = $1",
+            )
+            .bind(dims as i32)
+            .fetch_one(&mut *conn)
+            .await?;
+            if !exists {
+                sqlx::query(
+                    "UPDATE vector_indexes SET index_name = NULL, indexed_rows = 0 WHERE dims = $1",
+                )
+                .bind(dims as i32)
+                .execute(&mut *conn)
+                .await?;
+                state.indexed = false;
+                state.indexed_rows = 0;
+            }
         }
         let delta: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM chunks WHERE dims = $1 AND (segment > $2 OR NOT $3)",
