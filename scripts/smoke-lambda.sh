@@ -115,7 +115,7 @@ check "scheduled event runs the deep check" $(grep -q '"status":"ok"' <<<"$resul
 request GET /health/metrics
 check "deep check is recorded as a metric" $(grep -q '^health_deep_checks_total{status="ok"} 1' "$work/body"; echo $?) "$(grep deep "$work/body")"
 
-check "function logs are JSON with request fields" $(grep '"request completed"' "$work/watch.log" | head -1 | python3 -c 'import json,sys; l=json.loads(sys.stdin.readline()); assert all(k in l for k in ("request_id","function","route","status","duration_ms","cold_start"))' 2>/dev/null; echo $?) "$(grep 'request completed' "$work/watch.log" | head -1)"
+check "function logs are JSON with request fields" $(grep -m1 '"request completed"' "$work/watch.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.readline()); assert all(k in l for k in ("request_id","function","route","status","duration_ms","cold_start"))' 2>/dev/null; echo $?) "$(grep 'request completed' "$work/watch.log" | head -1)"
 
 echo "${passed} passed, ${failed} failed"
 [ "$failed" -eq 0 ]
