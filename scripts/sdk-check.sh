@@ -34,11 +34,15 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-if ! python3 tests/openai_sdk.py "http://127.0.0.1:$chat_port" sdk-key provider "http://127.0.0.1:$fake_port" \
-  || ! python3 tests/first_byte.py "http://127.0.0.1:$chat_port" sdk-key "http://127.0.0.1:$fake_port"; then
-  echo "--- chat log"; tail -20 "$work/chat.log"
-  exit 1
-fi
+# The SDK checks and the first-byte check against one chat base URL; its log on failure.
+client_checks() { # base-url log
+  if ! python3 tests/openai_sdk.py "$1" sdk-key provider "http://127.0.0.1:$fake_port" \
+    || ! python3 tests/first_byte.py "$1" sdk-key "http://127.0.0.1:$fake_port"; then
+    echo "--- $2"; tail -30 "$2"
+    exit 1
+  fi
+}
+client_checks "http://127.0.0.1:$chat_port" "$work/chat.log"
 
 echo "== the same under cargo lambda watch with streaming responses"
 scripts/ensure-cargo-lambda.sh >/dev/null
@@ -60,8 +64,4 @@ until curl -s -o /dev/null -f "http://127.0.0.1:$watch_port/v1/models" -H "x-api
   if [ $SECONDS -gt $deadline ]; then echo "cargo lambda watch did not serve chat"; tail -30 "$work/watch.log"; exit 1; fi
   sleep 1
 done
-if ! python3 tests/openai_sdk.py "http://127.0.0.1:$watch_port" sdk-key provider "http://127.0.0.1:$fake_port" \
-  || ! python3 tests/first_byte.py "http://127.0.0.1:$watch_port" sdk-key "http://127.0.0.1:$fake_port"; then
-  echo "--- watch log"; tail -30 "$work/watch.log"
-  exit 1
-fi
+client_checks "http://127.0.0.1:$watch_port" "$work/watch.log"

@@ -11,17 +11,13 @@ import socket
 import sys
 import urllib.request
 
+from fake_control import set_behaviour
+
 base_url, api_key, fake_url = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def fake(behaviour):
-    request = urllib.request.Request(
-        fake_url.rstrip("/") + "/_fake/behaviour",
-        data=json.dumps(behaviour).encode(),
-        method="PUT",
-        headers={"content-type": "application/json"},
-    )
-    urllib.request.urlopen(request).read()
+    set_behaviour(fake_url, behaviour)
 
 
 fake({"chunk_delay_ms": 2000})

@@ -7,12 +7,12 @@ Usage: python3 tests/openai_sdk.py BASE_URL API_KEY MODE [FAKE_URL]
 Prints one line per check and exits non-zero when any fails.
 """
 
-import json
 import sys
-import urllib.request
 import uuid
 
 import openai
+
+from fake_control import set_behaviour
 
 base_url, api_key, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 fake_url = sys.argv[4] if len(sys.argv) > 4 else None
@@ -30,13 +30,7 @@ def check(name, condition, detail=""):
 
 
 def fake(behaviour):
-    request = urllib.request.Request(
-        fake_url.rstrip("/") + "/_fake/behaviour",
-        data=json.dumps(behaviour).encode(),
-        method="PUT",
-        headers={"content-type": "application/json"},
-    )
-    urllib.request.urlopen(request).read()
+    set_behaviour(fake_url, behaviour)
 
 
 models = [m.id for m in client.models.list()]
