@@ -8,6 +8,19 @@ use sqlx::Connection;
 use crate::config::DatabaseKind;
 use crate::store::Database;
 
+/// Every table the migrations create, the same on both backends, in name order (what
+/// `Database::table_names` and the deep check report).
+pub const MIGRATED_TABLES: [&str; 8] = [
+    "chat_messages",
+    "chunks",
+    "documents",
+    "events",
+    "health_checks",
+    "idempotency_records",
+    "usage_records",
+    "vector_indexes",
+];
+
 /// A TCP port that was free a moment ago, for servers a test starts itself.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,17 +8,7 @@ use shared::store::{Database, Pool, RedisHandle};
 use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
-/// Every table the migrations create, the same on both backends.
-const TABLES: [&str; 8] = [
-    "chat_messages",
-    "chunks",
-    "documents",
-    "events",
-    "health_checks",
-    "idempotency_records",
-    "usage_records",
-    "vector_indexes",
-];
+use shared::testing::MIGRATED_TABLES as TABLES;
 
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())

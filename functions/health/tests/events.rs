@@ -154,16 +154,7 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
     assert_eq!(result["status"], "ok");
     assert_eq!(
         result["tables"],
-        serde_json::json!([
-            "chat_messages",
-            "chunks",
-            "documents",
-            "events",
-            "health_checks",
-            "idempotency_records",
-            "usage_records",
-            "vector_indexes"
-        ])
+        serde_json::json!(shared::testing::MIGRATED_TABLES)
     );
     assert_eq!(
         shared::health::deep_check_count(&ctx.database)

@@ -640,31 +640,37 @@ const COMMON_LEXEME_SHARE: f32 = 0.1;
 const COMMON_LEXEMES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The corpus' most common lexemes, from PostgreSQL's statistics of `chunks.tsv`
-/// (gathered by ANALYZE and autovacuum), cached.
-#[derive(Default)]
-struct CommonLexemes(std::sync::Mutex<Option<(Arc<Vec<String>>, std::time::Instant)>>);
+/// (gathered by ANALYZE and autovacuum), cached for `COMMON_LEXEMES_TTL`.
+struct CommonLexemes(moka::future::Cache<(), Arc<Vec<String>>>);
+
+impl Default for CommonLexemes {
+    fn default() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .time_to_live(COMMON_LEXEMES_TTL)
+                .build(),
+        )
+    }
+}
 
 impl CommonLexemes {
     async fn get(&self, pool: &sqlx::PgPool) -> Arc<Vec<String>> {
-        if let Some((lexemes, at)) = &*self.0.lock().unwrap() {
-            if at.elapsed() < COMMON_LEXEMES_TTL {
-                return lexemes.clone();
-            }
-        }
-        // No statistics yet, or no permission to read them: nothing is left out.
-        let lexemes: Vec<String> = sqlx::query_scalar(
-            "SELECT e.lexeme FROM pg_stats s, \
-             unnest(s.most_common_elems::text::text[]) WITH ORDINALITY AS e(lexeme, n) \
-             WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv' \
-             AND s.most_common_elem_freqs[e.n] > $1",
-        )
-        .bind(COMMON_LEXEME_SHARE)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
-        let lexemes = Arc::new(lexemes);
-        *self.0.lock().unwrap() = Some((lexemes.clone(), std::time::Instant::now()));
-        lexemes
+        self.0
+            .get_with((), async {
+                // No statistics yet, or no permission to read them: nothing is left out.
+                let lexemes: Vec<String> = sqlx::query_scalar(
+                    "SELECT e.lexeme FROM pg_stats s, \
+                     unnest(s.most_common_elems::text::text[]) WITH ORDINALITY AS e(lexeme, n) \
+                     WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv' \
+                     AND s.most_common_elem_freqs[e.n] > $1",
+                )
+                .bind(COMMON_LEXEME_SHARE)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+                Arc::new(lexemes)
+            })
+            .await
     }
 }
 

@@ -100,7 +100,8 @@ const FOLD_RATIO: i64 = 4;
 
 pub(crate) struct VectorIndexer {
     config: VectorIndexConfig,
-    states: Mutex<HashMap<usize, (IndexState, Instant)>>,
+    /// Index states for searches, per dimension, for `STATE_TTL`.
+    states: moka::future::Cache<usize, IndexState>,
     /// Dimensions with a bulk write since their last maintenance, and when it happened.
     pending: Mutex<HashMap<usize, Instant>>,
     wake: Notify,
@@ -138,7 +139,9 @@ impl VectorIndexer {
     pub(crate) fn new(config: VectorIndexConfig) -> Self {
         Self {
             config,
-            states: Mutex::new(HashMap::new()),
+            states: moka::future::Cache::builder()
+                .time_to_live(STATE_TTL)
+                .build(),
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             worker: std::sync::Once::new(),
@@ -147,16 +150,11 @@ impl VectorIndexer {
 
     /// The index state for searches (cached for `STATE_TTL`).
     pub(crate) async fn state(&self, pool: &PgPool, dims: usize) -> Result<IndexState, StoreError> {
-        if let Some((state, at)) = self.states.lock().unwrap().get(&dims) {
-            if at.elapsed() < STATE_TTL {
-                return Ok(*state);
-            }
+        if let Some(state) = self.states.get(&dims).await {
+            return Ok(state);
         }
         let state = read_state(&mut *pool.acquire().await?, dims).await?;
-        self.states
-            .lock()
-            .unwrap()
-            .insert(dims, (state, Instant::now()));
+        self.states.insert(dims, state).await;
         Ok(state)
     }
 
@@ -169,8 +167,8 @@ impl VectorIndexer {
         read_state(&mut *pool.acquire().await?, dims).await
     }
 
-    fn forget_state(&self, dims: usize) {
-        self.states.lock().unwrap().remove(&dims);
+    async fn forget_state(&self, dims: usize) {
+        self.states.invalidate(&dims).await;
     }
 
     /// The segment for a write of `chunks` chunks of `dims` dimensions, inside the
@@ -284,7 +282,7 @@ impl VectorIndexer {
             // The lock lives as long as the session: do not return it to the pool.
             conn.detach();
         }
-        self.forget_state(dims);
+        self.forget_state(dims).await;
         result
     }
 
@@ -452,7 +450,7 @@ impl VectorIndexer {
         .bind(rows)
         .execute(&mut *conn)
         .await?;
-        self.forget_state(dims);
+        self.forget_state(dims).await;
         if let Some(old) = old.filter(|o| *o != index) {
             // Searches that read the old state within STATE_TTL still name the old index.
             tokio::time::sleep(STATE_TTL * 2).await;
