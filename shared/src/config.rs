@@ -228,6 +228,8 @@ pub struct ChatSettings {
     pub daily_budget_usd: Option<f64>,
     /// How often buffered usage is written in standalone mode.
     pub usage_flush: Duration,
+    /// How old an instance's view of a key's stored spend may get (budgets are shared).
+    pub budget_refresh: Duration,
 }
 
 /// One bad or missing variable.
@@ -615,6 +617,7 @@ impl Settings {
                 }
             },
             usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
+            budget_refresh: r.millis("BUDGET_REFRESH_MS", 5000, 0, 3_600_000),
         };
 
         match (r.problems.is_empty(), database_url) {

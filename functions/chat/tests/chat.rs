@@ -1025,6 +1025,75 @@ async fn with_the_idempotency_store_down_a_keyed_request_gets_503_and_no_provide
 }
 
 #[tokio::test]
+async fn instances_share_one_daily_budget_through_the_stored_totals() {
+    for db in TestDatabase::both().await {
+        let fake = FakeOpenAi::start().await;
+        let vars = [
+            ("LLM_PRICES", "gpt-4o-mini=100/200"),
+            ("DAILY_BUDGET_USD", "0.05"),
+            ("RETRIEVAL_ENABLED", "false"),
+            ("USAGE_FLUSH_MS", "20"),
+            ("BUDGET_REFRESH_MS", "50"),
+        ];
+        // Two instances of the function on one database, each with its own memory.
+        let (first, _) = chat_router(&db, Some(&fake), &vars);
+        let (second, _) = chat_router(&db, Some(&fake), &vars);
+        let uncached = |i: usize| {
+            let mut body = ask(&format!("Spend on instance one, question {i}"));
+            body["cache"] = json!(false);
+            post(body)
+        };
+        // The second instance has read today's total (nothing) before the first spends.
+        let res = call(&second, post(ask("Anything spent yet?"))).await;
+        assert_eq!(res.status, 200, "{:?} {}", db.kind, res.text);
+        let mut i = 0;
+        loop {
+            let res = call(&first, uncached(i)).await;
+            if res.status == 429 {
+                break;
+            }
+            assert_eq!(res.status, 200, "{:?} {}", db.kind, res.text);
+            i += 1;
+            assert!(i < 100, "the first instance never reached the budget");
+        }
+        // The second instance learns the stored total within its refresh interval and
+        // refuses too, without calling the provider.
+        let cost = |res: &TestResponse| {
+            (res.json["usage"]["prompt_tokens"].as_u64().unwrap() as f64 * 100.0
+                + res.json["usage"]["completion_tokens"].as_u64().unwrap() as f64 * 200.0)
+                / 1e6
+        };
+        let (mut refused, mut own_spend) = (None, cost(&res));
+        for attempt in 0..100 {
+            let mut body = ask(&format!("Spend on instance two, question {attempt}"));
+            body["cache"] = json!(false);
+            let res = call(&second, post(body)).await;
+            if res.status == 429 {
+                refused = Some(res);
+                break;
+            }
+            assert_eq!(res.status, 200, "{:?} {}", db.kind, res.text);
+            own_spend += cost(&res);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let refused = refused.expect("the second instance never refused");
+        // Refused for the first instance's spend, not its own.
+        assert!(
+            own_spend < 0.05,
+            "refused only after spending {own_spend} itself"
+        );
+        assert!(refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily budget"));
+        let calls = fake.chat_completions();
+        let res = call(&second, post(ask("Still refused?"))).await;
+        assert_eq!(res.status, 429, "{}", res.text);
+        assert_eq!(fake.chat_completions(), calls);
+    }
+}
+
+#[tokio::test]
 async fn usage_and_cost_are_recorded_per_key_and_the_daily_budget_refuses_with_429() {
     for db in TestDatabase::both().await {
         let fake = FakeOpenAi::start().await;

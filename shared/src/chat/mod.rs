@@ -301,6 +301,7 @@ impl ChatGateway {
             chat.prices.clone(),
             chat.daily_budget_usd,
             buffered,
+            chat.budget_refresh,
         );
         if buffered && tokio::runtime::Handle::try_current().is_ok() {
             usage.spawn_flusher(chat.usage_flush);

@@ -2,10 +2,13 @@
 //! model, recorded in the database without a round trip on the response path (buffered
 //! and flushed in the background in standalone mode; written before the invocation ends
 //! on Lambda), totals for `GET /v1/usage`, and a daily budget per key.
+//!
+//! A budget is shared by every instance: each one checks against the stored total for
+//! today, re-read every `BUDGET_REFRESH_MS` in the background, plus its own spend since.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use serde::Serialize;
@@ -80,8 +83,38 @@ pub struct UsageRecorder {
     /// Buffer and flush in the background (standalone) or write at once (Lambda).
     buffered: bool,
     buffer: Mutex<Vec<UsageRecord>>,
-    /// Today's spend per key as this instance knows it: (day, usd, loaded from the db).
-    spend: Mutex<HashMap<String, (NaiveDate, f64)>>,
+    /// Today's spend per key as this instance knows it.
+    spend: Mutex<HashMap<String, Spend>>,
+    /// How old the stored total may get before it is read again.
+    refresh_every: Duration,
+}
+
+/// One key's spend today: the stored total (all instances) when last read, plus what
+/// this instance spent after that read began.
+#[derive(Debug, Clone, Copy)]
+struct Spend {
+    day: NaiveDate,
+    stored: f64,
+    since: f64,
+    /// When the stored total was last read; never, for a key only recorded so far.
+    read_at: Option<Instant>,
+    reading: bool,
+}
+
+impl Spend {
+    fn new(day: NaiveDate) -> Self {
+        Self {
+            day,
+            stored: 0.0,
+            since: 0.0,
+            read_at: None,
+            reading: false,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.stored + self.since
+    }
 }
 
 impl UsageRecorder {
@@ -90,6 +123,7 @@ impl UsageRecorder {
         prices: HashMap<String, Price>,
         daily_budget: Option<f64>,
         buffered: bool,
+        refresh_every: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -98,6 +132,7 @@ impl UsageRecorder {
             buffered,
             buffer: Mutex::new(Vec::new()),
             spend: Mutex::new(HashMap::new()),
+            refresh_every,
         })
     }
 
@@ -125,35 +160,43 @@ impl UsageRecorder {
     }
 
     /// Refuses a key whose daily budget is spent (429 with a clear message).
-    pub async fn check_budget(&self, key: &str) -> Result<(), ApiError> {
+    ///
+    /// The first check of a key each day waits for the stored total; later checks use
+    /// what this instance knows and, once that is older than the refresh interval,
+    /// re-read the stored total in the background, so other instances' spend counts too.
+    pub async fn check_budget(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let Some(budget) = self.daily_budget else {
             return Ok(());
         };
         let today = Utc::now().date_naive();
-        let known = self
-            .spend
-            .lock()
-            .expect("spend lock")
-            .get(key)
-            .filter(|(day, _)| *day == today)
-            .map(|(_, usd)| *usd);
-        let spent = match known {
-            Some(usd) => usd,
-            None => {
-                // First check of the day in this instance: start from what is stored.
-                let stored = self
-                    .totals(key, today, today)
-                    .await
-                    .map(|t| t.cost_usd)
-                    .unwrap_or(0.0);
-                let mut spend = self.spend.lock().expect("spend lock");
-                let entry = spend.entry(key.to_string()).or_insert((today, 0.0));
-                if entry.0 != today {
-                    *entry = (today, 0.0);
+        let (known, stale) = {
+            let mut spend = self.spend.lock().expect("spend lock");
+            match spend
+                .get_mut(key)
+                .filter(|s| s.day == today && s.read_at.is_some())
+            {
+                Some(s) => {
+                    let stale = !s.reading
+                        && s.read_at
+                            .is_some_and(|at| at.elapsed() >= self.refresh_every);
+                    if stale {
+                        s.reading = true;
+                    }
+                    (Some(s.total()), stale)
                 }
-                entry.1 = entry.1.max(stored);
-                entry.1
+                None => (None, false),
             }
+        };
+        let spent = match known {
+            Some(usd) => {
+                if stale {
+                    let recorder = Arc::clone(self);
+                    let key = key.to_string();
+                    tokio::spawn(async move { recorder.read_stored_spend(&key, today).await });
+                }
+                usd
+            }
+            None => self.read_stored_spend(key, today).await,
         };
         if spent >= budget {
             let retry_after = (today.succ_opt().unwrap_or(today))
@@ -170,6 +213,43 @@ impl UsageRecorder {
         Ok(())
     }
 
+    /// Reads the key's stored total for `day` (after writing this instance's buffer) and
+    /// returns the spend it now knows. Spend recorded while the read runs stays counted
+    /// on top, so a record can be counted twice until the next read, never missed. If
+    /// the database cannot answer, what is known stays (budgets fail open, logged).
+    async fn read_stored_spend(&self, key: &str, day: NaiveDate) -> f64 {
+        let since_before = {
+            let mut spend = self.spend.lock().expect("spend lock");
+            let entry = spend
+                .entry(key.to_string())
+                .or_insert_with(|| Spend::new(day));
+            if entry.day != day {
+                *entry = Spend::new(day);
+            }
+            entry.reading = true;
+            entry.since
+        };
+        let stored = self.totals(key, day, day).await.map(|t| t.cost_usd);
+        let mut spend = self.spend.lock().expect("spend lock");
+        let entry = spend
+            .entry(key.to_string())
+            .or_insert_with(|| Spend::new(day));
+        entry.reading = false;
+        entry.read_at = Some(Instant::now());
+        if entry.day == day {
+            match stored {
+                Ok(stored) => {
+                    entry.stored = stored;
+                    entry.since = (entry.since - since_before).max(0.0);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "stored spend not read; the budget check uses this instance's own");
+                }
+            }
+        }
+        entry.total()
+    }
+
     /// Records one answer: metrics now, the row buffered or written.
     pub async fn record(&self, record: UsageRecord) {
         if record.cost_usd > 0.0 {
@@ -179,11 +259,13 @@ impl UsageRecorder {
         {
             let day = record.at.date_naive();
             let mut spend = self.spend.lock().expect("spend lock");
-            let entry = spend.entry(record.key.clone()).or_insert((day, 0.0));
-            if entry.0 != day {
-                *entry = (day, 0.0);
+            let entry = spend
+                .entry(record.key.clone())
+                .or_insert_with(|| Spend::new(day));
+            if entry.day != day {
+                *entry = Spend::new(day);
             }
-            entry.1 += record.cost_usd;
+            entry.since += record.cost_usd;
         }
         self.buffer.lock().expect("usage buffer").push(record);
         if !self.buffered {

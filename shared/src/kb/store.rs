@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::Row;
 
 use super::text::Chunk;
 use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
@@ -260,10 +262,69 @@ fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|f| f.to_le_bytes()).collect()
 }
 
-fn from_blob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// Dot product of a query vector with a stored little-endian blob (cosine, as both are
+/// unit length), without decoding the blob into a vector first.
+fn dot_with_blob(query: &[f32], blob: &[u8]) -> f32 {
+    query
+        .iter()
+        .zip(blob.chunks_exact(4))
+        .map(|(q, b)| q * f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .sum()
+}
+
+/// The k best (score, id) pairs of a scan; ties go to the smaller id, so results do not
+/// depend on row order.
+struct TopK {
+    k: usize,
+    /// Min-heap on (score, reversed id): the root is the worst kept pair.
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdScore, std::cmp::Reverse<String>)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdScore(f32);
+impl Eq for OrdScore {}
+impl PartialOrd for OrdScore {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdScore {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: std::collections::BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// Whether a pair with this score could be kept (cheap check before allocating an id).
+    fn admits(&self, score: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| score >= worst.0 .0 .0)
+    }
+
+    fn push(&mut self, score: f32, id: &str) {
+        self.heap.push(std::cmp::Reverse((
+            OrdScore(score),
+            std::cmp::Reverse(id.to_string()),
+        )));
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// Best first; equal scores by id.
+    fn into_sorted(self) -> Vec<(f32, String)> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|std::cmp::Reverse((score, std::cmp::Reverse(id)))| (score.0, id))
+            .collect()
+    }
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
@@ -510,40 +571,73 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         k: i64,
         filter: Option<&SearchFilter>,
     ) -> Result<Vec<ChunkHit>, StoreError> {
-        // Exact scan: fine for the embedded mode's corpus sizes.
-        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
-            (format!("$.{}", f.key), f.value.clone())
-        });
-        let rows: Vec<(String, String, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT c.id, c.document_id, d.title, c.text, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
-             WHERE c.model = ? AND (? = '' OR json_extract(d.metadata, ?) = ?)",
-        )
-        .bind(model)
-        .bind(&key)
-        .bind(&key)
-        .bind(&value)
-        .fetch_all(self.pool().await?)
-        .await?;
-        let mut hits: Vec<ChunkHit> = rows
+        // Exact scan, fine for the embedded mode's corpus sizes: score each embedding
+        // straight from its bytes while streaming the rows (no per-row text or vector
+        // allocation), keep the best k, then read only their text.
+        let k = k.max(0) as usize;
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool().await?;
+        let mut scan = match filter {
+            Some(f) => sqlx::query(
+                "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
+                 WHERE c.model = ? AND c.dims = ? AND json_extract(d.metadata, ?) = ?",
+            )
+            .bind(model)
+            .bind(query.len() as i64)
+            .bind(format!("$.{}", f.key))
+            .bind(f.value.as_str()),
+            None => sqlx::query(
+                "SELECT c.id, c.embedding FROM chunks c WHERE c.model = ? AND c.dims = ?",
+            )
+            .bind(model)
+            .bind(query.len() as i64),
+        }
+        .fetch(pool);
+        let mut best = TopK::new(k);
+        while let Some(row) = scan.try_next().await? {
+            let blob: &[u8] = row.try_get(1)?;
+            let score = dot_with_blob(query, blob);
+            if best.admits(score) {
+                let id: &str = row.try_get(0)?;
+                best.push(score, id);
+            }
+        }
+        drop(scan);
+        let best = best.into_sorted();
+        if best.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; best.len()].join(", ");
+        let sql = format!(
+            "SELECT c.id, c.document_id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id \
+             WHERE c.id IN ({placeholders})"
+        );
+        let mut fetch = sqlx::query_as::<_, (String, String, String, String)>(&sql);
+        for (_, id) in &best {
+            fetch = fetch.bind(id);
+        }
+        let mut texts: std::collections::HashMap<String, (String, String, String)> = fetch
+            .fetch_all(pool)
+            .await?
             .into_iter()
-            .map(|(chunk_id, document_id, title, text, blob)| {
-                let score = super::embed::cosine(query, &from_blob(&blob)) as f64;
-                ChunkHit {
+            .map(|(id, document_id, title, text)| (id, (document_id, title, text)))
+            .collect();
+        // A chunk deleted between the two reads is simply left out.
+        Ok(best
+            .into_iter()
+            .filter_map(|(score, chunk_id)| {
+                let (document_id, title, text) = texts.remove(&chunk_id)?;
+                Some(ChunkHit {
                     chunk_id,
                     document_id,
                     title,
                     text,
-                    score,
-                }
+                    score: score as f64,
+                })
             })
-            .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.chunk_id.cmp(&b.chunk_id))
-        });
-        hits.truncate(k.max(0) as usize);
-        Ok(hits)
+            .collect())
     }
 
     async fn keyword_search(
@@ -561,20 +655,29 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" OR ");
-        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
-            (format!("$.{}", f.key), f.value.clone())
-        });
-        let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(
-            "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score \
-             FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
-             WHERE chunks_fts MATCH ? AND (? = '' OR json_extract(d.metadata, ?) = ?) \
-             ORDER BY score DESC, c.id LIMIT ?",
-        )
-        .bind(expression)
-        .bind(&key)
-        .bind(&key)
-        .bind(&value)
-        .bind(k)
+        let rows: Vec<(String, String, String, String, f64)> = match filter {
+            Some(f) => sqlx::query_as(
+                "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score \
+                 FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
+                 WHERE chunks_fts MATCH ? AND json_extract(d.metadata, ?) = ? \
+                 ORDER BY score DESC, c.id LIMIT ?",
+            )
+            .bind(expression)
+            .bind(format!("$.{}", f.key))
+            .bind(f.value.as_str())
+            .bind(k),
+            // Rank inside the full-text index first and read the text of the best k
+            // only, instead of joining every match to its chunk and document.
+            None => sqlx::query_as(
+                "SELECT c.id, c.document_id, d.title, c.text, best.score \
+                 FROM (SELECT chunk_id, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score FROM chunks_fts \
+                       WHERE chunks_fts MATCH ? ORDER BY score DESC LIMIT ?) best \
+                 JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id \
+                 ORDER BY best.score DESC, c.id",
+            )
+            .bind(expression)
+            .bind(k),
+        }
         .fetch_all(self.pool().await?)
         .await?;
         Ok(rows
@@ -1141,5 +1244,44 @@ impl KnowledgeStore for PgKnowledgeStore {
                 occurred_at: r.8,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_best_scores_and_breaks_ties_by_id_whatever_the_order() {
+        let pairs = [
+            (0.2, "e"),
+            (0.9, "b"),
+            (0.5, "d"),
+            (0.9, "a"),
+            (0.1, "f"),
+            (0.5, "c"),
+        ];
+        let mut forward = TopK::new(3);
+        let mut backward = TopK::new(3);
+        for (score, id) in pairs {
+            if forward.admits(score) {
+                forward.push(score, id);
+            }
+        }
+        for (score, id) in pairs.iter().rev() {
+            if backward.admits(*score) {
+                backward.push(*score, id);
+            }
+        }
+        let expected = vec![(0.9, "a".to_string()), (0.9, "b".into()), (0.5, "c".into())];
+        assert_eq!(forward.into_sorted(), expected);
+        assert_eq!(backward.into_sorted(), expected);
+        assert!(TopK::new(0).into_sorted().is_empty());
+    }
+
+    #[test]
+    fn the_dot_product_reads_the_stored_bytes_as_little_endian_floats() {
+        let stored = [0.5f32, -1.0, 2.0];
+        assert_eq!(dot_with_blob(&[1.0, 2.0, 0.25], &to_blob(&stored)), -1.0);
     }
 }

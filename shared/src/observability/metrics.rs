@@ -54,6 +54,11 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets. The recorder keeps every
+/// sample until then, so without upkeep an instance nobody scrapes (every Lambda
+/// instance) grows with each request it serves.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder once and returns the handle that renders it.
 ///
 /// If another recorder is already installed (a host application's), metrics still
@@ -70,6 +75,18 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
+        let upkeep = handle.clone();
+        // A plain thread rather than a task: it must run whatever runtime (or none) the
+        // host uses, and it costs one wake-up every few seconds.
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "metrics upkeep thread not started; histograms drain only when rendered");
+        }
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!(
                 "a metrics recorder was already installed; /health/metrics shows only ours"
