@@ -10,7 +10,6 @@
 //! - Degradation: when Redis fails or is slow, the cache works from L1 alone, logs once
 //!   per state change, never returns an error, and retries Redis after a short pause.
 
-use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,10 +104,12 @@ impl CacheConfig {
     }
 }
 
-/// What L1 holds: the typed value for fast hits, plus what L2 and the weigher need.
+/// What L1 holds: the value's JSON exactly as L2 stores it (`Stored`), decoded on each
+/// hit. Keeping JSON rather than the decoded value makes `CACHE_L1_MAX_BYTES` the real
+/// footprint: a decoded `serde_json::Value` answer takes several times its JSON size.
 #[derive(Clone)]
 struct Entry {
-    value: Arc<dyn Any + Send + Sync>,
+    json: Arc<[u8]>,
     generation: u64,
     ttl: Duration,
     weight: u32,
@@ -135,6 +136,11 @@ impl Expiry<String, Entry> for PerEntryTtl {
     ) -> Option<Duration> {
         Some(value.ttl)
     }
+}
+
+/// A cached value from its `Stored` JSON; `None` if it is not a `T`.
+fn decode<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
+    serde_json::from_slice::<Stored<T>>(json).ok().map(|s| s.v)
 }
 
 /// The JSON stored in Redis: the namespace generation it was written under, and the value.
@@ -375,16 +381,12 @@ impl TieredCache {
 
     // ---- reads ------------------------------------------------------------------------
 
-    fn l1_lookup<T: Clone + Send + Sync + 'static>(
-        &self,
-        entry: Option<Entry>,
-        generation: u64,
-    ) -> Option<T> {
+    fn l1_lookup<T: DeserializeOwned>(&self, entry: Option<Entry>, generation: u64) -> Option<T> {
         let entry = entry?;
         if entry.generation != generation {
             return None;
         }
-        entry.value.downcast_ref::<T>().cloned()
+        decode(&entry.json)
     }
 
     fn hit(&self, namespace: Namespace, tier: &'static str) {
@@ -416,10 +418,9 @@ impl TieredCache {
         self.miss(namespace, "l1");
         let l2_key = self.l2_key(namespace, key);
         match self.read_l2::<T>(namespace, &l2_key).await {
-            Some((value, generation, weight)) => {
+            Some((value, generation, json)) => {
                 self.hit(namespace, "l2");
-                self.put_l1(namespace, l1_key, value.clone(), generation, weight)
-                    .await;
+                self.put_l1(namespace, l1_key, json, generation).await;
                 Some(value)
             }
             None => {
@@ -437,7 +438,7 @@ impl TieredCache {
         &self,
         namespace: Namespace,
         l2_key: &str,
-    ) -> Option<(T, u64, u32)> {
+    ) -> Option<(T, u64, Arc<[u8]>)> {
         self.inner.l2.as_ref()?;
         let generation_key = self.generation_key(namespace);
         let key = l2_key.to_string();
@@ -463,24 +464,12 @@ impl TieredCache {
         self.inner.generations_checked[namespace.index()]
             .store(self.now_ms().max(1), Ordering::Relaxed);
         let stored = stored?;
-        let weight = raw.map_or(0, |r| r.len() as u32);
-        (stored.g == generation).then_some((stored.v, generation, weight))
+        let json: Arc<[u8]> = raw.map(Arc::from)?;
+        (stored.g == generation).then_some((stored.v, generation, json))
     }
 
-    async fn put_l1<T: Send + Sync + 'static>(
-        &self,
-        namespace: Namespace,
-        l1_key: String,
-        value: T,
-        generation: u64,
-        weight: u32,
-    ) {
-        let entry = Entry {
-            value: Arc::new(value),
-            generation,
-            ttl: self.inner.config.ttl(namespace),
-            weight,
-        };
+    async fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {
+        let entry = self.entry(namespace, json, generation);
         self.inner.l1.insert(l1_key, entry).await;
         metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
             .set(self.inner.l1.entry_count() as f64);
@@ -517,17 +506,11 @@ impl TieredCache {
         }) else {
             return;
         };
-        let weight = json.len() as u32;
-        self.write_l2(namespace, &self.l2_key(namespace, key), json)
+        let json: Arc<[u8]> = Arc::from(json);
+        self.write_l2(namespace, &self.l2_key(namespace, key), json.to_vec())
             .await;
-        self.put_l1(
-            namespace,
-            Self::l1_key(namespace, key),
-            value.clone(),
-            generation,
-            weight,
-        )
-        .await;
+        self.put_l1(namespace, Self::l1_key(namespace, key), json, generation)
+            .await;
     }
 
     /// The cached value, or the loader's, cached for the namespace's TTL. Concurrent
@@ -559,44 +542,50 @@ impl TieredCache {
         }
         self.miss(namespace, "l1");
         let l2_key = self.l2_key(namespace, key);
+        // The caller whose load runs gets its value as is; callers that waited for it
+        // decode the cached JSON.
+        let mut own: Option<T> = None;
+        let mut loader = Some(loader);
         let entry = self
             .inner
             .l1
             .try_get_with(l1_key, async {
-                if let Some((value, generation, weight)) =
-                    self.read_l2::<T>(namespace, &l2_key).await
+                if let Some((value, generation, json)) = self.read_l2::<T>(namespace, &l2_key).await
                 {
                     self.hit(namespace, "l2");
-                    return Ok(self.entry(namespace, value, generation, weight));
+                    own = Some(value);
+                    return Ok(self.entry(namespace, json, generation));
                 }
                 if self.inner.l2.is_some() {
                     self.miss(namespace, "l2");
                 }
-                self.load_with_lock(namespace, &l2_key, generation, loader)
-                    .await
+                let loader = loader.take().expect("the loader runs at most once");
+                let (value, entry) = self
+                    .load_with_lock(namespace, &l2_key, generation, loader)
+                    .await?;
+                own = Some(value);
+                Ok(entry)
             })
             .await?;
         metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
             .set(self.inner.l1.entry_count() as f64);
-        Ok(entry
-            .value
-            .downcast_ref::<T>()
-            .cloned()
-            .expect("the entry was just built from a T"))
+        if let Some(value) = own.or_else(|| decode(&entry.json)) {
+            return Ok(value);
+        }
+        // The shared entry does not decode as a T (another type under the same key, or a
+        // value JSON cannot represent): load here, uncached.
+        match loader.take() {
+            Some(loader) => loader().await.map_err(Arc::new),
+            None => unreachable!("a loader that ran set `own`"),
+        }
     }
 
-    fn entry<T: Send + Sync + 'static>(
-        &self,
-        namespace: Namespace,
-        value: T,
-        generation: u64,
-        weight: u32,
-    ) -> Entry {
+    fn entry(&self, namespace: Namespace, json: Arc<[u8]>, generation: u64) -> Entry {
         Entry {
-            value: Arc::new(value),
+            weight: json.len().min(u32::MAX as usize) as u32,
+            json,
             generation,
             ttl: self.inner.config.ttl(namespace),
-            weight,
         }
     }
 
@@ -606,7 +595,7 @@ impl TieredCache {
         l2_key: &str,
         generation: u64,
         loader: F,
-    ) -> Result<Entry, E>
+    ) -> Result<(T, Entry), E>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -620,11 +609,10 @@ impl TieredCache {
             let deadline = Instant::now() + self.inner.config.lock_wait;
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Some((value, generation, weight)) =
-                    self.read_l2::<T>(namespace, l2_key).await
+                if let Some((value, generation, json)) = self.read_l2::<T>(namespace, l2_key).await
                 {
                     self.hit(namespace, "l2");
-                    return Ok(self.entry(namespace, value, generation, weight));
+                    return Ok((value, self.entry(namespace, json, generation)));
                 }
             }
             tracing::debug!(
@@ -641,11 +629,11 @@ impl TieredCache {
                     v: &value,
                 })
                 .unwrap_or_default();
-                let weight = json.len() as u32;
                 if !json.is_empty() {
-                    self.write_l2(namespace, l2_key, json).await;
+                    self.write_l2(namespace, l2_key, json.clone()).await;
                 }
-                Ok(self.entry(namespace, value, generation, weight))
+                let entry = self.entry(namespace, Arc::from(json), generation);
+                Ok((value, entry))
             }
             Err(err) => Err(err),
         };
@@ -792,6 +780,53 @@ mod tests {
         );
         let stats = cache.stats();
         assert!(stats.l1_hits >= 2 && stats.misses >= 4, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_is_the_json_held_and_another_type_under_a_key_is_reloaded() {
+        // 64 KiB of L1: answers of ~2 KiB of JSON each fit about 32 at a time, however
+        // much more their decoded form would take.
+        let cache = TieredCache::new(
+            CacheConfig {
+                l1_max_bytes: 64 * 1024,
+                ..CacheConfig::default()
+            },
+            None,
+        );
+        let answer = |i: usize| serde_json::json!({"id": i, "choices": [{"message": {"content": "x".repeat(2000)}}]});
+        for i in 0..200 {
+            cache
+                .set(Namespace::Chat, &format!("q{i}"), &answer(i))
+                .await;
+        }
+        cache.inner.l1.run_pending_tasks().await;
+        let held = cache.inner.l1.entry_count();
+        let weight = cache.inner.l1.weighted_size();
+        assert!(held > 0 && held <= 32, "{held} entries held");
+        assert!(weight <= 64 * 1024, "{weight} bytes held");
+        // What is held decodes as it was stored (moka's admission policy picks which).
+        let mut decoded = 0;
+        for i in 0..200 {
+            if let Some(value) = cache
+                .get::<serde_json::Value>(Namespace::Chat, &format!("q{i}"))
+                .await
+            {
+                assert_eq!(value, answer(i));
+                decoded += 1;
+            }
+        }
+        assert!(decoded > 0 && decoded as u64 <= held, "{decoded} of {held}");
+
+        // A key cached as one type and loaded as another: the loader runs.
+        cache.set(Namespace::Search, "k", &7u32).await;
+        let loaded: Result<String, Arc<()>> = cache
+            .get_or_load(Namespace::Search, "k", || async { Ok("text".to_string()) })
+            .await;
+        assert_eq!(loaded.unwrap(), "text");
+        assert_eq!(
+            cache.get::<String>(Namespace::Search, "k").await.as_deref(),
+            Some("text")
+        );
     }
 
     #[tokio::test]
