@@ -475,7 +475,7 @@ impl TieredCache {
             .set(self.inner.l1.entry_count() as f64);
     }
 
-    async fn write_l2(&self, namespace: Namespace, l2_key: &str, json: Vec<u8>) {
+    async fn write_l2(&self, namespace: Namespace, l2_key: &str, json: Arc<[u8]>) {
         if self.inner.l2.is_none() {
             return;
         }
@@ -485,7 +485,7 @@ impl TieredCache {
             .l2_call("set", |mut conn| async move {
                 redis::cmd("SET")
                     .arg(&key)
-                    .arg(json)
+                    .arg(&*json)
                     .arg("PX")
                     .arg(ttl_ms)
                     .query_async::<()>(&mut conn)
@@ -507,7 +507,7 @@ impl TieredCache {
             return;
         };
         let json: Arc<[u8]> = Arc::from(json);
-        self.write_l2(namespace, &self.l2_key(namespace, key), json.to_vec())
+        self.write_l2(namespace, &self.l2_key(namespace, key), json.clone())
             .await;
         self.put_l1(namespace, Self::l1_key(namespace, key), json, generation)
             .await;
@@ -629,10 +629,11 @@ impl TieredCache {
                     v: &value,
                 })
                 .unwrap_or_default();
+                let json: Arc<[u8]> = Arc::from(json);
                 if !json.is_empty() {
                     self.write_l2(namespace, l2_key, json.clone()).await;
                 }
-                let entry = self.entry(namespace, Arc::from(json), generation);
+                let entry = self.entry(namespace, json, generation);
                 Ok((value, entry))
             }
             Err(err) => Err(err),

@@ -115,6 +115,21 @@ impl Spend {
     fn total(&self) -> f64 {
         self.stored + self.since
     }
+
+    /// The key's entry for `day`, started afresh when it holds an earlier day.
+    fn of_day<'a>(
+        spend: &'a mut HashMap<String, Spend>,
+        key: &str,
+        day: NaiveDate,
+    ) -> &'a mut Spend {
+        let entry = spend
+            .entry(key.to_string())
+            .or_insert_with(|| Spend::new(day));
+        if entry.day != day {
+            *entry = Spend::new(day);
+        }
+        entry
+    }
 }
 
 impl UsageRecorder {
@@ -220,12 +235,7 @@ impl UsageRecorder {
     async fn read_stored_spend(&self, key: &str, day: NaiveDate) -> f64 {
         let since_before = {
             let mut spend = self.spend.lock().expect("spend lock");
-            let entry = spend
-                .entry(key.to_string())
-                .or_insert_with(|| Spend::new(day));
-            if entry.day != day {
-                *entry = Spend::new(day);
-            }
+            let entry = Spend::of_day(&mut spend, key, day);
             entry.reading = true;
             entry.since
         };
@@ -234,9 +244,10 @@ impl UsageRecorder {
         let entry = spend
             .entry(key.to_string())
             .or_insert_with(|| Spend::new(day));
-        entry.reading = false;
-        entry.read_at = Some(Instant::now());
+        // A read that outlived its day says nothing about the new one.
         if entry.day == day {
+            entry.reading = false;
+            entry.read_at = Some(Instant::now());
             match stored {
                 Ok(stored) => {
                     entry.stored = stored;
@@ -259,13 +270,7 @@ impl UsageRecorder {
         {
             let day = record.at.date_naive();
             let mut spend = self.spend.lock().expect("spend lock");
-            let entry = spend
-                .entry(record.key.clone())
-                .or_insert_with(|| Spend::new(day));
-            if entry.day != day {
-                *entry = Spend::new(day);
-            }
-            entry.since += record.cost_usd;
+            Spend::of_day(&mut spend, &record.key, day).since += record.cost_usd;
         }
         self.buffer.lock().expect("usage buffer").push(record);
         if !self.buffered {
