@@ -36,6 +36,22 @@ async fn migrations_run_once_and_are_idempotent_on_both_backends() {
 }
 
 #[tokio::test]
+async fn functions_starting_together_migrate_one_sqlite_file_without_errors() {
+    // `make run` starts every function at once on one embedded database: each process
+    // migrates it, and one may apply a migration while another is applying the same one.
+    for _ in 0..10 {
+        let db = TestDatabase::sqlite();
+        let instances: Vec<Database> = (0..4).map(|_| db.database()).collect();
+        let results =
+            futures_util::future::join_all(instances.iter().map(|d| d.ensure_ready())).await;
+        for result in results {
+            result.expect("every instance finds the schema migrated");
+        }
+        assert_eq!(instances[0].table_names().await.unwrap(), TABLES.to_vec());
+    }
+}
+
+#[tokio::test]
 async fn sqlite_creates_its_folder_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/nested/deeper/app.db", dir.path().display());

@@ -19,6 +19,8 @@ use crate::config::{DatabaseKind, Settings};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+/// Tries at migrating a SQLite file another process may be migrating at the same time.
+const SQLITE_MIGRATION_ATTEMPTS: u64 = 5;
 
 /// The pool of the configured dialect; stores match on it for dialect-specific SQL.
 #[derive(Debug, Clone)]
@@ -116,7 +118,18 @@ impl Database {
                         if let Some(dir) = &self.inner.sqlite_dir {
                             tokio::fs::create_dir_all(dir).await?;
                         }
-                        SQLITE_MIGRATIONS.run(pool).await?;
+                        // SQLite has no migration lock across processes: functions that
+                        // start together on one file can race to apply the same migration,
+                        // and the loser fails on its version row. Running again skips
+                        // what the winner applied.
+                        let mut attempt = 0;
+                        while let Err(err) = SQLITE_MIGRATIONS.run(pool).await {
+                            attempt += 1;
+                            if attempt >= SQLITE_MIGRATION_ATTEMPTS {
+                                return Err(err.into());
+                            }
+                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                        }
                     }
                     Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
                 }
