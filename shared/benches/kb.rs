@@ -4,6 +4,8 @@
 //! `KB_BENCH_CHUNKS` sets the corpus size (default 100000), `KB_BENCH_DIMS` the embedding
 //! size (default 384, the EMBEDDINGS_DIMENSIONS default), `KB_BENCH_BATCH` the documents
 //! per ingest call (default 20). Run with `make bench`.
+//! `KB_BENCH_KEEP=1` keeps the database and prints its URL; `KB_BENCH_REUSE=<that URL>`
+//! then measures search alone on it (same corpus, nothing ingested), for search changes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,12 +162,23 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(384);
+    let reuse = std::env::var("KB_BENCH_REUSE").ok();
     let db = TestDatabase::postgres().await;
+    let database = match &reuse {
+        Some(url) => shared::store::Database::connect_lazy_with(
+            url,
+            shared::config::DatabaseKind::Postgres,
+            5,
+            Duration::from_secs(5),
+        )
+        .expect("KB_BENCH_REUSE is a PostgreSQL URL"),
+        None => db.database(),
+    };
     // As the standalone server runs it: bulk writes skip the HNSW index and a background
     // maintainer indexes them (VECTOR_INDEX_* defaults; 1 GB build memory as for a
     // 100k-chunk corpus).
     let store = knowledge_store_with(
-        &db.database(),
+        &database,
         VectorIndexConfig {
             background: true,
             build_memory_mb: 1024,
@@ -217,6 +230,7 @@ async fn main() {
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
             let kb = kb.clone();
+            let reuse = reuse.clone();
             tokio::spawn(async move {
                 let mut words = Words(0x9E3779B97F4A7C15 ^ (w as u64 + 1));
                 let mut chunks = 0i64;
@@ -240,7 +254,11 @@ async fn main() {
                         source: "bench".into(),
                         metadata: serde_json::json!({}),
                     });
-                    if batch.len() == batch_size || n + 1 == ids.len() {
+                    if reuse.is_some() {
+                        // The same documents as the kept run, generated but not ingested.
+                        chunks += 5;
+                        batch.clear();
+                    } else if batch.len() == batch_size || n + 1 == ids.len() {
                         let results = kb
                             .ingest_batch(std::mem::take(&mut batch), "bench")
                             .await
@@ -260,11 +278,13 @@ async fn main() {
         samples.extend(kept);
     }
     let elapsed = started.elapsed();
-    println!(
-        "ingest: {total_chunks} chunks in {:.1} s = {:.0} chunks/s ({docs_needed} documents, batches of {batch_size}, {workers} concurrent writers)",
-        elapsed.as_secs_f64(),
-        total_chunks as f64 / elapsed.as_secs_f64()
-    );
+    if reuse.is_none() {
+        println!(
+            "ingest: {total_chunks} chunks in {:.1} s = {:.0} chunks/s ({docs_needed} documents, batches of {batch_size}, {workers} concurrent writers)",
+            elapsed.as_secs_f64(),
+            total_chunks as f64 / elapsed.as_secs_f64()
+        );
+    }
 
     // Everything above was committed and searchable; now wait until the HNSW index
     // covers it all (the background maintainer, or this pass if it is idle).
@@ -284,15 +304,24 @@ async fn main() {
         }
     }
     let indexed = started.elapsed();
-    println!(
-        "fully indexed {:.1} s after the last write: {:.0} chunks/s from first write to indexed",
-        indexing.elapsed().as_secs_f64(),
-        total_chunks as f64 / indexed.as_secs_f64()
-    );
+    if reuse.is_none() {
+        println!(
+            "fully indexed {:.1} s after the last write: {:.0} chunks/s from first write to indexed",
+            indexing.elapsed().as_secs_f64(),
+            total_chunks as f64 / indexed.as_secs_f64()
+        );
+    }
 
     // Analyse once after the bulk load, as an operator would.
-    if let shared::store::Pool::Postgres(pool) = db.database().pool().await.unwrap() {
+    if let shared::store::Pool::Postgres(pool) = database.pool().await.unwrap() {
         sqlx::query("ANALYZE chunks").execute(pool).await.unwrap();
+        if reuse.is_some() {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            total_chunks = count;
+        }
     }
 
     // The index was just built: its pages are not in PostgreSQL's buffers yet. Warm up

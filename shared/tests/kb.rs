@@ -409,6 +409,75 @@ async fn filters_restrict_results_to_matching_metadata() {
     }
 }
 
+#[tokio::test]
+async fn keyword_lists_put_chunks_with_every_word_first_and_fill_up_with_some_words() {
+    for db in TestDatabase::both().await {
+        let kb = kb(&db);
+        for (id, text) in [
+            (
+                "all",
+                "Quarterly invoice reconciliation checklist for the finance team.",
+            ),
+            ("some-1", "The invoice template lives in the shared drive."),
+            ("some-2", "Reconciliation of bank accounts happens at month end."),
+            ("none", "Parking at the office is free on weekends."),
+        ] {
+            kb.ingest(doc(id, "Finance notes", text), "r").await.unwrap();
+        }
+        let mut other_team = doc(
+            "hr-all",
+            "HR notes",
+            "The invoice reconciliation checklist for payroll.",
+        );
+        other_team.metadata = json!({"team": "hr"});
+        kb.ingest(other_team, "r").await.unwrap();
+        let support = SearchFilter {
+            key: "team".into(),
+            value: "support".into(),
+        };
+        let store = kb.store();
+        let documents = |hits: Vec<shared::kb::store::ChunkHit>| -> Vec<String> {
+            hits.into_iter().map(|h| h.document_id).collect()
+        };
+
+        // Enough chunks have every word: nothing with only some of them is listed.
+        let top = store
+            .keyword_search("invoice reconciliation checklist", 1, Some(&support))
+            .await
+            .unwrap();
+        assert_eq!(documents(top), vec!["all"], "{:?}", db.database().kind());
+
+        // Too few: the list widens to any word, chunks with every word staying on top;
+        // the filter holds in both passes and unrelated chunks never appear.
+        let widened = documents(
+            store
+                .keyword_search("invoice reconciliation checklist", 5, Some(&support))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(widened[0], "all", "{widened:?}");
+        let mut rest = widened[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, vec!["some-1", "some-2"], "{widened:?}");
+
+        // Without the filter both chunks with every word come before the others.
+        let unfiltered = documents(
+            store
+                .keyword_search("invoice reconciliation checklist", 5, None)
+                .await
+                .unwrap(),
+        );
+        let mut first_two = unfiltered[..2].to_vec();
+        first_two.sort();
+        assert_eq!(first_two, vec!["all", "hr-all"], "{unfiltered:?}");
+        assert_eq!(unfiltered.len(), 4, "{unfiltered:?}");
+
+        // One word: the chunks holding it, and no widening.
+        let single = documents(store.keyword_search("parking", 5, None).await.unwrap());
+        assert_eq!(single, vec!["none"]);
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Corpus {
     documents: Vec<Value>,

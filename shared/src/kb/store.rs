@@ -1122,65 +1122,59 @@ impl KnowledgeStore for PgKnowledgeStore {
         let (key, value) = filter.map_or((String::new(), String::new()), |f| {
             (f.key.clone(), f.value.clone())
         });
+        // Chunks with every word first: the GIN index intersects posting lists cheaply,
+        // and they are the best matches. Only when fewer than k have every word does the
+        // search widen to any word, the chunks with every word staying on top. Both
+        // passes are one statement: the any-word pass is gated by a one-time filter on
+        // the every-word pass's count, so it never runs when it cannot add anything (a
+        // phrase of common words has hundreds of chunks with every word, and OR-ing those
+        // words matches most of the corpus).
+        //
         // Ranking is bounded: at most KEYWORD_CANDIDATES matches (found through the GIN
-        // index) are ranked, so a very common word cannot make a search scan the corpus;
-        // chunk texts are read only for the top k.
+        // index) are ranked per pass, so a very common word cannot make a search scan the
+        // corpus; chunk texts are read only for the top k.
         // When widening to any word, words in more than COMMON_LEXEME_SHARE of chunks
         // (PostgreSQL's own statistics of the tsvector column) are left out unless
         // nothing else is left: matching any of them matches most of the corpus, and
         // their posting lists are what makes the scan slow. The every-word pass keeps
         // them: with them a remembered phrase still narrows to its chunk.
+        let matching = |query: &str| {
+            format!(
+                "SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE {query} \
+                 AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
+                 LIMIT {KEYWORD_CANDIDATES}"
+            )
+        };
         let sql = format!(
             "WITH lex AS (SELECT array_agg(lexeme) AS every, array_agg(lexeme) FILTER (WHERE lexeme <> ALL($5::text[])) AS rare \
                  FROM unnest(to_tsvector('english', $1))), \
-             q AS (SELECT array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(coalesce(lex.rare, lex.every)) AS x), $6)::tsquery AS query FROM lex), \
-             matches AS (SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE c.tsv @@ q.query \
-                 AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
-                 LIMIT {KEYWORD_CANDIDATES}), \
-             ranked AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.query) AS score FROM matches m, q \
-                 ORDER BY score DESC, m.id LIMIT $4) \
+             q AS (SELECT array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(lex.every) AS x), ' & ')::tsquery AS every, \
+                 array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(coalesce(lex.rare, lex.every)) AS x), ' | ')::tsquery AS some, \
+                 cardinality(lex.every) > 1 AS several FROM lex), \
+             every_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.every) AS score FROM ({}) m, q \
+                 ORDER BY score DESC, m.id LIMIT $4), \
+             some_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.some) AS score FROM ({}) m, q \
+                 ORDER BY score DESC, m.id LIMIT $4), \
+             ranked AS (SELECT id, document_id, score, 0 AS tier FROM every_hits \
+                 UNION ALL SELECT id, document_id, score, 1 FROM some_hits WHERE id NOT IN (SELECT id FROM every_hits) \
+                 ORDER BY tier, score DESC, id LIMIT $4) \
              SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
              JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
-             ORDER BY r.score DESC, r.id"
+             ORDER BY r.tier, r.score DESC, r.id",
+            matching("c.tsv @@ q.every"),
+            matching("q.several AND (SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some"),
         );
-        // Chunks with every word first: the GIN index intersects posting lists cheaply,
-        // and they are the best matches. Only when fewer than k have every word does the
-        // search widen to any word (whose common words make the index scan long), the
-        // chunks with every word staying on top.
         let pool = self.pool().await?;
         let common = self.common_lexemes.get(pool).await;
-        let words = terms.join(" ");
-        let mut rows: Vec<(String, String, String, String, f32)> = Vec::new();
-        type Row = (String, String, String, String, f32);
-        let pass = |operator: &'static str| {
-            let common: &[String] = if operator == " | " { &common } else { &[] };
-            sqlx::query_as::<_, Row>(&sql)
-                .persistent(false)
-                .bind(&words)
-                .bind(&key)
-                .bind(&value)
-                .bind(k)
-                .bind(common)
-                .bind(operator)
-                .fetch_all(pool)
-        };
-        // Both passes at once (two connections): a phrase rarely has k chunks with every
-        // word, so the any-word pass is nearly always needed, and waiting for one before
-        // starting the other doubled the latency.
-        let (every, any) = if terms.len() == 1 {
-            (pass(" & ").await?, Vec::new())
-        } else {
-            let (every, any) = tokio::join!(pass(" & "), pass(" | "));
-            (every?, any?)
-        };
-        for row in every.into_iter().chain(any) {
-            if rows.len() as i64 >= k {
-                break;
-            }
-            if !rows.iter().any(|r: &Row| r.0 == row.0) {
-                rows.push(row);
-            }
-        }
+        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+            .persistent(false)
+            .bind(terms.join(" "))
+            .bind(&key)
+            .bind(&value)
+            .bind(k)
+            .bind(common.as_slice())
+            .fetch_all(pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
