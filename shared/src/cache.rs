@@ -82,7 +82,9 @@ impl Default for CacheConfig {
         Self {
             prefix: "chatkb".into(),
             l1_max_entries: 10_000,
-            l1_max_bytes: 64 * 1024 * 1024,
+            // Sized for a gateway instance under 40 MB resident (issue 5): ~4,000 short
+            // answers. L1 is the hot set; Redis (L2) is the shared, larger tier.
+            l1_max_bytes: 4 * 1024 * 1024,
             ttls: [
                 Duration::from_secs(3600),       // chat answers
                 Duration::from_secs(300),        // search results
@@ -206,6 +208,11 @@ impl std::fmt::Debug for TieredCache {
 #[derive(Debug)]
 struct L2Unavailable;
 
+/// What an L1 entry costs beyond its JSON and key: moka's node, deques and timer entry,
+/// the `Arc` and allocator headers. Measured with heaptrack: 10,000 short answers (~450
+/// bytes of JSON, ~75 of key) held 9.2 MB, ~400 bytes each beyond JSON and key.
+const L1_ENTRY_OVERHEAD_BYTES: u64 = 400;
+
 impl TieredCache {
     pub fn new(config: CacheConfig, redis: Option<RedisHandle>) -> Self {
         // Each entry weighs at least the per-entry share of the byte budget, so the
@@ -214,7 +221,7 @@ impl TieredCache {
         let l1 = MokaCache::builder()
             .max_capacity(config.l1_max_bytes)
             .weigher(move |key: &String, entry: &Entry| {
-                (entry.weight as u64 + key.len() as u64)
+                (entry.weight as u64 + key.len() as u64 + L1_ENTRY_OVERHEAD_BYTES)
                     .max(floor)
                     .min(u32::MAX as u64) as u32
             })
@@ -781,6 +788,29 @@ mod tests {
         );
         let stats = cache.stats();
         assert!(stats.l1_hits >= 2 && stats.misses >= 4, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn tiny_entries_are_weighed_with_their_bookkeeping() {
+        // 256 KiB for entries of a few bytes: each really takes ~400 bytes, so the bound
+        // holds a few hundred of them, not the ten thousand their JSON alone would allow.
+        let cache = TieredCache::new(
+            CacheConfig {
+                l1_max_bytes: 256 * 1024,
+                l1_max_entries: 1_000_000,
+                ..CacheConfig::default()
+            },
+            None,
+        );
+        for i in 0..5_000u32 {
+            cache.set(Namespace::Search, &format!("k{i}"), &i).await;
+        }
+        cache.inner.l1.run_pending_tasks().await;
+        let held = cache.inner.l1.entry_count();
+        assert!(
+            held > 0 && held <= 256 * 1024 / L1_ENTRY_OVERHEAD_BYTES,
+            "{held} entries held"
+        );
     }
 
     #[tokio::test]

@@ -419,10 +419,15 @@ async fn keyword_lists_put_chunks_with_every_word_first_and_fill_up_with_some_wo
                 "Quarterly invoice reconciliation checklist for the finance team.",
             ),
             ("some-1", "The invoice template lives in the shared drive."),
-            ("some-2", "Reconciliation of bank accounts happens at month end."),
+            (
+                "some-2",
+                "Reconciliation of bank accounts happens at month end.",
+            ),
             ("none", "Parking at the office is free on weekends."),
         ] {
-            kb.ingest(doc(id, "Finance notes", text), "r").await.unwrap();
+            kb.ingest(doc(id, "Finance notes", text), "r")
+                .await
+                .unwrap();
         }
         let mut other_team = doc(
             "hr-all",

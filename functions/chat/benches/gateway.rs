@@ -72,7 +72,19 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 async fn start_chat(client: &reqwest::Client, vars: &[(String, String)]) -> (Server, Duration) {
     let port = shared::testing::free_port();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_chat"))
+    // CHAT_BENCH_BIN runs another build of the server (e.g. one with line tables), and
+    // CHAT_BENCH_WRAPPER runs it under a tool (e.g. `heaptrack`), to see where memory goes.
+    let binary = std::env::var("CHAT_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_chat").into());
+    let wrapper = std::env::var("CHAT_BENCH_WRAPPER").unwrap_or_default();
+    let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().split_first() {
+        Some((tool, args)) => {
+            let mut command = Command::new(tool);
+            command.args(args).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .env_clear()
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PORT", port.to_string())
@@ -295,6 +307,23 @@ async fn main() {
 
     // Cached answers: one question asked again and again, one at a time.
     let body = json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "question 1: how do refunds of order 1 work?"}]});
+    // A full L1 (TinyLFU) admits a key once it is asked for more often than what it
+    // would evict: ask until the answer is served from the cache, then measure.
+    let mut tries = 0;
+    loop {
+        let res = client
+            .post(url.as_str())
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if res.headers()["x-cache"] == "hit" {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 20, "the answer was never served from the cache");
+    }
     let mut latencies = Vec::new();
     let mut overheads = Vec::new();
     for _ in 0..2000 {
@@ -319,9 +348,16 @@ async fn main() {
     summary("cached answers: client latency", latencies);
     summary("cached answers: x-overhead-ms", overheads);
     println!(
-        "rss at the end: {} KiB (peak {} KiB); fake upstream calls: {}",
+        "rss at the end: {} KiB (peak {} KiB; anonymous {} KiB, file-backed {} KiB); fake upstream calls: {}",
         rss_kib(pid, "VmRSS:"),
         rss_kib(pid, "VmHWM:"),
+        rss_kib(pid, "RssAnon:"),
+        rss_kib(pid, "RssFile:"),
         fake.chat_completions()
     );
+    // CHAT_BENCH_SMAPS=<file>: the server's memory map at the end, to see where it goes.
+    if let Ok(path) = std::env::var("CHAT_BENCH_SMAPS") {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        std::fs::write(path, smaps).expect("CHAT_BENCH_SMAPS is writable");
+    }
 }
