@@ -206,9 +206,13 @@ pub fn knowledge_store_with(
 /// Bind parameters per multi-row statement, well under PostgreSQL's limit of 65,535.
 const PG_ROWS_PER_STATEMENT: usize = 30_000;
 
-/// Most keyword matches ranked per pass (PostgreSQL; ranking reads each one's tsvector,
-/// ~20 µs apiece); see `keyword_search`.
+/// Most keyword matches ranked in the every-word pass (PostgreSQL; ranking reads each
+/// one's tsvector, ~10-20 µs apiece); see `keyword_search`.
 const KEYWORD_CANDIDATES: usize = 500;
+
+/// Most matches ranked in the any-word pass, which only fills the list up to k below the
+/// chunks with every word (fewer: its matches are taken in index order anyway).
+const KEYWORD_FILL_CANDIDATES: usize = 200;
 
 /// Search words for the keyword index: letters and digits only (no query syntax).
 fn keyword_terms(query: &str) -> Vec<String> {
@@ -1138,11 +1142,11 @@ impl KnowledgeStore for PgKnowledgeStore {
         // nothing else is left: matching any of them matches most of the corpus, and
         // their posting lists are what makes the scan slow. The every-word pass keeps
         // them: with them a remembered phrase still narrows to its chunk.
-        let matching = |query: &str| {
+        let matching = |query: &str, limit: usize| {
             format!(
                 "SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE {query} \
                  AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
-                 LIMIT {KEYWORD_CANDIDATES}"
+                 LIMIT {limit}"
             )
         };
         let sql = format!(
@@ -1161,8 +1165,11 @@ impl KnowledgeStore for PgKnowledgeStore {
              SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
              JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
              ORDER BY r.tier, r.score DESC, r.id",
-            matching("c.tsv @@ q.every"),
-            matching("q.several AND (SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some"),
+            matching("c.tsv @@ q.every", KEYWORD_CANDIDATES),
+            matching(
+                "q.several AND (SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some",
+                KEYWORD_FILL_CANDIDATES
+            ),
         );
         let pool = self.pool().await?;
         let common = self.common_lexemes.get(pool).await;
