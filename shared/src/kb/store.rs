@@ -1134,9 +1134,10 @@ impl KnowledgeStore for PgKnowledgeStore {
         // phrase of common words has hundreds of chunks with every word, and OR-ing those
         // words matches most of the corpus).
         //
-        // Ranking is bounded: at most KEYWORD_CANDIDATES matches (found through the GIN
-        // index) are ranked per pass, so a very common word cannot make a search scan the
-        // corpus; chunk texts are read only for the top k.
+        // Ranking is bounded: at most KEYWORD_CANDIDATES (every word) and
+        // KEYWORD_FILL_CANDIDATES (any word) matches, found through the GIN index, are
+        // ranked, so a very common word cannot make a search scan the corpus; chunk
+        // texts are read only for the top k.
         // When widening to any word, words in more than COMMON_LEXEME_SHARE of chunks
         // (PostgreSQL's own statistics of the tsvector column) are left out unless
         // nothing else is left: matching any of them matches most of the corpus, and
