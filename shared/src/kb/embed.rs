@@ -2,6 +2,7 @@
 //! an offline deterministic embedder for the embedded default and tests.
 
 use std::future::Future;
+use std::hash::Hasher;
 use std::pin::Pin;
 
 /// Boxed future returned by [`Embedder::embed`], so embedders can be `dyn`.
@@ -48,30 +49,15 @@ const STOPWORDS: &[&str] = &[
 ];
 
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    let mut hash = Fnv1a::new(seed);
+    let mut hash = fnv1a_hasher(seed);
     hash.write(bytes);
     hash.finish()
 }
 
-/// FNV-1a fed piece by piece, so a feature made of several strings is hashed without
-/// joining them first.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new(seed: u64) -> Self {
-        Self(0xcbf29ce484222325u64 ^ seed)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= *b as u64;
-            self.0 = self.0.wrapping_mul(0x100000001b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// FNV-1a (the `fnv` crate) from a seeded offset basis, fed piece by piece, so a feature
+/// made of several strings is hashed without joining them first.
+fn fnv1a_hasher(seed: u64) -> fnv::FnvHasher {
+    fnv::FnvHasher::with_key(0xcbf29ce484222325u64 ^ seed)
 }
 
 fn is_cjk(c: char) -> bool {
@@ -149,7 +135,7 @@ impl OfflineEmbedder {
             padded.push('$');
             if padded.len() > 4 {
                 for tri in padded.windows(3) {
-                    let mut hash = Fnv1a::new(1);
+                    let mut hash = fnv1a_hasher(1);
                     for c in tri {
                         hash.write(c.encode_utf8(&mut utf8).as_bytes());
                     }
@@ -158,7 +144,7 @@ impl OfflineEmbedder {
             }
         }
         for pair in words.windows(2) {
-            let mut hash = Fnv1a::new(2);
+            let mut hash = fnv1a_hasher(2);
             hash.write(pair[0].as_bytes());
             hash.write(b" ");
             hash.write(pair[1].as_bytes());
