@@ -204,6 +204,9 @@ impl std::fmt::Debug for TieredCache {
     }
 }
 
+/// A value read from L2: decoded, its generation, and its JSON (for L1).
+type FromL2<T> = (T, u64, Arc<[u8]>);
+
 /// A failed Redis operation; never reaches callers.
 #[derive(Debug)]
 struct L2Unavailable;
@@ -445,7 +448,7 @@ impl TieredCache {
         &self,
         namespace: Namespace,
         l2_key: &str,
-    ) -> Option<(T, u64, Arc<[u8]>)> {
+    ) -> Option<FromL2<T>> {
         self.inner.l2.as_ref()?;
         let generation_key = self.generation_key(namespace);
         let key = l2_key.to_string();
@@ -461,18 +464,146 @@ impl TieredCache {
             })
             .await
             .ok()?;
-        let stored: Option<Stored<T>> = raw.as_deref().and_then(|r| serde_json::from_slice(r).ok());
-        // A value written under a newer generation means another instance invalidated
-        // the namespace while Redis was unreachable for it: adopt that generation too.
-        let seen = remote_generation
-            .unwrap_or(0)
-            .max(stored.as_ref().map_or(0, |s| s.g));
+        let mut found = self.accept_l2(namespace, remote_generation, vec![raw]);
+        found.pop().flatten()
+    }
+
+    /// Decodes values read from L2 together with the namespace generation: a value
+    /// written under an older generation is a miss, and one written under a newer
+    /// generation means another instance invalidated the namespace while Redis was
+    /// unreachable for it, so this instance adopts that generation too.
+    fn accept_l2<T: DeserializeOwned>(
+        &self,
+        namespace: Namespace,
+        remote_generation: Option<u64>,
+        raws: Vec<Option<Vec<u8>>>,
+    ) -> Vec<Option<FromL2<T>>> {
+        let decoded: Vec<Option<(Stored<T>, Vec<u8>)>> = raws
+            .into_iter()
+            .map(|raw| {
+                let raw = raw?;
+                let stored = serde_json::from_slice(&raw).ok()?;
+                Some((stored, raw))
+            })
+            .collect();
+        let seen = decoded
+            .iter()
+            .flatten()
+            .map(|(stored, _)| stored.g)
+            .fold(remote_generation.unwrap_or(0), u64::max);
         let generation = self.adopt_generation(namespace, seen);
         self.inner.generations_checked[namespace.index()]
             .store(self.now_ms().max(1), Ordering::Relaxed);
-        let stored = stored?;
-        let json: Arc<[u8]> = raw.map(Arc::from)?;
-        (stored.g == generation).then_some((stored.v, generation, json))
+        decoded
+            .into_iter()
+            .map(|found| {
+                let (stored, raw) = found?;
+                (stored.g == generation).then(|| (stored.v, generation, Arc::from(raw)))
+            })
+            .collect()
+    }
+
+    /// Several cached values at once, in the order of `keys`: L1 first, then one Redis
+    /// round trip for all of L1's misses (a batch of chunks at ingest would otherwise
+    /// cost one round trip per chunk).
+    pub async fn get_many<T>(&self, namespace: Namespace, keys: &[String]) -> Vec<Option<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let generation = self.generation(namespace).await;
+        let mut values: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let entry = self.inner.l1.get(&Self::l1_key(namespace, key)).await;
+            let value = self.l1_lookup::<T>(entry, generation);
+            if value.is_some() {
+                self.hit(namespace, "l1");
+            } else {
+                self.miss(namespace, "l1");
+                missing.push(i);
+            }
+            values.push(value);
+        }
+        if missing.is_empty() || self.inner.l2.is_none() {
+            return values;
+        }
+        let generation_key = self.generation_key(namespace);
+        let l2_keys: Vec<String> = missing
+            .iter()
+            .map(|&i| self.l2_key(namespace, &keys[i]))
+            .collect();
+        let read = self
+            .l2_call("mget", |mut conn| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&generation_key)
+                    .cmd("MGET")
+                    .arg(&l2_keys)
+                    .query_async::<(Option<u64>, Vec<Option<Vec<u8>>>)>(&mut conn)
+                    .await
+            })
+            .await;
+        let Ok((remote_generation, raws)) = read else {
+            return values;
+        };
+        let found = self.accept_l2::<T>(namespace, remote_generation, raws);
+        for (i, found) in missing.into_iter().zip(found) {
+            match found {
+                Some((value, generation, json)) => {
+                    self.hit(namespace, "l2");
+                    self.put_l1(
+                        namespace,
+                        Self::l1_key(namespace, &keys[i]),
+                        json,
+                        generation,
+                    )
+                    .await;
+                    values[i] = Some(value);
+                }
+                None => self.miss(namespace, "l2"),
+            }
+        }
+        values
+    }
+
+    /// Stores several values in both tiers, with one Redis round trip for all of them.
+    pub async fn set_many<T>(&self, namespace: Namespace, items: &[(&str, &T)])
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        let generation = self.generation(namespace).await;
+        let encoded: Vec<(&str, Arc<[u8]>)> = items
+            .iter()
+            .filter_map(|(key, value)| {
+                let json = serde_json::to_vec(&Stored {
+                    g: generation,
+                    v: *value,
+                })
+                .ok()?;
+                Some((*key, Arc::from(json)))
+            })
+            .collect();
+        if self.inner.l2.is_some() && !encoded.is_empty() {
+            let ttl_ms = self.inner.config.ttl(namespace).as_millis() as u64;
+            let mut pipe = redis::pipe();
+            for (key, json) in &encoded {
+                pipe.cmd("SET")
+                    .arg(self.l2_key(namespace, key))
+                    .arg(&**json)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let _ = self
+                .l2_call("mset", |mut conn| async move {
+                    pipe.query_async::<()>(&mut conn).await
+                })
+                .await;
+        }
+        for (key, json) in encoded {
+            self.put_l1(namespace, Self::l1_key(namespace, key), json, generation)
+                .await;
+        }
     }
 
     async fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {

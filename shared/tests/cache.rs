@@ -163,6 +163,63 @@ async fn two_instances_share_one_load_through_the_redis_lock() {
 }
 
 #[tokio::test]
+async fn batches_read_and_write_both_tiers_in_one_round_trip_each() {
+    let config = config();
+    let a = TieredCache::new(config.clone(), Some(shared_redis()));
+    let b = TieredCache::new(config.clone(), Some(shared_redis()));
+    let (v1, v2) = (vec![0.5f32, 0.25], vec![-1.0f32, 0.0]);
+    a.set_many(Namespace::Embedding, &[("e1", &v1), ("e2", &v2)])
+        .await;
+
+    // Another instance: L1 is empty, so both come from Redis, in the order asked.
+    let keys = ["e1", "missing", "e2"].map(String::from);
+    let got: Vec<Option<Vec<f32>>> = b.get_many(Namespace::Embedding, &keys).await;
+    assert_eq!(got, vec![Some(v1.clone()), None, Some(v2.clone())]);
+    assert_eq!((b.stats().l2_hits, b.stats().l1_hits), (2, 0));
+    let again: Vec<Option<Vec<f32>>> = b.get_many(Namespace::Embedding, &keys).await;
+    assert_eq!(again, got);
+    assert_eq!(b.stats().l1_hits, 2, "the L2 hits filled L1");
+
+    // Written with the namespace's TTL, under hashed keys.
+    let mut conn = shared_redis().connection().await.unwrap();
+    let stored: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:cache:embedding:*", config.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let values: Vec<&String> = stored
+        .iter()
+        .filter(|k| !k.ends_with(":generation"))
+        .collect();
+    assert_eq!(values.len(), 2, "{stored:?}");
+    for key in values {
+        let digest = key.rsplit(':').next().unwrap();
+        assert!(
+            digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "{key} names a SHA-256, not the key"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has a TTL");
+    }
+
+    // An invalidated namespace: what either instance holds is stale.
+    a.invalidate_namespace(Namespace::Embedding).await;
+    let stale: Vec<Option<Vec<f32>>> = b.get_many(Namespace::Embedding, &keys).await;
+    assert_eq!(stale, vec![None, None, None]);
+
+    // Redis unreachable: batches work on L1 alone.
+    let alone = TieredCache::new(config.clone(), Some(redis_at("redis://127.0.0.1:1")));
+    alone.set_many(Namespace::Embedding, &[("e1", &v1)]).await;
+    let local: Vec<Option<Vec<f32>>> = alone.get_many(Namespace::Embedding, &keys).await;
+    assert_eq!(local, vec![Some(v1), None, None]);
+    assert_eq!(alone.stats().l2_available, Some(false));
+}
+
+#[tokio::test]
 async fn a_closed_redis_port_means_l1_only_without_errors() {
     let cache = TieredCache::new(config(), Some(redis_at("redis://127.0.0.1:1")));
     cache.set(Namespace::Session, "s1", &42u32).await;

@@ -483,6 +483,95 @@ async fn keyword_lists_put_chunks_with_every_word_first_and_fill_up_with_some_wo
     }
 }
 
+/// The offline embedder, counting the texts it is asked to embed.
+struct CountingEmbedder {
+    inner: OfflineEmbedder,
+    texts: std::sync::atomic::AtomicUsize,
+}
+
+impl Embedder for CountingEmbedder {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+    fn dimensions(&self) -> usize {
+        self.inner.dimensions()
+    }
+    fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
+        self.texts
+            .fetch_add(texts.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.embed(texts)
+    }
+}
+
+#[tokio::test]
+async fn an_edited_document_embeds_only_its_new_chunks_through_the_shared_cache() {
+    // Two instances (their own L1) sharing Redis, as two Lambda instances would.
+    let db = TestDatabase::sqlite();
+    let redis = shared::store::RedisHandle::new(
+        &shared::config::RedisUrl::parse(
+            &std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        )
+        .unwrap(),
+        std::time::Duration::from_millis(500),
+    )
+    .unwrap();
+    let cache_config = CacheConfig {
+        prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        ..CacheConfig::default()
+    };
+    let instance = || {
+        let embedder = Arc::new(CountingEmbedder {
+            inner: OfflineEmbedder::new(256),
+            texts: Default::default(),
+        });
+        let kb = KnowledgeBase::new(
+            knowledge_store(&db.database()),
+            embedder.clone(),
+            TieredCache::new(cache_config.clone(), Some(redis.clone())),
+            ChunkConfig {
+                size: 200,
+                overlap: 0,
+            },
+        );
+        (kb, embedder)
+    };
+    let paragraphs: Vec<String> = (0..6)
+        .map(|i| format!("Paragraph {i} explains step {i} of the onboarding checklist for new support engineers in detail."))
+        .collect();
+    let (first, first_embedder) = instance();
+    let created = first
+        .ingest(doc("guide", "Onboarding", &paragraphs.join("\n\n")), "r")
+        .await
+        .unwrap();
+    let embedded = first_embedder
+        .texts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(embedded as i64, created.chunks);
+    assert!(created.chunks >= 3, "{created:?}");
+
+    let mut edited = paragraphs.clone();
+    edited[5] = "Paragraph 5 now says that the checklist moved to the wiki.".into();
+    let (second, second_embedder) = instance();
+    let updated = second
+        .ingest(doc("guide", "Onboarding", &edited.join("\n\n")), "r")
+        .await
+        .unwrap();
+    assert_eq!(updated.status, "updated");
+    let re_embedded = second_embedder
+        .texts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        re_embedded >= 1 && (re_embedded as i64) < updated.chunks,
+        "{re_embedded} of {} chunks embedded again",
+        updated.chunks
+    );
+    let found = second
+        .search("checklist moved to the wiki", 1, None)
+        .await
+        .unwrap();
+    assert_eq!(found.results[0].document_id, "guide");
+}
+
 #[derive(serde::Deserialize)]
 struct Corpus {
     documents: Vec<Value>,

@@ -238,10 +238,9 @@ impl KnowledgeBase {
             .iter()
             .map(|t| format!("{model}:{}", hex::encode(Sha256::digest(t.as_bytes()))))
             .collect();
-        let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
-        for key in &keys {
-            vectors.push(self.cache.get::<Vec<f32>>(Namespace::Embedding, key).await);
-        }
+        // One cache round trip for the whole document, not one per chunk.
+        let mut vectors: Vec<Option<Vec<f32>>> =
+            self.cache.get_many(Namespace::Embedding, &keys).await;
         let missing: Vec<usize> = (0..texts.len()).filter(|i| vectors[*i].is_none()).collect();
         for batch in missing.chunks(EMBED_BATCH) {
             let inputs: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
@@ -253,17 +252,23 @@ impl KnowledgeBase {
                     inputs.len()
                 )));
             }
+            if let Some(wrong) = embedded
+                .iter()
+                .find(|v| v.len() != self.embedder.dimensions())
+            {
+                return Err(EmbedError::Invalid(format!(
+                    "{} dimensions, expected {}",
+                    wrong.len(),
+                    self.embedder.dimensions()
+                )));
+            }
+            let items: Vec<(&str, &Vec<f32>)> = batch
+                .iter()
+                .zip(&embedded)
+                .map(|(i, vector)| (keys[*i].as_str(), vector))
+                .collect();
+            self.cache.set_many(Namespace::Embedding, &items).await;
             for (i, vector) in batch.iter().zip(embedded) {
-                if vector.len() != self.embedder.dimensions() {
-                    return Err(EmbedError::Invalid(format!(
-                        "{} dimensions, expected {}",
-                        vector.len(),
-                        self.embedder.dimensions()
-                    )));
-                }
-                self.cache
-                    .set(Namespace::Embedding, &keys[*i], &vector)
-                    .await;
                 vectors[*i] = Some(vector);
             }
         }

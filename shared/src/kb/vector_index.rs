@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
@@ -93,6 +94,11 @@ pub enum Maintenance {
 const STATE_TTL: Duration = Duration::from_secs(1);
 /// Rows per statement when folding a delta, so no transaction holds many row locks.
 const FOLD_BATCH: i64 = 500;
+
+/// How often the background maintainer looks at pending dimensions...
+const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// ...and the longest it waits after passes that keep failing.
+const FAILED_PASS_MAX_DELAY: Duration = Duration::from_secs(60);
 /// Row-by-row insertion costs four to six times a bulk build per vector (measured at 100k
 /// chunks, docs/benchmarks.md), so a delta under a quarter of the index is folded in and
 /// a larger one triggers a rebuild.
@@ -214,8 +220,19 @@ impl VectorIndexer {
     /// The background maintainer: checks pending dimensions when woken (at most once a
     /// second) and once their bulk writes have paused for `quiet`.
     async fn run(self: Arc<Self>, pool: PgPool) {
+        // A pass that keeps failing (no right to create indexes, database down) is
+        // retried 1 s, 2 s, 4 s... up to a minute apart, not every second.
+        let failure_backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(PASS_INTERVAL)
+                .with_max_delay(FAILED_PASS_MAX_DELAY)
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = failure_backoff();
         loop {
             let _ = tokio::time::timeout(self.config.quiet, self.wake.notified()).await;
+            let mut failed = false;
             let pending: Vec<(usize, Instant)> = self
                 .pending
                 .lock()
@@ -233,10 +250,19 @@ impl VectorIndexer {
                         }
                     }
                     Ok(outcome) => tracing::debug!(dims, ?outcome, "vector index maintenance"),
-                    Err(error) => tracing::warn!(dims, %error, "vector index maintenance failed"),
+                    Err(error) => {
+                        failed = true;
+                        tracing::warn!(dims, %error, "vector index maintenance failed");
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pause = if failed {
+                backoff.next().unwrap_or(FAILED_PASS_MAX_DELAY)
+            } else {
+                backoff = failure_backoff();
+                PASS_INTERVAL
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
