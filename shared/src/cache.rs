@@ -544,6 +544,7 @@ impl TieredCache {
             })
             .await;
         let Ok((remote_generation, raws)) = read else {
+            missing.iter().for_each(|_| self.miss(namespace, "l2"));
             return values;
         };
         let found = self.accept_l2::<T>(namespace, remote_generation, raws);
