@@ -196,7 +196,7 @@ async fn ready_is_503_naming_redis_when_configured_but_down() {
 #[tokio::test]
 async fn real_postgres_and_redis_backends_are_ready() {
     let db = TestDatabase::postgres().await;
-    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = shared::testing::test_redis_url();
     let health = Function::start(
         "health",
         &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],

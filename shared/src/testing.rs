@@ -106,6 +106,17 @@ pub fn test_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
+/// The Redis server tests use.
+pub fn test_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// A handle on the tests' Redis, each operation bounded by `timeout`.
+pub fn test_redis(timeout: std::time::Duration) -> crate::store::RedisHandle {
+    let url = crate::config::RedisUrl::parse(&test_redis_url()).expect("TEST_REDIS_URL parses");
+    crate::store::RedisHandle::new(&url, timeout).expect("Redis handle")
+}
+
 /// A database that exists for one test.
 pub struct TestDatabase {
     pub url: String,

@@ -14,7 +14,7 @@ fn redis_at(url: &str) -> RedisHandle {
 }
 
 fn shared_redis() -> RedisHandle {
-    redis_at(&std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
+    shared::testing::test_redis(Duration::from_millis(200))
 }
 
 fn config() -> CacheConfig {
@@ -24,6 +24,19 @@ fn config() -> CacheConfig {
         l2_retry_after: Duration::from_millis(100),
         ..CacheConfig::default()
     }
+}
+
+/// The Redis keys holding values of one namespace (not its generation or load locks).
+async fn value_keys(config: &CacheConfig, namespace: &str) -> Vec<String> {
+    let mut conn = shared_redis().connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:cache:{namespace}:*", config.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.into_iter()
+        .filter(|k| !k.ends_with(":generation") && !k.ends_with(":lock"))
+        .collect()
 }
 
 #[tokio::test]
@@ -46,15 +59,8 @@ async fn l2_hits_back_fill_l1_and_values_are_json_in_redis() {
 
     // Stored as JSON with the generation, under a hashed key (no request text in key names).
     let mut conn = shared_redis().connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:cache:search:*", config.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let value_key = keys
-        .iter()
-        .find(|k| !k.ends_with(":generation") && !k.ends_with(":lock"))
-        .expect("value key");
+    let keys = value_keys(&config, "search").await;
+    let value_key = keys.first().expect("value key");
     assert!(!value_key.contains("refund"));
     let raw: String = redis::cmd("GET")
         .arg(value_key)
@@ -182,17 +188,9 @@ async fn batches_read_and_write_both_tiers_in_one_round_trip_each() {
 
     // Written with the namespace's TTL, under hashed keys.
     let mut conn = shared_redis().connection().await.unwrap();
-    let stored: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:cache:embedding:*", config.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let values: Vec<&String> = stored
-        .iter()
-        .filter(|k| !k.ends_with(":generation"))
-        .collect();
-    assert_eq!(values.len(), 2, "{stored:?}");
-    for key in values {
+    let values = value_keys(&config, "embedding").await;
+    assert_eq!(values.len(), 2, "{values:?}");
+    for key in &values {
         let digest = key.rsplit(':').next().unwrap();
         assert!(
             digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),

@@ -507,14 +507,7 @@ impl Embedder for CountingEmbedder {
 async fn an_edited_document_embeds_only_its_new_chunks_through_the_shared_cache() {
     // Two instances (their own L1) sharing Redis, as two Lambda instances would.
     let db = TestDatabase::sqlite();
-    let redis = shared::store::RedisHandle::new(
-        &shared::config::RedisUrl::parse(
-            &std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        )
-        .unwrap(),
-        std::time::Duration::from_millis(500),
-    )
-    .unwrap();
+    let redis = shared::testing::test_redis(std::time::Duration::from_millis(500));
     let cache_config = CacheConfig {
         prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
         ..CacheConfig::default()

@@ -9,8 +9,7 @@ use shared::resilience::{BreakerConfig, BreakerState, CircuitBreaker, ManualCloc
 use shared::store::RedisHandle;
 
 fn redis() -> RedisHandle {
-    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    RedisHandle::new(&RedisUrl::parse(&url).unwrap(), Duration::from_millis(500)).unwrap()
+    shared::testing::test_redis(Duration::from_millis(500))
 }
 
 fn unique_prefix() -> String {

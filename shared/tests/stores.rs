@@ -10,9 +10,7 @@ use shared::AppContext;
 
 use shared::testing::MIGRATED_TABLES as TABLES;
 
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
-}
+use shared::testing::test_redis_url as redis_url;
 
 #[tokio::test]
 async fn migrations_run_once_and_are_idempotent_on_both_backends() {

@@ -122,7 +122,7 @@ async fn ready_is_503_naming_redis_when_configured_but_down() {
 #[tokio::test]
 async fn ready_is_200_with_real_postgres_and_redis() {
     let db = TestDatabase::postgres().await;
-    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = shared::testing::test_redis_url();
     let router = health::router(context(
         "health",
         &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],
