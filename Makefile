@@ -18,10 +18,10 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
 
-test: ## Format check, clippy, cfn-lint, every test (PostgreSQL and Redis must be running), Lambda-mode smoke test
+test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, every test, the Lambda-mode smoke test and the SDK checks
+	scripts/test-setup.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
 	cfn-lint infra/template.yaml
 	$(MAKE) test-rust
 	$(MAKE) smoke

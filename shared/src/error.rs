@@ -107,7 +107,13 @@ impl ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
         tracing::error!(error = %err, "store failed");
-        ApiError::unavailable("the database is unavailable")
+        match err {
+            // A set-up problem the operator can fix: say which, it holds no secret.
+            crate::store::StoreError::MissingExtension(fix) => {
+                ApiError::unavailable(format!("the database is unavailable: {fix}"))
+            }
+            _ => ApiError::unavailable("the database is unavailable"),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use shared::config::{DatabaseKind, RedisUrl};
 use shared::health::{self, DependencyState, OverallStatus};
-use shared::store::{Database, Pool, RedisHandle};
+use shared::store::{Database, Pool, RedisHandle, StoreError};
 use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
@@ -31,6 +31,95 @@ async fn migrations_run_once_and_are_idempotent_on_both_backends() {
         db.close().await;
         again.close().await;
     }
+}
+
+/// Finding: a failed migration left sqlx's session-level migration lock on an idle pooled
+/// connection, and every later attempt (another handle, another process) waited for it
+/// forever.
+#[tokio::test]
+async fn a_failed_postgres_migration_releases_its_lock_and_later_attempts_do_not_hang() {
+    use sqlx::Connection;
+    let test_db = TestDatabase::postgres().await;
+    let mut admin = sqlx::PgConnection::connect(&test_db.url).await.unwrap();
+    // A view where the schema wants the chunks table: the knowledge-base migration fails.
+    sqlx::query("CREATE VIEW chunks AS SELECT 1 AS id")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let db = test_db.database();
+    let failed = db.ensure_ready().await;
+    assert!(
+        matches!(failed, Err(StoreError::Migration(_))),
+        "{failed:?}"
+    );
+    let advisory_locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(advisory_locks, 0, "the failed migration released its lock");
+
+    // Another instance tries again and gets the same answer, not a wait.
+    let other = test_db.database();
+    let again = tokio::time::timeout(Duration::from_secs(30), other.ensure_ready())
+        .await
+        .expect("a retry after a failed migration never waits for a lock");
+    assert!(matches!(again, Err(StoreError::Migration(_))), "{again:?}");
+
+    // Fixed by the operator: the next attempt migrates.
+    sqlx::query("DROP VIEW chunks")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    other
+        .ensure_ready()
+        .await
+        .expect("migrates once the cause is gone");
+    db.ensure_ready()
+        .await
+        .expect("and so does the first handle");
+    let _ = admin.close().await;
+    db.close().await;
+    other.close().await;
+}
+
+/// A lock that another session never releases fails the statement after the lock
+/// timeout: migrations and ordinary queries alike.
+#[tokio::test]
+async fn postgres_lock_waits_are_bounded() {
+    use sqlx::Connection;
+    let test_db = TestDatabase::postgres().await;
+    let db = test_db.database();
+    db.ensure_ready().await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(&test_db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations, documents IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let limit = shared::store::database::POSTGRES_LOCK_TIMEOUT + Duration::from_secs(15);
+    let starting = test_db.database();
+    let migrated = tokio::time::timeout(limit, starting.ensure_ready())
+        .await
+        .expect("the migration lock wait is bounded");
+    assert!(migrated.is_err(), "{migrated:?}");
+
+    let Pool::Postgres(pool) = db.pool().await.unwrap() else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let counted = tokio::time::timeout(
+        limit,
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM documents").fetch_one(pool),
+    )
+    .await
+    .expect("a query's lock wait is bounded");
+    let err = counted.expect_err("the table stays locked");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let _ = holder.close().await;
 }
 
 #[tokio::test]

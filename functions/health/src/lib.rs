@@ -63,7 +63,17 @@ async fn ready(State(ctx): Ctx) -> Response {
     if failing.is_empty() {
         return Json(json!({"status": "ready", "dependencies": dependencies})).into_response();
     }
-    let message = format!("not ready: {} unavailable", failing.join(", "));
+    // Each failing dependency with its (redacted) cause, so a fixable set-up problem
+    // such as a missing extension is named in the message itself.
+    let causes: Vec<String> = checks
+        .iter()
+        .filter(|c| failing.contains(&c.name))
+        .map(|c| match &c.error {
+            Some(error) => format!("{} ({error})", c.name),
+            None => c.name.clone(),
+        })
+        .collect();
+    let message = format!("not ready: {} unavailable", causes.join(", "));
     let mut body = json!({
         "status": "not_ready",
         "failing": failing,

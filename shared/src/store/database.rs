@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgPool, SqlitePool};
 use tokio::sync::OnceCell;
 
 use super::StoreError;
@@ -21,6 +21,16 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Tries at migrating a SQLite file another process may be migrating at the same time.
 const SQLITE_MIGRATION_ATTEMPTS: u64 = 5;
+/// Longest wait for any PostgreSQL lock (rows, tables, advisory locks, the migration
+/// lock): a lock that is never released fails the statement instead of hanging the caller.
+pub const POSTGRES_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest run of one statement on a pooled PostgreSQL connection. Work that may
+/// legitimately take longer (the vector index build, migrations) lifts it for itself.
+pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a caller and `/health/ready` are told when the schema needs pgvector and the
+/// server does not have it.
+pub const MISSING_PGVECTOR: &str =
+    "extension vector is not installed: run local/install-pgvector.sh, or use a PostgreSQL with pgvector";
 
 /// The pool of the configured dialect; stores match on it for dialect-specific SQL.
 #[derive(Debug, Clone)]
@@ -33,6 +43,8 @@ pub enum Pool {
 struct Inner {
     pool: Pool,
     migrated: OnceCell<()>,
+    /// Bounds connecting for migrations, as `acquire_timeout` bounds the pool.
+    timeout: Duration,
     sqlite_dir: Option<std::path::PathBuf>,
 }
 
@@ -78,7 +90,12 @@ impl Database {
                 (Pool::Sqlite(pool), dir)
             }
             DatabaseKind::Postgres => {
-                let options = PgConnectOptions::from_str(url)?.application_name("chatkb");
+                let options = PgConnectOptions::from_str(url)?
+                    .application_name("chatkb")
+                    .options([
+                        ("lock_timeout", millis(POSTGRES_LOCK_TIMEOUT)),
+                        ("statement_timeout", millis(POSTGRES_STATEMENT_TIMEOUT)),
+                    ]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(timeout)
@@ -90,6 +107,7 @@ impl Database {
             inner: Arc::new(Inner {
                 pool,
                 migrated: OnceCell::new(),
+                timeout,
                 sqlite_dir,
             }),
         })
@@ -131,13 +149,33 @@ impl Database {
                             tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                         }
                     }
-                    Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+                    Pool::Postgres(pool) => self.migrate_postgres(pool).await?,
                 }
                 tracing::info!(database = ?self.kind(), "database migrations applied");
                 Ok::<(), StoreError>(())
             })
             .await?;
         Ok(())
+    }
+
+    /// Migrates on a connection of its own, closed afterwards whatever happened. sqlx
+    /// takes a session-level advisory lock for the migration and does not release it
+    /// when a migration fails; on a pooled connection that lock would outlive the
+    /// failure and every retry (in any process) would wait for it forever.
+    async fn migrate_postgres(&self, pool: &PgPool) -> Result<(), StoreError> {
+        // Migrations may build indexes on large tables: no statement limit, but lock
+        // waits (the migration lock included) stay bounded.
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "0")]);
+        let mut conn =
+            tokio::time::timeout(self.inner.timeout, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| StoreError::Timeout("database", self.inner.timeout.as_millis()))??;
+        let migrated = POSTGRES_MIGRATIONS.run_direct(&mut conn).await;
+        // Closing ends the session, which releases every lock it still holds.
+        let _ = conn.close().await;
+        migrated.map_err(explain_migration_error)
     }
 
     /// Round trip to the database (after migrations): the readiness check.
@@ -184,5 +222,44 @@ impl Database {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// Turns the failure a user can fix into a message that says how.
+fn explain_migration_error(err: sqlx::migrate::MigrateError) -> StoreError {
+    if names_missing_pgvector(&err.to_string()) {
+        StoreError::MissingExtension(MISSING_PGVECTOR)
+    } else {
+        StoreError::Migration(err)
+    }
+}
+
+/// PostgreSQL 15 says `could not open extension control file ".../vector.control"`,
+/// 16 and later `extension "vector" is not available`.
+fn names_missing_pgvector(message: &str) -> bool {
+    message.contains("vector.control")
+        || (message.contains("extension \"vector\"") && message.contains("is not available"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_pgvector_is_recognised_in_every_server_version() {
+        assert!(names_missing_pgvector(
+            "while executing migration 2: error returned from database: could not open extension \
+             control file \"/usr/share/postgresql/15/extension/vector.control\": No such file or directory"
+        ));
+        assert!(names_missing_pgvector(
+            "while executing migration 2: error returned from database: extension \"vector\" is not available"
+        ));
+        assert!(!names_missing_pgvector(
+            "while executing migration 2: error returned from database: permission denied to create extension \"vector\""
+        ));
     }
 }

@@ -14,6 +14,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The schema needs an extension the server lacks; the message says how to fix it.
+    #[error("{0}")]
+    MissingExtension(&'static str),
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
     #[error("{0} did not answer within {1} ms")]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything `make test` needs on a fresh machine, installed and started when missing:
+# rustfmt and clippy, cargo-lambda, promtool, cfn-lint, moto's server, the OpenAI Python
+# SDK, PostgreSQL with pgvector and Redis. Idempotent and quick when all is there, so
+# `make test` runs it every time and `.ci/run` is only a wrapper over `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== test set-up: tools"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+scripts/ensure-cargo-lambda.sh
+if ! command -v promtool >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+    || echo "warning: promtool could not be installed; the smoke test skips its exposition check"
+fi
+command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
+# moto's S3/DynamoDB emulator (the tests start their own servers from it).
+python3 -c "import moto.server" 2>/dev/null || python3 -m pip install --quiet "moto[server]"
+# The official OpenAI SDK, a real client of the chat function in the SDK checks.
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
+
+echo "== test set-up: services"
+# Only the default local servers are started; a TEST_DATABASE_URL or TEST_REDIS_URL
+# pointing elsewhere is the caller's to provide.
+local/start-services.sh --postgres --redis
