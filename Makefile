@@ -20,6 +20,7 @@ run-services: ## Run every function against local PostgreSQL, Redis and moto (se
 
 test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, every test, the Lambda-mode smoke test and the SDK checks
 	scripts/test-setup.sh
+	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cfn-lint infra/template.yaml
@@ -50,7 +51,8 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 load-test: ## HTTP load test of the health function in release mode (needs wrk)
 	scripts/load-test.sh
 
-lint: ## fmt, clippy and cfn-lint of the SAM template
+lint: ## The layering check, fmt, clippy and cfn-lint of the SAM template
+	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint

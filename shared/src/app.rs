@@ -58,7 +58,12 @@ impl AppContext {
     pub fn new(settings: Settings) -> Result<Arc<Self>, StoreError> {
         // Metrics recorded before the recorder exists are lost, so install it first.
         obs_metrics::install();
-        let database = Database::connect_lazy(&settings)?;
+        let database = Database::connect_lazy_with(
+            settings.database_url.expose(),
+            settings.database_url.kind(),
+            settings.database_max_connections,
+            settings.database_timeout,
+        )?;
         let redis = match &settings.redis_url {
             Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
             None => None,

@@ -13,19 +13,17 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::auth::ApiKeys;
+// Types that moved to the layer that owns them; re-exported where callers knew them.
 use crate::cache::CacheConfig;
+pub use crate::chat::{ChatSettings, OFFLINE_MODEL};
+pub use crate::observability::metrics::MetricsExport;
 use crate::resilience::retry::RetryPolicy;
 use crate::resilience::BreakerConfig;
+pub use crate::secret::Secret;
+pub use crate::store::{DatabaseKind, RedisUrl};
 
 /// Default database: a SQLite file under `.data/`, so the embedded mode needs no set-up.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
-
-/// Which relational backend `DATABASE_URL` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatabaseKind {
-    Sqlite,
-    Postgres,
-}
 
 /// A validated `DATABASE_URL`; `Display` hides any password.
 #[derive(Clone)]
@@ -83,68 +81,6 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// A validated `REDIS_URL`; `Display` hides any password.
-#[derive(Clone)]
-pub struct RedisUrl(String);
-
-impl RedisUrl {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match redis::Client::open(raw) {
-            Ok(_) => Ok(Self(raw.to_string())),
-            Err(_) => Err("expected redis://host:port[/db] or rediss://...".into()),
-        }
-    }
-
-    /// The URL including credentials: only for opening connections, never for logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::observability::redact::redact_url_credentials(
-            &self.0,
-        ))
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisUrl({self})")
-    }
-}
-
-/// A secret setting: `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, only for sending it where it belongs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([REDACTED])")
-    }
-}
-
-/// Where metrics go besides `/health/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsExport {
-    /// Prometheus text only (local, containers).
-    Prometheus,
-    /// Prometheus text plus a CloudWatch EMF log line per request (AWS Lambda).
-    Emf,
-}
-
 /// Everything a function needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -192,46 +128,6 @@ pub struct Settings {
     pub chat: ChatSettings,
 }
 
-/// The chat gateway's providers, limits and retrieval (C1-C5).
-#[derive(Debug, Clone)]
-pub struct ChatSettings {
-    /// OpenAI-compatible endpoint; unset selects the offline retrieval-only provider.
-    pub llm_base_url: Option<String>,
-    pub llm_api_key: Option<Secret>,
-    /// The primary model, and the model callers get when they name none.
-    pub llm_model: String,
-    /// Tried in order when the primary model fails or its breaker is open.
-    pub llm_fallback_models: Vec<String>,
-    /// Whole answer (plain) or first byte (stream) from the provider.
-    pub llm_timeout: Duration,
-    pub max_messages: usize,
-    /// Requests with a temperature up to this are answered from the response cache.
-    pub cache_max_temperature: f64,
-    pub retrieval_enabled: bool,
-    pub retrieval_top_k: usize,
-    /// Most tokens of knowledge-base passages put into the system prompt.
-    pub retrieval_token_budget: usize,
-    /// DynamoDB table of session history; the SQL database when unset.
-    pub sessions_table: Option<String>,
-    pub session_ttl: Duration,
-    /// The history window: at most this many messages and this many tokens.
-    pub history_messages: usize,
-    pub history_tokens: usize,
-    /// DynamoDB table of idempotency records; the SQL database when unset.
-    pub idempotency_table: Option<String>,
-    pub idempotency_ttl: Duration,
-    /// After this, an in-progress record whose owner vanished may be taken over.
-    pub idempotency_in_progress: Duration,
-    /// Per-model prices per million tokens (`LLM_PRICES`).
-    pub prices: std::collections::HashMap<String, crate::chat::usage::Price>,
-    /// Daily spend per API key after which requests get 429.
-    pub daily_budget_usd: Option<f64>,
-    /// How often buffered usage is written in standalone mode.
-    pub usage_flush: Duration,
-    /// How old an instance's view of a key's stored spend may get (budgets are shared).
-    pub budget_refresh: Duration,
-}
-
 /// One bad or missing variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -269,9 +165,6 @@ impl fmt::Display for ConfigError {
         Ok(())
     }
 }
-
-/// The model name of the offline retrieval-only provider (no `LLM_BASE_URL`).
-pub const OFFLINE_MODEL: &str = "retrieval-only";
 
 /// Reads variables and remembers every problem instead of stopping at the first.
 struct Reader<'a> {

@@ -117,6 +117,43 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+// Every mapping from a capability's error to a status lives here, at the edge: the
+// capabilities know nothing of HTTP.
+
+/// An open breaker means the dependency is unavailable: 503 with `Retry-After`.
+impl From<crate::resilience::BreakerOpen> for ApiError {
+    fn from(e: crate::resilience::BreakerOpen) -> Self {
+        ApiError::ServiceUnavailable {
+            message: e.to_string(),
+            retry_after: Some(e.retry_after),
+        }
+    }
+}
+
+/// A request over a limit: 429 with `Retry-After`.
+impl From<crate::resilience::limits::LimitExceeded> for ApiError {
+    fn from(e: crate::resilience::limits::LimitExceeded) -> Self {
+        ApiError::TooManyRequests {
+            message: e.message,
+            retry_after: Some(e.retry_after),
+        }
+    }
+}
+
+/// The caller's document is invalid (422) or unknown (404); a failed embedder or store
+/// is a dependency outage (503) with nothing stored.
+impl From<crate::kb::KbError> for ApiError {
+    fn from(e: crate::kb::KbError) -> Self {
+        use crate::kb::KbError;
+        match e {
+            KbError::Invalid(m) => ApiError::Unprocessable(m),
+            KbError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            KbError::Embedder(err) => ApiError::unavailable(format!("{err}; nothing was stored")),
+            KbError::Store(err) => err.into(),
+        }
+    }
+}
+
 /// The stable machine-readable code and OpenAI-style type for a status.
 pub fn code_for(status: StatusCode) -> (&'static str, &'static str) {
     match status.as_u16() {
@@ -183,6 +220,26 @@ mod tests {
     async fn body_of(response: Response) -> ErrorBody {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn capability_errors_map_to_their_statuses() {
+        let open = crate::resilience::BreakerOpen {
+            name: "openai".into(),
+            retry_after: Duration::from_secs(60),
+        };
+        let api: ApiError = open.into();
+        assert_eq!(api.status(), 503);
+        assert_eq!(api.retry_after(), Some(Duration::from_secs(60)));
+        let over = crate::resilience::limits::LimitExceeded {
+            message: "concurrent sessions at their limit 2".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        let api: ApiError = over.into();
+        assert_eq!(api.status(), 429);
+        assert_eq!(api.retry_after(), Some(Duration::from_secs(1)));
+        let invalid: ApiError = crate::kb::KbError::Invalid("empty text".into()).into();
+        assert_eq!(invalid.status(), 422);
     }
 
     #[tokio::test]

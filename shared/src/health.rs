@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::{AppContext, VERSION};
-use crate::config::MetricsExport;
-use crate::observability::metrics::{names, EmfRecord};
+use crate::observability::metrics::{names, EmfRecord, MetricsExport};
 use crate::observability::redact::redact;
 use crate::store::{Database, Pool, StoreError};
 
@@ -90,8 +89,8 @@ where
 pub async fn check_dependencies(ctx: &AppContext) -> Vec<DependencyCheck> {
     let timeout = ctx.settings.health_timeout;
     let backend = match ctx.database.kind() {
-        crate::config::DatabaseKind::Sqlite => "sqlite",
-        crate::config::DatabaseKind::Postgres => "postgres",
+        crate::store::DatabaseKind::Sqlite => "sqlite",
+        crate::store::DatabaseKind::Postgres => "postgres",
     };
     let database = timed("database", backend, timeout, ctx.database.ping());
     let redis = async {

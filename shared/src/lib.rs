@@ -15,6 +15,7 @@ pub mod kb;
 pub mod observability;
 pub mod resilience;
 pub mod runtime;
+pub mod secret;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

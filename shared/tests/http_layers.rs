@@ -289,3 +289,45 @@ async fn without_configured_keys_protected_routes_refuse_everyone() {
         .unwrap()
         .contains("API_KEYS"));
 }
+
+/// `protect` is the one way functions put routes behind keys and rate limits: the key is
+/// checked first, and each key gets its own budget. Were the rate limit ever to run
+/// before authentication, every caller would share an "anonymous" budget.
+#[tokio::test]
+async fn protected_routes_authenticate_before_rate_limiting_per_key() {
+    let keys = format!("alice:{},bob:{}", hash_key("key-a"), hash_key("key-b"));
+    let settings = settings("test", &[("API_KEYS", &keys)]);
+    let limiter = std::sync::Arc::new(shared::resilience::limits::RateLimiter::new(
+        1,
+        std::time::Duration::from_secs(60),
+        None,
+        "test",
+    ));
+    let routes = Router::new().route(
+        "/private",
+        get(|ApiKeyName(name): ApiKeyName| async move { name.to_string() }),
+    );
+    let app = shared::http::app(
+        shared::http::protect(routes, settings.api_keys.clone(), limiter),
+        &settings,
+    );
+    let with_key = |key: &str| {
+        Request::get("/private")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let (status, _, body) = call(&app, with_key("key-a")).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::from("alice")));
+    let (status, headers, body) = call(&app, with_key("key-a")).await;
+    assert_json_error(status, &headers, &body, 429, "rate_limited");
+    // Bob has a budget of his own: alice spending hers does not refuse him.
+    let (status, _, body) = call(&app, with_key("key-b")).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::from("bob")));
+    // No key and a wrong key are refused by authentication, never counted or limited.
+    for request in [get_req("/private"), with_key("key-z")] {
+        let (status, headers, body) = call(&app, request).await;
+        assert_json_error(status, &headers, &body, 401, "unauthorized");
+    }
+}

@@ -7,18 +7,16 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
-use shared::auth::{require_api_key, ApiKeyName};
+use shared::auth::ApiKeyName;
 use shared::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
 use shared::chat::request::valid_session_id;
 use shared::chat::{ChatGateway, ReplyMeta};
 use shared::observability::metrics::names;
-use shared::resilience::limits::rate_limit;
 use shared::{ApiError, AppContext};
 
 #[derive(Clone)]
@@ -42,12 +40,12 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
             get(shared::observability::metrics::exposition),
         )
         .route("/v1/usage", get(usage))
-        .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
-        .layer(from_fn_with_state(
-            ctx.settings.api_keys.clone(),
-            require_api_key,
-        ))
         .with_state(state);
+    let routes = shared::http::protect(
+        routes,
+        ctx.settings.api_keys.clone(),
+        ctx.rate_limiter.clone(),
+    );
     shared::http::app(routes, &ctx.settings)
 }
 

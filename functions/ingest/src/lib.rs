@@ -6,17 +6,14 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shared::auth::require_api_key;
 use shared::http::request_id::RequestId;
 use shared::kb::store::SearchFilter;
 use shared::kb::{IngestRequest, KnowledgeBase};
-use shared::resilience::limits::rate_limit;
 use shared::{ApiError, AppContext};
 
 pub mod s3;
@@ -37,12 +34,12 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/documents/{id}", get(show).delete(remove))
         .route("/search", get(search))
         .route("/events", get(events))
-        .layer(from_fn_with_state(ctx.rate_limiter.clone(), rate_limit))
-        .layer(from_fn_with_state(
-            ctx.settings.api_keys.clone(),
-            require_api_key,
-        ))
         .with_state(state);
+    let routes = shared::http::protect(
+        routes,
+        ctx.settings.api_keys.clone(),
+        ctx.rate_limiter.clone(),
+    );
     shared::http::app(routes, &ctx.settings)
 }
 

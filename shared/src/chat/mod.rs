@@ -8,8 +8,11 @@ pub mod provider;
 pub mod request;
 pub mod retrieval;
 pub mod session;
+mod settings;
 mod sse;
 pub mod usage;
+
+pub use settings::{ChatSettings, OFFLINE_MODEL};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cache::{Namespace, TieredCache};
-use crate::config::{ChatSettings, OFFLINE_MODEL};
 use crate::error::ApiError;
 use crate::kb::KnowledgeBase;
 use crate::observability::metrics::names;

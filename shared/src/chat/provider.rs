@@ -13,8 +13,8 @@ use async_openai::Client;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::config::Secret;
 use crate::resilience::retry::RetryClass;
+use crate::secret::Secret;
 
 /// Streamed chunks (`chat.completion.chunk` objects) of one answer.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ProviderError>> + Send>>;

@@ -2,7 +2,10 @@
 //! request, JSON errors for every failure (X5), security headers and CORS (X6),
 //! and a request-body limit.
 
+pub mod protected;
 pub mod request_id;
+
+pub use protected::protect;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,9 +26,9 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
 
-use crate::config::{MetricsExport, Settings};
+use crate::config::Settings;
 use crate::error::{error_response, ApiError};
-use crate::observability::metrics::{names, EmfRecord};
+use crate::observability::metrics::{names, EmfRecord, MetricsExport};
 use request_id::RequestId;
 
 /// True until the first request of this process has been handled.

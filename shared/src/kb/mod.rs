@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::cache::{Namespace, TieredCache};
-use crate::error::ApiError;
 use crate::store::StoreError;
 use embed::{EmbedError, Embedder};
 use store::{
@@ -38,17 +37,6 @@ pub enum KbError {
     Embedder(#[from] EmbedError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<KbError> for ApiError {
-    fn from(e: KbError) -> Self {
-        match e {
-            KbError::Invalid(m) => ApiError::Unprocessable(m),
-            KbError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            KbError::Embedder(err) => ApiError::unavailable(format!("{err}; nothing was stored")),
-            KbError::Store(err) => err.into(),
-        }
-    }
 }
 
 /// A document to ingest, as parsed from HTTP or S3.

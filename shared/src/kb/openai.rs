@@ -9,8 +9,8 @@ use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use async_openai::Client;
 
 use super::embed::{EmbedError, EmbedFuture, Embedder};
-use crate::config::Secret;
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
+use crate::secret::Secret;
 
 /// An OpenAI-compatible `/embeddings` endpoint.
 pub struct OpenAiEmbedder {

@@ -192,10 +192,10 @@ pub fn knowledge_store_with(
     vector_index: VectorIndexConfig,
 ) -> Arc<dyn KnowledgeStore> {
     match database.kind() {
-        crate::config::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
+        crate::store::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
             db: database.clone(),
         }),
-        crate::config::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
+        crate::store::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
             db: database.clone(),
             indexer: Arc::new(VectorIndexer::new(vector_index)),
             common_lexemes: CommonLexemes::default(),

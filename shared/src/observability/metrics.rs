@@ -9,6 +9,15 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Map, Value};
 
+/// Where metrics go besides `/health/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsExport {
+    /// Prometheus text only (local, containers).
+    Prometheus,
+    /// Prometheus text plus a CloudWatch EMF log line per request (AWS Lambda).
+    Emf,
+}
+
 /// Metric names, in one place so dashboards, alarms and code agree.
 pub mod names {
     pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";

@@ -129,16 +129,6 @@ pub struct BreakerOpen {
     pub retry_after: Duration,
 }
 
-/// An open breaker means the dependency is unavailable: 503 with `Retry-After`.
-impl From<BreakerOpen> for crate::error::ApiError {
-    fn from(e: BreakerOpen) -> Self {
-        crate::error::ApiError::ServiceUnavailable {
-            message: e.to_string(),
-            retry_after: Some(e.retry_after),
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Local {
     state: BreakerState,
@@ -745,8 +735,6 @@ mod tests {
 
         let err = b.try_acquire().expect_err("open rejects");
         assert_eq!(err.retry_after, Duration::from_secs(60));
-        let api: crate::error::ApiError = err.into();
-        assert_eq!(api.status(), 503);
         clock.advance(Duration::from_secs(59));
         assert!(b.try_acquire().is_err());
         clock.advance(Duration::from_secs(1));

@@ -15,7 +15,6 @@ use sqlx::{Connection, PgPool, SqlitePool};
 use tokio::sync::OnceCell;
 
 use super::StoreError;
-use crate::config::{DatabaseKind, Settings};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -31,6 +30,13 @@ pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// server does not have it.
 pub const MISSING_PGVECTOR: &str =
     "extension vector is not installed: run local/install-pgvector.sh, or use a PostgreSQL with pgvector";
+
+/// Which relational backend `DATABASE_URL` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
 
 /// The pool of the configured dialect; stores match on it for dialect-specific SQL.
 #[derive(Debug, Clone)]
@@ -56,15 +62,6 @@ pub struct Database {
 
 impl Database {
     /// Builds the pool without connecting.
-    pub fn connect_lazy(settings: &Settings) -> Result<Self, StoreError> {
-        Self::connect_lazy_with(
-            settings.database_url.expose(),
-            settings.database_url.kind(),
-            settings.database_max_connections,
-            settings.database_timeout,
-        )
-    }
-
     pub fn connect_lazy_with(
         url: &str,
         kind: DatabaseKind,

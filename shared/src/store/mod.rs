@@ -4,8 +4,8 @@ pub mod database;
 pub mod dynamo;
 pub mod redis;
 
-pub use database::{Database, Pool};
-pub use redis::RedisHandle;
+pub use database::{Database, DatabaseKind, Pool};
+pub use redis::{RedisHandle, RedisUrl};
 
 /// A dependency failed; the message is safe to log (no credentials).
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,37 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::StoreError;
-use crate::config::RedisUrl;
+use crate::observability::redact::redact_url_credentials;
+
+/// A validated `REDIS_URL`; `Display` hides any password.
+#[derive(Clone)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match redis::Client::open(raw) {
+            Ok(_) => Ok(Self(raw.to_string())),
+            Err(_) => Err("expected redis://host:port[/db] or rediss://...".into()),
+        }
+    }
+
+    /// The URL including credentials: only for opening connections, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url_credentials(&self.0))
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
 
 #[derive(Clone)]
 pub struct RedisHandle {

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Checks the layering rule of docs/architecture.md on the source tree (run by `make test`).
+
+1. Imports run only downwards: foundation -> adapters -> capabilities -> edge ->
+   composition. A module may use its own layer's lower-ranked modules and anything below.
+2. No production source file over 600 lines, no function over 120 lines (unit tests at
+   the end of a file, after `#[cfg(test)]`, do not count).
+3. Production code never uses the dev-only modules (test helpers, the fake provider).
+
+Known debts are listed below with the issue that removes them. The check fails on any
+new violation, and also on a listed debt that no longer exists, so the lists only shrink.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = [ROOT / "shared" / "src"]
+FUNCTION_SOURCES = sorted((ROOT / "functions").glob("*/src"))
+
+# Module (first path segment under shared/src) -> (layer, rank). A lower rank may never
+# import a higher one; capabilities are ranked among themselves (chat builds on kb,
+# kb on the cache and resilience).
+LAYERS = {
+    "secret": ("foundation", 0),
+    "observability": ("foundation", 0),
+    "store": ("adapters", 1),
+    "resilience": ("capabilities", 2),
+    "cache": ("capabilities", 2),
+    "kb": ("capabilities", 3),
+    "chat": ("capabilities", 4),
+    "health": ("capabilities", 4),
+    "error": ("edge", 5),
+    "auth": ("edge", 5),
+    "http": ("edge", 5),
+    "runtime": ("edge", 5),
+    "app": ("composition", 6),
+    "config": ("composition", 6),
+    "lib": ("composition", 6),
+}
+DEV_ONLY = {"testing", "fake_openai"}
+# Items lib.rs re-exports at the crate root, by the module that defines them.
+ROOT_ITEMS = {"AppContext": "app", "StartError": "app", "VERSION": "app", "ApiError": "error"}
+
+# (file, imported module): upward imports that remain, each to be removed by issue 18.
+KNOWN_UPWARD = {
+    ("chat/idempotency.rs", "app"),  # from_context: chat should get its stores injected
+    ("chat/mod.rs", "app"),  # ChatGateway::from_context
+    ("chat/mod.rs", "error"),  # the gateway answers with ApiError instead of a ChatError
+    ("chat/request.rs", "error"),  # request validation returns ApiError
+    ("chat/usage.rs", "error"),  # the budget refusal is an ApiError
+    ("health.rs", "app"),  # health checks read AppContext instead of traits
+    ("http/mod.rs", "config"),  # the shared layers read Settings instead of their own section
+    ("runtime.rs", "app"),  # the runtime builds AppContext instead of taking a composition root
+    ("kb/mod.rs", "app"),  # KnowledgeBase::from_context
+    ("kb/mod.rs", "config"),  # embedder_from_settings chooses an adapter from Settings
+}
+MAX_FILE_LINES = 600
+MAX_FN_LINES = 120
+# file -> lines today; may shrink, never grow (issue 18 splits them).
+KNOWN_BIG_FILES = {
+    "kb/store.rs": 1289,
+    "cache.rs": 1052,
+    "resilience/breaker.rs": 844,
+    "chat/mod.rs": 815,
+}
+# (file, function) -> lines today.
+KNOWN_LONG_FNS = {
+    ("config.rs", "from_vars"): 318,
+    ("kb/store.rs", "write_documents"): 158,
+    ("observability/metrics.rs", "describe_all"): 139,
+}
+
+CRATE_PATH = re.compile(r"\bcrate::(\{[^}]*\}|\w+)")
+FN_START = re.compile(r"^(\s*)(?:pub(?:\([a-z]+\))?\s+)?(?:async\s+)?(?:unsafe\s+)?fn\s+(\w+)")
+
+
+def production_lines(path: Path) -> list[str]:
+    """The file's lines up to its unit tests, comments blanked."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.strip() == "#[cfg(test)]":
+            break
+        code = line.split("//", 1)[0]
+        lines.append(code)
+    return lines
+
+
+def module_of(relative: str) -> str:
+    first = relative.split("/", 1)[0]
+    return first[:-3] if first.endswith(".rs") else first
+
+
+def imported_modules(lines: list[str]) -> set[str]:
+    found = set()
+    for line in lines:
+        for match in CRATE_PATH.finditer(line):
+            target = match.group(1)
+            names = re.findall(r"\w+", target) if target.startswith("{") else [target]
+            for name in names:
+                if name in ROOT_ITEMS:
+                    found.add(ROOT_ITEMS[name])
+                elif name in LAYERS or name in DEV_ONLY:
+                    found.add(name)
+    # A multi-line `use crate::{\n a, b };` group.
+    text = "\n".join(lines)
+    for group in re.finditer(r"\bcrate::\{([^}]*)\}", text, re.S):
+        for name in re.findall(r"(?:^|[,{\s])(\w+)", group.group(1)):
+            if name in LAYERS or name in DEV_ONLY:
+                found.add(name)
+            elif name in ROOT_ITEMS:
+                found.add(ROOT_ITEMS[name])
+    return found
+
+
+def long_functions(lines: list[str]) -> list[tuple[str, int]]:
+    found = []
+    for start, line in enumerate(lines):
+        match = FN_START.match(line)
+        if not match or line.rstrip().endswith(";"):
+            continue
+        indent = match.group(1)
+        for end in range(start + 1, len(lines)):
+            if lines[end].startswith(indent + "}") and not lines[end].startswith(indent + "} "):
+                length = end - start + 1
+                if length > MAX_FN_LINES:
+                    found.append((match.group(2), length))
+                break
+    return found
+
+
+def main() -> int:
+    problems: list[str] = []
+    seen_upward: set[tuple[str, str]] = set()
+    seen_big: dict[str, int] = {}
+    seen_long: dict[tuple[str, str], int] = {}
+    for source in SOURCES:
+        for path in sorted(source.rglob("*.rs")):
+            relative = path.relative_to(source).as_posix()
+            module = module_of(relative)
+            if module in DEV_ONLY:
+                continue
+            if module not in LAYERS:
+                problems.append(f"{relative}: module `{module}` has no layer in this script")
+                continue
+            layer, rank = LAYERS[module]
+            lines = production_lines(path)
+            for target in sorted(imported_modules(lines)):
+                if target == module:
+                    continue
+                if target in DEV_ONLY:
+                    problems.append(f"{relative}: production code uses dev-only `{target}`")
+                    continue
+                target_layer, target_rank = LAYERS[target]
+                if target_rank > rank:
+                    if (relative, target) in KNOWN_UPWARD:
+                        seen_upward.add((relative, target))
+                    else:
+                        problems.append(
+                            f"{relative} ({layer}) imports `{target}` ({target_layer}), a layer above it"
+                        )
+            if len(lines) > MAX_FILE_LINES:
+                seen_big[relative] = len(lines)
+            for name, length in long_functions(lines):
+                seen_long[(relative, name)] = length
+    for function_src in FUNCTION_SOURCES:
+        for path in sorted(function_src.rglob("*.rs")):
+            lines = production_lines(path)
+            relative = path.relative_to(ROOT).as_posix()
+            if len(lines) > MAX_FILE_LINES:
+                seen_big[relative] = len(lines)
+            for name, length in long_functions(lines):
+                seen_long[(relative, name)] = length
+            for line in lines:
+                if re.search(r"\bshared::(testing|fake_openai)\b", line):
+                    problems.append(f"{relative}: a function uses dev-only shared code")
+
+    for debt in sorted(KNOWN_UPWARD - seen_upward):
+        problems.append(f"{debt[0]} no longer imports `{debt[1]}`: remove it from KNOWN_UPWARD")
+    for relative, length in sorted(seen_big.items()):
+        allowed = KNOWN_BIG_FILES.get(relative)
+        if allowed is None:
+            problems.append(f"{relative}: {length} lines (at most {MAX_FILE_LINES})")
+        elif length > allowed:
+            problems.append(f"{relative}: grew to {length} lines (known at {allowed}; split it)")
+    for relative in sorted(set(KNOWN_BIG_FILES) - set(seen_big)):
+        problems.append(f"{relative} is within {MAX_FILE_LINES} lines now: remove it from KNOWN_BIG_FILES")
+    for key, length in sorted(seen_long.items()):
+        allowed = KNOWN_LONG_FNS.get(key)
+        if allowed is None:
+            problems.append(f"{key[0]}: fn {key[1]} has {length} lines (at most {MAX_FN_LINES})")
+        elif length > allowed:
+            problems.append(f"{key[0]}: fn {key[1]} grew to {length} lines (known at {allowed})")
+    for key in sorted(set(KNOWN_LONG_FNS) - set(seen_long)):
+        problems.append(f"{key[0]}: fn {key[1]} is short enough now: remove it from KNOWN_LONG_FNS")
+
+    debts = len(seen_upward) + len(seen_big) + len(seen_long)
+    if problems:
+        print("architecture check failed:")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    print(
+        f"architecture check passed: imports run downwards ({len(seen_upward)} known upward imports, "
+        f"{len(seen_big)} known big files, {len(seen_long)} known long functions left; {debts} debts)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

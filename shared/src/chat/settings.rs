@@ -1,0 +1,48 @@
+//! The chat gateway's own configuration section (read by `config::Settings`).
+
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// The model name of the offline retrieval-only provider (no `LLM_BASE_URL`).
+pub const OFFLINE_MODEL: &str = "retrieval-only";
+
+/// The chat gateway's providers, limits and retrieval (C1-C5).
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    /// OpenAI-compatible endpoint; unset selects the offline retrieval-only provider.
+    pub llm_base_url: Option<String>,
+    pub llm_api_key: Option<Secret>,
+    /// The primary model, and the model callers get when they name none.
+    pub llm_model: String,
+    /// Tried in order when the primary model fails or its breaker is open.
+    pub llm_fallback_models: Vec<String>,
+    /// Whole answer (plain) or first byte (stream) from the provider.
+    pub llm_timeout: Duration,
+    pub max_messages: usize,
+    /// Requests with a temperature up to this are answered from the response cache.
+    pub cache_max_temperature: f64,
+    pub retrieval_enabled: bool,
+    pub retrieval_top_k: usize,
+    /// Most tokens of knowledge-base passages put into the system prompt.
+    pub retrieval_token_budget: usize,
+    /// DynamoDB table of session history; the SQL database when unset.
+    pub sessions_table: Option<String>,
+    pub session_ttl: Duration,
+    /// The history window: at most this many messages and this many tokens.
+    pub history_messages: usize,
+    pub history_tokens: usize,
+    /// DynamoDB table of idempotency records; the SQL database when unset.
+    pub idempotency_table: Option<String>,
+    pub idempotency_ttl: Duration,
+    /// After this, an in-progress record whose owner vanished may be taken over.
+    pub idempotency_in_progress: Duration,
+    /// Per-model prices per million tokens (`LLM_PRICES`).
+    pub prices: std::collections::HashMap<String, super::usage::Price>,
+    /// Daily spend per API key after which requests get 429.
+    pub daily_budget_usd: Option<f64>,
+    /// How often buffered usage is written in standalone mode.
+    pub usage_flush: Duration,
+    /// How old an instance's view of a key's stored spend may get (budgets are shared).
+    pub budget_refresh: Duration,
+}
