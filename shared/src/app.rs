@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use chrono::{DateTime, Utc};
 
 use crate::cache::TieredCache;
@@ -13,8 +14,7 @@ use crate::resilience::limits::{ConcurrencyLimiter, RateLimiter};
 use crate::resilience::{Breakers, SystemClock};
 use crate::store::{Database, RedisHandle, StoreError};
 
-/// Version of the running build, reported by health and logs.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::observability::VERSION;
 
 /// Shared state of one function instance.
 #[derive(Debug)]
@@ -146,11 +146,47 @@ impl AppContext {
     /// route and event handler of the function.
     pub fn knowledge_base(&self) -> Arc<KnowledgeBase> {
         self.knowledge_base
-            .get_or_init(|| Arc::new(KnowledgeBase::from_context(self)))
+            .get_or_init(|| Arc::new(crate::services::knowledge_base(self)))
             .clone()
     }
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// What the health checks look at: the instance's clients and state.
+impl crate::health::Monitored for AppContext {
+    fn view(&self) -> crate::health::HealthView<'_> {
+        crate::health::HealthView {
+            function: &self.settings.function,
+            database: &self.database,
+            redis: self.redis.as_ref(),
+            timeout: self.settings.health_timeout,
+            emf_namespace: (self.settings.metrics_export
+                == crate::observability::metrics::MetricsExport::Emf)
+                .then_some(self.settings.metrics_namespace.as_str()),
+            started_at: self.started_at,
+            uptime: self.uptime(),
+            breakers: &self.breakers,
+            cache: &self.cache,
+            sessions: &self.sessions,
+            sessions_limit: self.settings.max_concurrent_sessions,
+        }
+    }
+}
+
+/// The whole `main` of a function: cold-start initialisation, then serving.
+///
+/// A configuration error stops the function with one log line naming every bad
+/// variable (X1); an unreachable dependency does not (X4).
+pub async fn start(
+    function: &str,
+    routes: fn(Arc<AppContext>) -> Router,
+    on_event: Option<fn(Arc<AppContext>) -> crate::runtime::EventHandler>,
+) -> Result<(), crate::runtime::BoxError> {
+    let ctx = AppContext::init(function).await?;
+    let router = routes(ctx.clone());
+    let on_event = on_event.map(|make| make(ctx.clone()));
+    crate::runtime::serve(router, ctx.settings.port, on_event).await
 }

@@ -557,6 +557,19 @@ impl Settings {
     }
 }
 
+/// The shared HTTP layers' section of the settings.
+impl From<&Settings> for crate::http::HttpSettings {
+    fn from(settings: &Settings) -> Self {
+        Self {
+            function: settings.function.clone(),
+            emf_namespace: (settings.metrics_export == MetricsExport::Emf)
+                .then(|| settings.metrics_namespace.clone()),
+            max_body_bytes: settings.max_body_bytes,
+            cors_origins: settings.cors_origins.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,6 +154,33 @@ impl From<crate::kb::KbError> for ApiError {
     }
 }
 
+/// The gateway's refusals: the caller's request (400, 404, 413), the provider's refusal
+/// with its status kept, and a spent budget (429 until midnight UTC).
+impl From<crate::chat::ChatError> for ApiError {
+    fn from(e: crate::chat::ChatError) -> Self {
+        use crate::chat::ChatError;
+        match e {
+            ChatError::Invalid(m) => ApiError::BadRequest(m),
+            ChatError::UnknownModel(m) => ApiError::NotFound(m),
+            ChatError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            ChatError::Refused { status, message } => match status {
+                404 => ApiError::NotFound(message),
+                413 => ApiError::PayloadTooLarge(message),
+                422 => ApiError::Unprocessable(message),
+                503 => ApiError::unavailable(message),
+                _ => ApiError::BadRequest(message),
+            },
+            ChatError::OverBudget {
+                message,
+                retry_after,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after: Some(retry_after),
+            },
+        }
+    }
+}
+
 /// The stable machine-readable code and OpenAI-style type for a status.
 pub fn code_for(status: StatusCode) -> (&'static str, &'static str) {
     match status.as_u16() {
@@ -240,6 +267,42 @@ mod tests {
         assert_eq!(api.retry_after(), Some(Duration::from_secs(1)));
         let invalid: ApiError = crate::kb::KbError::Invalid("empty text".into()).into();
         assert_eq!(invalid.status(), 422);
+        use crate::chat::ChatError;
+        for (error, status) in [
+            (ChatError::Invalid("bad".into()), 400),
+            (ChatError::UnknownModel("no such model".into()), 404),
+            (ChatError::TooLarge("too many messages".into()), 413),
+            (
+                ChatError::Refused {
+                    status: 422,
+                    message: "refused".into(),
+                },
+                422,
+            ),
+            (
+                ChatError::Refused {
+                    status: 400,
+                    message: "context too long".into(),
+                },
+                400,
+            ),
+            (
+                ChatError::Refused {
+                    status: 503,
+                    message: "overloaded".into(),
+                },
+                503,
+            ),
+        ] {
+            assert_eq!(ApiError::from(error).status(), status);
+        }
+        let spent: ApiError = ChatError::OverBudget {
+            message: "spent".into(),
+            retry_after: Duration::from_secs(90),
+        }
+        .into();
+        assert_eq!(spent.status(), 429);
+        assert_eq!(spent.retry_after(), Some(Duration::from_secs(90)));
     }
 
     #[tokio::test]

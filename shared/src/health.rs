@@ -6,10 +6,42 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::app::{AppContext, VERSION};
-use crate::observability::metrics::{names, EmfRecord, MetricsExport};
+use crate::cache::TieredCache;
+use crate::observability::metrics::{names, EmfRecord};
 use crate::observability::redact::redact;
-use crate::store::{Database, Pool, StoreError};
+use crate::observability::VERSION;
+use crate::resilience::limits::ConcurrencyLimiter;
+use crate::resilience::Breakers;
+use crate::store::{Database, Pool, RedisHandle, StoreError};
+
+/// What the checks read, lent by whoever owns the clients (the function's context).
+pub struct HealthView<'a> {
+    pub function: &'a str,
+    pub database: &'a Database,
+    /// `None` when no Redis is configured.
+    pub redis: Option<&'a RedisHandle>,
+    /// Each dependency's answer is awaited this long.
+    pub timeout: Duration,
+    /// `Some(namespace)` when metrics also go to CloudWatch as EMF.
+    pub emf_namespace: Option<&'a str>,
+    pub started_at: DateTime<Utc>,
+    pub uptime: Duration,
+    pub breakers: &'a Breakers,
+    pub cache: &'a TieredCache,
+    pub sessions: &'a ConcurrencyLimiter,
+    pub sessions_limit: usize,
+}
+
+/// Anything the health checks can look at.
+pub trait Monitored {
+    fn view(&self) -> HealthView<'_>;
+}
+
+impl<T: Monitored + ?Sized> Monitored for std::sync::Arc<T> {
+    fn view(&self) -> HealthView<'_> {
+        (**self).view()
+    }
+}
 
 /// State of one dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,15 +118,16 @@ where
 }
 
 /// Checks the database and, when configured, Redis, concurrently, each within the health timeout.
-pub async fn check_dependencies(ctx: &AppContext) -> Vec<DependencyCheck> {
-    let timeout = ctx.settings.health_timeout;
+pub async fn check_dependencies<M: Monitored + ?Sized>(source: &M) -> Vec<DependencyCheck> {
+    let ctx = source.view();
+    let timeout = ctx.timeout;
     let backend = match ctx.database.kind() {
         crate::store::DatabaseKind::Sqlite => "sqlite",
         crate::store::DatabaseKind::Postgres => "postgres",
     };
     let database = timed("database", backend, timeout, ctx.database.ping());
     let redis = async {
-        match &ctx.redis {
+        match ctx.redis {
             Some(redis) => timed("redis", "redis", timeout, redis.ping()).await,
             None => DependencyCheck {
                 name: "redis".into(),
@@ -152,8 +185,9 @@ pub const DEEP_CHECK_RETENTION_DAYS: i64 = 7;
 
 /// The scheduled deep check (H2): every dependency, the schema, recorded as metrics,
 /// one log line, and a row in `health_checks` when the database is up.
-pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
-    let dependencies = check_dependencies(ctx).await;
+pub async fn run_deep_check<M: Monitored + ?Sized>(source: &M) -> DeepCheck {
+    let dependencies = check_dependencies(source).await;
+    let ctx = source.view();
     let status = overall(&dependencies);
     let tables = if status == OverallStatus::Down {
         Vec::new()
@@ -164,7 +198,7 @@ pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
         checked_at: Utc::now(),
         status,
         version: VERSION.to_string(),
-        function: ctx.settings.function.clone(),
+        function: ctx.function.to_string(),
         dependencies,
         tables,
     };
@@ -185,11 +219,11 @@ pub async fn run_deep_check(ctx: &AppContext) -> DeepCheck {
             "deep health check"
         ),
     }
-    if ctx.settings.metrics_export == MetricsExport::Emf {
-        emit_deep_check_emf(&ctx.settings.metrics_namespace, &report);
+    if let Some(namespace) = ctx.emf_namespace {
+        emit_deep_check_emf(namespace, &report);
     }
     if status != OverallStatus::Down {
-        if let Err(err) = record_deep_check(&ctx.database, &report).await {
+        if let Err(err) = record_deep_check(ctx.database, &report).await {
             tracing::warn!(error = %err, "could not record the deep health check");
         }
     }
@@ -322,20 +356,21 @@ fn cache_view(stats: &crate::cache::CacheStats) -> Value {
 }
 
 /// The JSON of `/health/detailed`.
-pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
-    let dependencies = check_dependencies(ctx).await;
+pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Value {
+    let dependencies = check_dependencies(source).await;
+    let ctx = source.view();
     let status = overall(&dependencies);
     let last = if status == OverallStatus::Down {
         None
     } else {
-        last_deep_check(&ctx.database).await.ok().flatten()
+        last_deep_check(ctx.database).await.ok().flatten()
     };
     serde_json::json!({
         "status": status,
-        "function": ctx.settings.function,
+        "function": ctx.function,
         "version": VERSION,
         "started_at": ctx.started_at,
-        "uptime_seconds": ctx.uptime().as_secs(),
+        "uptime_seconds": ctx.uptime.as_secs(),
         "cold_start": cold_start,
         "dependencies": dependencies,
         "breakers": ctx.breakers.states().into_iter().map(|(name, state)| serde_json::json!({
@@ -345,7 +380,7 @@ pub async fn detailed(ctx: &AppContext, cold_start: bool) -> Value {
         "cache": cache_view(&ctx.cache.stats()),
         "concurrent_sessions": {
             "in_use": ctx.sessions.in_use(),
-            "limit": ctx.settings.max_concurrent_sessions,
+            "limit": ctx.sessions_limit,
         },
         "last_deep_check": last.map(|d| serde_json::json!({
             "checked_at": d.checked_at,

@@ -16,6 +16,7 @@ pub mod observability;
 pub mod resilience;
 pub mod runtime;
 pub mod secret;
+pub mod services;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

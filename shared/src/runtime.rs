@@ -131,18 +131,3 @@ pub async fn dispatch(
     let response = adapter.call(LambdaEvent::new(request, context)).await?;
     Ok(serde_json::to_value(response)?)
 }
-
-/// The whole `main` of a function: cold-start initialisation, then serving.
-///
-/// A configuration error stops the function with one log line naming every bad
-/// variable (X1); an unreachable dependency does not (X4).
-pub async fn start(
-    function: &str,
-    routes: fn(Arc<crate::AppContext>) -> Router,
-    on_event: Option<fn(Arc<crate::AppContext>) -> EventHandler>,
-) -> Result<(), BoxError> {
-    let ctx = crate::AppContext::init(function).await?;
-    let router = routes(ctx.clone());
-    let on_event = on_event.map(|make| make(ctx.clone()));
-    serve(router, ctx.settings.port, on_event).await
-}

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::runtime::start("backup", backup::router, None).await
+    shared::app::start("backup", backup::router, None).await
 }

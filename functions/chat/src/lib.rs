@@ -27,9 +27,10 @@ struct Chat {
 }
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
+    let services = shared::services::chat(&ctx);
     let state = Chat {
-        gateway: Arc::new(ChatGateway::from_context(&ctx)),
-        idempotency: idempotency::store_from_context(&ctx),
+        gateway: services.gateway,
+        idempotency: services.idempotency,
         ctx: ctx.clone(),
     };
     let routes = Router::new()

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::runtime::start("chat", chat::router, None).await
+    shared::app::start("chat", chat::router, None).await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::runtime::start("health", health::router, Some(health::on_schedule)).await
+    shared::app::start("health", health::router, Some(health::on_schedule)).await
 }

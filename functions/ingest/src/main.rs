@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::runtime::start("ingest", ingest::router, Some(ingest::on_event)).await
+    shared::app::start("ingest", ingest::router, Some(ingest::on_event)).await
 }

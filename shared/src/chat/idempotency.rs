@@ -223,8 +223,18 @@ pub struct DynamoIdempotencyStore {
 
 impl DynamoIdempotencyStore {
     pub fn new(table: &str, ttl: Duration, in_progress_for: Duration) -> Self {
+        Self::with_client(LazyDynamo::default(), table, ttl, in_progress_for)
+    }
+
+    /// On a client shared with the function's other DynamoDB stores.
+    pub fn with_client(
+        client: LazyDynamo,
+        table: &str,
+        ttl: Duration,
+        in_progress_for: Duration,
+    ) -> Self {
         Self {
-            client: LazyDynamo::default(),
+            client,
             table: table.to_string(),
             ttl,
             in_progress_for,
@@ -439,21 +449,4 @@ pub fn record_stream(
         }
     })
     .boxed()
-}
-
-/// The store the configuration selects.
-pub fn store_from_context(ctx: &crate::AppContext) -> std::sync::Arc<dyn IdempotencyStore> {
-    let chat = &ctx.settings.chat;
-    match &chat.idempotency_table {
-        Some(table) => std::sync::Arc::new(DynamoIdempotencyStore::new(
-            table,
-            chat.idempotency_ttl,
-            chat.idempotency_in_progress,
-        )),
-        None => std::sync::Arc::new(SqlIdempotencyStore::new(
-            ctx.database.clone(),
-            chat.idempotency_ttl,
-            chat.idempotency_in_progress,
-        )),
-    }
 }

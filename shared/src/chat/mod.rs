@@ -3,6 +3,7 @@
 //! fallback chain (secondary models -> last cached answer -> retrieval-only answer).
 //! A degraded answer always says so; it is never passed off as a model's.
 
+mod error;
 pub mod idempotency;
 pub mod provider;
 pub mod request;
@@ -12,6 +13,7 @@ mod settings;
 mod sse;
 pub mod usage;
 
+pub use error::ChatError;
 pub use settings::{ChatSettings, OFFLINE_MODEL};
 
 use std::sync::Arc;
@@ -24,15 +26,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cache::{Namespace, TieredCache};
-use crate::error::ApiError;
 use crate::kb::KnowledgeBase;
 use crate::observability::metrics::names;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
-use provider::{ChatProvider, ChunkStream, OpenAiProvider, ProviderError};
+use provider::{ChatProvider, ChunkStream, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
-use session::{DynamoSessionStore, SessionStore, SqlSessionStore};
+use session::SessionStore;
 use usage::{UsageRecord, UsageRecorder};
 
 /// Why an answer is not a fresh answer of the requested model (`x-degraded`).
@@ -112,14 +113,25 @@ enum Uncached {
     Refused { status: u16, message: String },
 }
 
-fn refusal(status: u16, message: &str) -> ApiError {
-    match status {
-        404 => ApiError::NotFound(message.to_string()),
-        413 => ApiError::PayloadTooLarge(message.to_string()),
-        422 => ApiError::Unprocessable(message.to_string()),
-        503 => ApiError::unavailable(message.to_string()),
-        _ => ApiError::BadRequest(message.to_string()),
+fn refusal(status: u16, message: &str) -> ChatError {
+    ChatError::Refused {
+        status,
+        message: message.to_string(),
     }
+}
+
+/// What a gateway is made of: the composition root chooses each adapter.
+pub struct GatewayParts {
+    pub settings: ChatSettings,
+    /// `None`: no model is configured; answers are retrieval-only.
+    pub provider: Option<Arc<dyn ChatProvider>>,
+    pub breakers: Breakers,
+    pub retry: RetryPolicy,
+    pub cache: TieredCache,
+    /// `None`: answers carry no passages.
+    pub knowledge_base: Option<Arc<KnowledgeBase>>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub usage: Arc<UsageRecorder>,
 }
 
 /// The gateway, built once per cold start and shared by all requests.
@@ -275,49 +287,33 @@ fn count_fallback(from: &str, to: &str) {
 }
 
 impl ChatGateway {
-    /// Usage, cost and budgets.
-    pub fn usage(&self) -> &Arc<UsageRecorder> {
-        &self.usage
-    }
-
-    /// The gateway the configuration describes (OpenAI-compatible provider when
-    /// `LLM_BASE_URL` is set, the retrieval-only provider otherwise).
-    pub fn from_context(ctx: &crate::AppContext) -> Self {
-        let chat = ctx.settings.chat.clone();
-        let provider = chat.llm_base_url.as_deref().map(|url| {
-            Arc::new(OpenAiProvider::new(
-                url,
-                chat.llm_api_key.as_ref(),
-                chat.llm_timeout,
-            )) as Arc<dyn ChatProvider>
-        });
-        let sessions: Arc<dyn SessionStore> = match &chat.sessions_table {
-            Some(table) => Arc::new(DynamoSessionStore::new(table, chat.session_ttl)),
-            None => Arc::new(SqlSessionStore::new(ctx.database.clone(), chat.session_ttl)),
-        };
-        // Standalone: buffered and flushed in the background, off the response path.
-        // Lambda: written before the answer is returned (nothing runs between invocations).
-        let buffered = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none();
-        let usage = UsageRecorder::new(
-            ctx.database.clone(),
-            chat.prices.clone(),
-            chat.daily_budget_usd,
-            buffered,
-            chat.budget_refresh,
-        );
-        if buffered && tokio::runtime::Handle::try_current().is_ok() {
-            usage.spawn_flusher(chat.usage_flush);
-        }
-        Self {
-            settings: chat,
+    /// The gateway from parts the composition root chose.
+    pub fn new(parts: GatewayParts) -> Self {
+        let GatewayParts {
+            settings,
             provider,
-            breakers: ctx.breakers.clone(),
-            retry: ctx.settings.retry.clone(),
-            cache: ctx.cache.clone(),
-            knowledge_base: Some(ctx.knowledge_base()),
+            breakers,
+            retry,
+            cache,
+            knowledge_base,
+            sessions,
+            usage,
+        } = parts;
+        Self {
+            settings,
+            provider,
+            breakers,
+            retry,
+            cache,
+            knowledge_base,
             sessions,
             usage,
         }
+    }
+
+    /// Usage, cost and budgets.
+    pub fn usage(&self) -> &Arc<UsageRecorder> {
+        &self.usage
     }
 
     /// Puts the session's history (within the window) before the caller's new messages;
@@ -383,7 +379,7 @@ impl ChatGateway {
     }
 
     /// Parses a body with this gateway's defaults and limits.
-    pub fn parse(&self, body: &[u8], no_cache_header: bool) -> Result<ChatRequest, ApiError> {
+    pub fn parse(&self, body: &[u8], no_cache_header: bool) -> Result<ChatRequest, ChatError> {
         let request = ChatRequest::parse(
             body,
             &self.settings.llm_model,
@@ -391,7 +387,7 @@ impl ChatGateway {
             no_cache_header,
         )?;
         if !self.models().contains(&request.model) {
-            return Err(ApiError::NotFound(format!(
+            return Err(ChatError::UnknownModel(format!(
                 "the model `{}` does not exist here; GET /v1/models lists the models",
                 request.model
             )));
@@ -573,7 +569,7 @@ impl ChatGateway {
         request: &ChatRequest,
         session: Option<&SessionRef>,
         initial: Vec<String>,
-    ) -> Result<Reply, ApiError> {
+    ) -> Result<Reply, ChatError> {
         let reply = self.complete_inner(request, &initial).await?;
         self.usage
             .record(usage_of(
@@ -595,7 +591,7 @@ impl ChatGateway {
         &self,
         request: &ChatRequest,
         initial: &[String],
-    ) -> Result<Reply, ApiError> {
+    ) -> Result<Reply, ChatError> {
         if !self.cacheable(request) || !initial.is_empty() {
             return match self.answer(request, initial).await {
                 Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
@@ -661,7 +657,7 @@ impl ChatGateway {
         request: &ChatRequest,
         session: Option<&SessionRef>,
         initial: Vec<String>,
-    ) -> Result<StreamReply, ApiError> {
+    ) -> Result<StreamReply, ChatError> {
         let include_usage = request.include_usage;
         let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);

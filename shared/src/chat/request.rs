@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use super::error::ChatError;
 
 /// Roles OpenAI accepts in `messages`.
 const ROLES: &[&str] = &[
@@ -38,11 +38,11 @@ pub struct ChatRequest {
     pub session_id: Option<String>,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(message.into())
+fn bad(message: impl Into<String>) -> ChatError {
+    ChatError::Invalid(message.into())
 }
 
-fn validate_message(index: usize, message: &Value) -> Result<(), ApiError> {
+fn validate_message(index: usize, message: &Value) -> Result<(), ChatError> {
     let Some(object) = message.as_object() else {
         return Err(bad(format!("messages[{index}] must be an object")));
     };
@@ -99,7 +99,7 @@ impl ChatRequest {
         default_model: &str,
         max_messages: usize,
         no_cache_header: bool,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, ChatError> {
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
         let Value::Object(mut body) = value else {
@@ -120,7 +120,7 @@ impl ChatRequest {
             Some(_) => return Err(bad("`messages` must be an array")),
         };
         if messages.len() > max_messages {
-            return Err(ApiError::PayloadTooLarge(format!(
+            return Err(ChatError::TooLarge(format!(
                 "{} messages; at most {max_messages} are accepted",
                 messages.len()
             )));
@@ -150,7 +150,7 @@ impl ChatRequest {
             },
             Some(_) => return Err(bad("`temperature` must be a number")),
         };
-        let flag = |name: &str| -> Result<bool, ApiError> {
+        let flag = |name: &str| -> Result<bool, ChatError> {
             match body.get(name) {
                 None | Some(Value::Null) => Ok(true),
                 Some(Value::Bool(b)) => Ok(*b),
@@ -245,7 +245,7 @@ pub fn valid_session_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Result<ChatRequest, ApiError> {
+    fn parse(body: &str) -> Result<ChatRequest, ChatError> {
         ChatRequest::parse(body.as_bytes(), "m", 4, false)
     }
 
@@ -284,11 +284,14 @@ mod tests {
             ),
         ] {
             let err = parse(body).unwrap_err();
-            assert_eq!(err.status(), 400, "{body}");
+            assert!(matches!(err, ChatError::Invalid(_)), "{body}: {err:?}");
             assert!(err.to_string().contains(fragment), "{body}: {err}");
         }
         let too_many = r#"{"messages":[{"role":"user","content":"1"},{"role":"user","content":"2"},{"role":"user","content":"3"},{"role":"user","content":"4"},{"role":"user","content":"5"}]}"#;
-        assert_eq!(parse(too_many).unwrap_err().status(), 413);
+        assert!(matches!(
+            parse(too_many).unwrap_err(),
+            ChatError::TooLarge(_)
+        ));
     }
 
     #[test]

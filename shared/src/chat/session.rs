@@ -165,8 +165,13 @@ pub struct DynamoSessionStore {
 
 impl DynamoSessionStore {
     pub fn new(table: &str, ttl: Duration) -> Self {
+        Self::with_client(LazyDynamo::default(), table, ttl)
+    }
+
+    /// On a client shared with the function's other DynamoDB stores.
+    pub fn with_client(client: LazyDynamo, table: &str, ttl: Duration) -> Self {
         Self {
-            client: LazyDynamo::default(),
+            client,
             table: table.to_string(),
             ttl,
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::error::ApiError;
+use super::error::ChatError;
 use crate::observability::metrics::names;
 use crate::store::{Database, Pool, StoreError};
 
@@ -179,7 +179,7 @@ impl UsageRecorder {
     /// The first check of a key each day waits for the stored total; later checks use
     /// what this instance knows and, once that is older than the refresh interval,
     /// re-read the stored total in the background, so other instances' spend counts too.
-    pub async fn check_budget(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
+    pub async fn check_budget(self: &Arc<Self>, key: &str) -> Result<(), ChatError> {
         let Some(budget) = self.daily_budget else {
             return Ok(());
         };
@@ -218,11 +218,11 @@ impl UsageRecorder {
                 .and_hms_opt(0, 0, 0)
                 .map(|midnight| (midnight.and_utc() - Utc::now()).num_seconds().max(1) as u64)
                 .unwrap_or(3600);
-            return Err(ApiError::TooManyRequests {
+            return Err(ChatError::OverBudget {
                 message: format!(
                     "the daily budget of ${budget:.2} for this API key is spent (${spent:.4} today); it resets at 00:00 UTC"
                 ),
-                retry_after: Some(Duration::from_secs(retry_after)),
+                retry_after: Duration::from_secs(retry_after),
             });
         }
         Ok(())

@@ -26,9 +26,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
 
-use crate::config::Settings;
 use crate::error::{error_response, ApiError};
-use crate::observability::metrics::{names, EmfRecord, MetricsExport};
+use crate::observability::metrics::{names, EmfRecord};
 use request_id::RequestId;
 
 /// True until the first request of this process has been handled.
@@ -38,12 +37,25 @@ static COLD_START: AtomicBool = AtomicBool::new(true);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColdStart(pub bool);
 
+/// The shared layers' own configuration section.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The function's name, in logs and metric labels.
+    pub function: String,
+    /// `Some(namespace)`: a CloudWatch EMF line per request as well.
+    pub emf_namespace: Option<String>,
+    /// Larger request bodies get 413 before a handler runs.
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS; none: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
 /// Wraps a function's routes with the shared layers. Call once per cold start.
-pub fn app(routes: Router, settings: &Settings) -> Router {
+pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
+    let settings: HttpSettings = settings.into();
     let observe = Arc::new(Observe {
         function: settings.function.clone(),
-        emf_namespace: (settings.metrics_export == MetricsExport::Emf)
-            .then(|| settings.metrics_namespace.clone()),
+        emf_namespace: settings.emf_namespace.clone(),
     });
     let max_body = settings.max_body_bytes;
 

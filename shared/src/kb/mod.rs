@@ -137,22 +137,6 @@ pub enum Prepared {
     },
 }
 
-/// The embedder the configuration selects: an OpenAI-compatible endpoint when
-/// `EMBEDDINGS_BASE_URL` is set, the offline embedder otherwise.
-pub fn embedder_from_settings(settings: &crate::config::Settings) -> Arc<dyn Embedder> {
-    match &settings.embeddings_base_url {
-        Some(url) => Arc::new(openai::OpenAiEmbedder::new(
-            url,
-            settings.embeddings_api_key.as_ref(),
-            &settings.embeddings_model,
-            settings.embeddings_dimensions,
-            settings.embeddings_timeout,
-            settings.retry.clone(),
-        )),
-        None => Arc::new(embed::OfflineEmbedder::new(settings.embeddings_dimensions)),
-    }
-}
-
 /// Ingest and search over one store and one embedder.
 pub struct KnowledgeBase {
     store: Arc<dyn KnowledgeStore>,
@@ -188,19 +172,6 @@ impl KnowledgeBase {
             chunking,
             prepared: OnceCell::new(),
         }
-    }
-
-    /// The knowledge base of a function instance: its database, configured embedder and cache.
-    pub fn from_context(ctx: &crate::AppContext) -> Self {
-        Self::new(
-            store::knowledge_store_with(&ctx.database, ctx.settings.vector_index.clone()),
-            embedder_from_settings(&ctx.settings),
-            ctx.cache.clone(),
-            ChunkConfig {
-                size: ctx.settings.chunk_size,
-                overlap: ctx.settings.chunk_overlap,
-            },
-        )
     }
 
     pub fn embedder(&self) -> &Arc<dyn Embedder> {

@@ -8,7 +8,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::Migrator;
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgPool, SqlitePool};
@@ -16,8 +19,53 @@ use tokio::sync::OnceCell;
 
 use super::StoreError;
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+/// Each dialect's migrations, embedded in the binary: (version, description, SQL). Built
+/// without sqlx's `migrate!` proc macro, which would compile a second sqlx for both
+/// dialects; same versions, descriptions and checksums, so migrated databases stay valid.
+/// A unit test checks that every file under `migrations/` is listed here, in order.
+macro_rules! migrations {
+    ($dialect:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {
+        &[$(($version, $description, include_str!(concat!("../../migrations/", $dialect, "/", $file)))),+]
+    };
+}
+const SQLITE_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("sqlite":
+    1 "0001_health_checks.sql" "health checks",
+    2 "0002_knowledge_base.sql" "knowledge base",
+    3 "0003_chat_sessions.sql" "chat sessions",
+    4 "0004_idempotency.sql" "idempotency",
+    5 "0005_usage.sql" "usage",
+    6 "0006_vector_index.sql" "vector index",
+);
+const POSTGRES_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("postgres":
+    1 "0001_health_checks.sql" "health checks",
+    2 "0002_knowledge_base.sql" "knowledge base",
+    3 "0003_chat_sessions.sql" "chat sessions",
+    4 "0004_idempotency.sql" "idempotency",
+    5 "0005_usage.sql" "usage",
+    6 "0006_vector_index.sql" "vector index",
+);
+static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| migrator(SQLITE_MIGRATION_FILES));
+static POSTGRES_MIGRATIONS: LazyLock<Migrator> =
+    LazyLock::new(|| migrator(POSTGRES_MIGRATION_FILES));
+
+fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                sql.starts_with("-- no-transaction"),
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
 /// Tries at migrating a SQLite file another process may be migrating at the same time.
 const SQLITE_MIGRATION_ATTEMPTS: u64 = 5;
 /// Longest wait for any PostgreSQL lock (rows, tables, advisory locks, the migration
@@ -245,6 +293,32 @@ fn names_missing_pgvector(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order_with_the_description_sqlx_gives_it() {
+        for (dialect, listed) in [
+            ("sqlite", SQLITE_MIGRATION_FILES),
+            ("postgres", POSTGRES_MIGRATION_FILES),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dialect);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".sql"))
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), listed.len(), "{dialect}: {files:?}");
+            for (file, &(version, description, sql)) in files.iter().zip(listed) {
+                // sqlx's naming: `<version>_<description with underscores>.sql`.
+                let (number, rest) = file.trim_end_matches(".sql").split_once('_').unwrap();
+                assert_eq!(number.parse::<i64>().unwrap(), version, "{dialect}/{file}");
+                assert_eq!(rest.replace('_', " "), description, "{dialect}/{file}");
+                assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), sql);
+            }
+        }
+    }
 
     #[test]
     fn a_missing_pgvector_is_recognised_in_every_server_version() {

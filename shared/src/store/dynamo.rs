@@ -6,8 +6,9 @@ use tokio::sync::OnceCell;
 
 use super::StoreError;
 
-#[derive(Default)]
-pub struct LazyDynamo(OnceCell<aws_sdk_dynamodb::Client>);
+/// Clones share one client (one AWS configuration load per instance).
+#[derive(Clone, Default)]
+pub struct LazyDynamo(std::sync::Arc<OnceCell<aws_sdk_dynamodb::Client>>);
 
 impl LazyDynamo {
     pub async fn client(&self) -> &aws_sdk_dynamodb::Client {

@@ -1,0 +1,266 @@
+//! Knowledge-base storage (I3-I5) behind one trait, with a PostgreSQL + pgvector adapter
+//! and a SQLite adapter. A document, all its chunks and its events are written in one
+//! transaction: they appear together or not at all.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::text::Chunk;
+use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
+use crate::store::{Database, Pool, StoreError};
+
+mod postgres;
+mod sqlite;
+
+use postgres::{CommonLexemes, PgKnowledgeStore};
+use sqlite::SqliteKnowledgeStore;
+
+/// A stored document (without its text; chunks hold the text).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DocumentRecord {
+    pub id: String,
+    pub title: String,
+    pub content_hash: String,
+    pub version: i64,
+    pub chunk_count: i64,
+    pub content_type: String,
+    pub source: String,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A document to write.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub title: String,
+    pub content_hash: String,
+    pub content_type: String,
+    pub source: String,
+    pub metadata: Value,
+}
+
+/// A chunk with its embedding.
+#[derive(Debug, Clone)]
+pub struct EmbeddedChunk {
+    pub chunk: Chunk,
+    pub embedding: Vec<f32>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "status")]
+pub enum WriteOutcome {
+    Created {
+        version: i64,
+    },
+    Updated {
+        version: i64,
+    },
+    /// Same content hash as stored: nothing written, no event.
+    Unchanged {
+        version: i64,
+    },
+}
+
+impl WriteOutcome {
+    pub fn version(self) -> i64 {
+        match self {
+            WriteOutcome::Created { version }
+            | WriteOutcome::Updated { version }
+            | WriteOutcome::Unchanged { version } => version,
+        }
+    }
+
+    pub fn status(self) -> &'static str {
+        match self {
+            WriteOutcome::Created { .. } => "created",
+            WriteOutcome::Updated { .. } => "updated",
+            WriteOutcome::Unchanged { .. } => "unchanged",
+        }
+    }
+}
+
+/// A chunk found by a search.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChunkHit {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub text: String,
+    pub score: f64,
+}
+
+/// `filter=key:value`: documents whose metadata has that value at that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchFilter {
+    pub key: String,
+    pub value: String,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub aggregate_id: String,
+    pub aggregate_version: i64,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub payload: Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub const DOCUMENT_UPLOADED: &str = "document.uploaded";
+pub const DOCUMENT_PROCESSED: &str = "document.processed";
+pub const DOCUMENT_INDEXED: &str = "document.indexed";
+pub const DOCUMENT_DELETED: &str = "document.deleted";
+
+/// One document of a write: its record and its embedded chunks.
+pub struct DocumentWrite {
+    pub document: NewDocument,
+    pub chunks: Vec<EmbeddedChunk>,
+}
+
+/// Storage of documents, chunks and events.
+#[async_trait::async_trait]
+pub trait KnowledgeStore: Send + Sync {
+    /// Creates what depends on the embedding dimension (PostgreSQL: the HNSW index).
+    async fn prepare(&self, dims: usize) -> Result<(), StoreError>;
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError>;
+    /// Documents ordered by id, after the cursor `after` (keyset pagination).
+    async fn documents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, StoreError>;
+    /// Writes documents with all their chunks and their uploaded/processed/indexed
+    /// events, replacing any previous chunks, in one transaction: the whole batch appears
+    /// or none of it does. Unchanged content writes nothing.
+    async fn write_documents(
+        &self,
+        documents: &[DocumentWrite],
+        model: &str,
+        correlation_id: &str,
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
+    /// Deletes a document and its chunks and records `document.deleted`; `None` if unknown.
+    async fn delete_document(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, StoreError>;
+    async fn vector_search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError>;
+    async fn keyword_search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError>;
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
+    /// Indexes chunks that bulk writes left outside the vector index, for every dimension
+    /// (PostgreSQL; SQLite searches exactly and has nothing to do). `due` indexes any
+    /// such chunks; otherwise only as many as the thresholds allow to wait.
+    async fn maintain_vector_index(
+        &self,
+        _due: bool,
+    ) -> Result<Vec<(usize, Maintenance)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The vector index of one dimension (PostgreSQL), `None` where there is none to keep.
+    async fn vector_index_state(&self, _dims: usize) -> Result<Option<IndexState>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The adapter for the configured database, with the default vector index settings and
+/// no background maintenance (tests and tools call `maintain_vector_index`).
+pub fn knowledge_store(database: &Database) -> Arc<dyn KnowledgeStore> {
+    knowledge_store_with(database, VectorIndexConfig::default())
+}
+
+/// The adapter for the configured database.
+pub fn knowledge_store_with(
+    database: &Database,
+    vector_index: VectorIndexConfig,
+) -> Arc<dyn KnowledgeStore> {
+    match database.kind() {
+        crate::store::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
+            db: database.clone(),
+        }),
+        crate::store::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
+            db: database.clone(),
+            indexer: Arc::new(VectorIndexer::new(vector_index)),
+            common_lexemes: CommonLexemes::default(),
+        }),
+    }
+}
+
+const DOC_COLUMNS: &str =
+    "id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at";
+
+/// Bind parameters per multi-row statement, well under PostgreSQL's limit of 65,535.
+const PG_ROWS_PER_STATEMENT: usize = 30_000;
+
+/// Most keyword matches ranked in the every-word pass (PostgreSQL; ranking reads each
+/// one's tsvector, ~10-20 µs apiece); see `keyword_search`.
+const KEYWORD_CANDIDATES: usize = 500;
+
+/// Most matches ranked in the any-word pass, which only fills the list up to k below the
+/// chunks with every word (fewer: its matches are taken in index order anyway).
+const KEYWORD_FILL_CANDIDATES: usize = 200;
+
+/// Search words for the keyword index: letters and digits only (no query syntax).
+fn keyword_terms(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .take(32)
+        .collect()
+}
+
+/// Events of one write, chained: uploaded -> processed -> indexed.
+fn write_events(
+    doc: &NewDocument,
+    version: i64,
+    chunk_count: usize,
+    model: &str,
+) -> Vec<(String, &'static str, Option<String>, Value)> {
+    let uploaded = uuid::Uuid::new_v4().to_string();
+    let processed = uuid::Uuid::new_v4().to_string();
+    let indexed = uuid::Uuid::new_v4().to_string();
+    vec![
+        (
+            uploaded.clone(),
+            DOCUMENT_UPLOADED,
+            None,
+            serde_json::json!({"title": doc.title, "content_hash": doc.content_hash, "content_type": doc.content_type, "source": doc.source}),
+        ),
+        (
+            processed.clone(),
+            DOCUMENT_PROCESSED,
+            Some(uploaded),
+            serde_json::json!({"chunks": chunk_count, "model": model}),
+        ),
+        (
+            indexed,
+            DOCUMENT_INDEXED,
+            Some(processed),
+            serde_json::json!({"chunks": chunk_count, "version": version}),
+        ),
+    ]
+}

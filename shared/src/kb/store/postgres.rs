@@ -1,0 +1,518 @@
+//! The knowledge store on PostgreSQL: pgvector HNSW for vectors, a tsvector GIN index
+//! for keywords.
+
+use super::*;
+
+pub struct PgKnowledgeStore {
+    pub(super) db: Database,
+    pub(super) indexer: Arc<VectorIndexer>,
+    pub(super) common_lexemes: CommonLexemes,
+}
+
+/// Lexemes in more than this share of chunks are left out of keyword queries.
+const COMMON_LEXEME_SHARE: f32 = 0.1;
+/// How long a read of the column statistics is reused (ANALYZE refreshes them rarely).
+const COMMON_LEXEMES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The corpus' most common lexemes, from PostgreSQL's statistics of `chunks.tsv`
+/// (gathered by ANALYZE and autovacuum), cached for `COMMON_LEXEMES_TTL`.
+pub(super) struct CommonLexemes(moka::future::Cache<(), Arc<Vec<String>>>);
+
+impl Default for CommonLexemes {
+    fn default() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .time_to_live(COMMON_LEXEMES_TTL)
+                .build(),
+        )
+    }
+}
+
+impl CommonLexemes {
+    async fn get(&self, pool: &sqlx::PgPool) -> Arc<Vec<String>> {
+        self.0
+            .get_with((), async {
+                // No statistics yet, or no permission to read them: nothing is left out.
+                let lexemes: Vec<String> = sqlx::query_scalar(
+                    "SELECT e.lexeme FROM pg_stats s, \
+                     unnest(s.most_common_elems::text::text[]) WITH ORDINALITY AS e(lexeme, n) \
+                     WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv' \
+                     AND s.most_common_elem_freqs[e.n] > $1",
+                )
+                .bind(COMMON_LEXEME_SHARE)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+                Arc::new(lexemes)
+            })
+            .await
+    }
+}
+
+/// pgvector's text form: `[0.1,0.2,...]`.
+fn vector_literal(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 10 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&x.to_string());
+    }
+    s.push(']');
+    s
+}
+
+type PgDocRow = (
+    String,
+    String,
+    String,
+    i64,
+    i32,
+    String,
+    String,
+    Value,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+fn pg_doc(r: PgDocRow) -> DocumentRecord {
+    DocumentRecord {
+        id: r.0,
+        title: r.1,
+        content_hash: r.2,
+        version: r.3,
+        chunk_count: r.4 as i64,
+        content_type: r.5,
+        source: r.6,
+        metadata: r.7,
+        created_at: r.8,
+        updated_at: r.9,
+    }
+}
+
+impl PgKnowledgeStore {
+    async fn pool(&self) -> Result<&sqlx::PgPool, StoreError> {
+        match self.db.pool().await? {
+            Pool::Postgres(pool) => Ok(pool),
+            Pool::Sqlite(_) => unreachable!("PostgreSQL store over a SQLite pool"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KnowledgeStore for PgKnowledgeStore {
+    async fn prepare(&self, _dims: usize) -> Result<(), StoreError> {
+        // The HNSW index is built by the maintainer once there are chunks (vector_index).
+        Ok(())
+    }
+
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError> {
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id = $1");
+        let row: Option<PgDocRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(self.pool().await?)
+            .await?;
+        Ok(row.map(pg_doc))
+    }
+
+    async fn documents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows: Vec<PgDocRow> = sqlx::query_as(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(self.pool().await?)
+            .await?;
+        Ok(rows.into_iter().map(pg_doc).collect())
+    }
+
+    async fn write_documents(
+        &self,
+        documents: &[DocumentWrite],
+        model: &str,
+        correlation_id: &str,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = self.pool().await?.begin().await?;
+        // Serialises writers of one document id, including the first insert. Locks are
+        // taken in id order, so two batches sharing ids cannot deadlock.
+        let mut ids: Vec<&str> = documents.iter().map(|d| d.document.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS id ORDER BY id")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        // Which vector index generation the chunks join: the live index, or (bulk) the
+        // delta the maintainer indexes later.
+        let dims = documents
+            .iter()
+            .flat_map(|d| d.chunks.first())
+            .map(|c| c.embedding.len())
+            .next();
+        let (segment, bulk) = match dims {
+            Some(dims) => {
+                let count = documents.iter().map(|d| d.chunks.len()).sum();
+                self.indexer.segment_for_write(&mut tx, dims, count).await?
+            }
+            None => (0, false),
+        };
+        // Set-based: a handful of statements per batch, not per document (round trips
+        // were a large share of ingest time). Later copies of an id in one batch see
+        // the earlier ones, as if written one after the other.
+        let current: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, content_hash, version FROM documents WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut stored: std::collections::HashMap<&str, (&str, i64)> = current
+            .iter()
+            .map(|(id, hash, version)| (id.as_str(), (hash.as_str(), *version)))
+            .collect();
+        let now = Utc::now();
+        let mut outcomes = Vec::with_capacity(documents.len());
+        // The last write of each id (with its version) is what gets stored.
+        let mut last: std::collections::HashMap<&str, (usize, i64)> = Default::default();
+        let mut replaced: Vec<&str> = Vec::new();
+        let mut events = Vec::new();
+        for (
+            i,
+            DocumentWrite {
+                document: doc,
+                chunks,
+            },
+        ) in documents.iter().enumerate()
+        {
+            let previous = stored.get(doc.id.as_str()).copied();
+            if let Some((hash, version)) = previous {
+                if hash == doc.content_hash {
+                    outcomes.push(WriteOutcome::Unchanged { version });
+                    continue;
+                }
+                replaced.push(doc.id.as_str());
+            }
+            let version = previous.map_or(1, |p| p.1 + 1);
+            stored.insert(doc.id.as_str(), (doc.content_hash.as_str(), version));
+            last.insert(doc.id.as_str(), (i, version));
+            for (id, kind, causation, payload) in write_events(doc, version, chunks.len(), model) {
+                events.push((id, kind, causation, payload, doc.id.as_str(), version));
+            }
+            outcomes.push(if previous.is_some() {
+                WriteOutcome::Updated { version }
+            } else {
+                WriteOutcome::Created { version }
+            });
+        }
+        if !replaced.is_empty() {
+            sqlx::query("DELETE FROM chunks WHERE document_id = ANY($1)")
+                .bind(&replaced)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut written: Vec<(usize, i64)> = last.into_values().collect();
+        written.sort_unstable();
+        for group in written.chunks(PG_ROWS_PER_STATEMENT / 10) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) ",
+            );
+            builder.push_values(group, |mut row, &(i, version)| {
+                let (doc, chunks) = (&documents[i].document, &documents[i].chunks);
+                row.push_bind(&doc.id)
+                    .push_bind(&doc.title)
+                    .push_bind(&doc.content_hash)
+                    .push_bind(version)
+                    .push_bind(chunks.len() as i32)
+                    .push_bind(&doc.content_type)
+                    .push_bind(&doc.source)
+                    .push_bind(&doc.metadata)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            builder.push(
+                " ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+                 metadata = excluded.metadata, updated_at = excluded.updated_at",
+            );
+            builder.build().execute(&mut *tx).await?;
+        }
+        let rows: Vec<(&NewDocument, &EmbeddedChunk)> = written
+            .iter()
+            .flat_map(|&(i, _)| {
+                let write = &documents[i];
+                write.chunks.iter().map(move |c| (&write.document, c))
+            })
+            .collect();
+        for group in rows.chunks(PG_ROWS_PER_STATEMENT / 9) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
+            );
+            builder.push_values(group, |mut row, (doc, c)| {
+                row.push_bind(&c.chunk.id)
+                    .push_bind(&doc.id)
+                    .push_bind(c.chunk.index as i32)
+                    .push_bind(&doc.title)
+                    .push_bind(&c.chunk.text)
+                    .push_bind(model)
+                    .push_bind(c.embedding.len() as i32)
+                    .push_bind(segment)
+                    .push_bind(vector_literal(&c.embedding))
+                    .push_unseparated("::vector");
+            });
+            builder.build().execute(&mut *tx).await?;
+        }
+        for group in events.chunks(PG_ROWS_PER_STATEMENT / 8) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ",
+            );
+            builder.push_values(
+                group,
+                |mut row, (id, kind, causation, payload, aggregate, version)| {
+                    row.push_bind(id)
+                        .push_bind(*kind)
+                        .push_bind(*aggregate)
+                        .push_bind(*version)
+                        .push_bind(correlation_id)
+                        .push_bind(causation)
+                        .push_bind(payload)
+                        .push_bind(now);
+                },
+            );
+            builder.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        if let (true, Some(dims)) = (bulk, dims) {
+            self.indexer.bulk_written(self.pool().await?, dims);
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete_document(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool().await?.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("DELETE FROM documents WHERE id = $1 RETURNING version")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, now())",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(DOCUMENT_DELETED)
+        .bind(id)
+        .bind(version + 1)
+        .bind(correlation_id)
+        .bind(serde_json::json!({"deleted_version": version}))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version + 1))
+    }
+
+    async fn vector_search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let dims = query.len();
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (f.key.clone(), f.value.clone())
+        });
+        let pool = self.pool().await?;
+        let state = self.indexer.state(pool, dims).await?;
+        let nearest = |segments: &str| {
+            format!(
+                "SELECT c.id, c.document_id, d.title, c.text, (c.embedding::vector({dims})) <=> $1::vector({dims}) AS distance \
+                 FROM chunks c JOIN documents d ON d.id = c.document_id \
+                 WHERE c.dims = {dims} AND {segments} AND c.model = $2 AND ($3 = '' OR d.metadata ->> $3 = $4) \
+                 ORDER BY (c.embedding::vector({dims})) <=> $1::vector({dims}) LIMIT $5"
+            )
+        };
+        // The live index (its partial predicate repeated, so the planner can use it) plus
+        // an exact scan of the delta that bulk writes left outside it (see vector_index).
+        let sql = if state.indexed {
+            let generation = state.generation;
+            format!(
+                "SELECT id, document_id, title, text, 1 - distance FROM (({}) UNION ALL ({})) hits ORDER BY distance LIMIT $5",
+                nearest(&format!("c.segment <= {generation}")),
+                nearest(&format!("c.segment > {generation}"))
+            )
+        } else {
+            format!(
+                "SELECT id, document_id, title, text, 1 - distance FROM ({}) hits",
+                nearest("true")
+            )
+        };
+        // An unnamed statement: planned with the actual values, so the partial HNSW index
+        // is chosen (a cached generic plan may scan and sort every chunk instead).
+        let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(&sql)
+            .persistent(false)
+            .bind(vector_literal(query))
+            .bind(model)
+            .bind(&key)
+            .bind(&value)
+            .bind(k)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
+                chunk_id,
+                document_id,
+                title,
+                text,
+                score,
+            })
+            .collect())
+    }
+
+    async fn keyword_search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let terms = keyword_terms(query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (key, value) = filter.map_or((String::new(), String::new()), |f| {
+            (f.key.clone(), f.value.clone())
+        });
+        // Chunks with every word first: the GIN index intersects posting lists cheaply,
+        // and they are the best matches. Only when fewer than k have every word does the
+        // search widen to any word, the chunks with every word staying on top. Both
+        // passes are one statement: the any-word pass is gated by a one-time filter on
+        // the every-word pass's count, so it never runs when it cannot add anything (a
+        // phrase of common words has hundreds of chunks with every word, and OR-ing those
+        // words matches most of the corpus).
+        //
+        // Ranking is bounded: at most KEYWORD_CANDIDATES (every word) and
+        // KEYWORD_FILL_CANDIDATES (any word) matches, found through the GIN index, are
+        // ranked, so a very common word cannot make a search scan the corpus; chunk
+        // texts are read only for the top k.
+        // When widening to any word, words in more than COMMON_LEXEME_SHARE of chunks
+        // (PostgreSQL's own statistics of the tsvector column) are left out unless
+        // nothing else is left: matching any of them matches most of the corpus, and
+        // their posting lists are what makes the scan slow. The every-word pass keeps
+        // them: with them a remembered phrase still narrows to its chunk.
+        let matching = |query: &str, limit: usize| {
+            format!(
+                "SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE {query} \
+                 AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
+                 LIMIT {limit}"
+            )
+        };
+        let sql = format!(
+            "WITH lex AS (SELECT array_agg(lexeme) AS every, array_agg(lexeme) FILTER (WHERE lexeme <> ALL($5::text[])) AS rare \
+                 FROM unnest(to_tsvector('english', $1))), \
+             q AS (SELECT array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(lex.every) AS x), ' & ')::tsquery AS every, \
+                 array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(coalesce(lex.rare, lex.every)) AS x), ' | ')::tsquery AS some, \
+                 cardinality(lex.every) > 1 AS several FROM lex), \
+             every_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.every) AS score FROM ({}) m, q \
+                 ORDER BY score DESC, m.id LIMIT $4), \
+             some_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.some) AS score FROM ({}) m, q \
+                 ORDER BY score DESC, m.id LIMIT $4), \
+             ranked AS (SELECT id, document_id, score, 0 AS tier FROM every_hits \
+                 UNION ALL SELECT id, document_id, score, 1 FROM some_hits WHERE id NOT IN (SELECT id FROM every_hits) \
+                 ORDER BY tier, score DESC, id LIMIT $4) \
+             SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
+             JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
+             ORDER BY r.tier, r.score DESC, r.id",
+            matching("c.tsv @@ q.every", KEYWORD_CANDIDATES),
+            matching(
+                "q.several AND (SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some",
+                KEYWORD_FILL_CANDIDATES
+            ),
+        );
+        let pool = self.pool().await?;
+        let common = self.common_lexemes.get(pool).await;
+        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+            .persistent(false)
+            .bind(terms.join(" "))
+            .bind(&key)
+            .bind(&value)
+            .bind(k)
+            .bind(common.as_slice())
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
+                chunk_id,
+                document_id,
+                title,
+                text,
+                score: score as f64,
+            })
+            .collect())
+    }
+
+    async fn maintain_vector_index(
+        &self,
+        due: bool,
+    ) -> Result<Vec<(usize, Maintenance)>, StoreError> {
+        let pool = self.pool().await?;
+        let mut done = Vec::new();
+        for dims in self.indexer.dimensions_with_delta(pool).await? {
+            done.push((dims, self.indexer.maintain(pool, dims, due).await?));
+        }
+        Ok(done)
+    }
+
+    async fn vector_index_state(&self, dims: usize) -> Result<Option<IndexState>, StoreError> {
+        let pool = self.pool().await?;
+        Ok(Some(self.indexer.fresh_state(pool, dims).await?))
+    }
+
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            Value,
+            DateTime<Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at \
+             FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                seq: r.0,
+                id: r.1,
+                kind: r.2,
+                aggregate_id: r.3,
+                aggregate_version: r.4,
+                correlation_id: r.5,
+                causation_id: r.6,
+                payload: r.7,
+                occurred_at: r.8,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,124 @@
+//! The composition root: the one place that reads the settings and chooses each adapter
+//! (SQL or DynamoDB stores, an OpenAI-compatible or offline embedder and provider). The
+//! capabilities below it are built from parts and never look at `Settings` themselves.
+
+use std::sync::Arc;
+
+use crate::app::AppContext;
+use crate::chat::idempotency::{DynamoIdempotencyStore, IdempotencyStore, SqlIdempotencyStore};
+use crate::chat::provider::{ChatProvider, OpenAiProvider};
+use crate::chat::session::{DynamoSessionStore, SessionStore, SqlSessionStore};
+use crate::chat::usage::UsageRecorder;
+use crate::chat::{ChatGateway, GatewayParts};
+use crate::config::Settings;
+use crate::kb::embed::{Embedder, OfflineEmbedder};
+use crate::kb::openai::OpenAiEmbedder;
+use crate::kb::text::ChunkConfig;
+use crate::kb::{store, KnowledgeBase};
+use crate::store::dynamo::LazyDynamo;
+
+/// What the chat function serves requests with.
+pub struct ChatServices {
+    pub gateway: Arc<ChatGateway>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+/// The chat function's gateway and idempotency store; both DynamoDB stores (when
+/// configured) share one client.
+pub fn chat(ctx: &AppContext) -> ChatServices {
+    let dynamo = LazyDynamo::default();
+    ChatServices {
+        gateway: Arc::new(chat_gateway(ctx, &dynamo)),
+        idempotency: idempotency_store(ctx, &dynamo),
+    }
+}
+
+/// The gateway the configuration describes: an OpenAI-compatible provider when
+/// `LLM_BASE_URL` is set, the retrieval-only answer otherwise.
+fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
+    let chat = ctx.settings.chat.clone();
+    let provider = chat.llm_base_url.as_deref().map(|url| {
+        Arc::new(OpenAiProvider::new(
+            url,
+            chat.llm_api_key.as_ref(),
+            chat.llm_timeout,
+        )) as Arc<dyn ChatProvider>
+    });
+    let sessions: Arc<dyn SessionStore> = match &chat.sessions_table {
+        Some(table) => Arc::new(DynamoSessionStore::with_client(
+            dynamo.clone(),
+            table,
+            chat.session_ttl,
+        )),
+        None => Arc::new(SqlSessionStore::new(ctx.database.clone(), chat.session_ttl)),
+    };
+    // Standalone: buffered and flushed in the background, off the response path.
+    // Lambda: written before the answer is returned (nothing runs between invocations).
+    let buffered = !crate::runtime::in_lambda();
+    let usage = UsageRecorder::new(
+        ctx.database.clone(),
+        chat.prices.clone(),
+        chat.daily_budget_usd,
+        buffered,
+        chat.budget_refresh,
+    );
+    if buffered && tokio::runtime::Handle::try_current().is_ok() {
+        usage.spawn_flusher(chat.usage_flush);
+    }
+    ChatGateway::new(GatewayParts {
+        settings: chat,
+        provider,
+        breakers: ctx.breakers.clone(),
+        retry: ctx.settings.retry.clone(),
+        cache: ctx.cache.clone(),
+        knowledge_base: Some(ctx.knowledge_base()),
+        sessions,
+        usage,
+    })
+}
+
+/// Idempotency records in DynamoDB when `IDEMPOTENCY_TABLE` is set, else the SQL database.
+fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn IdempotencyStore> {
+    let chat = &ctx.settings.chat;
+    match &chat.idempotency_table {
+        Some(table) => Arc::new(DynamoIdempotencyStore::with_client(
+            dynamo.clone(),
+            table,
+            chat.idempotency_ttl,
+            chat.idempotency_in_progress,
+        )),
+        None => Arc::new(SqlIdempotencyStore::new(
+            ctx.database.clone(),
+            chat.idempotency_ttl,
+            chat.idempotency_in_progress,
+        )),
+    }
+}
+
+/// The knowledge base of a function instance: its database, configured embedder and cache.
+pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
+    KnowledgeBase::new(
+        store::knowledge_store_with(&ctx.database, ctx.settings.vector_index.clone()),
+        embedder(&ctx.settings),
+        ctx.cache.clone(),
+        ChunkConfig {
+            size: ctx.settings.chunk_size,
+            overlap: ctx.settings.chunk_overlap,
+        },
+    )
+}
+
+/// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.
+pub fn embedder(settings: &Settings) -> Arc<dyn Embedder> {
+    match &settings.embeddings_base_url {
+        Some(url) => Arc::new(OpenAiEmbedder::new(
+            url,
+            settings.embeddings_api_key.as_ref(),
+            &settings.embeddings_model,
+            settings.embeddings_dimensions,
+            settings.embeddings_timeout,
+            settings.retry.clone(),
+        )),
+        None => Arc::new(OfflineEmbedder::new(settings.embeddings_dimensions)),
+    }
+}
