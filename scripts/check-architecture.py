@@ -18,7 +18,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "shared" / "src"]
+# The library's crates, one folder each under shared/ (shared/src is the composition).
+CRATES = {
+    "chatkb-core": ("shared/core", 0),
+    "chatkb-adapters": ("shared/adapters", 1),
+    "chatkb-resilience": ("shared/resilience", 2),
+    "chatkb-kb": ("shared/kb", 3),
+    "chatkb-chat": ("shared/chat", 4),
+    "chatkb-health": ("shared/health", 4),
+    "chatkb-edge": ("shared/edge", 5),
+    "shared": ("shared", 6),
+}
+DEV_CRATES = {"chatkb-testing", "fake-openai"}
+SOURCES = [ROOT / folder / "src" for folder, _ in CRATES.values()]
 FUNCTION_SOURCES = sorted((ROOT / "functions").glob("*/src"))
 
 # Module (first path segment under shared/src) -> (layer, rank). A lower rank may never
@@ -105,6 +117,21 @@ def imported_modules(lines: list[str]) -> set[str]:
     return found
 
 
+def crate_dependency_problems() -> list[str]:
+    """A library crate depends (outside its dev-dependencies) only on crates below it."""
+    problems = []
+    for name, (folder, rank) in CRATES.items():
+        manifest = (ROOT / folder / "Cargo.toml").read_text()
+        section = re.search(r"^\[dependencies\]\n(.*?)(?=^\[|\Z)", manifest, re.S | re.M)
+        for line in (section.group(1) if section else "").splitlines():
+            dependency = line.split("=", 1)[0].strip().split(".", 1)[0]
+            if dependency in DEV_CRATES:
+                problems.append(f"{folder}/Cargo.toml: production crate {name} depends on dev-only {dependency}")
+            elif dependency in CRATES and CRATES[dependency][1] >= rank and dependency != name:
+                problems.append(f"{folder}/Cargo.toml: {name} depends on {dependency}, which is not below it")
+    return problems
+
+
 def long_functions(lines: list[str]) -> list[tuple[str, int]]:
     found = []
     for start, line in enumerate(lines):
@@ -122,7 +149,7 @@ def long_functions(lines: list[str]) -> list[tuple[str, int]]:
 
 
 def main() -> int:
-    problems: list[str] = []
+    problems: list[str] = crate_dependency_problems()
     seen_upward: set[tuple[str, str]] = set()
     seen_big: dict[str, int] = {}
     seen_long: dict[tuple[str, str], int] = {}
@@ -131,6 +158,9 @@ def main() -> int:
             relative = path.relative_to(source).as_posix()
             module = module_of(relative)
             if module in DEV_ONLY:
+                continue
+            if relative == "lib.rs":
+                # A crate root only declares modules and names the crates below it.
                 continue
             if module not in LAYERS:
                 problems.append(f"{relative}: module `{module}` has no layer in this script")
@@ -164,7 +194,7 @@ def main() -> int:
             for name, length in long_functions(lines):
                 seen_long[(relative, name)] = length
             for line in lines:
-                if re.search(r"\bshared::(testing|fake_openai)\b", line):
+                if re.search(r"\b(shared::testing|shared::fake_openai|chatkb_testing|fake_openai)::", line):
                     problems.append(f"{relative}: a function uses dev-only shared code")
 
     for debt in sorted(KNOWN_UPWARD - seen_upward):

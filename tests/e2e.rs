@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use chatkb_testing::TestDatabase;
 use integration_tests::Function;
 use serde_json::Value;
-use shared::testing::TestDatabase;
 
 async fn get(url: &str) -> (u16, Value, reqwest::header::HeaderMap) {
     let res = reqwest::get(url).await.unwrap();
@@ -196,7 +196,7 @@ async fn ready_is_503_naming_redis_when_configured_but_down() {
 #[tokio::test]
 async fn real_postgres_and_redis_backends_are_ready() {
     let db = TestDatabase::postgres().await;
-    let redis = shared::testing::test_redis_url();
+    let redis = chatkb_testing::test_redis_url();
     let health = Function::start(
         "health",
         &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],

@@ -7,11 +7,11 @@ use std::hint::black_box;
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
+use chatkb_testing::settings;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use shared::auth::{hash_key, ApiKeys};
 use shared::observability::redact::redact;
-use shared::testing::settings;
 use tower::ServiceExt;
 
 const CLEAN_LINE: &str = r#"{"timestamp":"2026-11-23T07:30:03.123456Z","level":"INFO","message":"request completed","request_id":"550e8400-e29b-41d4-a716-446655440000","function":"chat","method":"POST","route":"/v1/chat/completions","status":200,"duration_ms":12.5,"cold_start":false,"target":"shared::http"}"#;

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chatkb_testing::TestDatabase;
 use shared::cache::{CacheConfig, Namespace, TieredCache};
 use shared::kb::embed::OfflineEmbedder;
 use shared::kb::store::knowledge_store_with;
 use shared::kb::text::ChunkConfig;
 use shared::kb::vector_index::{Maintenance, VectorIndexConfig};
 use shared::kb::{IngestRequest, KnowledgeBase};
-use shared::testing::TestDatabase;
 
 const WORDS: &[&str] = &[
     "refund",

@@ -1,25 +1,19 @@
-//! The library every function shares: configuration, HTTP plumbing, auth, stores,
-//! health checks and observability. Functions are thin adapters over it.
+//! The composition layer every function shares: typed settings, the instance context
+//! built once per cold start, and the one place that chooses adapters. The layers below
+//! are their own crates (docs/architecture.md) and are re-exported here under the paths
+//! functions use.
 
 pub mod app;
-pub mod auth;
-pub mod cache;
-pub mod chat;
 pub mod config;
-pub mod error;
-#[cfg(feature = "fake-openai")]
-pub mod fake_openai;
-pub mod health;
-pub mod http;
-pub mod kb;
-pub mod observability;
-pub mod resilience;
-pub mod runtime;
-pub mod secret;
 pub mod services;
-pub mod store;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
+
+pub use chatkb_adapters::store;
+pub use chatkb_chat::chat;
+pub use chatkb_core::{observability, secret};
+pub use chatkb_edge::{auth, error, http, runtime};
+pub use chatkb_health::health;
+pub use chatkb_kb::kb;
+pub use chatkb_resilience::{cache, resilience};
 
 pub use app::{AppContext, StartError, VERSION};
 pub use error::ApiError;

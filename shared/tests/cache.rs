@@ -4,17 +4,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatkb_testing::ServerProcess;
 use shared::cache::{CacheConfig, Namespace, TieredCache};
 use shared::config::RedisUrl;
 use shared::store::RedisHandle;
-use shared::testing::ServerProcess;
 
 fn redis_at(url: &str) -> RedisHandle {
     RedisHandle::new(&RedisUrl::parse(url).unwrap(), Duration::from_millis(200)).unwrap()
 }
 
 fn shared_redis() -> RedisHandle {
-    shared::testing::test_redis(Duration::from_millis(200))
+    chatkb_testing::test_redis(Duration::from_millis(200))
 }
 
 fn config() -> CacheConfig {
@@ -251,7 +251,7 @@ async fn own_redis(port: u16) -> ServerProcess {
 
 #[tokio::test]
 async fn redis_stopped_mid_test_then_restarted() {
-    let port = shared::testing::free_port();
+    let port = chatkb_testing::free_port();
     let mut server = own_redis(port).await;
     let url = format!("redis://127.0.0.1:{}", server.port);
     let config = config();
@@ -312,7 +312,7 @@ async fn redis_stopped_mid_test_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_under_concurrent_load_costs_no_errors() {
-    let port = shared::testing::free_port();
+    let port = chatkb_testing::free_port();
     let mut server = own_redis(port).await;
     let cache = TieredCache::new(
         config(),

@@ -4,11 +4,11 @@ use axum::body::{Body, Bytes};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chatkb_testing::settings;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use shared::auth::{hash_key, require_api_key, ApiKeyName};
-use shared::testing::settings;
 use tower::ServiceExt;
 
 fn app(pairs: &[(&str, &str)]) -> Router {

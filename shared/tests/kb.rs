@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use chatkb_testing::TestDatabase;
 use serde_json::{json, Value};
 use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::{EmbedError, EmbedFuture, Embedder, OfflineEmbedder};
@@ -11,7 +12,6 @@ use shared::kb::store::NewDocument;
 use shared::kb::store::{knowledge_store, SearchFilter};
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KbError, KnowledgeBase, Prepared};
-use shared::testing::TestDatabase;
 
 struct DownEmbedder;
 
@@ -507,7 +507,7 @@ impl Embedder for CountingEmbedder {
 async fn an_edited_document_embeds_only_its_new_chunks_through_the_shared_cache() {
     // Two instances (their own L1) sharing Redis, as two Lambda instances would.
     let db = TestDatabase::sqlite();
-    let redis = shared::testing::test_redis(std::time::Duration::from_millis(500));
+    let redis = chatkb_testing::test_redis(std::time::Duration::from_millis(500));
     let cache_config = CacheConfig {
         prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
         ..CacheConfig::default()

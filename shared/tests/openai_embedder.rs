@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatkb_testing::fake_openai::{FakeOpenAi, Mode};
+use chatkb_testing::TestDatabase;
 use shared::cache::{CacheConfig, TieredCache};
 use shared::config::Secret;
 use shared::kb::embed::{EmbedError, Embedder, OfflineEmbedder};
@@ -12,8 +14,6 @@ use shared::kb::store::knowledge_store;
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KbError, KnowledgeBase};
 use shared::resilience::retry::RetryPolicy;
-use shared::testing::fake_openai::{FakeOpenAi, Mode};
-use shared::testing::TestDatabase;
 
 fn embedder(fake: &FakeOpenAi) -> OpenAiEmbedder {
     let policy = RetryPolicy {

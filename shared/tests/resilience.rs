@@ -9,7 +9,7 @@ use shared::resilience::{BreakerConfig, BreakerState, CircuitBreaker, ManualCloc
 use shared::store::RedisHandle;
 
 fn redis() -> RedisHandle {
-    shared::testing::test_redis(Duration::from_millis(500))
+    chatkb_testing::test_redis(Duration::from_millis(500))
 }
 
 fn unique_prefix() -> String {

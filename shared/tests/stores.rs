@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
+use chatkb_testing::{settings, TestDatabase};
 use shared::config::{DatabaseKind, RedisUrl};
 use shared::health::{self, DependencyState, OverallStatus};
 use shared::store::{Database, Pool, RedisHandle, StoreError};
-use shared::testing::{settings, TestDatabase};
 use shared::AppContext;
 
-use shared::testing::MIGRATED_TABLES as TABLES;
+use chatkb_testing::MIGRATED_TABLES as TABLES;
 
-use shared::testing::test_redis_url as redis_url;
+use chatkb_testing::test_redis_url as redis_url;
 
 #[tokio::test]
 async fn migrations_run_once_and_are_idempotent_on_both_backends() {

@@ -15,7 +15,7 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-pub use shared::testing::free_port;
+pub use chatkb_testing::free_port;
 
 /// A running function process; killed when dropped.
 pub struct Function {

@@ -1,6 +1,6 @@
 //! Until the backup issue lands, these routes answer JSON 501, never a fake success.
 
-use shared::testing::{assert_not_implemented, context, TestDatabase};
+use chatkb_testing::{assert_not_implemented, context, TestDatabase};
 
 #[tokio::test]
 async fn backup_routes_answer_json_501() {

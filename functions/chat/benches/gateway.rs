@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
 use serde_json::json;
-use shared::fake_openai::{Behaviour, FakeOpenAi};
 
 const KEY: &str = "bench-key";
 
@@ -70,7 +70,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// Starts the chat binary and waits for its first answered request; returns the server
 /// and the time from spawn to that answer.
 async fn start_chat(client: &reqwest::Client, vars: &[(String, String)]) -> (Server, Duration) {
-    let port = shared::testing::free_port();
+    let port = chatkb_testing::free_port();
     let started = Instant::now();
     // CHAT_BENCH_BIN runs another build of the server (e.g. one with line tables), and
     // CHAT_BENCH_WRAPPER runs it under a tool (e.g. `heaptrack`), to see where memory goes.
@@ -134,7 +134,7 @@ async fn main() {
 
     // A knowledge base for retrieval, written through the library like ingest would.
     {
-        let ctx = shared::testing::context("ingest", &[("DATABASE_URL", db_url.as_str())]);
+        let ctx = chatkb_testing::context("ingest", &[("DATABASE_URL", db_url.as_str())]);
         let kb = ctx.knowledge_base();
         let requests = (0..docs)
             .map(|i| shared::kb::IngestRequest {

@@ -36,10 +36,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
     let routes = Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
-        .route(
-            "/v1/metrics",
-            get(shared::observability::metrics::exposition),
-        )
+        .route("/v1/metrics", get(shared::http::exposition))
         .route("/v1/usage", get(usage))
         .with_state(state);
     let routes = shared::http::protect(

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
+use chatkb_testing::{call, context, load_event, TestDatabase, TestResponse};
 use serde_json::{json, Value};
 use shared::auth::hash_key;
-use shared::fake_openai::{Behaviour, FakeOpenAi};
 use shared::kb::IngestRequest;
-use shared::testing::{call, context, load_event, TestDatabase, TestResponse};
 use shared::AppContext;
 
 const KEY: &str = "sk-local-example-key";
@@ -616,7 +616,7 @@ async fn the_provider_adapter_keeps_status_and_retry_after_of_upstream_errors() 
 async fn redis_down_still_answers_and_database_down_answers_without_retrieval_flagged() {
     let fake = FakeOpenAi::start().await;
     let db = TestDatabase::sqlite();
-    let closed = format!("redis://127.0.0.1:{}", shared::testing::free_port());
+    let closed = format!("redis://127.0.0.1:{}", chatkb_testing::free_port());
     let (router, _) = chat_router(&db, Some(&fake), &[("REDIS_URL", closed.as_str())]);
     let res = call(&router, post(ask("Redis is down, are you?"))).await;
     assert_eq!(res.status, 200, "{}", res.text);
@@ -624,7 +624,7 @@ async fn redis_down_still_answers_and_database_down_answers_without_retrieval_fl
 
     let unreachable = format!(
         "postgres://postgres@127.0.0.1:{}/none",
-        shared::testing::free_port()
+        chatkb_testing::free_port()
     );
     let (router, _) = chat_router(
         &db,
@@ -754,7 +754,7 @@ async fn session_history_in_sqlite() {
 #[tokio::test]
 async fn sessions_and_idempotency_records_in_dynamodb_on_motos_emulator() {
     // moto's DynamoDB, started for this test and stopped when dropped.
-    let (moto, endpoint) = shared::testing::ServerProcess::moto().await;
+    let (moto, endpoint) = chatkb_testing::ServerProcess::moto().await;
     let status = std::process::Command::new("python3")
         .args([
             "-c",
@@ -969,12 +969,12 @@ async fn a_failed_or_degraded_first_attempt_frees_the_key() {
     );
     let mut body = ask("Try me twice");
     body["temperature"] = json!(1.0);
-    fake.set_mode(shared::fake_openai::Mode::Fail);
+    fake.set_mode(chatkb_testing::fake_openai::Mode::Fail);
     let res = call(&router, with_key(body.clone(), "retry-me")).await;
     assert_eq!(res.status, 200);
     assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
 
-    fake.set_mode(shared::fake_openai::Mode::Normal);
+    fake.set_mode(chatkb_testing::fake_openai::Mode::Normal);
     let res = call(&router, with_key(body.clone(), "retry-me")).await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert!(header(&res, "x-degraded").is_none());
@@ -1002,7 +1002,7 @@ async fn with_the_idempotency_store_down_a_keyed_request_gets_503_and_no_provide
     let db = TestDatabase::sqlite();
     let unreachable = format!(
         "postgres://postgres@127.0.0.1:{}/none",
-        shared::testing::free_port()
+        chatkb_testing::free_port()
     );
     let (router, _) = chat_router(
         &db,

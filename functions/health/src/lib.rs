@@ -21,10 +21,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/detailed", get(detailed))
-        .route(
-            "/health/metrics",
-            get(shared::observability::metrics::exposition),
-        )
+        .route("/health/metrics", get(shared::http::exposition))
         .with_state(ctx.clone());
     shared::http::app(routes, &ctx.settings)
 }

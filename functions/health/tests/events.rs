@@ -1,7 +1,7 @@
 //! The health function's handlers, driven by the sample events in `events/`.
 
+use chatkb_testing::{call, context, load_event, load_event_json, TestDatabase};
 use lambda_runtime::{Context, LambdaEvent};
-use shared::testing::{call, context, load_event, load_event_json, TestDatabase};
 
 #[tokio::test]
 async fn every_health_route_answers_its_sample_event() {
@@ -122,7 +122,7 @@ async fn ready_is_503_naming_redis_when_configured_but_down() {
 #[tokio::test]
 async fn ready_is_200_with_real_postgres_and_redis() {
     let db = TestDatabase::postgres().await;
-    let redis = shared::testing::test_redis_url();
+    let redis = chatkb_testing::test_redis_url();
     let router = health::router(context(
         "health",
         &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)],
@@ -154,7 +154,7 @@ async fn the_scheduled_event_runs_and_records_the_deep_check() {
     assert_eq!(result["status"], "ok");
     assert_eq!(
         result["tables"],
-        serde_json::json!(shared::testing::MIGRATED_TABLES)
+        serde_json::json!(chatkb_testing::MIGRATED_TABLES)
     );
     assert_eq!(
         shared::health::deep_check_count(&ctx.database)

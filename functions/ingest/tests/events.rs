@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use chatkb_testing::{call, context, load_event, load_event_json, TestDatabase};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 use shared::auth::hash_key;
-use shared::testing::{call, context, load_event, load_event_json, TestDatabase};
 
 fn api_keys() -> String {
     format!("example:{}", hash_key("local-example-key"))
@@ -307,7 +307,7 @@ async fn an_s3_event_ingests_the_object_from_the_local_folder() {
 async fn an_s3_event_ingests_the_object_from_s3() {
     // moto's S3 emulator, started for this test and stopped when dropped; aws-config
     // reads the environment it sets (only this test in this binary talks to AWS).
-    let (_moto, _endpoint) = shared::testing::ServerProcess::moto().await;
+    let (_moto, _endpoint) = chatkb_testing::ServerProcess::moto().await;
     let config = aws_config::load_from_env().await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)

@@ -1,4 +1,4 @@
-//! `fake-openai [--port N]`: serves `shared::fake_openai` on 127.0.0.1 (default 8090).
+//! `fake-openai [--port N]`: serves the `fake_openai` library on 127.0.0.1 (default 8090).
 //! Its behaviour (latency, failures, Retry-After, hangs, cut streams) is set over HTTP:
 //! `curl -X PUT localhost:8090/_fake/behaviour -d '{"failure_rate": 1.0}'`.
 
@@ -19,5 +19,5 @@ async fn main() -> std::io::Result<()> {
     eprintln!(
         "fake OpenAI server on http://127.0.0.1:{port}/v1 (control: /_fake/behaviour, /_fake/calls)"
     );
-    shared::fake_openai::serve(listener).await
+    fake_openai::serve(listener).await
 }

@@ -26,8 +26,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::chat::request::message_text;
-use crate::kb::embed::OfflineEmbedder;
+use chatkb_chat::chat::request::message_text;
+use chatkb_kb::kb::embed::OfflineEmbedder;
 
 /// How the fake answers. Failures and delays apply to chat completions and embeddings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -154,7 +154,7 @@ async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
 
 /// Token estimates as the gateway makes them (about four characters per token).
 fn estimate_tokens(text: &str) -> u64 {
-    crate::chat::retrieval::estimate_tokens(text) as u64
+    chatkb_chat::chat::retrieval::estimate_tokens(text) as u64
 }
 
 /// A deterministic answer that shows what the model was given.

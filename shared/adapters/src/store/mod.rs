@@ -1,6 +1,7 @@
 //! Connections to managed services, built once per cold start and shared.
 
 pub mod database;
+#[cfg(feature = "dynamodb")]
 pub mod dynamo;
 pub mod redis;
 

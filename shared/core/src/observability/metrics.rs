@@ -246,19 +246,6 @@ fn describe_all() {
     );
 }
 
-/// The HTTP answer of a metrics route: this process's metrics as Prometheus text.
-pub async fn exposition() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(),
-    )
-        .into_response()
-}
-
 /// The Prometheus text exposition of every metric recorded in this process.
 pub fn render() -> String {
     install().render()

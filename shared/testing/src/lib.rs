@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use crate::config::DatabaseKind;
-use crate::store::Database;
+use shared::config::DatabaseKind;
+use shared::store::Database;
 
 /// Every table the migrations create, the same on both backends, in name order (what
 /// `Database::table_names` and the deep check report).
@@ -112,9 +112,9 @@ pub fn test_redis_url() -> String {
 }
 
 /// A handle on the tests' Redis, each operation bounded by `timeout`.
-pub fn test_redis(timeout: std::time::Duration) -> crate::store::RedisHandle {
-    let url = crate::config::RedisUrl::parse(&test_redis_url()).expect("TEST_REDIS_URL parses");
-    crate::store::RedisHandle::new(&url, timeout).expect("Redis handle")
+pub fn test_redis(timeout: std::time::Duration) -> shared::store::RedisHandle {
+    let url = shared::config::RedisUrl::parse(&test_redis_url()).expect("TEST_REDIS_URL parses");
+    shared::store::RedisHandle::new(&url, timeout).expect("Redis handle")
 }
 
 /// A database that exists for one test.
@@ -204,7 +204,7 @@ impl Drop for TestDatabase {
 ///
 /// Timeouts default to 10 s so a slow, loaded CI machine cannot turn a success-path
 /// test into a failure; tests of timeouts set them explicitly.
-pub fn settings(function: &str, pairs: &[(&str, &str)]) -> crate::config::Settings {
+pub fn settings(function: &str, pairs: &[(&str, &str)]) -> shared::config::Settings {
     let mut vars: std::collections::HashMap<String, String> = [
         ("HEALTH_TIMEOUT_MS", "10000"),
         ("DATABASE_TIMEOUT_MS", "10000"),
@@ -213,18 +213,18 @@ pub fn settings(function: &str, pairs: &[(&str, &str)]) -> crate::config::Settin
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    crate::config::Settings::from_vars(function, &vars).expect("test settings are valid")
+    shared::config::Settings::from_vars(function, &vars).expect("test settings are valid")
 }
 
 /// A function context over explicit variables; clients are lazy, nothing is contacted.
-pub fn context(function: &str, pairs: &[(&str, &str)]) -> std::sync::Arc<crate::AppContext> {
-    crate::AppContext::new(settings(function, pairs)).expect("clients build")
+pub fn context(function: &str, pairs: &[(&str, &str)]) -> std::sync::Arc<shared::AppContext> {
+    shared::AppContext::new(settings(function, pairs)).expect("clients build")
 }
 
 /// Path of a sample event in the workspace's `events/` folder.
 pub fn event_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../events")
+        .join("../../events")
         .join(name)
 }
 
@@ -295,7 +295,7 @@ pub async fn assert_not_implemented(router: &axum::Router, events: &[&str]) {
 
 /// The project's own OpenAI-compatible fake server: the only stand-in in the tests,
 /// replacing the paid API. Embeddings come from the offline embedder, so they are
-/// The fake OpenAI-compatible server (see `crate::fake_openai`).
+/// The fake OpenAI-compatible server (see the `fake-openai` crate).
 pub mod fake_openai {
-    pub use crate::fake_openai::*;
+    pub use fake_openai::*;
 }

@@ -297,3 +297,16 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             .max_age(std::time::Duration::from_secs(600)),
     )
 }
+
+/// The HTTP answer of a metrics route: this process's metrics as Prometheus text.
+pub async fn exposition() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::observability::metrics::render(),
+    )
+        .into_response()
+}

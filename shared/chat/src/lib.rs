@@ -1,0 +1,8 @@
+//! The chat gateway capability: providers, fallback chain, streams, sessions, usage.
+
+pub mod chat;
+
+use chatkb_adapters::store;
+use chatkb_core::{observability, secret};
+use chatkb_kb::kb;
+use chatkb_resilience::{cache, resilience};

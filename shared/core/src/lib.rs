@@ -1,0 +1,4 @@
+//! Foundation: logs, metrics, redaction, secrets. No HTTP framework, no settings.
+
+pub mod observability;
+pub mod secret;

@@ -1,0 +1,7 @@
+//! The knowledge base capability: chunking, embedding, per-dialect stores, hybrid search.
+
+pub mod kb;
+
+use chatkb_adapters::store;
+use chatkb_core::{observability, secret};
+use chatkb_resilience::{cache, resilience};
