@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cache::TieredCache;
 use crate::config::{ConfigError, Settings};
+#[cfg(feature = "kb")]
 use crate::kb::KnowledgeBase;
 use crate::observability::{logging, metrics as obs_metrics};
 use crate::resilience::limits::{ConcurrencyLimiter, RateLimiter};
@@ -31,6 +32,7 @@ pub struct AppContext {
     /// Cap on concurrent sessions (C9).
     pub sessions: ConcurrencyLimiter,
     /// The knowledge base (ingest, and chat's retrieval), built on first use and shared.
+    #[cfg(feature = "kb")]
     knowledge_base: std::sync::OnceLock<Arc<KnowledgeBase>>,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
@@ -99,6 +101,7 @@ impl AppContext {
             breakers,
             rate_limiter,
             sessions,
+            #[cfg(feature = "kb")]
             knowledge_base: std::sync::OnceLock::new(),
             started: Instant::now(),
             started_at: Utc::now(),
@@ -144,6 +147,7 @@ impl AppContext {
 
     /// The instance's knowledge base: one store adapter, embedder and cache for every
     /// route and event handler of the function.
+    #[cfg(feature = "kb")]
     pub fn knowledge_base(&self) -> Arc<KnowledgeBase> {
         self.knowledge_base
             .get_or_init(|| Arc::new(crate::services::knowledge_base(self)))

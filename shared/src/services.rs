@@ -2,22 +2,34 @@
 //! (SQL or DynamoDB stores, an OpenAI-compatible or offline embedder and provider). The
 //! capabilities below it are built from parts and never look at `Settings` themselves.
 
+#[cfg(feature = "kb")]
 use std::sync::Arc;
 
+#[cfg(feature = "kb")]
 use crate::app::AppContext;
-use crate::chat::idempotency::{DynamoIdempotencyStore, IdempotencyStore, SqlIdempotencyStore};
-use crate::chat::provider::{ChatProvider, OpenAiProvider};
-use crate::chat::session::{DynamoSessionStore, SessionStore, SqlSessionStore};
-use crate::chat::usage::UsageRecorder;
-use crate::chat::{ChatGateway, GatewayParts};
-use crate::config::Settings;
-use crate::kb::embed::{Embedder, OfflineEmbedder};
-use crate::kb::openai::OpenAiEmbedder;
-use crate::kb::text::ChunkConfig;
-use crate::kb::{store, KnowledgeBase};
+#[cfg(feature = "chat")]
+use crate::chat::{
+    idempotency::{DynamoIdempotencyStore, IdempotencyStore, SqlIdempotencyStore},
+    provider::{ChatProvider, OpenAiProvider},
+    session::{DynamoSessionStore, SessionStore, SqlSessionStore},
+    usage::UsageRecorder,
+    ChatGateway, GatewayParts,
+};
+#[cfg(feature = "kb")]
+use crate::kb::{
+    embed::{Embedder, OfflineEmbedder},
+    openai::OpenAiEmbedder,
+    store,
+    text::ChunkConfig,
+    KbSettings, KnowledgeBase,
+};
+#[cfg(feature = "kb")]
+use crate::resilience::retry::RetryPolicy;
+#[cfg(feature = "chat")]
 use crate::store::dynamo::LazyDynamo;
 
 /// What the chat function serves requests with.
+#[cfg(feature = "chat")]
 pub struct ChatServices {
     pub gateway: Arc<ChatGateway>,
     pub idempotency: Arc<dyn IdempotencyStore>,
@@ -25,6 +37,7 @@ pub struct ChatServices {
 
 /// The chat function's gateway and idempotency store; both DynamoDB stores (when
 /// configured) share one client.
+#[cfg(feature = "chat")]
 pub fn chat(ctx: &AppContext) -> ChatServices {
     let dynamo = LazyDynamo::default();
     ChatServices {
@@ -35,6 +48,7 @@ pub fn chat(ctx: &AppContext) -> ChatServices {
 
 /// The gateway the configuration describes: an OpenAI-compatible provider when
 /// `LLM_BASE_URL` is set, the retrieval-only answer otherwise.
+#[cfg(feature = "chat")]
 fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
     let chat = ctx.settings.chat.clone();
     let provider = chat.llm_base_url.as_deref().map(|url| {
@@ -78,6 +92,7 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
 }
 
 /// Idempotency records in DynamoDB when `IDEMPOTENCY_TABLE` is set, else the SQL database.
+#[cfg(feature = "chat")]
 fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn IdempotencyStore> {
     let chat = &ctx.settings.chat;
     match &chat.idempotency_table {
@@ -96,20 +111,22 @@ fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn Idempoten
 }
 
 /// The knowledge base of a function instance: its database, configured embedder and cache.
+#[cfg(feature = "kb")]
 pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
     KnowledgeBase::new(
-        store::knowledge_store_with(&ctx.database, ctx.settings.vector_index.clone()),
-        embedder(&ctx.settings),
+        store::knowledge_store_with(&ctx.database, ctx.settings.kb.vector_index.clone()),
+        embedder(&ctx.settings.kb, &ctx.settings.retry),
         ctx.cache.clone(),
         ChunkConfig {
-            size: ctx.settings.chunk_size,
-            overlap: ctx.settings.chunk_overlap,
+            size: ctx.settings.kb.chunk_size,
+            overlap: ctx.settings.kb.chunk_overlap,
         },
     )
 }
 
 /// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.
-pub fn embedder(settings: &Settings) -> Arc<dyn Embedder> {
+#[cfg(feature = "kb")]
+pub fn embedder(settings: &KbSettings, retry: &RetryPolicy) -> Arc<dyn Embedder> {
     match &settings.embeddings_base_url {
         Some(url) => Arc::new(OpenAiEmbedder::new(
             url,
@@ -117,7 +134,7 @@ pub fn embedder(settings: &Settings) -> Arc<dyn Embedder> {
             &settings.embeddings_model,
             settings.embeddings_dimensions,
             settings.embeddings_timeout,
-            settings.retry.clone(),
+            retry.clone(),
         )),
         None => Arc::new(OfflineEmbedder::new(settings.embeddings_dimensions)),
     }

@@ -182,7 +182,7 @@ async fn create(
             "no documents in the request".into(),
         ));
     }
-    let limits = &s.ctx.settings;
+    let limits = &s.ctx.settings.kb;
     if documents.len() > limits.max_batch_documents {
         return Err(ApiError::PayloadTooLarge(format!(
             "{} documents in one request; the limit is {} (MAX_BATCH_DOCUMENTS)",

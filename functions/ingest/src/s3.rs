@@ -144,7 +144,7 @@ impl Source {
 
 /// Builds the event handler; the S3 client is created on first use and then shared.
 pub fn handler(ctx: Arc<AppContext>, kb: Arc<KnowledgeBase>) -> EventHandler {
-    let source = Arc::new(match &ctx.settings.documents_dir {
+    let source = Arc::new(match &ctx.settings.kb.documents_dir {
         Some(dir) => Source::Folder(dir.clone()),
         None => Source::S3(OnceCell::new()),
     });
@@ -177,7 +177,7 @@ async fn ingest_notification(
         let bucket = record.s3.bucket.name;
         let key = decode_key(&record.s3.object.key);
         let read = source
-            .read(&bucket, &key, ctx.settings.max_document_bytes)
+            .read(&bucket, &key, ctx.settings.kb.max_document_bytes)
             .await;
         let outcome = match read {
             Err(error) => {

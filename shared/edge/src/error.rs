@@ -142,6 +142,7 @@ impl From<crate::resilience::limits::LimitExceeded> for ApiError {
 
 /// The caller's document is invalid (422) or unknown (404); a failed embedder or store
 /// is a dependency outage (503) with nothing stored.
+#[cfg(feature = "kb")]
 impl From<crate::kb::KbError> for ApiError {
     fn from(e: crate::kb::KbError) -> Self {
         use crate::kb::KbError;
@@ -156,6 +157,7 @@ impl From<crate::kb::KbError> for ApiError {
 
 /// The gateway's refusals: the caller's request (400, 404, 413), the provider's refusal
 /// with its status kept, and a spent budget (429 until midnight UTC).
+#[cfg(feature = "chat")]
 impl From<crate::chat::ChatError> for ApiError {
     fn from(e: crate::chat::ChatError) -> Self {
         use crate::chat::ChatError;
@@ -265,8 +267,18 @@ mod tests {
         let api: ApiError = over.into();
         assert_eq!(api.status(), 429);
         assert_eq!(api.retry_after(), Some(Duration::from_secs(1)));
+    }
+
+    #[cfg(feature = "kb")]
+    #[test]
+    fn knowledge_base_errors_map_to_their_statuses() {
         let invalid: ApiError = crate::kb::KbError::Invalid("empty text".into()).into();
         assert_eq!(invalid.status(), 422);
+    }
+
+    #[cfg(feature = "chat")]
+    #[test]
+    fn chat_errors_map_to_their_statuses() {
         use crate::chat::ChatError;
         for (error, status) in [
             (ChatError::Invalid("bad".into()), 400),

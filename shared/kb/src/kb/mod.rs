@@ -4,9 +4,12 @@
 pub mod embed;
 pub mod openai;
 pub mod rank;
+mod settings;
 pub mod store;
 pub mod text;
 pub mod vector_index;
+
+pub use settings::KbSettings;
 
 use std::sync::Arc;
 

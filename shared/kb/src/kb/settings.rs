@@ -1,0 +1,29 @@
+//! The knowledge base's own configuration section (read by `config::Settings`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::vector_index::VectorIndexConfig;
+use crate::secret::Secret;
+
+/// Embeddings, chunking, ingest limits and the PostgreSQL vector index (I1-I6).
+#[derive(Debug, Clone)]
+pub struct KbSettings {
+    /// OpenAI-compatible embeddings endpoint; unset selects the offline embedder.
+    pub embeddings_base_url: Option<String>,
+    pub embeddings_api_key: Option<Secret>,
+    pub embeddings_model: String,
+    pub embeddings_dimensions: usize,
+    pub embeddings_timeout: Duration,
+    /// Chunk size and overlap in characters.
+    pub chunk_size: usize,
+    pub chunk_overlap: usize,
+    /// S3 bucket of the documents that S3 events refer to (a local folder in embedded mode).
+    pub documents_bucket: Option<String>,
+    /// Embedded mode: S3 events name objects under this local folder instead of S3.
+    pub documents_dir: Option<PathBuf>,
+    pub max_document_bytes: usize,
+    pub max_batch_documents: usize,
+    /// When bulk writes skip the PostgreSQL HNSW index and when it catches up (`VECTOR_INDEX_*`).
+    pub vector_index: VectorIndexConfig,
+}
