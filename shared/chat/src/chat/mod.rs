@@ -5,12 +5,15 @@
 
 mod error;
 pub mod idempotency;
+mod plain;
 pub mod provider;
 pub mod request;
 pub mod retrieval;
+mod routing;
 pub mod session;
 mod settings;
 mod sse;
+mod streaming;
 pub mod usage;
 
 pub use error::ChatError;
@@ -35,6 +38,9 @@ use request::ChatRequest;
 use retrieval::Context;
 use session::SessionStore;
 use usage::{UsageRecord, UsageRecorder};
+// The gateway's steps, one file each, share their private helpers through here.
+use plain::*;
+use routing::*;
 
 /// Why an answer is not a fresh answer of the requested model (`x-degraded`).
 pub mod degraded {
@@ -82,44 +88,6 @@ pub struct StreamReply {
     pub meta: ReplyMeta,
 }
 
-/// An error of one provider attempt inside the retry loop.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error(transparent)]
-    Open(#[from] BreakerOpen),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-}
-
-impl RetryClass for AttemptError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            AttemptError::Open(_) => false,
-            AttemptError::Provider(e) => e.is_retryable(),
-        }
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AttemptError::Open(_) => None,
-            AttemptError::Provider(e) => e.retry_after(),
-        }
-    }
-}
-
-/// Not cached by the single-flight loader: a degraded answer (so recovery is
-/// immediate) or a refusal.
-enum Uncached {
-    Degraded(Answer, Duration),
-    Refused { status: u16, message: String },
-}
-
-fn refusal(status: u16, message: &str) -> ChatError {
-    ChatError::Refused {
-        status,
-        message: message.to_string(),
-    }
-}
-
 /// What a gateway is made of: the composition root chooses each adapter.
 pub struct GatewayParts {
     pub settings: ChatSettings,
@@ -164,7 +132,7 @@ impl std::fmt::Debug for ChatGateway {
 }
 
 /// An answer object the gateway writes itself (cached or retrieval-only).
-fn synthetic_completion(model: &str, content: &str) -> Value {
+pub(super) fn synthetic_completion(model: &str, content: &str) -> Value {
     json!({
         "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         "object": "chat.completion",
@@ -182,7 +150,12 @@ fn synthetic_completion(model: &str, content: &str) -> Value {
 
 /// The usage row of an answer: the provider's token counts, and its cost unless it came
 /// from the cache.
-fn usage_of(usage: &UsageRecorder, key: &str, answer: &Answer, cached: bool) -> UsageRecord {
+pub(super) fn usage_of(
+    usage: &UsageRecorder,
+    key: &str,
+    answer: &Answer,
+    cached: bool,
+) -> UsageRecord {
     let prompt = answer.completion["usage"]["prompt_tokens"]
         .as_u64()
         .unwrap_or(0);
@@ -205,7 +178,7 @@ fn usage_of(usage: &UsageRecorder, key: &str, answer: &Answer, cached: bool) -> 
 }
 
 /// Appends an exchange to a session, unless the answer is not a model's.
-async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answer) {
+pub(super) async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answer) {
     if answer
         .degraded
         .iter()
@@ -224,66 +197,12 @@ async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answe
 }
 
 /// The request as the provider gets it: the caller's body with the passages added.
-fn upstream_body(request: &ChatRequest, context: &Context) -> Value {
+pub(super) fn upstream_body(request: &ChatRequest, context: &Context) -> Value {
     let mut body = Value::Object(request.body.clone());
     if !context.is_empty() {
         body["messages"] = Value::Array(context.augment(request.messages()));
     }
     body
-}
-
-/// A caller's error the provider reported: its status and our message.
-fn provider_refusal(e: &ProviderError) -> (u16, String) {
-    let (status, message) = match e {
-        ProviderError::Status {
-            status, message, ..
-        } => (*status, message.clone()),
-        other => (400, other.to_string()),
-    };
-    (
-        status,
-        format!("the provider refused the request: {message}"),
-    )
-}
-
-/// Counts and logs a failed model and the step to the next one; returns the error text.
-fn step_down(chain: &[String], i: usize, e: &AttemptError) -> String {
-    let model = &chain[i];
-    count_request(
-        model,
-        if matches!(e, AttemptError::Open(_)) {
-            "breaker_open"
-        } else {
-            "error"
-        },
-    );
-    tracing::warn!(model = %model, error = %e, "model failed; falling back");
-    if let Some(next) = chain.get(i + 1) {
-        count_fallback(model, next);
-    }
-    e.to_string()
-}
-
-fn record_usage_metrics(model: &str, completion: &Value) {
-    for (kind, field) in [
-        ("prompt", "prompt_tokens"),
-        ("completion", "completion_tokens"),
-    ] {
-        if let Some(n) = completion["usage"][field].as_u64() {
-            metrics::counter!(names::LLM_TOKENS_TOTAL, "model" => model.to_string(), "kind" => kind)
-                .increment(n);
-        }
-    }
-}
-
-fn count_request(model: &str, outcome: &'static str) {
-    metrics::counter!(names::LLM_REQUESTS_TOTAL, "model" => model.to_string(), "outcome" => outcome)
-        .increment(1);
-}
-
-fn count_fallback(from: &str, to: &str) {
-    metrics::counter!(names::LLM_FALLBACKS_TOTAL, "from" => from.to_string(), "to" => to.to_string())
-        .increment(1);
 }
 
 impl ChatGateway {
@@ -395,16 +314,16 @@ impl ChatGateway {
         Ok(request)
     }
 
-    fn cacheable(&self, request: &ChatRequest) -> bool {
+    pub(super) fn cacheable(&self, request: &ChatRequest) -> bool {
         request.cache && request.temperature.unwrap_or(1.0) <= self.settings.cache_max_temperature
     }
 
-    fn cache_key(&self, request: &ChatRequest) -> String {
+    pub(super) fn cache_key(&self, request: &ChatRequest) -> String {
         request.cache_key(if request.retrieval { "kb" } else { "no-kb" })
     }
 
     /// The chain of models to try for a request: the requested one first.
-    fn chain(&self, requested: &str) -> Vec<String> {
+    pub(super) fn chain(&self, requested: &str) -> Vec<String> {
         let mut chain = vec![requested.to_string()];
         for m in self.models() {
             if !chain.contains(&m) && m != OFFLINE_MODEL {
@@ -414,13 +333,17 @@ impl ChatGateway {
         chain
     }
 
-    fn breaker(&self, provider: &dyn ChatProvider, model: &str) -> CircuitBreaker {
+    pub(super) fn breaker(&self, provider: &dyn ChatProvider, model: &str) -> CircuitBreaker {
         self.breakers
             .get(&format!("llm:{}:{model}", provider.name()))
     }
 
     /// Passages for the request, or the reason there are none.
-    async fn context(&self, request: &ChatRequest, degraded: &mut Vec<String>) -> Context {
+    pub(super) async fn context(
+        &self,
+        request: &ChatRequest,
+        degraded: &mut Vec<String>,
+    ) -> Context {
         if !(self.settings.retrieval_enabled && request.retrieval) {
             return Context::default();
         }
@@ -437,7 +360,7 @@ impl ChatGateway {
         }
     }
 
-    fn finish(
+    pub(super) fn finish(
         &self,
         mut completion: Value,
         model: &str,
@@ -453,359 +376,5 @@ impl ChatGateway {
             degraded,
             model: model.to_string(),
         }
-    }
-
-    /// The end of the chain when no model answered: the last good answer to the same
-    /// question, else the passages themselves.
-    async fn without_model(
-        &self,
-        request: &ChatRequest,
-        context: &Context,
-        mut degraded: Vec<String>,
-        reason: &str,
-    ) -> Answer {
-        if self.provider.is_some() {
-            if let Some(key) = request.question_key() {
-                if let Some(mut last) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
-                    count_fallback(&request.model, degraded::CACHED_ANSWER);
-                    degraded.push(degraded::CACHED_ANSWER.to_string());
-                    last.completion["degraded"] = json!(degraded.join(","));
-                    last.degraded = degraded;
-                    return last;
-                }
-            }
-            count_fallback(&request.model, degraded::RETRIEVAL_ONLY);
-        }
-        degraded.push(degraded::RETRIEVAL_ONLY.to_string());
-        let content = context.retrieval_only_answer(reason);
-        count_request(OFFLINE_MODEL, "degraded");
-        self.finish(
-            synthetic_completion(OFFLINE_MODEL, &content),
-            OFFLINE_MODEL,
-            context,
-            degraded,
-        )
-    }
-
-    /// One model through its breaker, with retries while the breaker admits calls.
-    async fn call_model(
-        &self,
-        provider: &dyn ChatProvider,
-        model: &str,
-        body: &Value,
-    ) -> Result<Value, AttemptError> {
-        let breaker = self.breaker(provider, model);
-        retry(&self.retry, "llm", || async {
-            let permit = breaker.acquire().await?;
-            let result = provider.complete(body).await;
-            let failed = result.as_ref().is_err_and(|e| !e.is_caller_error());
-            breaker.record(permit, failed).await;
-            Ok(result?)
-        })
-        .await
-    }
-
-    /// The answer without the response cache: retrieval, then the fallback chain.
-    async fn answer(
-        &self,
-        request: &ChatRequest,
-        initial: &[String],
-    ) -> Result<(Answer, Duration), Uncached> {
-        let mut degraded = initial.to_vec();
-        let context = self.context(request, &mut degraded).await;
-        let Some(provider) = self.provider.clone() else {
-            let answer = self
-                .without_model(request, &context, degraded, "no provider is configured")
-                .await;
-            return Err(Uncached::Degraded(answer, Duration::ZERO));
-        };
-        let mut body = upstream_body(request, &context);
-        let mut waited = Duration::ZERO;
-        let chain = self.chain(&request.model);
-        let mut last_error = String::new();
-        for (i, model) in chain.iter().enumerate() {
-            body["model"] = json!(model);
-            let started = Instant::now();
-            let result = self.call_model(provider.as_ref(), model, &body).await;
-            waited += started.elapsed();
-            match result {
-                Ok(completion) => {
-                    count_request(model, "ok");
-                    record_usage_metrics(model, &completion);
-                    let mut degraded = degraded.clone();
-                    if i > 0 {
-                        degraded.push(degraded::FALLBACK_MODEL.to_string());
-                    }
-                    let answer = self.finish(completion, model, &context, degraded.clone());
-                    if let Some(key) = request.question_key() {
-                        self.cache.set(Namespace::Chat, &key, &answer).await;
-                    }
-                    return if degraded.is_empty() {
-                        Ok((answer, waited))
-                    } else {
-                        Err(Uncached::Degraded(answer, waited))
-                    };
-                }
-                Err(AttemptError::Provider(e)) if e.is_caller_error() => {
-                    count_request(model, "refused");
-                    let (status, message) = provider_refusal(&e);
-                    return Err(Uncached::Refused { status, message });
-                }
-                Err(e) => last_error = step_down(&chain, i, &e),
-            }
-        }
-        let reason = format!("the model provider failed: {last_error}");
-        let answer = self
-            .without_model(request, &context, degraded, &reason)
-            .await;
-        Err(Uncached::Degraded(answer, waited))
-    }
-
-    /// Answers a plain request (C1-C7). `session` is where the exchange is recorded,
-    /// `initial` what is already degraded (a session store that failed).
-    pub async fn complete(
-        &self,
-        owner: &str,
-        request: &ChatRequest,
-        session: Option<&SessionRef>,
-        initial: Vec<String>,
-    ) -> Result<Reply, ChatError> {
-        let reply = self.complete_inner(request, &initial).await?;
-        self.usage
-            .record(usage_of(
-                &self.usage,
-                owner,
-                &reply.answer,
-                reply.meta.cached,
-            ))
-            .await;
-        if let Some(session) = session {
-            if initial.is_empty() {
-                self.remember(session, &reply.answer).await;
-            }
-        }
-        Ok(reply)
-    }
-
-    async fn complete_inner(
-        &self,
-        request: &ChatRequest,
-        initial: &[String],
-    ) -> Result<Reply, ChatError> {
-        if !self.cacheable(request) || !initial.is_empty() {
-            return match self.answer(request, initial).await {
-                Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
-                    meta: ReplyMeta {
-                        degraded: answer.degraded.clone(),
-                        cached: false,
-                        provider_wait: waited,
-                    },
-                    answer,
-                }),
-                Err(Uncached::Refused { status, message }) => Err(refusal(status, &message)),
-            };
-        }
-        let key = self.cache_key(request);
-        let waited = std::sync::Mutex::new(None);
-        let loaded = self
-            .cache
-            .get_or_load(Namespace::Chat, &key, || async {
-                let result = self.answer(request, initial).await;
-                if let Ok((_, w)) = &result {
-                    *waited.lock().expect("wait slot") = Some(*w);
-                }
-                result.map(|(answer, _)| answer)
-            })
-            .await;
-        let loaded_here = waited.lock().expect("wait slot").take();
-        match loaded {
-            Ok(mut answer) => {
-                let cached = loaded_here.is_none();
-                if cached {
-                    answer.completion["cached"] = json!(true);
-                    count_request(&answer.model, "cache_hit");
-                }
-                Ok(Reply {
-                    meta: ReplyMeta {
-                        degraded: answer.degraded.clone(),
-                        cached,
-                        provider_wait: loaded_here.unwrap_or_default(),
-                    },
-                    answer,
-                })
-            }
-            Err(uncached) => match uncached.as_ref() {
-                Uncached::Degraded(answer, waited) => Ok(Reply {
-                    meta: ReplyMeta {
-                        degraded: answer.degraded.clone(),
-                        cached: false,
-                        provider_wait: *waited,
-                    },
-                    answer: answer.clone(),
-                }),
-                Uncached::Refused { status, message } => Err(refusal(*status, message)),
-            },
-        }
-    }
-
-    /// Answers a streamed request. Everything before the first byte (cache, retrieval,
-    /// breakers, retries, fallbacks) is decided first; after it, an upstream failure
-    /// ends the stream with an error event and no `[DONE]`, never a silent cut (C6, C7).
-    pub async fn stream(
-        &self,
-        owner: &str,
-        request: &ChatRequest,
-        session: Option<&SessionRef>,
-        initial: Vec<String>,
-    ) -> Result<StreamReply, ChatError> {
-        let include_usage = request.include_usage;
-        let cacheable = self.cacheable(request) && initial.is_empty();
-        let key = self.cache_key(request);
-        if cacheable {
-            if let Some(mut answer) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
-                answer.completion["cached"] = json!(true);
-                count_request(&answer.model, "cache_hit");
-                if let Some(session) = session {
-                    self.remember(session, &answer).await;
-                }
-                self.usage
-                    .record(usage_of(&self.usage, owner, &answer, true))
-                    .await;
-                return Ok(StreamReply {
-                    meta: ReplyMeta {
-                        degraded: answer.degraded.clone(),
-                        cached: true,
-                        provider_wait: Duration::ZERO,
-                    },
-                    body: sse::replay(answer.completion, include_usage),
-                });
-            }
-        }
-        let mut degraded = initial.clone();
-        let context = self.context(request, &mut degraded).await;
-        let Some(provider) = self.provider.clone() else {
-            let answer = self
-                .without_model(request, &context, degraded, "no provider is configured")
-                .await;
-            self.usage
-                .record(usage_of(&self.usage, owner, &answer, false))
-                .await;
-            return Ok(StreamReply {
-                meta: ReplyMeta {
-                    degraded: answer.degraded.clone(),
-                    ..ReplyMeta::default()
-                },
-                body: sse::replay(answer.completion, include_usage),
-            });
-        };
-        let mut body = upstream_body(request, &context);
-        // Usage is always asked for upstream (it is recorded and cached); the caller
-        // sees it only when it asked.
-        body["stream_options"] = json!({"include_usage": true});
-        let mut waited = Duration::ZERO;
-        let chain = self.chain(&request.model);
-        let mut last_error = String::new();
-        for (i, model) in chain.iter().enumerate() {
-            body["model"] = json!(model);
-            let started = Instant::now();
-            let opened = self.open_stream(provider.as_ref(), model, &body).await;
-            waited += started.elapsed();
-            match opened {
-                Ok((first, rest, permit, breaker)) => {
-                    metrics::histogram!(names::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => model.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    if i > 0 {
-                        degraded.push(degraded::FALLBACK_MODEL.to_string());
-                    }
-                    let relay = sse::Relay {
-                        model: model.clone(),
-                        sources: context.sources(),
-                        degraded: degraded.clone(),
-                        include_usage,
-                        cache: self.cache.clone(),
-                        cache_key: (cacheable && degraded.is_empty()).then(|| key.clone()),
-                        question_key: request.question_key(),
-                        breaker,
-                        permit: Some(permit),
-                        session: session
-                            .filter(|_| initial.is_empty())
-                            .map(|s| (self.sessions.clone(), s.clone())),
-                        usage: (self.usage.clone(), owner.to_string()),
-                    };
-                    return Ok(StreamReply {
-                        meta: ReplyMeta {
-                            degraded,
-                            cached: false,
-                            provider_wait: waited,
-                        },
-                        body: relay.run(first, rest),
-                    });
-                }
-                Err(AttemptError::Provider(e)) if e.is_caller_error() => {
-                    count_request(model, "refused");
-                    let (status, message) = provider_refusal(&e);
-                    return Err(refusal(status, &message));
-                }
-                Err(e) => last_error = step_down(&chain, i, &e),
-            }
-        }
-        let reason = format!("the model provider failed: {last_error}");
-        let answer = self
-            .without_model(request, &context, degraded, &reason)
-            .await;
-        self.usage
-            .record(usage_of(&self.usage, owner, &answer, false))
-            .await;
-        Ok(StreamReply {
-            meta: ReplyMeta {
-                degraded: answer.degraded.clone(),
-                cached: false,
-                provider_wait: waited,
-            },
-            body: sse::replay(answer.completion, include_usage),
-        })
-    }
-
-    /// Opens a stream and waits for its first chunk, with retries: nothing has been
-    /// sent to the caller yet, so every failure here can still fall back.
-    async fn open_stream(
-        &self,
-        provider: &dyn ChatProvider,
-        model: &str,
-        body: &Value,
-    ) -> Result<
-        (
-            Value,
-            ChunkStream,
-            crate::resilience::breaker::Permit,
-            CircuitBreaker,
-        ),
-        AttemptError,
-    > {
-        let breaker = self.breaker(provider, model);
-        let timeout = self.settings.llm_timeout;
-        retry(&self.retry, "llm", || async {
-            let permit = breaker.acquire().await?;
-            let first = async {
-                let mut stream = provider.stream(body).await?;
-                match tokio::time::timeout(timeout, stream.next()).await {
-                    Err(_) => Err(ProviderError::Timeout(timeout)),
-                    Ok(None) => Err(ProviderError::StreamCut(
-                        "the stream ended before its first chunk".into(),
-                    )),
-                    Ok(Some(Err(e))) => Err(e),
-                    Ok(Some(Ok(chunk))) => Ok((chunk, stream)),
-                }
-            }
-            .await;
-            match first {
-                Ok((chunk, stream)) => Ok((chunk, stream, permit, breaker.clone())),
-                Err(e) => {
-                    breaker.record(permit, !e.is_caller_error()).await;
-                    Err(AttemptError::Provider(e))
-                }
-            }
-        })
-        .await
     }
 }

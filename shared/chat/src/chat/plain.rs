@@ -1,0 +1,157 @@
+//! Plain (non-streamed) answers: the response cache with single-flight around the
+//! routing step.
+
+use super::*;
+
+/// Not cached by the single-flight loader: a degraded answer (so recovery is
+/// immediate) or a refusal.
+pub(super) enum Uncached {
+    Degraded(Answer, Duration),
+    Refused { status: u16, message: String },
+}
+
+pub(super) fn refusal(status: u16, message: &str) -> ChatError {
+    ChatError::Refused {
+        status,
+        message: message.to_string(),
+    }
+}
+
+impl ChatGateway {
+    /// The answer without the response cache: retrieval, then the fallback chain.
+    pub(super) async fn answer(
+        &self,
+        request: &ChatRequest,
+        initial: &[String],
+    ) -> Result<(Answer, Duration), Uncached> {
+        let mut degraded = initial.to_vec();
+        let context = self.context(request, &mut degraded).await;
+        let Some(provider) = self.provider.clone() else {
+            let answer = self
+                .without_model(request, &context, degraded, "no provider is configured")
+                .await;
+            return Err(Uncached::Degraded(answer, Duration::ZERO));
+        };
+        let mut body = upstream_body(request, &context);
+        let (routed, waited) = self
+            .route(provider.as_ref(), &request.model, &mut body, Mode::Plain)
+            .await;
+        match routed {
+            Routed::Answered {
+                fallback,
+                model,
+                opened: Opened::Plain(completion),
+            } => {
+                let mut degraded = degraded.clone();
+                if fallback {
+                    degraded.push(degraded::FALLBACK_MODEL.to_string());
+                }
+                let answer = self.finish(completion, &model, &context, degraded.clone());
+                if let Some(key) = request.question_key() {
+                    self.cache.set(Namespace::Chat, &key, &answer).await;
+                }
+                if degraded.is_empty() {
+                    Ok((answer, waited))
+                } else {
+                    Err(Uncached::Degraded(answer, waited))
+                }
+            }
+            Routed::Answered { .. } => unreachable!("a plain route opens plain answers"),
+            Routed::Refused { status, message } => Err(Uncached::Refused { status, message }),
+            Routed::Exhausted { last_error } => {
+                let reason = format!("the model provider failed: {last_error}");
+                let answer = self
+                    .without_model(request, &context, degraded, &reason)
+                    .await;
+                Err(Uncached::Degraded(answer, waited))
+            }
+        }
+    }
+
+    /// Answers a plain request (C1-C7). `session` is where the exchange is recorded,
+    /// `initial` what is already degraded (a session store that failed).
+    pub async fn complete(
+        &self,
+        owner: &str,
+        request: &ChatRequest,
+        session: Option<&SessionRef>,
+        initial: Vec<String>,
+    ) -> Result<Reply, ChatError> {
+        let reply = self.complete_inner(request, &initial).await?;
+        self.usage
+            .record(usage_of(
+                &self.usage,
+                owner,
+                &reply.answer,
+                reply.meta.cached,
+            ))
+            .await;
+        if let Some(session) = session {
+            if initial.is_empty() {
+                self.remember(session, &reply.answer).await;
+            }
+        }
+        Ok(reply)
+    }
+
+    pub(super) async fn complete_inner(
+        &self,
+        request: &ChatRequest,
+        initial: &[String],
+    ) -> Result<Reply, ChatError> {
+        if !self.cacheable(request) || !initial.is_empty() {
+            return match self.answer(request, initial).await {
+                Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
+                    meta: ReplyMeta {
+                        degraded: answer.degraded.clone(),
+                        cached: false,
+                        provider_wait: waited,
+                    },
+                    answer,
+                }),
+                Err(Uncached::Refused { status, message }) => Err(refusal(status, &message)),
+            };
+        }
+        let key = self.cache_key(request);
+        let waited = std::sync::Mutex::new(None);
+        let loaded = self
+            .cache
+            .get_or_load(Namespace::Chat, &key, || async {
+                let result = self.answer(request, initial).await;
+                if let Ok((_, w)) = &result {
+                    *waited.lock().expect("wait slot") = Some(*w);
+                }
+                result.map(|(answer, _)| answer)
+            })
+            .await;
+        let loaded_here = waited.lock().expect("wait slot").take();
+        match loaded {
+            Ok(mut answer) => {
+                let cached = loaded_here.is_none();
+                if cached {
+                    answer.completion["cached"] = json!(true);
+                    count_request(&answer.model, "cache_hit");
+                }
+                Ok(Reply {
+                    meta: ReplyMeta {
+                        degraded: answer.degraded.clone(),
+                        cached,
+                        provider_wait: loaded_here.unwrap_or_default(),
+                    },
+                    answer,
+                })
+            }
+            Err(uncached) => match uncached.as_ref() {
+                Uncached::Degraded(answer, waited) => Ok(Reply {
+                    meta: ReplyMeta {
+                        degraded: answer.degraded.clone(),
+                        cached: false,
+                        provider_wait: *waited,
+                    },
+                    answer: answer.clone(),
+                }),
+                Uncached::Refused { status, message } => Err(refusal(*status, message)),
+            },
+        }
+    }
+}

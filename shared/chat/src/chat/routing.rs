@@ -1,0 +1,267 @@
+//! The model-routing step shared by plain and streamed answers: the chain of models,
+//! each through its breaker and retries, and the answer when no model can give one.
+
+use super::*;
+
+/// An error of one provider attempt inside the retry loop.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AttemptError {
+    #[error(transparent)]
+    Open(#[from] BreakerOpen),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl RetryClass for AttemptError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            AttemptError::Open(_) => false,
+            AttemptError::Provider(e) => e.is_retryable(),
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Open(_) => None,
+            AttemptError::Provider(e) => e.retry_after(),
+        }
+    }
+}
+
+/// Whether a route asks for a whole answer or opens a stream.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Mode {
+    Plain,
+    Stream,
+}
+
+/// What a model gave a route: a whole completion, or a stream with its first chunk (the
+/// breaker permit is held until the stream ends).
+pub(super) enum Opened {
+    Plain(Value),
+    Stream(
+        Value,
+        ChunkStream,
+        crate::resilience::breaker::Permit,
+        CircuitBreaker,
+    ),
+}
+
+/// How a walk down the chain of models ended.
+pub(super) enum Routed {
+    /// A model answered; `fallback` when it was not the requested one.
+    Answered {
+        fallback: bool,
+        model: String,
+        opened: Opened,
+    },
+    /// The provider refused the caller's request (kept status); no other model is tried.
+    Refused { status: u16, message: String },
+    /// Every model failed; the last failure, for the degraded answer's reason.
+    Exhausted { last_error: String },
+}
+
+/// A caller's error the provider reported: its status and our message.
+pub(super) fn provider_refusal(e: &ProviderError) -> (u16, String) {
+    let (status, message) = match e {
+        ProviderError::Status {
+            status, message, ..
+        } => (*status, message.clone()),
+        other => (400, other.to_string()),
+    };
+    (
+        status,
+        format!("the provider refused the request: {message}"),
+    )
+}
+
+/// Counts and logs a failed model and the step to the next one; returns the error text.
+pub(super) fn step_down(chain: &[String], i: usize, e: &AttemptError) -> String {
+    let model = &chain[i];
+    count_request(
+        model,
+        if matches!(e, AttemptError::Open(_)) {
+            "breaker_open"
+        } else {
+            "error"
+        },
+    );
+    tracing::warn!(model = %model, error = %e, "model failed; falling back");
+    if let Some(next) = chain.get(i + 1) {
+        count_fallback(model, next);
+    }
+    e.to_string()
+}
+
+pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
+    for (kind, field) in [
+        ("prompt", "prompt_tokens"),
+        ("completion", "completion_tokens"),
+    ] {
+        if let Some(n) = completion["usage"][field].as_u64() {
+            metrics::counter!(names::LLM_TOKENS_TOTAL, "model" => model.to_string(), "kind" => kind)
+                .increment(n);
+        }
+    }
+}
+
+pub(super) fn count_request(model: &str, outcome: &'static str) {
+    metrics::counter!(names::LLM_REQUESTS_TOTAL, "model" => model.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub(super) fn count_fallback(from: &str, to: &str) {
+    metrics::counter!(names::LLM_FALLBACKS_TOTAL, "from" => from.to_string(), "to" => to.to_string())
+        .increment(1);
+}
+
+impl ChatGateway {
+    /// The end of the chain when no model answered: the last good answer to the same
+    /// question, else the passages themselves.
+    pub(super) async fn without_model(
+        &self,
+        request: &ChatRequest,
+        context: &Context,
+        mut degraded: Vec<String>,
+        reason: &str,
+    ) -> Answer {
+        if self.provider.is_some() {
+            if let Some(key) = request.question_key() {
+                if let Some(mut last) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
+                    count_fallback(&request.model, degraded::CACHED_ANSWER);
+                    degraded.push(degraded::CACHED_ANSWER.to_string());
+                    last.completion["degraded"] = json!(degraded.join(","));
+                    last.degraded = degraded;
+                    return last;
+                }
+            }
+            count_fallback(&request.model, degraded::RETRIEVAL_ONLY);
+        }
+        degraded.push(degraded::RETRIEVAL_ONLY.to_string());
+        let content = context.retrieval_only_answer(reason);
+        count_request(OFFLINE_MODEL, "degraded");
+        self.finish(
+            synthetic_completion(OFFLINE_MODEL, &content),
+            OFFLINE_MODEL,
+            context,
+            degraded,
+        )
+    }
+
+    /// The one model-routing step of plain and streamed answers: the chain of models in
+    /// order (the requested one first), each through its breaker and retries, stepping
+    /// down on failures; a refusal of the caller's request ends the walk at once. Returns
+    /// how it ended and the time spent waiting on providers.
+    pub(super) async fn route(
+        &self,
+        provider: &dyn ChatProvider,
+        requested: &str,
+        body: &mut Value,
+        mode: Mode,
+    ) -> (Routed, Duration) {
+        let mut waited = Duration::ZERO;
+        let chain = self.chain(requested);
+        let mut last_error = String::new();
+        for (i, model) in chain.iter().enumerate() {
+            body["model"] = json!(model);
+            let started = Instant::now();
+            let result = match mode {
+                Mode::Plain => self
+                    .call_model(provider, model, body)
+                    .await
+                    .map(Opened::Plain),
+                Mode::Stream => self.open_stream(provider, model, body).await.map(
+                    |(first, rest, permit, breaker)| Opened::Stream(first, rest, permit, breaker),
+                ),
+            };
+            waited += started.elapsed();
+            match result {
+                Ok(opened) => {
+                    match &opened {
+                        Opened::Plain(completion) => {
+                            count_request(model, "ok");
+                            record_usage_metrics(model, completion);
+                        }
+                        Opened::Stream(..) => {
+                            metrics::histogram!(names::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => model.clone())
+                                .record(started.elapsed().as_secs_f64());
+                        }
+                    }
+                    let routed = Routed::Answered {
+                        fallback: i > 0,
+                        model: model.clone(),
+                        opened,
+                    };
+                    return (routed, waited);
+                }
+                Err(AttemptError::Provider(e)) if e.is_caller_error() => {
+                    count_request(model, "refused");
+                    let (status, message) = provider_refusal(&e);
+                    return (Routed::Refused { status, message }, waited);
+                }
+                Err(e) => last_error = step_down(&chain, i, &e),
+            }
+        }
+        (Routed::Exhausted { last_error }, waited)
+    }
+
+    /// One model through its breaker, with retries while the breaker admits calls.
+    pub(super) async fn call_model(
+        &self,
+        provider: &dyn ChatProvider,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, AttemptError> {
+        let breaker = self.breaker(provider, model);
+        retry(&self.retry, "llm", || async {
+            let permit = breaker.acquire().await?;
+            let result = provider.complete(body).await;
+            let failed = result.as_ref().is_err_and(|e| !e.is_caller_error());
+            breaker.record(permit, failed).await;
+            Ok(result?)
+        })
+        .await
+    }
+
+    /// Opens a stream and waits for its first chunk, with retries: nothing has been
+    /// sent to the caller yet, so every failure here can still fall back.
+    pub(super) async fn open_stream(
+        &self,
+        provider: &dyn ChatProvider,
+        model: &str,
+        body: &Value,
+    ) -> Result<
+        (
+            Value,
+            ChunkStream,
+            crate::resilience::breaker::Permit,
+            CircuitBreaker,
+        ),
+        AttemptError,
+    > {
+        let breaker = self.breaker(provider, model);
+        let timeout = self.settings.llm_timeout;
+        retry(&self.retry, "llm", || async {
+            let permit = breaker.acquire().await?;
+            let first = async {
+                let mut stream = provider.stream(body).await?;
+                match tokio::time::timeout(timeout, stream.next()).await {
+                    Err(_) => Err(ProviderError::Timeout(timeout)),
+                    Ok(None) => Err(ProviderError::StreamCut(
+                        "the stream ended before its first chunk".into(),
+                    )),
+                    Ok(Some(Err(e))) => Err(e),
+                    Ok(Some(Ok(chunk))) => Ok((chunk, stream)),
+                }
+            }
+            .await;
+            match first {
+                Ok((chunk, stream)) => Ok((chunk, stream, permit, breaker.clone())),
+                Err(e) => {
+                    breaker.record(permit, !e.is_caller_error()).await;
+                    Err(AttemptError::Provider(e))
+                }
+            }
+        })
+        .await
+    }
+}

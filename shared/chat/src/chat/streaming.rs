@@ -1,0 +1,117 @@
+//! Streamed answers: everything before the first byte is decided by the routing step;
+//! after it the relay (`sse`) carries the stream to the caller.
+
+use super::*;
+
+impl ChatGateway {
+    /// Answers a streamed request. Everything before the first byte (cache, retrieval,
+    /// breakers, retries, fallbacks) is decided first; after it, an upstream failure
+    /// ends the stream with an error event and no `[DONE]`, never a silent cut (C6, C7).
+    pub async fn stream(
+        &self,
+        owner: &str,
+        request: &ChatRequest,
+        session: Option<&SessionRef>,
+        initial: Vec<String>,
+    ) -> Result<StreamReply, ChatError> {
+        let include_usage = request.include_usage;
+        let cacheable = self.cacheable(request) && initial.is_empty();
+        let key = self.cache_key(request);
+        if cacheable {
+            if let Some(mut answer) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
+                answer.completion["cached"] = json!(true);
+                count_request(&answer.model, "cache_hit");
+                if let Some(session) = session {
+                    self.remember(session, &answer).await;
+                }
+                self.usage
+                    .record(usage_of(&self.usage, owner, &answer, true))
+                    .await;
+                return Ok(StreamReply {
+                    meta: ReplyMeta {
+                        degraded: answer.degraded.clone(),
+                        cached: true,
+                        provider_wait: Duration::ZERO,
+                    },
+                    body: sse::replay(answer.completion, include_usage),
+                });
+            }
+        }
+        let mut degraded = initial.clone();
+        let context = self.context(request, &mut degraded).await;
+        let Some(provider) = self.provider.clone() else {
+            let answer = self
+                .without_model(request, &context, degraded, "no provider is configured")
+                .await;
+            self.usage
+                .record(usage_of(&self.usage, owner, &answer, false))
+                .await;
+            return Ok(StreamReply {
+                meta: ReplyMeta {
+                    degraded: answer.degraded.clone(),
+                    ..ReplyMeta::default()
+                },
+                body: sse::replay(answer.completion, include_usage),
+            });
+        };
+        let mut body = upstream_body(request, &context);
+        // Usage is always asked for upstream (it is recorded and cached); the caller
+        // sees it only when it asked.
+        body["stream_options"] = json!({"include_usage": true});
+        let (routed, waited) = self
+            .route(provider.as_ref(), &request.model, &mut body, Mode::Stream)
+            .await;
+        let last_error = match routed {
+            Routed::Answered {
+                fallback,
+                model,
+                opened: Opened::Stream(first, rest, permit, breaker),
+            } => {
+                if fallback {
+                    degraded.push(degraded::FALLBACK_MODEL.to_string());
+                }
+                let relay = sse::Relay {
+                    model,
+                    sources: context.sources(),
+                    degraded: degraded.clone(),
+                    include_usage,
+                    cache: self.cache.clone(),
+                    cache_key: (cacheable && degraded.is_empty()).then(|| key.clone()),
+                    question_key: request.question_key(),
+                    breaker,
+                    permit: Some(permit),
+                    session: session
+                        .filter(|_| initial.is_empty())
+                        .map(|s| (self.sessions.clone(), s.clone())),
+                    usage: (self.usage.clone(), owner.to_string()),
+                };
+                return Ok(StreamReply {
+                    meta: ReplyMeta {
+                        degraded,
+                        cached: false,
+                        provider_wait: waited,
+                    },
+                    body: relay.run(first, rest),
+                });
+            }
+            Routed::Answered { .. } => unreachable!("a stream route opens streams"),
+            Routed::Refused { status, message } => return Err(refusal(status, &message)),
+            Routed::Exhausted { last_error } => last_error,
+        };
+        let reason = format!("the model provider failed: {last_error}");
+        let answer = self
+            .without_model(request, &context, degraded, &reason)
+            .await;
+        self.usage
+            .record(usage_of(&self.usage, owner, &answer, false))
+            .await;
+        Ok(StreamReply {
+            meta: ReplyMeta {
+                degraded: answer.degraded.clone(),
+                cached: false,
+                provider_wait: waited,
+            },
+            body: sse::replay(answer.completion, include_usage),
+        })
+    }
+}
