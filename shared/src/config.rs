@@ -9,9 +9,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::sqlite::SqliteConnectOptions;
-
 use crate::auth::ApiKeys;
 // Types that moved to the layer that owns them; re-exported where callers knew them.
 use crate::cache::CacheConfig;
@@ -23,66 +20,10 @@ pub use crate::observability::metrics::MetricsExport;
 use crate::resilience::retry::RetryPolicy;
 use crate::resilience::BreakerConfig;
 pub use crate::secret::Secret;
-pub use crate::store::{DatabaseKind, RedisUrl};
+pub use crate::store::{DatabaseKind, DatabaseUrl, RedisUrl};
 
 /// Default database: a SQLite file under `.data/`, so the embedded mode needs no set-up.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
-
-/// A validated `DATABASE_URL`; `Display` hides any password.
-#[derive(Clone)]
-pub struct DatabaseUrl {
-    raw: String,
-    kind: DatabaseKind,
-}
-
-impl DatabaseUrl {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let scheme = raw.split_once(':').map(|(s, _)| s).unwrap_or("");
-        let kind = match scheme {
-            "sqlite" => DatabaseKind::Sqlite,
-            "postgres" | "postgresql" => DatabaseKind::Postgres,
-            "" => return Err("expected a URL starting with sqlite:// or postgres://".into()),
-            other => {
-                return Err(format!(
-                    "unsupported scheme `{other}`; use sqlite:// or postgres://"
-                ))
-            }
-        };
-        // Let sqlx validate the rest now, so a typo fails at cold start, not at first query.
-        let checked = match kind {
-            DatabaseKind::Sqlite => SqliteConnectOptions::from_str(raw).map(|_| ()),
-            DatabaseKind::Postgres => PgConnectOptions::from_str(raw).map(|_| ()),
-        };
-        checked.map_err(|_| format!("not a valid {scheme} URL"))?;
-        Ok(Self {
-            raw: raw.to_string(),
-            kind,
-        })
-    }
-
-    pub fn kind(&self) -> DatabaseKind {
-        self.kind
-    }
-
-    /// The URL including credentials: only for opening connections, never for logs.
-    pub fn expose(&self) -> &str {
-        &self.raw
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::observability::redact::redact_url_credentials(
-            &self.raw,
-        ))
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({self})")
-    }
-}
 
 /// Everything a function needs to start, validated.
 #[derive(Debug, Clone)]
@@ -257,35 +198,9 @@ impl Settings {
         };
         let redis_timeout = r.millis("REDIS_TIMEOUT_MS", 250, 10, 60_000);
 
-        let api_keys = match ApiKeys::parse(r.get("API_KEYS").unwrap_or("")) {
-            Ok(keys) => keys,
-            Err(problem) => {
-                r.fail("API_KEYS", problem);
-                ApiKeys::default()
-            }
-        };
+        let api_keys = read_api_keys(&mut r);
 
-        let mut cors_origins = Vec::new();
-        for origin in r
-            .get("CORS_ORIGINS")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-        {
-            let valid = origin == "*"
-                || ((origin.starts_with("https://") || origin.starts_with("http://"))
-                    && !origin.ends_with('/')
-                    && http::HeaderValue::from_str(origin).is_ok());
-            if valid {
-                cors_origins.push(origin.to_string());
-            } else {
-                r.fail(
-                    "CORS_ORIGINS",
-                    format!("`{origin}` is not an origin like https://app.example.com (no path, no trailing slash) or *"),
-                );
-            }
-        }
+        let cors_origins = read_cors_origins(&mut r);
 
         let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -298,81 +213,9 @@ impl Settings {
         let max_body_bytes = r.int("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576);
         let health_timeout = r.millis("HEALTH_TIMEOUT_MS", 1000, 10, 30_000);
 
-        // Real Lambda sets AWS_EXECUTION_ENV; `cargo lambda watch` does not, so local runs keep Prometheus only.
-        let on_aws = r.get("AWS_EXECUTION_ENV").is_some();
-        let metrics_export = match r.get("METRICS_EXPORT") {
-            None => {
-                if on_aws {
-                    MetricsExport::Emf
-                } else {
-                    MetricsExport::Prometheus
-                }
-            }
-            Some("prometheus") => MetricsExport::Prometheus,
-            Some("emf") => MetricsExport::Emf,
-            Some(other) => {
-                r.fail(
-                    "METRICS_EXPORT",
-                    format!("expected `prometheus` or `emf`, got `{other}`"),
-                );
-                MetricsExport::Prometheus
-            }
-        };
-        let metrics_namespace = r.get("METRICS_NAMESPACE").unwrap_or("ChatKb").to_string();
-        if metrics_namespace.len() > 255 || metrics_namespace.contains(':') {
-            r.fail(
-                "METRICS_NAMESPACE",
-                "must be at most 255 characters and contain no `:`",
-            );
-        }
+        let (metrics_export, metrics_namespace) = read_metrics(&mut r);
 
-        let cache_prefix = r.get("CACHE_PREFIX").unwrap_or("chatkb").to_string();
-        if cache_prefix.is_empty()
-            || cache_prefix.len() > 32
-            || !cache_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-        {
-            r.fail("CACHE_PREFIX", "1-32 of A-Z a-z 0-9 - _");
-        }
-        let defaults = CacheConfig::default();
-        let year = 365 * 86_400;
-        let cache = CacheConfig {
-            prefix: cache_prefix,
-            l1_max_entries: r.int(
-                "CACHE_L1_MAX_ENTRIES",
-                defaults.l1_max_entries,
-                1,
-                10_000_000,
-            ),
-            l1_max_bytes: r.int(
-                "CACHE_L1_MAX_BYTES",
-                defaults.l1_max_bytes,
-                1 << 20,
-                8 << 30,
-            ),
-            ttls: [
-                r.secs("CACHE_TTL_CHAT_SECS", defaults.ttls[0].as_secs(), 1, year),
-                r.secs("CACHE_TTL_SEARCH_SECS", defaults.ttls[1].as_secs(), 1, year),
-                r.secs(
-                    "CACHE_TTL_EMBEDDING_SECS",
-                    defaults.ttls[2].as_secs(),
-                    1,
-                    year,
-                ),
-                r.secs(
-                    "CACHE_TTL_SESSION_SECS",
-                    defaults.ttls[3].as_secs(),
-                    1,
-                    year,
-                ),
-                r.secs("CACHE_TTL_CONFIG_SECS", defaults.ttls[4].as_secs(), 1, year),
-            ],
-            lock_ttl: defaults.lock_ttl,
-            lock_wait: r.millis("CACHE_LOCK_WAIT_MS", 2000, 0, 60_000),
-            generation_refresh: r.millis("CACHE_GENERATION_REFRESH_MS", 1000, 0, 60_000),
-            l2_retry_after: r.millis("CACHE_L2_RETRY_MS", 1000, 10, 600_000),
-        };
+        let cache = read_cache(&mut r);
 
         let breaker = BreakerConfig {
             failure_threshold: r.int("BREAKER_FAILURE_THRESHOLD", 5u32, 1, 1000),
@@ -441,6 +284,126 @@ impl Settings {
                 problems: r.problems,
             }),
         }
+    }
+}
+
+/// `API_KEYS`: `name:sha256hex` entries; a bad entry is named, never echoed.
+fn read_api_keys(r: &mut Reader<'_>) -> ApiKeys {
+    match ApiKeys::parse(r.get("API_KEYS").unwrap_or("")) {
+        Ok(keys) => keys,
+        Err(problem) => {
+            r.fail("API_KEYS", problem);
+            ApiKeys::default()
+        }
+    }
+}
+
+/// `CORS_ORIGINS`: a comma-separated list of origins, or `*`.
+fn read_cors_origins(r: &mut Reader<'_>) -> Vec<String> {
+    let mut cors_origins = Vec::new();
+    for origin in r
+        .get("CORS_ORIGINS")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        let valid = origin == "*"
+            || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && http::HeaderValue::from_str(origin).is_ok());
+        if valid {
+            cors_origins.push(origin.to_string());
+        } else {
+            r.fail(
+                "CORS_ORIGINS",
+                format!("`{origin}` is not an origin like https://app.example.com (no path, no trailing slash) or *"),
+            );
+        }
+    }
+    cors_origins
+}
+
+/// `METRICS_EXPORT` (EMF by default on AWS) and `METRICS_NAMESPACE`.
+fn read_metrics(r: &mut Reader<'_>) -> (MetricsExport, String) {
+    // Real Lambda sets AWS_EXECUTION_ENV; `cargo lambda watch` does not, so local runs keep Prometheus only.
+    let on_aws = r.get("AWS_EXECUTION_ENV").is_some();
+    let metrics_export = match r.get("METRICS_EXPORT") {
+        None => {
+            if on_aws {
+                MetricsExport::Emf
+            } else {
+                MetricsExport::Prometheus
+            }
+        }
+        Some("prometheus") => MetricsExport::Prometheus,
+        Some("emf") => MetricsExport::Emf,
+        Some(other) => {
+            r.fail(
+                "METRICS_EXPORT",
+                format!("expected `prometheus` or `emf`, got `{other}`"),
+            );
+            MetricsExport::Prometheus
+        }
+    };
+    let metrics_namespace = r.get("METRICS_NAMESPACE").unwrap_or("ChatKb").to_string();
+    if metrics_namespace.len() > 255 || metrics_namespace.contains(':') {
+        r.fail(
+            "METRICS_NAMESPACE",
+            "must be at most 255 characters and contain no `:`",
+        );
+    }
+    (metrics_export, metrics_namespace)
+}
+
+/// The cache's variables (`CACHE_*`): prefix, L1 bounds, TTL per namespace, Redis timings.
+fn read_cache(r: &mut Reader<'_>) -> CacheConfig {
+    let cache_prefix = r.get("CACHE_PREFIX").unwrap_or("chatkb").to_string();
+    if cache_prefix.is_empty()
+        || cache_prefix.len() > 32
+        || !cache_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        r.fail("CACHE_PREFIX", "1-32 of A-Z a-z 0-9 - _");
+    }
+    let defaults = CacheConfig::default();
+    let year = 365 * 86_400;
+    CacheConfig {
+        prefix: cache_prefix,
+        l1_max_entries: r.int(
+            "CACHE_L1_MAX_ENTRIES",
+            defaults.l1_max_entries,
+            1,
+            10_000_000,
+        ),
+        l1_max_bytes: r.int(
+            "CACHE_L1_MAX_BYTES",
+            defaults.l1_max_bytes,
+            1 << 20,
+            8 << 30,
+        ),
+        ttls: [
+            r.secs("CACHE_TTL_CHAT_SECS", defaults.ttls[0].as_secs(), 1, year),
+            r.secs("CACHE_TTL_SEARCH_SECS", defaults.ttls[1].as_secs(), 1, year),
+            r.secs(
+                "CACHE_TTL_EMBEDDING_SECS",
+                defaults.ttls[2].as_secs(),
+                1,
+                year,
+            ),
+            r.secs(
+                "CACHE_TTL_SESSION_SECS",
+                defaults.ttls[3].as_secs(),
+                1,
+                year,
+            ),
+            r.secs("CACHE_TTL_CONFIG_SECS", defaults.ttls[4].as_secs(), 1, year),
+        ],
+        lock_ttl: defaults.lock_ttl,
+        lock_wait: r.millis("CACHE_LOCK_WAIT_MS", 2000, 0, 60_000),
+        generation_refresh: r.millis("CACHE_GENERATION_REFRESH_MS", 1000, 0, 60_000),
+        l2_retry_after: r.millis("CACHE_L2_RETRY_MS", 1000, 10, 600_000),
     }
 }
 

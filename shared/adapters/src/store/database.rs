@@ -86,6 +86,62 @@ pub enum DatabaseKind {
     Postgres,
 }
 
+/// A validated `DATABASE_URL`; `Display` hides any password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    raw: String,
+    kind: DatabaseKind,
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let scheme = raw.split_once(':').map(|(s, _)| s).unwrap_or("");
+        let kind = match scheme {
+            "sqlite" => DatabaseKind::Sqlite,
+            "postgres" | "postgresql" => DatabaseKind::Postgres,
+            "" => return Err("expected a URL starting with sqlite:// or postgres://".into()),
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}`; use sqlite:// or postgres://"
+                ))
+            }
+        };
+        // Let sqlx validate the rest now, so a typo fails at cold start, not at first query.
+        let checked = match kind {
+            DatabaseKind::Sqlite => SqliteConnectOptions::from_str(raw).map(|_| ()),
+            DatabaseKind::Postgres => PgConnectOptions::from_str(raw).map(|_| ()),
+        };
+        checked.map_err(|_| format!("not a valid {scheme} URL"))?;
+        Ok(Self {
+            raw: raw.to_string(),
+            kind,
+        })
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The URL including credentials: only for opening connections, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::observability::redact::redact_url_credentials(
+            &self.raw,
+        ))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
 /// The pool of the configured dialect; stores match on it for dialect-specific SQL.
 #[derive(Debug, Clone)]
 pub enum Pool {

@@ -5,7 +5,7 @@ pub mod database;
 pub mod dynamo;
 pub mod redis;
 
-pub use database::{Database, DatabaseKind, Pool};
+pub use database::{Database, DatabaseKind, DatabaseUrl, Pool};
 pub use redis::{RedisHandle, RedisUrl};
 
 /// A dependency failed; the message is safe to log (no credentials).

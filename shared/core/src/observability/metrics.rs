@@ -107,6 +107,13 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 fn describe_all() {
+    describe_http_and_health();
+    describe_resilience();
+    describe_cache();
+    describe_gateway();
+}
+
+fn describe_http_and_health() {
     use names::*;
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
@@ -151,6 +158,10 @@ fn describe_all() {
         Unit::Seconds,
         "Unix time of the last scheduled deep check."
     );
+}
+
+fn describe_resilience() {
+    use names::*;
     describe_gauge!(
         BREAKER_STATE,
         "Circuit breaker state by breaker: 0 closed, 1 open, 2 half-open."
@@ -189,6 +200,10 @@ fn describe_all() {
         Unit::Count,
         "Requests refused because the concurrency limit was reached."
     );
+}
+
+fn describe_cache() {
+    use names::*;
     describe_counter!(
         CACHE_HITS_TOTAL,
         Unit::Count,
@@ -215,6 +230,10 @@ fn describe_all() {
         Unit::Count,
         "Cache invalidations by namespace and scope (key, namespace)."
     );
+}
+
+fn describe_gateway() {
+    use names::*;
     describe_counter!(
         LLM_REQUESTS_TOTAL,
         Unit::Count,

@@ -214,30 +214,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         }
         let mut written: Vec<(usize, i64)> = last.into_values().collect();
         written.sort_unstable();
-        for group in written.chunks(PG_ROWS_PER_STATEMENT / 10) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) ",
-            );
-            builder.push_values(group, |mut row, &(i, version)| {
-                let (doc, chunks) = (&documents[i].document, &documents[i].chunks);
-                row.push_bind(&doc.id)
-                    .push_bind(&doc.title)
-                    .push_bind(&doc.content_hash)
-                    .push_bind(version)
-                    .push_bind(chunks.len() as i32)
-                    .push_bind(&doc.content_type)
-                    .push_bind(&doc.source)
-                    .push_bind(&doc.metadata)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            builder.push(
-                " ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
-                 chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
-                 metadata = excluded.metadata, updated_at = excluded.updated_at",
-            );
-            builder.build().execute(&mut *tx).await?;
-        }
+        insert_documents(&mut tx, documents, &written, now).await?;
         let rows: Vec<(&NewDocument, &EmbeddedChunk)> = written
             .iter()
             .flat_map(|&(i, _)| {
@@ -245,43 +222,8 @@ impl KnowledgeStore for PgKnowledgeStore {
                 write.chunks.iter().map(move |c| (&write.document, c))
             })
             .collect();
-        for group in rows.chunks(PG_ROWS_PER_STATEMENT / 9) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
-            );
-            builder.push_values(group, |mut row, (doc, c)| {
-                row.push_bind(&c.chunk.id)
-                    .push_bind(&doc.id)
-                    .push_bind(c.chunk.index as i32)
-                    .push_bind(&doc.title)
-                    .push_bind(&c.chunk.text)
-                    .push_bind(model)
-                    .push_bind(c.embedding.len() as i32)
-                    .push_bind(segment)
-                    .push_bind(vector_literal(&c.embedding))
-                    .push_unseparated("::vector");
-            });
-            builder.build().execute(&mut *tx).await?;
-        }
-        for group in events.chunks(PG_ROWS_PER_STATEMENT / 8) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ",
-            );
-            builder.push_values(
-                group,
-                |mut row, (id, kind, causation, payload, aggregate, version)| {
-                    row.push_bind(id)
-                        .push_bind(*kind)
-                        .push_bind(*aggregate)
-                        .push_bind(*version)
-                        .push_bind(correlation_id)
-                        .push_bind(causation)
-                        .push_bind(payload)
-                        .push_bind(now);
-                },
-            );
-            builder.build().execute(&mut *tx).await?;
-        }
+        insert_chunks(&mut tx, &rows, model, segment).await?;
+        insert_events(&mut tx, &events, correlation_id, now).await?;
         tx.commit().await?;
         if let (true, Some(dims)) = (bulk, dims) {
             self.indexer.bulk_written(self.pool().await?, dims);
@@ -515,4 +457,98 @@ impl KnowledgeStore for PgKnowledgeStore {
             })
             .collect())
     }
+}
+
+/// An event row of a batch: id, type, causation, payload, aggregate id and version.
+type EventRow<'a> = (String, &'static str, Option<String>, Value, &'a str, i64);
+
+/// Upserts the documents a batch writes (the last write of each id, with its version).
+async fn insert_documents(
+    tx: &mut sqlx::PgConnection,
+    documents: &[DocumentWrite],
+    written: &[(usize, i64)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for group in written.chunks(PG_ROWS_PER_STATEMENT / 10) {
+        let mut builder = sqlx::QueryBuilder::new(
+            "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) ",
+        );
+        builder.push_values(group, |mut row, &(i, version)| {
+            let (doc, chunks) = (&documents[i].document, &documents[i].chunks);
+            row.push_bind(&doc.id)
+                .push_bind(&doc.title)
+                .push_bind(&doc.content_hash)
+                .push_bind(version)
+                .push_bind(chunks.len() as i32)
+                .push_bind(&doc.content_type)
+                .push_bind(&doc.source)
+                .push_bind(&doc.metadata)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        builder.push(
+            " ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
+             chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
+             metadata = excluded.metadata, updated_at = excluded.updated_at",
+        );
+        builder.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a batch's chunks with their embeddings, in the given vector index segment.
+async fn insert_chunks(
+    tx: &mut sqlx::PgConnection,
+    rows: &[(&NewDocument, &EmbeddedChunk)],
+    model: &str,
+    segment: i64,
+) -> Result<(), StoreError> {
+    for group in rows.chunks(PG_ROWS_PER_STATEMENT / 9) {
+        let mut builder = sqlx::QueryBuilder::new(
+            "INSERT INTO chunks (id, document_id, idx, title, text, model, dims, segment, embedding) ",
+        );
+        builder.push_values(group, |mut row, (doc, c)| {
+            row.push_bind(&c.chunk.id)
+                .push_bind(&doc.id)
+                .push_bind(c.chunk.index as i32)
+                .push_bind(&doc.title)
+                .push_bind(&c.chunk.text)
+                .push_bind(model)
+                .push_bind(c.embedding.len() as i32)
+                .push_bind(segment)
+                .push_bind(vector_literal(&c.embedding))
+                .push_unseparated("::vector");
+        });
+        builder.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Appends a batch's events, all under one correlation id.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[EventRow<'_>],
+    correlation_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for group in events.chunks(PG_ROWS_PER_STATEMENT / 8) {
+        let mut builder = sqlx::QueryBuilder::new(
+            "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) ",
+        );
+        builder.push_values(
+            group,
+            |mut row, (id, kind, causation, payload, aggregate, version)| {
+                row.push_bind(id)
+                    .push_bind(*kind)
+                    .push_bind(*aggregate)
+                    .push_bind(*version)
+                    .push_bind(correlation_id)
+                    .push_bind(causation)
+                    .push_bind(payload)
+                    .push_bind(now);
+            },
+        );
+        builder.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }

@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::observability::metrics::names;
 use crate::store::RedisHandle;
+mod l2;
+mod single_flight;
 
 /// The cache's namespaces; each has its own TTL and key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,89 +307,7 @@ impl TieredCache {
 
     // ---- Redis with degradation -------------------------------------------------------
 
-    /// Runs one Redis operation unless Redis is in its pause after a failure; records
-    /// the outcome and logs only changes between reachable and unreachable.
-    async fn l2_call<T, Fut>(
-        &self,
-        op: &'static str,
-        call: impl FnOnce(redis::aio::ConnectionManager) -> Fut,
-    ) -> Result<T, L2Unavailable>
-    where
-        Fut: Future<Output = Result<T, redis::RedisError>>,
-    {
-        let Some(l2) = &self.inner.l2 else {
-            return Err(L2Unavailable);
-        };
-        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) {
-            return Err(L2Unavailable);
-        }
-        let timeout = l2.redis.timeout();
-        let attempt = async {
-            let conn = l2.redis.connection().await.map_err(|e| e.to_string())?;
-            call(conn).await.map_err(|e| e.to_string())
-        };
-        let outcome = match tokio::time::timeout(timeout * 2, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", (timeout * 2).as_millis())),
-        };
-        match outcome {
-            Ok(value) => {
-                if !l2.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("cache: Redis (L2) is back; using both tiers");
-                }
-                Ok(value)
-            }
-            Err(error) => {
-                metrics::counter!(names::CACHE_L2_ERRORS_TOTAL, "op" => op).increment(1);
-                let pause = self.inner.config.l2_retry_after.as_millis() as u64;
-                l2.skip_until
-                    .store(self.now_ms() + pause, Ordering::Relaxed);
-                if l2.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(op, error = %crate::observability::redact::redact(&error), "cache: Redis (L2) unavailable; serving from L1 only");
-                }
-                Err(L2Unavailable)
-            }
-        }
-    }
-
     // ---- generations ------------------------------------------------------------------
-
-    /// The namespace's current generation; refreshed from Redis at most every `generation_refresh`.
-    async fn generation(&self, namespace: Namespace) -> u64 {
-        let i = namespace.index();
-        let local = self.inner.generations[i].load(Ordering::Acquire);
-        if self.inner.l2.is_none() {
-            return local;
-        }
-        let refresh = self.inner.config.generation_refresh.as_millis() as u64;
-        let checked = self.inner.generations_checked[i].load(Ordering::Relaxed);
-        let now = self.now_ms();
-        if checked != 0 && now < checked + refresh {
-            return local;
-        }
-        self.inner.generations_checked[i].store(now.max(1), Ordering::Relaxed);
-        let key = self.generation_key(namespace);
-        match self
-            .l2_call("generation", |mut conn| async move {
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query_async::<Option<u64>>(&mut conn)
-                    .await
-            })
-            .await
-        {
-            Ok(remote) => self.adopt_generation(namespace, remote.unwrap_or(0)),
-            Err(L2Unavailable) => local,
-        }
-    }
-
-    /// Generations only move forward, whichever instance bumped them.
-    fn adopt_generation(&self, namespace: Namespace, seen: u64) -> u64 {
-        let i = namespace.index();
-        self.inner.generations[i]
-            .fetch_max(seen, Ordering::AcqRel)
-            .max(seen)
-    }
 
     // ---- reads ------------------------------------------------------------------------
 
@@ -440,67 +360,6 @@ impl TieredCache {
                 None
             }
         }
-    }
-
-    /// Reads L2 and the namespace generation in one round trip; a value written under
-    /// an older generation is a miss.
-    async fn read_l2<T: DeserializeOwned>(
-        &self,
-        namespace: Namespace,
-        l2_key: &str,
-    ) -> Option<FromL2<T>> {
-        self.inner.l2.as_ref()?;
-        let generation_key = self.generation_key(namespace);
-        let key = l2_key.to_string();
-        let (remote_generation, raw) = self
-            .l2_call("get", |mut conn| async move {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(&generation_key)
-                    .cmd("GET")
-                    .arg(&key)
-                    .query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut conn)
-                    .await
-            })
-            .await
-            .ok()?;
-        let mut found = self.accept_l2(namespace, remote_generation, vec![raw]);
-        found.pop().flatten()
-    }
-
-    /// Decodes values read from L2 together with the namespace generation: a value
-    /// written under an older generation is a miss, and one written under a newer
-    /// generation means another instance invalidated the namespace while Redis was
-    /// unreachable for it, so this instance adopts that generation too.
-    fn accept_l2<T: DeserializeOwned>(
-        &self,
-        namespace: Namespace,
-        remote_generation: Option<u64>,
-        raws: Vec<Option<Vec<u8>>>,
-    ) -> Vec<Option<FromL2<T>>> {
-        let decoded: Vec<Option<(Stored<T>, Vec<u8>)>> = raws
-            .into_iter()
-            .map(|raw| {
-                let raw = raw?;
-                let stored = serde_json::from_slice(&raw).ok()?;
-                Some((stored, raw))
-            })
-            .collect();
-        let seen = decoded
-            .iter()
-            .flatten()
-            .map(|(stored, _)| stored.g)
-            .fold(remote_generation.unwrap_or(0), u64::max);
-        let generation = self.adopt_generation(namespace, seen);
-        self.inner.generations_checked[namespace.index()]
-            .store(self.now_ms().max(1), Ordering::Relaxed);
-        decoded
-            .into_iter()
-            .map(|found| {
-                let (stored, raw) = found?;
-                (stored.g == generation).then(|| (stored.v, generation, Arc::from(raw)))
-            })
-            .collect()
     }
 
     /// Several cached values at once, in the order of `keys`: L1 first, then one Redis
@@ -614,25 +473,6 @@ impl TieredCache {
             .set(self.inner.l1.entry_count() as f64);
     }
 
-    async fn write_l2(&self, namespace: Namespace, l2_key: &str, json: Arc<[u8]>) {
-        if self.inner.l2.is_none() {
-            return;
-        }
-        let ttl_ms = self.inner.config.ttl(namespace).as_millis() as u64;
-        let key = l2_key.to_string();
-        let _ = self
-            .l2_call("set", |mut conn| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&*json)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
-            .await;
-    }
-
     /// Stores a value in both tiers.
     pub async fn set<T>(&self, namespace: Namespace, key: &str, value: &T)
     where
@@ -652,73 +492,6 @@ impl TieredCache {
             .await;
     }
 
-    /// The cached value, or the loader's, cached for the namespace's TTL. Concurrent
-    /// misses of one key run `loader` once in this process, and with Redis once across
-    /// instances unless the lock holder takes longer than `lock_wait`. Loader errors are
-    /// returned and not cached.
-    pub async fn get_or_load<T, E, F, Fut>(
-        &self,
-        namespace: Namespace,
-        key: &str,
-        loader: F,
-    ) -> Result<T, Arc<E>>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        E: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let generation = self.generation(namespace).await;
-        let l1_key = Self::l1_key(namespace, key);
-        let current = self.inner.l1.get(&l1_key).await;
-        if let Some(value) = self.l1_lookup::<T>(current.clone(), generation) {
-            self.hit(namespace, "l1");
-            return Ok(value);
-        }
-        if current.is_some() {
-            // Written under an older generation (or as another type): replace it.
-            self.inner.l1.invalidate(&l1_key).await;
-        }
-        self.miss(namespace, "l1");
-        let l2_key = self.l2_key(namespace, key);
-        // The caller whose load runs gets its value as is; callers that waited for it
-        // decode the cached JSON.
-        let mut own: Option<T> = None;
-        let mut loader = Some(loader);
-        let entry = self
-            .inner
-            .l1
-            .try_get_with(l1_key, async {
-                if let Some((value, generation, json)) = self.read_l2::<T>(namespace, &l2_key).await
-                {
-                    self.hit(namespace, "l2");
-                    own = Some(value);
-                    return Ok(self.entry(namespace, json, generation));
-                }
-                if self.inner.l2.is_some() {
-                    self.miss(namespace, "l2");
-                }
-                let loader = loader.take().expect("the loader runs at most once");
-                let (value, entry) = self
-                    .load_with_lock(namespace, &l2_key, generation, loader)
-                    .await?;
-                own = Some(value);
-                Ok(entry)
-            })
-            .await?;
-        metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
-            .set(self.inner.l1.entry_count() as f64);
-        if let Some(value) = own.or_else(|| decode(&entry.json)) {
-            return Ok(value);
-        }
-        // The shared entry does not decode as a T (another type under the same key, or a
-        // value JSON cannot represent): load here, uncached.
-        match loader.take() {
-            Some(loader) => loader().await.map_err(Arc::new),
-            None => unreachable!("a loader that ran set `own`"),
-        }
-    }
-
     fn entry(&self, namespace: Namespace, json: Arc<[u8]>, generation: u64) -> Entry {
         Entry {
             weight: json.len().min(u32::MAX as usize) as u32,
@@ -726,97 +499,6 @@ impl TieredCache {
             generation,
             ttl: self.inner.config.ttl(namespace),
         }
-    }
-
-    async fn load_with_lock<T, E, F, Fut>(
-        &self,
-        namespace: Namespace,
-        l2_key: &str,
-        generation: u64,
-        loader: F,
-    ) -> Result<(T, Entry), E>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let token = uuid::Uuid::new_v4().to_string();
-        let lock_key = self.lock_key(l2_key);
-        let locked = self.try_lock(&lock_key, &token).await;
-        if locked == Some(false) {
-            // Another instance is loading: wait for its value rather than call upstream too.
-            let deadline = Instant::now() + self.inner.config.lock_wait;
-            while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Some((value, generation, json)) = self.read_l2::<T>(namespace, l2_key).await
-                {
-                    self.hit(namespace, "l2");
-                    return Ok((value, self.entry(namespace, json, generation)));
-                }
-            }
-            tracing::debug!(
-                namespace = namespace.as_str(),
-                "cache: lock holder too slow; loading here too"
-            );
-        }
-        metrics::counter!(names::CACHE_LOADS_TOTAL, "namespace" => namespace.as_str()).increment(1);
-        let loaded = loader().await;
-        let result = match loaded {
-            Ok(value) => {
-                let json = serde_json::to_vec(&Stored {
-                    g: generation,
-                    v: &value,
-                })
-                .unwrap_or_default();
-                let json: Arc<[u8]> = Arc::from(json);
-                if !json.is_empty() {
-                    self.write_l2(namespace, l2_key, json.clone()).await;
-                }
-                let entry = self.entry(namespace, json, generation);
-                Ok((value, entry))
-            }
-            Err(err) => Err(err),
-        };
-        if locked == Some(true) {
-            self.unlock(&lock_key, &token).await;
-        }
-        result
-    }
-
-    /// `Some(true)`: this instance holds the lock; `Some(false)`: another does; `None`: no Redis.
-    async fn try_lock(&self, lock_key: &str, token: &str) -> Option<bool> {
-        let ttl = self.inner.config.lock_ttl.as_millis() as u64;
-        let key = lock_key.to_string();
-        let token = token.to_string();
-        self.l2_call("lock", |mut conn| async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl)
-                .query_async(&mut conn)
-                .await?;
-            Ok(set.is_some())
-        })
-        .await
-        .ok()
-    }
-
-    async fn unlock(&self, lock_key: &str, token: &str) {
-        // Delete only our own lock, not one a later holder took after ours expired.
-        const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-        let key = lock_key.to_string();
-        let token = token.to_string();
-        let _ = self
-            .l2_call("unlock", |mut conn| async move {
-                redis::Script::new(UNLOCK)
-                    .key(&key)
-                    .arg(&token)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
-            .await;
     }
 
     // ---- invalidation -----------------------------------------------------------------
