@@ -35,8 +35,9 @@ test-rust: ## cargo tests only (unit, handler, store and end-to-end)
 sdk: ## The official OpenAI Python SDK against chat (standalone server) with the fake provider
 	scripts/sdk-check.sh
 
-fake-openai: ## The project's OpenAI-compatible fake server on http://127.0.0.1:8090/v1
-	cargo run -p fake-openai -- --port 8090
+fake-openai: ## The project's OpenAI-compatible fake server on http://127.0.0.1:8090/v1 (shares make run's build)
+	cargo build --workspace --bins
+	"$${CARGO_TARGET_DIR:-target}/debug/fake-openai" --port 8090
 
 smoke: ## The functions under cargo lambda watch, called on one base URL
 	cargo build --workspace --bins
