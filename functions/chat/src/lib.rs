@@ -13,7 +13,6 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 use shared::auth::ApiKeyName;
-use shared::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
 use shared::chat::request::valid_session_id;
 use shared::chat::{ChatGateway, ReplyMeta};
 use shared::observability::metrics::names;
@@ -23,18 +22,19 @@ use shared::{ApiError, AppContext};
 struct Chat {
     ctx: Arc<AppContext>,
     gateway: Arc<ChatGateway>,
-    idempotency: Arc<dyn IdempotencyStore>,
 }
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     let services = shared::services::chat(&ctx);
     let state = Chat {
         gateway: services.gateway,
-        idempotency: services.idempotency,
         ctx: ctx.clone(),
     };
     let routes = Router::new()
-        .route("/v1/chat/completions", post(completions))
+        .route(
+            "/v1/chat/completions",
+            shared::http::idempotent(post(completions), services.idempotency),
+        )
         .route("/v1/models", get(models))
         .route("/v1/metrics", get(shared::http::exposition))
         .route("/v1/usage", get(usage))
@@ -158,141 +158,15 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
     );
 }
 
-/// The caller's `Idempotency-Key`. (Not `x-request-id`: the shared layer generates one for
-/// every request, which would turn every request into a stored record.)
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if idempotency::valid_key(key) => Ok(Some(key.to_string())),
-        _ => Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-        )),
-    }
-}
-
-/// A stored response, sent again.
-fn replay(stored: StoredResponse) -> Response {
-    let mut response = Response::builder()
-        .status(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK))
-        .header(header::CONTENT_TYPE, stored.content_type)
-        .header("x-idempotent-replay", "true")
-        .body(Body::from(stored.body))
-        .unwrap_or_default();
-    for (name, value) in stored.headers {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-    response
-}
-
-/// Headers of an answer worth replaying with it.
-fn replayable_headers(response: &Response) -> Vec<(String, String)> {
-    ["x-degraded", "x-cache"]
-        .iter()
-        .filter_map(|name| {
-            response
-                .headers()
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (name.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// `POST /v1/chat/completions`, plain or streamed (C1), with idempotency keys (C8): the
-/// first completed answer is stored and replayed for repeats (streams whole); a repeat
-/// while the first is in progress gets 409, one with another body 422; a failed or
-/// degraded first attempt frees the key.
+/// `POST /v1/chat/completions`, plain or streamed (C1); idempotency keys (C8) are the
+/// layer's (`shared::http::idempotent`).
 async fn completions(
     State(chat): State<Chat>,
     ApiKeyName(owner): ApiKeyName,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(key) = idempotency_key(&headers)? else {
-        return answer(&chat, &owner, &headers, &body).await;
-    };
-    // Keys belong to the API key that used them.
-    let key = format!("{owner}#{key}");
-    match chat
-        .idempotency
-        .begin(&key, &idempotency::payload_hash(&body))
-        .await
-    {
-        Ok(Begin::Started) => {}
-        Ok(Begin::InProgress) => {
-            return Err(ApiError::Conflict(
-                "a request with this Idempotency-Key is still in progress; retry it shortly".into(),
-            ))
-        }
-        Ok(Begin::Completed(stored)) => return Ok(replay(stored)),
-        Ok(Begin::Mismatch) => {
-            return Err(ApiError::Unprocessable(
-                "this Idempotency-Key was already used with a different request body".into(),
-            ))
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "idempotency store unavailable");
-            return Err(ApiError::unavailable(
-                "the idempotency store is unavailable; retry, or send the request without an Idempotency-Key",
-            ));
-        }
-    }
-    let release = |store: Arc<dyn IdempotencyStore>, key: String| async move {
-        if let Err(err) = store.release(&key).await {
-            tracing::warn!(error = %err, "idempotency key not released");
-        }
-    };
-    let response = match answer(&chat, &owner, &headers, &body).await {
-        Ok(response) => response,
-        Err(err) => {
-            release(chat.idempotency.clone(), key).await;
-            return Err(err);
-        }
-    };
-    // Only a real answer is kept: an error or a degraded answer frees the key, so a
-    // retry with it can get the model's answer once the provider is back.
-    if !response.status().is_success() || response.headers().contains_key("x-degraded") {
-        release(chat.idempotency.clone(), key).await;
-        return Ok(response);
-    }
-    let replay_headers = replayable_headers(&response);
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let (parts, body) = response.into_parts();
-    if is_stream {
-        let recorded = idempotency::record_stream(
-            body.into_data_stream()
-                .filter_map(|chunk| async move { chunk.ok() })
-                .boxed(),
-            chat.idempotency.clone(),
-            key,
-            replay_headers,
-        );
-        let body = Body::from_stream(recorded.map(Ok::<_, std::convert::Infallible>));
-        return Ok(Response::from_parts(parts, body));
-    }
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let stored = StoredResponse {
-        status: parts.status.as_u16(),
-        content_type: "application/json".into(),
-        headers: replay_headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    };
-    if let Err(err) = chat.idempotency.complete(&key, &stored).await {
-        tracing::warn!(error = %err, "idempotency record not completed");
-    }
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+    answer(&chat, &owner, &headers, &body).await
 }
 
 /// One answer, plain or streamed.

@@ -2,9 +2,13 @@
 //! request, JSON errors for every failure (X5), security headers and CORS (X6),
 //! and a request-body limit.
 
+#[cfg(feature = "chat")]
+pub mod idempotency;
 pub mod protected;
 pub mod request_id;
 
+#[cfg(feature = "chat")]
+pub use idempotency::idempotent;
 pub use protected::protect;
 
 use std::sync::atomic::{AtomicBool, Ordering};

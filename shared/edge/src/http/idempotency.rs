@@ -1,0 +1,172 @@
+//! Idempotency keys (C8) as a layer any protected route can wear: the first completed
+//! answer to `Idempotency-Key` is stored and replayed for repeats (streams whole); a repeat
+//! while the first is in progress gets 409, one with another body 422; an error or a
+//! degraded first answer frees the key, so a retry can get the real answer later.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::MethodRouter;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+
+use crate::auth::ApiKeyName;
+use crate::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
+use crate::error::ApiError;
+
+/// `route` with idempotency keys honoured. Put it behind `protect`, which names the
+/// caller: keys belong to the API key that used them.
+pub fn idempotent<S>(route: MethodRouter<S>, store: Arc<dyn IdempotencyStore>) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    route.layer(from_fn_with_state(store, layer))
+}
+
+async fn layer(
+    State(store): State<Arc<dyn IdempotencyStore>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    idempotent_call(store, request, next).await
+}
+
+async fn idempotent_call(
+    store: Arc<dyn IdempotencyStore>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(key) = idempotency_key(request.headers())? else {
+        return Ok(next.run(request).await);
+    };
+    let Some(owner) = request.extensions().get::<ApiKeyName>().cloned() else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "idempotency keys on a route that is not behind `protect`"
+        )));
+    };
+    let key = format!("{}#{key}", owner.0);
+    let (parts, body) = request.into_parts();
+    // The shared body limit has already bounded what can be read here.
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge("the request body is too large".into()))?;
+    match store.begin(&key, &idempotency::payload_hash(&body)).await {
+        Ok(Begin::Started) => {}
+        Ok(Begin::InProgress) => {
+            return Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still in progress; retry it shortly".into(),
+            ))
+        }
+        Ok(Begin::Completed(stored)) => return Ok(replay(stored)),
+        Ok(Begin::Mismatch) => {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used with a different request body".into(),
+            ))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "idempotency store unavailable");
+            return Err(ApiError::unavailable(
+                "the idempotency store is unavailable; retry, or send the request without an Idempotency-Key",
+            ));
+        }
+    }
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // Only a real answer is kept: an error or a degraded answer frees the key, so a
+    // retry with it can get the model's answer once the provider is back.
+    if !response.status().is_success() || response.headers().contains_key("x-degraded") {
+        if let Err(err) = store.release(&key).await {
+            tracing::warn!(error = %err, "idempotency key not released");
+        }
+        return Ok(response);
+    }
+    keep(store, key, response).await
+}
+
+/// Stores a successful answer for replay: a stream as it passes, a whole body at once.
+async fn keep(
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    response: Response,
+) -> Result<Response, ApiError> {
+    let replay_headers = replayable_headers(&response);
+    let is_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (parts, body) = response.into_parts();
+    if is_stream {
+        let recorded = idempotency::record_stream(
+            body.into_data_stream()
+                .filter_map(|chunk| async move { chunk.ok() })
+                .boxed(),
+            store,
+            key,
+            replay_headers,
+        );
+        let body = Body::from_stream(recorded.map(Ok::<_, std::convert::Infallible>));
+        return Ok(Response::from_parts(parts, body));
+    }
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    let stored = StoredResponse {
+        status: parts.status.as_u16(),
+        content_type: "application/json".into(),
+        headers: replay_headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    if let Err(err) = store.complete(&key, &stored).await {
+        tracing::warn!(error = %err, "idempotency record not completed");
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// The caller's `Idempotency-Key`. (Not `x-request-id`: the shared layer generates one for
+/// every request, which would turn every request into a stored record.)
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if idempotency::valid_key(key) => Ok(Some(key.to_string())),
+        _ => Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+        )),
+    }
+}
+
+/// A stored response, sent again.
+fn replay(stored: StoredResponse) -> Response {
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK))
+        .header(header::CONTENT_TYPE, stored.content_type)
+        .header("x-idempotent-replay", "true")
+        .body(Body::from(stored.body))
+        .unwrap_or_default();
+    for (name, value) in stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// Headers of an answer worth replaying with it.
+fn replayable_headers(response: &Response) -> Vec<(String, String)> {
+    ["x-degraded", "x-cache"]
+        .iter()
+        .filter_map(|name| {
+            response
+                .headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (name.to_string(), v.to_string()))
+        })
+        .collect()
+}
