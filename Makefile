@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: help run run-services test test-rust smoke sdk fake-openai bench load-test lint fmt build deploy services
+.PHONY: help run run-services test test-rust lint-functions smoke sdk fake-openai bench load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,6 +23,7 @@ test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, ev
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(MAKE) lint-functions
 	cfn-lint infra/template.yaml
 	$(MAKE) test-rust
 	$(MAKE) smoke
@@ -52,10 +53,14 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 load-test: ## HTTP load test of the health function in release mode (needs wrk)
 	scripts/load-test.sh
 
+lint-functions: ## Clippy on each function alone, with only the features it enables (what it is deployed as)
+	for function in health ingest; do cargo clippy -p $$function --bins -- -D warnings || exit 1; done
+
 lint: ## The layering check, fmt, clippy and cfn-lint of the SAM template
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(MAKE) lint-functions
 	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
 	cfn-lint infra/template.yaml
 
@@ -68,7 +73,11 @@ build: ## Release build of every function for AWS Lambda (LAMBDA_ARCH=arm64 defa
 	@if [ "$(LAMBDA_ARCH)" = arm64 ] && ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then \
 	  echo "adding the Rust target aarch64-unknown-linux-gnu (one-time download)"; \
 	  rustup target add aarch64-unknown-linux-gnu; fi
-	cargo lambda build --release --$(LAMBDA_ARCH) --lambda-dir target/lambda
+	@# One function per build: cargo merges the features of packages built together, and
+	@# each function must link only what it uses (health and backup: no chat, no kb).
+	for function in health backup ingest chat; do \
+	  cargo lambda build --release --$(LAMBDA_ARCH) --lambda-dir target/lambda -p $$function || exit 1; \
+	done
 
 deploy: build ## Deploy with AWS SAM (needs AWS credentials and the sam CLI)
 	sam deploy --template-file infra/template.yaml --guided

@@ -1194,3 +1194,37 @@ async fn usage_and_cost_are_recorded_per_key_and_the_daily_budget_refuses_with_4
         "{metrics}"
     );
 }
+
+/// The idempotency layer wraps only the method the route serves: any other method gets the
+/// plain 405, whatever its headers, and the store is not touched. A keyed body over the
+/// limit is refused with the same 413 as an unkeyed one.
+#[tokio::test]
+async fn idempotency_keys_leave_other_methods_and_the_body_limit_as_they_are() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &[("MAX_BODY_BYTES", "2048")]);
+    // A valid key, and one too long to be valid (POST would answer 400 for it).
+    for key in ["key-1".to_string(), "k".repeat(300)] {
+        let request = http::Request::builder()
+            .method("GET")
+            .uri("/v1/chat/completions")
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("idempotency-key", key.as_str())
+            .body(Body::empty())
+            .unwrap();
+        let res = call(&router, request).await;
+        assert_eq!(res.status, 405, "{}", res.text);
+        assert_eq!(res.json["error"]["code"], "method_not_allowed");
+    }
+    let mut large = ask("Summarise the refund policy");
+    large["messages"][0]["content"] = json!("x".repeat(4096));
+    let unkeyed = call(&router, post(large.clone())).await;
+    let keyed = call(&router, with_key(large, "key-2")).await;
+    assert_eq!(unkeyed.status, 413, "{}", unkeyed.text);
+    assert_eq!(keyed.status, 413, "{}", keyed.text);
+    assert_eq!(
+        keyed.json["error"]["message"],
+        unkeyed.json["error"]["message"]
+    );
+    assert_eq!(fake.chat_completions(), 0);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{from_fn_with_state, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,12 +18,13 @@ use crate::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
 use crate::error::ApiError;
 
 /// `route` with idempotency keys honoured. Put it behind `protect`, which names the
-/// caller: keys belong to the API key that used them.
+/// caller: keys belong to the API key that used them. A route layer: a method the route
+/// does not serve still gets its plain 405, whatever the headers.
 pub fn idempotent<S>(route: MethodRouter<S>, store: Arc<dyn IdempotencyStore>) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    route.layer(from_fn_with_state(store, layer))
+    route.route_layer(from_fn_with_state(store, layer))
 }
 
 async fn layer(
@@ -49,10 +50,14 @@ async fn idempotent_call(
     };
     let key = format!("{}#{key}", owner.0);
     let (parts, body) = request.into_parts();
-    // The shared body limit has already bounded what can be read here.
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge("the request body is too large".into()))?;
+    // The shared body limit bounds what can be read here. Its refusal, like any other
+    // failed read, goes back as a plain status for the JSON-error layer to word as it
+    // does for every route (413 names the limit).
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(err) if is_over_limit(&err) => return Ok(StatusCode::PAYLOAD_TOO_LARGE.into_response()),
+        Err(_) => return Ok(StatusCode::BAD_REQUEST.into_response()),
+    };
     match store.begin(&key, &idempotency::payload_hash(&body)).await {
         Ok(Begin::Started) => {}
         Ok(Begin::InProgress) => {
@@ -122,6 +127,18 @@ async fn keep(
         tracing::warn!(error = %err, "idempotency record not completed");
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// Whether reading the body failed on the body-size limit.
+fn is_over_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The caller's `Idempotency-Key`. (Not `x-request-id`: the shared layer generates one for

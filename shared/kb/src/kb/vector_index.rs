@@ -432,8 +432,8 @@ impl VectorIndexer {
         // CREATE INDEX CONCURRENTLY cannot run in a transaction (not even a multi-statement
         // query): one plain statement at a time on this connection. m and ef_construction
         // as the row-by-row index had (recall measured in docs/benchmarks.md).
-        // The build may run for minutes: lift the pool's statement limit for it (lock
-        // waits stay bounded); RESET below gives the connection its limits back.
+        // The build may run for minutes: lift the pool's statement limit for it; RESET
+        // below gives the connection its limits back.
         sqlx::query(&format!(
             "SET maintenance_work_mem = '{}MB'",
             self.config.build_memory_mb
@@ -441,10 +441,14 @@ impl VectorIndexer {
         .persistent(false)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("SET statement_timeout = 0")
-            .persistent(false)
-            .execute(&mut *conn)
-            .await?;
+        // CREATE INDEX CONCURRENTLY also waits for every older transaction to end, and
+        // those waits count as lock waits: give them minutes, not the pool's seconds.
+        for set in ["SET statement_timeout = 0", "SET lock_timeout = '300s'"] {
+            sqlx::query(set)
+                .persistent(false)
+                .execute(&mut *conn)
+                .await?;
+        }
         let create = format!(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON chunks \
              USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WITH (m = 16, ef_construction = 48) \
@@ -454,7 +458,11 @@ impl VectorIndexer {
             .persistent(false)
             .execute(&mut *conn)
             .await;
-        for reset in ["RESET maintenance_work_mem", "RESET statement_timeout"] {
+        for reset in [
+            "RESET maintenance_work_mem",
+            "RESET statement_timeout",
+            "RESET lock_timeout",
+        ] {
             let _ = sqlx::query(reset)
                 .persistent(false)
                 .execute(&mut *conn)
