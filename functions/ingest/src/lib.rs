@@ -55,7 +55,7 @@ pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
         }
         let kb = kb.clone();
         Box::pin(async move {
-            let done = kb.store().maintain_vector_index(true).await?;
+            let done = kb.maintain_vector_index(true).await?;
             let dimensions: Vec<Value> = done
                 .into_iter()
                 .map(|(dims, outcome)| json!({"dims": dims, "maintenance": outcome}))
@@ -224,7 +224,7 @@ async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be from 1 to 100".into()));
     }
-    let documents = s.kb.store().documents(p.cursor.as_deref(), limit).await?;
+    let documents = s.kb.documents(p.cursor.as_deref(), limit).await?;
     let next_cursor = (documents.len() as i64 == limit)
         .then(|| documents.last().map(|d| d.id.clone()))
         .flatten();
@@ -317,7 +317,7 @@ async fn events(
             "after must be >= 0 and limit from 1 to 500".into(),
         ));
     }
-    let events = s.kb.store().events_after(after, limit).await?;
+    let events = s.kb.events_after(after, limit).await?;
     let next_after = events.last().map(|e| e.seq).unwrap_or(after);
     Ok(Json(json!({ "events": events, "next_after": next_after })))
 }

@@ -22,8 +22,8 @@ use crate::cache::{Namespace, TieredCache};
 use crate::store::StoreError;
 use embed::{EmbedError, Embedder};
 use store::{
-    ChunkHit, DocumentRecord, DocumentWrite, EmbeddedChunk, KnowledgeStore, NewDocument,
-    SearchFilter, WriteOutcome,
+    ChunkHit, DocumentRecord, DocumentWrite, EmbeddedChunk, EventRecord, KnowledgeStore,
+    NewDocument, SearchFilter, WriteOutcome,
 };
 use text::ChunkConfig;
 
@@ -407,6 +407,28 @@ impl KnowledgeBase {
     async fn invalidate_caches(&self) {
         self.cache.invalidate_namespace(Namespace::Search).await;
         self.cache.invalidate_namespace(Namespace::Chat).await;
+    }
+
+    /// A page of documents in id order, after `cursor`.
+    pub async fn documents(
+        &self,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DocumentRecord>, KbError> {
+        Ok(self.store.documents(cursor, limit).await?)
+    }
+
+    /// The event log after `after`, oldest first.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, KbError> {
+        Ok(self.store.events_after(after, limit).await?)
+    }
+
+    /// Indexes what bulk writes left outside the vector index (the scheduled maintenance).
+    pub async fn maintain_vector_index(
+        &self,
+        due: bool,
+    ) -> Result<Vec<(usize, vector_index::Maintenance)>, KbError> {
+        Ok(self.store.maintain_vector_index(due).await?)
     }
 
     pub async fn document(&self, id: &str) -> Result<DocumentRecord, KbError> {
