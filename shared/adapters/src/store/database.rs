@@ -22,28 +22,25 @@ use super::StoreError;
 /// Each dialect's migrations, embedded in the binary: (version, description, SQL). Built
 /// without sqlx's `migrate!` proc macro, which would compile a second sqlx for both
 /// dialects; same versions, descriptions and checksums, so migrated databases stay valid.
-/// A unit test checks that every file under `migrations/` is listed here, in order.
+/// The list is written once for both dialects (each has a file of every migration); a
+/// unit test checks that every file under `migrations/` is listed here, in order.
 macro_rules! migrations {
+    ($dialect:literal) => {
+        migrations!($dialect:
+            1 "0001_health_checks.sql" "health checks",
+            2 "0002_knowledge_base.sql" "knowledge base",
+            3 "0003_chat_sessions.sql" "chat sessions",
+            4 "0004_idempotency.sql" "idempotency",
+            5 "0005_usage.sql" "usage",
+            6 "0006_vector_index.sql" "vector index",
+        )
+    };
     ($dialect:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {
         &[$(($version, $description, include_str!(concat!("../../migrations/", $dialect, "/", $file)))),+]
     };
 }
-const SQLITE_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("sqlite":
-    1 "0001_health_checks.sql" "health checks",
-    2 "0002_knowledge_base.sql" "knowledge base",
-    3 "0003_chat_sessions.sql" "chat sessions",
-    4 "0004_idempotency.sql" "idempotency",
-    5 "0005_usage.sql" "usage",
-    6 "0006_vector_index.sql" "vector index",
-);
-const POSTGRES_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("postgres":
-    1 "0001_health_checks.sql" "health checks",
-    2 "0002_knowledge_base.sql" "knowledge base",
-    3 "0003_chat_sessions.sql" "chat sessions",
-    4 "0004_idempotency.sql" "idempotency",
-    5 "0005_usage.sql" "usage",
-    6 "0006_vector_index.sql" "vector index",
-);
+const SQLITE_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("sqlite");
+const POSTGRES_MIGRATION_FILES: &[(i64, &str, &str)] = migrations!("postgres");
 static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| migrator(SQLITE_MIGRATION_FILES));
 static POSTGRES_MIGRATIONS: LazyLock<Migrator> =
     LazyLock::new(|| migrator(POSTGRES_MIGRATION_FILES));
