@@ -104,14 +104,7 @@ pub struct GatewayParts {
 
 /// The gateway, built once per cold start and shared by all requests.
 pub struct ChatGateway {
-    settings: ChatSettings,
-    provider: Option<Arc<dyn ChatProvider>>,
-    breakers: Breakers,
-    retry: RetryPolicy,
-    cache: TieredCache,
-    knowledge_base: Option<Arc<KnowledgeBase>>,
-    sessions: Arc<dyn SessionStore>,
-    usage: Arc<UsageRecorder>,
+    parts: GatewayParts,
 }
 
 /// A conversation's place: who owns it (the API key's name) and its id.
@@ -208,31 +201,12 @@ pub(super) fn upstream_body(request: &ChatRequest, context: &Context) -> Value {
 impl ChatGateway {
     /// The gateway from parts the composition root chose.
     pub fn new(parts: GatewayParts) -> Self {
-        let GatewayParts {
-            settings,
-            provider,
-            breakers,
-            retry,
-            cache,
-            knowledge_base,
-            sessions,
-            usage,
-        } = parts;
-        Self {
-            settings,
-            provider,
-            breakers,
-            retry,
-            cache,
-            knowledge_base,
-            sessions,
-            usage,
-        }
+        Self { parts }
     }
 
     /// Usage, cost and budgets.
     pub fn usage(&self) -> &Arc<UsageRecorder> {
-        &self.usage
+        &self.parts.usage
     }
 
     /// Puts the session's history (within the window) before the caller's new messages;
@@ -255,16 +229,17 @@ impl ChatGateway {
             id: id.clone(),
             new_messages: messages[system_count..].to_vec(),
         };
-        if self.settings.history_messages == 0 {
+        if self.parts.settings.history_messages == 0 {
             return (Some(session), None);
         }
         match self
+            .parts
             .sessions
-            .history(owner, &id, self.settings.history_messages)
+            .history(owner, &id, self.parts.settings.history_messages)
             .await
         {
             Ok(history) => {
-                let history = session::window(history, self.settings.history_tokens);
+                let history = session::window(history, self.parts.settings.history_tokens);
                 let mut merged = messages[..system_count].to_vec();
                 merged.extend(history);
                 merged.extend_from_slice(&messages[system_count..]);
@@ -283,26 +258,26 @@ impl ChatGateway {
 
     /// Records the caller's messages and the model's answer in the session.
     pub async fn remember(&self, session: &SessionRef, answer: &Answer) {
-        remember(self.sessions.as_ref(), session, answer).await;
+        remember(self.parts.sessions.as_ref(), session, answer).await;
     }
 
     /// The models callers may ask for: the primary, then the fallbacks.
     pub fn models(&self) -> Vec<String> {
-        std::iter::once(self.settings.llm_model.clone())
-            .chain(self.settings.llm_fallback_models.iter().cloned())
+        std::iter::once(self.parts.settings.llm_model.clone())
+            .chain(self.parts.settings.llm_fallback_models.iter().cloned())
             .collect()
     }
 
     pub fn settings(&self) -> &ChatSettings {
-        &self.settings
+        &self.parts.settings
     }
 
     /// Parses a body with this gateway's defaults and limits.
     pub fn parse(&self, body: &[u8], no_cache_header: bool) -> Result<ChatRequest, ChatError> {
         let request = ChatRequest::parse(
             body,
-            &self.settings.llm_model,
-            self.settings.max_messages,
+            &self.parts.settings.llm_model,
+            self.parts.settings.max_messages,
             no_cache_header,
         )?;
         if !self.models().contains(&request.model) {
@@ -315,7 +290,8 @@ impl ChatGateway {
     }
 
     pub(super) fn cacheable(&self, request: &ChatRequest) -> bool {
-        request.cache && request.temperature.unwrap_or(1.0) <= self.settings.cache_max_temperature
+        request.cache
+            && request.temperature.unwrap_or(1.0) <= self.parts.settings.cache_max_temperature
     }
 
     pub(super) fn cache_key(&self, request: &ChatRequest) -> String {
@@ -334,7 +310,8 @@ impl ChatGateway {
     }
 
     pub(super) fn breaker(&self, provider: &dyn ChatProvider, model: &str) -> CircuitBreaker {
-        self.breakers
+        self.parts
+            .breakers
             .get(&format!("llm:{}:{model}", provider.name()))
     }
 
@@ -344,14 +321,20 @@ impl ChatGateway {
         request: &ChatRequest,
         degraded: &mut Vec<String>,
     ) -> Context {
-        if !(self.settings.retrieval_enabled && request.retrieval) {
+        if !(self.parts.settings.retrieval_enabled && request.retrieval) {
             return Context::default();
         }
-        let (Some(kb), Some(question)) = (&self.knowledge_base, request.last_user_text()) else {
+        let (Some(kb), Some(question)) = (&self.parts.knowledge_base, request.last_user_text())
+        else {
             return Context::default();
         };
-        match kb.retrieve(&question, self.settings.retrieval_top_k).await {
-            Ok(results) => Context::within_budget(results, self.settings.retrieval_token_budget),
+        match kb
+            .retrieve(&question, self.parts.settings.retrieval_top_k)
+            .await
+        {
+            Ok(results) => {
+                Context::within_budget(results, self.parts.settings.retrieval_token_budget)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "retrieval failed; answering without passages");
                 degraded.push(degraded::RETRIEVAL_UNAVAILABLE.to_string());

@@ -26,7 +26,7 @@ impl ChatGateway {
     ) -> Result<(Answer, Duration), Uncached> {
         let mut degraded = initial.to_vec();
         let context = self.context(request, &mut degraded).await;
-        let Some(provider) = self.provider.clone() else {
+        let Some(provider) = self.parts.provider.clone() else {
             let answer = self
                 .without_model(request, &context, degraded, "no provider is configured")
                 .await;
@@ -48,7 +48,7 @@ impl ChatGateway {
                 }
                 let answer = self.finish(completion, &model, &context, degraded.clone());
                 if let Some(key) = request.question_key() {
-                    self.cache.set(Namespace::Chat, &key, &answer).await;
+                    self.parts.cache.set(Namespace::Chat, &key, &answer).await;
                 }
                 if degraded.is_empty() {
                     Ok((answer, waited))
@@ -78,9 +78,10 @@ impl ChatGateway {
         initial: Vec<String>,
     ) -> Result<Reply, ChatError> {
         let reply = self.complete_inner(request, &initial).await?;
-        self.usage
+        self.parts
+            .usage
             .record(usage_of(
-                &self.usage,
+                &self.parts.usage,
                 owner,
                 &reply.answer,
                 reply.meta.cached,
@@ -115,6 +116,7 @@ impl ChatGateway {
         let key = self.cache_key(request);
         let waited = std::sync::Mutex::new(None);
         let loaded = self
+            .parts
             .cache
             .get_or_load(Namespace::Chat, &key, || async {
                 let result = self.answer(request, initial).await;

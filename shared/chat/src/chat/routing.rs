@@ -124,9 +124,10 @@ impl ChatGateway {
         mut degraded: Vec<String>,
         reason: &str,
     ) -> Answer {
-        if self.provider.is_some() {
+        if self.parts.provider.is_some() {
             if let Some(key) = request.question_key() {
-                if let Some(mut last) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
+                if let Some(mut last) = self.parts.cache.get::<Answer>(Namespace::Chat, &key).await
+                {
                     count_fallback(&request.model, degraded::CACHED_ANSWER);
                     degraded.push(degraded::CACHED_ANSWER.to_string());
                     last.completion["degraded"] = json!(degraded.join(","));
@@ -212,7 +213,7 @@ impl ChatGateway {
         body: &Value,
     ) -> Result<Value, AttemptError> {
         let breaker = self.breaker(provider, model);
-        retry(&self.retry, "llm", || async {
+        retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
             let result = provider.complete(body).await;
             let failed = result.as_ref().is_err_and(|e| !e.is_caller_error());
@@ -239,8 +240,8 @@ impl ChatGateway {
         AttemptError,
     > {
         let breaker = self.breaker(provider, model);
-        let timeout = self.settings.llm_timeout;
-        retry(&self.retry, "llm", || async {
+        let timeout = self.parts.settings.llm_timeout;
+        retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
             let first = async {
                 let mut stream = provider.stream(body).await?;

@@ -18,14 +18,15 @@ impl ChatGateway {
         let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);
         if cacheable {
-            if let Some(mut answer) = self.cache.get::<Answer>(Namespace::Chat, &key).await {
+            if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, &key).await {
                 answer.completion["cached"] = json!(true);
                 count_request(&answer.model, "cache_hit");
                 if let Some(session) = session {
                     self.remember(session, &answer).await;
                 }
-                self.usage
-                    .record(usage_of(&self.usage, owner, &answer, true))
+                self.parts
+                    .usage
+                    .record(usage_of(&self.parts.usage, owner, &answer, true))
                     .await;
                 return Ok(StreamReply {
                     meta: ReplyMeta {
@@ -39,12 +40,13 @@ impl ChatGateway {
         }
         let mut degraded = initial.clone();
         let context = self.context(request, &mut degraded).await;
-        let Some(provider) = self.provider.clone() else {
+        let Some(provider) = self.parts.provider.clone() else {
             let answer = self
                 .without_model(request, &context, degraded, "no provider is configured")
                 .await;
-            self.usage
-                .record(usage_of(&self.usage, owner, &answer, false))
+            self.parts
+                .usage
+                .record(usage_of(&self.parts.usage, owner, &answer, false))
                 .await;
             return Ok(StreamReply {
                 meta: ReplyMeta {
@@ -75,15 +77,15 @@ impl ChatGateway {
                     sources: context.sources(),
                     degraded: degraded.clone(),
                     include_usage,
-                    cache: self.cache.clone(),
+                    cache: self.parts.cache.clone(),
                     cache_key: (cacheable && degraded.is_empty()).then(|| key.clone()),
                     question_key: request.question_key(),
                     breaker,
                     permit: Some(permit),
                     session: session
                         .filter(|_| initial.is_empty())
-                        .map(|s| (self.sessions.clone(), s.clone())),
-                    usage: (self.usage.clone(), owner.to_string()),
+                        .map(|s| (self.parts.sessions.clone(), s.clone())),
+                    usage: (self.parts.usage.clone(), owner.to_string()),
                 };
                 return Ok(StreamReply {
                     meta: ReplyMeta {
@@ -102,8 +104,9 @@ impl ChatGateway {
         let answer = self
             .without_model(request, &context, degraded, &reason)
             .await;
-        self.usage
-            .record(usage_of(&self.usage, owner, &answer, false))
+        self.parts
+            .usage
+            .record(usage_of(&self.parts.usage, owner, &answer, false))
             .await;
         Ok(StreamReply {
             meta: ReplyMeta {

@@ -1,0 +1,171 @@
+use super::*;
+use std::sync::atomic::AtomicUsize;
+
+fn l1_only() -> TieredCache {
+    TieredCache::new(CacheConfig::default(), None)
+}
+
+#[tokio::test]
+async fn l1_only_cache_hits_invalidates_and_keeps_types_apart() {
+    let cache = l1_only();
+    assert_eq!(cache.get::<String>(Namespace::Chat, "q").await, None);
+    cache.set(Namespace::Chat, "q", &"answer".to_string()).await;
+    assert_eq!(
+        cache.get::<String>(Namespace::Chat, "q").await.as_deref(),
+        Some("answer")
+    );
+    assert_eq!(
+        cache.get::<String>(Namespace::Search, "q").await,
+        None,
+        "namespaces are separate"
+    );
+    assert_eq!(
+        cache.get::<u64>(Namespace::Chat, "q").await,
+        None,
+        "another type is a miss"
+    );
+    cache.invalidate(Namespace::Chat, "q").await;
+    assert_eq!(cache.get::<String>(Namespace::Chat, "q").await, None);
+
+    cache.set(Namespace::Search, "a", &1u32).await;
+    cache.set(Namespace::Search, "b", &2u32).await;
+    cache.set(Namespace::Chat, "c", &3u32).await;
+    cache.invalidate_namespace(Namespace::Search).await;
+    assert_eq!(cache.get::<u32>(Namespace::Search, "a").await, None);
+    assert_eq!(cache.get::<u32>(Namespace::Search, "b").await, None);
+    assert_eq!(
+        cache.get::<u32>(Namespace::Chat, "c").await,
+        Some(3),
+        "other namespaces keep their entries"
+    );
+    let stats = cache.stats();
+    assert!(stats.l1_hits >= 2 && stats.misses >= 4, "{stats:?}");
+}
+
+#[tokio::test]
+async fn tiny_entries_are_weighed_with_their_bookkeeping() {
+    // 256 KiB for entries of a few bytes: each really takes ~400 bytes, so the bound
+    // holds a few hundred of them, not the ten thousand their JSON alone would allow.
+    let cache = TieredCache::new(
+        CacheConfig {
+            l1_max_bytes: 256 * 1024,
+            l1_max_entries: 1_000_000,
+            ..CacheConfig::default()
+        },
+        None,
+    );
+    for i in 0..5_000u32 {
+        cache.set(Namespace::Search, &format!("k{i}"), &i).await;
+    }
+    cache.inner.l1.run_pending_tasks().await;
+    let held = cache.inner.l1.entry_count();
+    assert!(
+        held > 0 && held <= 256 * 1024 / L1_ENTRY_OVERHEAD_BYTES,
+        "{held} entries held"
+    );
+}
+
+#[tokio::test]
+async fn the_byte_bound_is_the_json_held_and_another_type_under_a_key_is_reloaded() {
+    // 64 KiB of L1: answers of ~2 KiB of JSON each fit about 32 at a time, however
+    // much more their decoded form would take.
+    let cache = TieredCache::new(
+        CacheConfig {
+            l1_max_bytes: 64 * 1024,
+            ..CacheConfig::default()
+        },
+        None,
+    );
+    let answer = |i: usize| serde_json::json!({"id": i, "choices": [{"message": {"content": "x".repeat(2000)}}]});
+    for i in 0..200 {
+        cache
+            .set(Namespace::Chat, &format!("q{i}"), &answer(i))
+            .await;
+    }
+    cache.inner.l1.run_pending_tasks().await;
+    let held = cache.inner.l1.entry_count();
+    let weight = cache.inner.l1.weighted_size();
+    assert!(held > 0 && held <= 32, "{held} entries held");
+    assert!(weight <= 64 * 1024, "{weight} bytes held");
+    // What is held decodes as it was stored (moka's admission policy picks which).
+    let mut decoded = 0;
+    for i in 0..200 {
+        if let Some(value) = cache
+            .get::<serde_json::Value>(Namespace::Chat, &format!("q{i}"))
+            .await
+        {
+            assert_eq!(value, answer(i));
+            decoded += 1;
+        }
+    }
+    assert!(decoded > 0 && decoded as u64 <= held, "{decoded} of {held}");
+
+    // A key cached as one type and loaded as another: the loader runs.
+    cache.set(Namespace::Search, "k", &7u32).await;
+    let loaded: Result<String, Arc<()>> = cache
+        .get_or_load(Namespace::Search, "k", || async { Ok("text".to_string()) })
+        .await;
+    assert_eq!(loaded.unwrap(), "text");
+    assert_eq!(
+        cache.get::<String>(Namespace::Search, "k").await.as_deref(),
+        Some("text")
+    );
+}
+
+#[tokio::test]
+async fn loader_errors_are_returned_and_not_cached() {
+    let cache = l1_only();
+    let calls = AtomicUsize::new(0);
+    let failed: Result<String, Arc<&str>> = cache
+        .get_or_load(Namespace::Chat, "k", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err("upstream down")
+        })
+        .await;
+    assert_eq!(*failed.unwrap_err(), "upstream down");
+    let ok: Result<String, Arc<&str>> = cache
+        .get_or_load(Namespace::Chat, "k", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok("fine".to_string())
+        })
+        .await;
+    assert_eq!(ok.unwrap(), "fine");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn entries_expire_with_their_namespace_ttl() {
+    let mut config = CacheConfig::default();
+    config.ttls[Namespace::Config.index()] = Duration::from_millis(50);
+    let cache = TieredCache::new(config, None);
+    cache.set(Namespace::Config, "flag", &true).await;
+    cache.set(Namespace::Chat, "answer", &true).await;
+    assert_eq!(
+        cache.get::<bool>(Namespace::Config, "flag").await,
+        Some(true)
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(cache.get::<bool>(Namespace::Config, "flag").await, None);
+    assert_eq!(
+        cache.get::<bool>(Namespace::Chat, "answer").await,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn l1_is_bounded_by_bytes() {
+    let config = CacheConfig {
+        l1_max_entries: 1000,
+        l1_max_bytes: 64 * 1024,
+        ..CacheConfig::default()
+    };
+    let cache = TieredCache::new(config, None);
+    let big = "x".repeat(8 * 1024);
+    for i in 0..100 {
+        cache.set(Namespace::Chat, &format!("k{i}"), &big).await;
+    }
+    cache.inner.l1.run_pending_tasks().await;
+    let weighted = cache.inner.l1.weighted_size();
+    assert!(weighted <= 64 * 1024, "weighted size {weighted}");
+    assert!(cache.inner.l1.entry_count() <= 8);
+}

@@ -1,0 +1,162 @@
+use super::*;
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_give_the_embedded_mode() {
+    let s = Settings::from_vars("health", &vars(&[])).unwrap();
+    assert_eq!(s.function, "health");
+    assert_eq!(s.port, 8080);
+    assert_eq!(s.database_url.kind(), DatabaseKind::Sqlite);
+    assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+    assert!(s.redis_url.is_none());
+    assert!(s.api_keys.is_empty());
+    assert!(s.cors_origins.is_empty());
+    assert_eq!(s.max_body_bytes, 1_048_576);
+    assert_eq!(s.metrics_export, MetricsExport::Prometheus);
+    assert_eq!(
+        s.cache.ttl(crate::cache::Namespace::Search),
+        Duration::from_secs(300)
+    );
+    assert_eq!(s.breaker.failure_threshold, 5);
+    assert_eq!(s.breaker.open_for, Duration::from_secs(60));
+    assert!(s.breaker_shared);
+    assert_eq!(s.retry.max_attempts, 3);
+    assert_eq!(s.max_concurrent_sessions, 100);
+}
+
+#[test]
+fn resilience_settings_are_read() {
+    let s = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("CACHE_TTL_CHAT_SECS", "90"),
+            ("BREAKER_FAILURE_RATE_PERCENT", "25"),
+            ("BREAKER_SHARED", "off"),
+            ("RATE_LIMIT_REQUESTS", "5"),
+            ("RATE_LIMIT_WINDOW_SECS", "10"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.cache.ttl(crate::cache::Namespace::Chat),
+        Duration::from_secs(90)
+    );
+    assert_eq!(s.breaker.failure_rate, 0.25);
+    assert!(!s.breaker_shared);
+    assert_eq!(s.rate_limit_requests, 5);
+    assert_eq!(s.rate_limit_window, Duration::from_secs(10));
+}
+
+#[test]
+fn every_bad_variable_is_reported_at_once() {
+    let err = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("PORT", "http"),
+            ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+            ("REDIS_URL", "not a url"),
+            ("API_KEYS", "alice"),
+            ("CORS_ORIGINS", "https://ok.example.com,ftp://bad/"),
+            ("LOG_LEVEL", "loud[["),
+            ("MAX_BODY_BYTES", "-1"),
+            ("HEALTH_TIMEOUT_MS", "0"),
+            ("METRICS_EXPORT", "statsd"),
+            ("CACHE_TTL_CHAT_SECS", "0"),
+            ("BREAKER_SHARED", "maybe"),
+            ("CHUNK_OVERLAP", "900"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.variables(),
+        vec![
+            "PORT",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "API_KEYS",
+            "CORS_ORIGINS",
+            "LOG_LEVEL",
+            "MAX_BODY_BYTES",
+            "HEALTH_TIMEOUT_MS",
+            "METRICS_EXPORT",
+            "CACHE_TTL_CHAT_SECS",
+            "BREAKER_SHARED",
+            "CHUNK_OVERLAP",
+        ]
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("invalid configuration (12 problems): PORT: "));
+    assert!(text.contains("unsupported scheme `mysql`"));
+    assert!(!text.contains("hunter2"), "a password leaked: {text}");
+}
+
+#[test]
+fn postgres_and_redis_urls_are_accepted_and_hidden_in_display() {
+    let s = Settings::from_vars(
+        "health",
+        &vars(&[
+            ("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:5432/test"),
+            ("REDIS_URL", "redis://:r3dis@127.0.0.1:6379/0"),
+            (
+                "CORS_ORIGINS",
+                "https://a.example.com, http://localhost:3000",
+            ),
+            ("METRICS_EXPORT", "emf"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.database_url.kind(), DatabaseKind::Postgres);
+    assert_eq!(
+        s.database_url.to_string(),
+        "postgres://app:[REDACTED]@127.0.0.1:5432/test"
+    );
+    let redis = s.redis_url.unwrap();
+    assert!(!redis.to_string().contains("r3dis"));
+    assert_eq!(redis.expose(), "redis://:r3dis@127.0.0.1:6379/0");
+    assert_eq!(
+        s.cors_origins,
+        vec!["https://a.example.com", "http://localhost:3000"]
+    );
+    assert_eq!(s.metrics_export, MetricsExport::Emf);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let s = Settings::from_vars(
+        "ingest",
+        &vars(&[
+            ("EMBEDDINGS_BASE_URL", "https://api.example.com/v1"),
+            ("EMBEDDINGS_API_KEY", "sk-very-secret-123"),
+        ]),
+    )
+    .unwrap();
+    assert!(!format!("{s:?}").contains("sk-very-secret"));
+    assert_eq!(
+        s.kb.embeddings_api_key.unwrap().expose(),
+        "sk-very-secret-123"
+    );
+    assert_eq!(s.kb.embeddings_model, "text-embedding-3-small");
+}
+
+#[test]
+fn on_aws_emf_is_the_default() {
+    let s = Settings::from_vars(
+        "chat",
+        &vars(&[("AWS_EXECUTION_ENV", "AWS_Lambda_provided.al2023")]),
+    )
+    .unwrap();
+    assert_eq!(s.metrics_export, MetricsExport::Emf);
+}
+
+#[test]
+fn blank_values_mean_unset() {
+    let s = Settings::from_vars("health", &vars(&[("REDIS_URL", "  "), ("PORT", "")])).unwrap();
+    assert!(s.redis_url.is_none());
+    assert_eq!(s.port, 8080);
+}
