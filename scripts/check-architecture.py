@@ -38,6 +38,7 @@ FUNCTION_SOURCES = sorted((ROOT / "functions").glob("*/src"))
 # kb on the cache and resilience).
 LAYERS = {
     "secret": ("foundation", 0),
+    "canonical": ("foundation", 0),
     "observability": ("foundation", 0),
     "store": ("adapters", 1),
     "resilience": ("capabilities", 2),
@@ -45,6 +46,7 @@ LAYERS = {
     "kb": ("capabilities", 3),
     "chat": ("capabilities", 4),
     "health": ("capabilities", 4),
+    "history": ("capabilities", 4),
     "error": ("edge", 5),
     "auth": ("edge", 5),
     "http": ("edge", 5),

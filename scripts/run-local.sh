@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_file=${1:-local/embedded.env}
-port=${PORT_LAMBDA:-9000}
+# The base URL's port: PORT_LAMBDA, or PORT, else 9000.
+port=${PORT_LAMBDA:-${PORT:-9000}}
+case "$port" in
+  ''|*[!0-9]*) echo "make run: PORT/PORT_LAMBDA must be a port number, not \`$port\`" >&2; exit 2 ;;
+esac
 scripts/ensure-cargo-lambda.sh
 mkdir -p .data
 # Variables already set in the environment win over the env file, so
@@ -21,8 +25,22 @@ while IFS= read -r line || [ -n "$line" ]; do
     echo "using $key from the environment (not from $env_file)"
   fi
 done <"$env_file"
-echo "Building the functions (first time: a few minutes)..."
+if [ ! -d "${CARGO_TARGET_DIR:-target}/debug" ]; then
+  echo "Building the functions: the first build compiles about 360 crates, 5-10 minutes on"
+  echo "two idle cores (20 or more on busy ones); later builds take seconds."
+else
+  echo "Building the functions..."
+fi
 cargo build --workspace --bins
+# Each function checks its configuration before anything is served: a bad variable is
+# reported here, once, and make run stops (instead of serving requests that hang).
+bins=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+for function in health chat ingest backup; do
+  if ! (set -a; . "./$effective_env"; set +a; "$bins/$function" --check-config >/dev/null); then
+    echo "make run: $function's configuration is invalid (see above); fix $env_file or the environment" >&2
+    exit 1
+  fi
+done
 cat <<MSG
 
   Functions are served on http://127.0.0.1:${port} with the deployed API's paths:

@@ -117,5 +117,22 @@ check "deep check is recorded as a metric" $(grep -q '^health_deep_checks_total{
 
 check "function logs are JSON with request fields" $(grep -m1 '"request completed"' "$work/watch.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.readline()); assert all(k in l for k in ("request_id","function","route","status","duration_ms","cold_start"))' 2>/dev/null; echo $?) "$(grep 'request completed' "$work/watch.log" | head -1)"
 
+# A function whose configuration is wrong answers at once with a JSON 503 naming the
+# variable (issue 12, finding 2), instead of leaving the caller waiting.
+bad_port=$((port + 1))
+printf 'DATABASE_URL=mysql://x\nLOG_LEVEL=info\n' >"$work/bad.env"
+setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$bad_port" --disable-cors \
+  --ignore-changes --env-file "$work/bad.env" >"$work/bad-watch.log" 2>&1 &
+bad_pid=$!
+bad_status=000
+for _ in $(seq 1 120); do
+  bad_status=$(curl -s -m 60 -o "$work/bad-body" -w '%{http_code}' "http://127.0.0.1:${bad_port}/health/ready")
+  [ "$bad_status" = 000 ] || break
+  sleep 1
+done
+kill -- -"$bad_pid" 2>/dev/null || kill "$bad_pid" 2>/dev/null
+wait "$bad_pid" 2>/dev/null
+check "a misconfigured function answers a JSON 503 naming the variable" $([ "$bad_status" = 503 ] && grep -q 'DATABASE_URL' "$work/bad-body" && grep -q '"error"' "$work/bad-body"; echo $?) "$bad_status $(cat "$work/bad-body" 2>/dev/null)"
+
 echo "${passed} passed, ${failed} failed"
 [ "$failed" -eq 0 ]

@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use chrono::{DateTime, Utc};
 
+#[cfg(feature = "cache")]
 use crate::cache::TieredCache;
 use crate::config::{ConfigError, Settings};
 #[cfg(feature = "kb")]
 use crate::kb::KnowledgeBase;
 use crate::observability::{logging, metrics as obs_metrics};
-use crate::resilience::limits::{ConcurrencyLimiter, RateLimiter};
+use crate::resilience::limits::ConcurrencyLimiter;
+#[cfg(feature = "protected")]
+use crate::resilience::limits::RateLimiter;
 use crate::resilience::{Breakers, SystemClock};
 use crate::store::{Database, RedisHandle, StoreError};
 
@@ -24,10 +27,12 @@ pub struct AppContext {
     pub database: Database,
     pub redis: Option<RedisHandle>,
     /// L1 in-process + L2 Redis (when configured) cache (C5).
+    #[cfg(feature = "cache")]
     pub cache: TieredCache,
     /// Circuit breakers by dependency (C6), shared through Redis when configured.
     pub breakers: Breakers,
     /// Per-key rate limit (C9).
+    #[cfg(feature = "protected")]
     pub rate_limiter: Arc<RateLimiter>,
     /// Cap on concurrent sessions (C9).
     pub sessions: ConcurrencyLimiter,
@@ -60,6 +65,7 @@ impl AppContext {
     pub fn new(settings: Settings) -> Result<Arc<Self>, StoreError> {
         // Metrics recorded before the recorder exists are lost, so install it first.
         obs_metrics::install();
+        crate::store::tls::install_crypto_provider();
         let database = Database::connect_lazy_with(
             settings.database_url.expose(),
             settings.database_url.kind(),
@@ -70,6 +76,7 @@ impl AppContext {
             Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
             None => None,
         };
+        #[cfg(feature = "cache")]
         let cache = TieredCache::new(settings.cache.clone(), redis.clone());
         let shared_breakers = if settings.breaker_shared {
             redis.clone()
@@ -82,6 +89,7 @@ impl AppContext {
             shared_breakers,
             &settings.cache.prefix,
         );
+        #[cfg(feature = "protected")]
         let rate_limiter = Arc::new(RateLimiter::new(
             settings.rate_limit_requests,
             settings.rate_limit_window,
@@ -97,8 +105,10 @@ impl AppContext {
             settings,
             database,
             redis,
+            #[cfg(feature = "cache")]
             cache,
             breakers,
+            #[cfg(feature = "protected")]
             rate_limiter,
             sessions,
             #[cfg(feature = "kb")]
@@ -173,23 +183,59 @@ impl crate::health::Monitored for AppContext {
             started_at: self.started_at,
             uptime: self.uptime(),
             breakers: &self.breakers,
-            cache: &self.cache,
+            cache_prefix: &self.settings.cache.prefix,
             sessions: &self.sessions,
             sessions_limit: self.settings.max_concurrent_sessions,
         }
     }
 }
 
+/// Answers every request with a 503 naming the configuration problem.
+pub fn misconfigured(problem: &str) -> Router {
+    let message = format!("this function is not configured correctly: {problem}");
+    Router::new().fallback(move || {
+        let message = message.clone();
+        async move {
+            crate::error::ApiError::ServiceUnavailable {
+                message,
+                retry_after: None,
+            }
+        }
+    })
+}
+
 /// The whole `main` of a function: cold-start initialisation, then serving.
 ///
 /// A configuration error stops the function with one log line naming every bad
-/// variable (X1); an unreachable dependency does not (X4).
+/// variable (X1); an unreachable dependency does not (X4). With `--check-config` the
+/// function only validates its configuration and exits (what `make run` does first).
+/// Under Lambda a function whose configuration is wrong keeps running and answers every
+/// request at once with a JSON 503 naming the variables (never their values): a function
+/// that exits at start leaves callers of `cargo lambda watch` waiting, and on AWS gets a
+/// bare 502.
 pub async fn start(
     function: &str,
     routes: fn(Arc<AppContext>) -> Router,
     on_event: Option<fn(Arc<AppContext>) -> crate::runtime::EventHandler>,
 ) -> Result<(), crate::runtime::BoxError> {
-    let ctx = AppContext::init(function).await?;
+    if std::env::args().nth(1).as_deref() == Some("--check-config") {
+        Settings::from_env(function).map_err(StartError::from)?;
+        println!("{function}: the configuration is valid");
+        return Ok(());
+    }
+    let ctx = match AppContext::init(function).await {
+        Ok(ctx) => ctx,
+        Err(StartError::Config(err)) if crate::runtime::in_lambda() => {
+            let problem = err.to_string();
+            let router = misconfigured(&problem);
+            let on_event: crate::runtime::EventHandler = Arc::new(move |_| {
+                let problem = problem.clone();
+                Box::pin(async move { Err(problem.into()) })
+            });
+            return crate::runtime::serve(router, 0, Some(on_event)).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
     let router = routes(ctx.clone());
     let on_event = on_event.map(|make| make(ctx.clone()));
     crate::runtime::serve(router, ctx.settings.port, on_event).await

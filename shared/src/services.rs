@@ -9,10 +9,10 @@ use std::sync::Arc;
 use crate::app::AppContext;
 #[cfg(feature = "chat")]
 use crate::chat::{
-    idempotency::{DynamoIdempotencyStore, IdempotencyStore, SqlIdempotencyStore},
+    idempotency::{self, DynamoIdempotencyStore, IdempotencyStore},
     provider::{ChatProvider, OpenAiProvider},
-    session::{DynamoSessionStore, SessionStore, SqlSessionStore},
-    usage::UsageRecorder,
+    session::{self, DynamoSessionStore, SessionStore},
+    usage::{self, UsageRecorder},
     ChatGateway, GatewayParts,
 };
 #[cfg(feature = "kb")]
@@ -64,13 +64,13 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
             table,
             chat.session_ttl,
         )),
-        None => Arc::new(SqlSessionStore::new(ctx.database.clone(), chat.session_ttl)),
+        None => session::sql_session_store(ctx.database.clone(), chat.session_ttl),
     };
     // Standalone: buffered and flushed in the background, off the response path.
     // Lambda: written before the answer is returned (nothing runs between invocations).
     let buffered = !crate::runtime::in_lambda();
     let usage = UsageRecorder::new(
-        ctx.database.clone(),
+        usage::sql_usage_store(ctx.database.clone()),
         chat.prices.clone(),
         chat.daily_budget_usd,
         buffered,
@@ -102,11 +102,11 @@ fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn Idempoten
             chat.idempotency_ttl,
             chat.idempotency_in_progress,
         )),
-        None => Arc::new(SqlIdempotencyStore::new(
+        None => idempotency::sql_idempotency_store(
             ctx.database.clone(),
             chat.idempotency_ttl,
             chat.idempotency_in_progress,
-        )),
+        ),
     }
 }
 

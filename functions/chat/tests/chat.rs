@@ -13,7 +13,7 @@ use shared::auth::hash_key;
 use shared::kb::IngestRequest;
 use shared::AppContext;
 
-const KEY: &str = "sk-local-example-key";
+const KEY: &str = "local-dev-key";
 
 fn keys() -> String {
     format!("example:{}", hash_key(KEY))
@@ -1227,4 +1227,216 @@ async fn idempotency_keys_leave_other_methods_and_the_body_limit_as_they_are() {
         unkeyed.json["error"]["message"]
     );
     assert_eq!(fake.chat_completions(), 0);
+}
+
+/// Issue 12, finding 7: a hung provider holds the caller only until the answer's deadline
+/// (`CHAT_DEADLINE_MS`), which the models of the chain share, not `LLM_TIMEOUT_MS` per
+/// model; the degraded answer says why.
+#[tokio::test]
+async fn a_hung_provider_holds_the_caller_only_until_the_answer_deadline() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = chat_router(
+        &db,
+        Some(&fake),
+        &[("LLM_TIMEOUT_MS", "60000"), ("CHAT_DEADLINE_MS", "1500")],
+    );
+    ingest(
+        &ctx,
+        "warranty",
+        "Warranty",
+        "Every laptop has a two year warranty covering parts and labour.",
+    )
+    .await;
+    fake.set_behaviour(Behaviour {
+        hang: true,
+        ..Behaviour::default()
+    });
+    let mut body = ask("What does the laptop warranty cover?");
+    body["temperature"] = json!(1.0);
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("CHAT_DEADLINE_MS"), "{content}");
+    assert!(content.contains("two year warranty"), "{content}");
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 1);
+    assert_eq!(
+        fake.calls_for("gpt-4o-backup"),
+        0,
+        "the deadline ends the chain: no model is started after it"
+    );
+
+    body["stream"] = json!(true);
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(
+        streamed_text(&res.text).contains("CHAT_DEADLINE_MS"),
+        "{}",
+        res.text
+    );
+}
+
+/// Issue 12, finding 5: JSON passes through with its key order, byte for byte, including
+/// fields the gateway does not know (a JSON schema's properties: reasoning, then answer).
+#[tokio::test]
+async fn request_json_reaches_the_provider_with_its_key_order() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+    let schema = r#"{"type":"json_schema","json_schema":{"name":"qa","strict":true,"schema":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"],"additionalProperties":false}}}"#;
+    let unknown = r#"{"zeta":1,"alpha":{"y":2,"b":3}}"#;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Why is the sky blue?"}}],"retrieval":false,"response_format":{schema},"x_vendor":{unknown}}}"#
+    );
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let res = call(&router, request).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let sent = fake.last_request();
+    assert_eq!(
+        serde_json::to_string(&sent["response_format"]).unwrap(),
+        schema
+    );
+    assert_eq!(serde_json::to_string(&sent["x_vendor"]).unwrap(), unknown);
+    // And the answer's keys come back in the provider's order.
+    let keys: Vec<&String> = res.json.as_object().unwrap().keys().collect();
+    assert_eq!(keys[0], "id", "{keys:?}");
+}
+
+/// The chunks of an SSE body, parsed.
+fn sse_chunks(text: &str) -> Vec<Value> {
+    sse_events(text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .collect()
+}
+
+/// Issue 12, finding 4: the response cache gives back exactly what the provider gave,
+/// across stream <-> plain: tool calls (ids, names, arguments), every choice of `n > 1`,
+/// finish reasons and the system fingerprint.
+#[tokio::test]
+async fn cached_answers_keep_tool_calls_and_every_choice_both_ways() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+    let mut body = ask("What is the weather in Oslo?");
+    body["retrieval"] = json!(false);
+    body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+
+    // Streamed first (from the provider), then asked plainly: from the cache, intact.
+    let first = call(&router, post(streamed.clone())).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let plain = call(&router, post(body.clone())).await;
+    assert_eq!(plain.json["cached"], true, "{}", plain.text);
+    assert_eq!(fake.chat_completions(), 1);
+    let choice = &plain.json["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call0 = &choice["message"]["tool_calls"][0];
+    assert_eq!(call0["id"], "call_fake_0");
+    assert_eq!(call0["type"], "function");
+    assert_eq!(call0["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call0["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["choice"], 0);
+    assert_eq!(plain.json["system_fingerprint"], "fp_fake");
+
+    // Streamed again: replayed from the cache with its tool-call deltas.
+    let again = call(&router, post(streamed)).await;
+    let chunks = sse_chunks(&again.text);
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{}", again.text);
+    assert_eq!(calls[0]["id"], "call_fake_0");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(
+        calls[0]["function"]["arguments"],
+        call0["function"]["arguments"]
+    );
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    assert_eq!(fake.chat_completions(), 1);
+
+    // n = 2, streamed then plain: two choices, each with its own text.
+    let mut two = ask("Give me two answers about tea.");
+    two["retrieval"] = json!(false);
+    two["n"] = json!(2);
+    let mut two_streamed = two.clone();
+    two_streamed["stream"] = json!(true);
+    let res = call(&router, post(two_streamed.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let res = call(&router, post(two.clone())).await;
+    assert_eq!(res.json["cached"], true, "{}", res.text);
+    let choices = res.json["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{}", res.text);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        let text = choice["message"]["content"].as_str().unwrap();
+        assert!(text.ends_with(&format!("(choice {i})")), "{text}");
+    }
+    // And replayed as a stream: both choices come back, each finished.
+    let replay = call(&router, post(two_streamed)).await;
+    let chunks = sse_chunks(&replay.text);
+    for i in 0..2 {
+        let text: String = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert!(text.ends_with(&format!("(choice {i})")), "{text}");
+    }
+    assert_eq!(fake.chat_completions(), 2);
+}
+
+/// Issue 12, finding 6 (in part): without a model, "the knowledge base could not be
+/// reached" is not worded as "no passage matches".
+#[tokio::test]
+async fn without_a_model_an_unreachable_knowledge_base_is_not_called_no_match() {
+    let db = TestDatabase::sqlite();
+    let unreachable = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        chatkb_testing::free_port()
+    );
+    let (router, _) = chat_router(
+        &db,
+        None,
+        &[
+            ("LLM_MODEL", ""),
+            ("DATABASE_URL", unreachable.as_str()),
+            ("DATABASE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let question = json!({"messages": [{"role": "user", "content": "Where is the office?"}]});
+    let res = call(&router, post(question.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let degraded = header(&res, "x-degraded").unwrap();
+    assert!(degraded.contains("retrieval-unavailable"), "{degraded}");
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("could not be reached"), "{content}");
+    assert!(!content.contains("no passage that matches"), "{content}");
+
+    // A reachable knowledge base with nothing relevant still says "no passage matches".
+    let (router, _) = chat_router(&db, None, &[("LLM_MODEL", "")]);
+    let res = call(&router, post(question)).await;
+    let content = res.json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("no passage that matches"), "{content}");
 }

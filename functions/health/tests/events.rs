@@ -38,7 +38,7 @@ async fn every_health_route_answers_its_sample_event() {
     assert!(deps[0]["latency_ms"].is_number());
     assert_eq!(deps[1]["status"], "disabled");
     assert_eq!(res.json["cache"]["l2"], "disabled");
-    assert!(res.json["cache"]["l1_entries"].is_u64());
+    assert_eq!(res.json["cache"]["scope"], "service");
     assert_eq!(res.json["concurrent_sessions"]["limit"], 100);
     assert!(res.json["breakers"].is_array());
 
@@ -193,21 +193,54 @@ async fn http_events_through_the_lambda_dispatcher_become_gateway_responses() {
 #[tokio::test]
 async fn detailed_reports_breaker_states_and_cache_hit_rate() {
     let db = TestDatabase::sqlite();
-    let ctx = context("health", &[("DATABASE_URL", &db.url)]);
+    // The cache's counts are the whole service's: another instance (here, a cache built
+    // beside the health function, as chat's would be) publishes them to Redis.
+    let prefix = format!("hc{}", std::process::id());
+    let redis_url = chatkb_testing::test_redis_url();
+    let ctx = context(
+        "health",
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REDIS_URL", &redis_url),
+            ("CACHE_PREFIX", &prefix),
+            ("BREAKER_SHARED", "false"),
+        ],
+    );
     let router = health::router(ctx.clone());
     let breaker = ctx.breakers.get("openai");
     for _ in 0..5 {
         let permit = breaker.acquire().await.unwrap();
         breaker.record(permit, true).await;
     }
-    ctx.cache
+    let redis = chatkb_testing::test_redis(std::time::Duration::from_secs(1));
+    let mut conn = redis.connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(shared::cache::service_counts_key(&prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let config = shared::cache::CacheConfig {
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let chat_cache = shared::cache::TieredCache::new(config, Some(redis));
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(res.json["cache"]["l2"], "up");
+    assert_eq!(
+        res.json["cache"]["hit_rate"],
+        serde_json::Value::Null,
+        "no lookup yet"
+    );
+
+    chat_cache
         .set(shared::cache::Namespace::Chat, "q", &"a".to_string())
         .await;
-    let _: Option<String> = ctx.cache.get(shared::cache::Namespace::Chat, "q").await;
-    let _: Option<String> = ctx
-        .cache
+    let _: Option<String> = chat_cache.get(shared::cache::Namespace::Chat, "q").await;
+    let _: Option<String> = chat_cache
         .get(shared::cache::Namespace::Chat, "missing")
         .await;
+    chat_cache.publish_counts().await;
+    chat_cache.publish_counts().await; // nothing new: counted once
 
     let res = call(&router, load_event("health-detailed.json")).await;
     assert_eq!(
@@ -215,6 +248,8 @@ async fn detailed_reports_breaker_states_and_cache_hit_rate() {
         serde_json::json!([{"name": "openai", "state": "open"}])
     );
     assert_eq!(res.json["cache"]["hit_rate"], 0.5);
+    assert_eq!(res.json["cache"]["l1_hits"], 1);
+    assert_eq!(res.json["cache"]["misses"], 1);
     let metrics = call(&router, load_event("health-metrics.json")).await.text;
     assert!(
         metrics.contains("circuit_breaker_state{breaker=\"openai\"} 1"),
@@ -224,4 +259,59 @@ async fn detailed_reports_breaker_states_and_cache_hit_rate() {
         metrics.contains("cache_hits_total{namespace=\"chat\",tier=\"l1\"}"),
         "{metrics}"
     );
+}
+
+/// Issue 12, finding 2: a function whose configuration is wrong answers at once with a
+/// JSON 503 naming the problem (under Lambda it keeps serving that, not hanging).
+#[tokio::test]
+async fn a_misconfigured_function_answers_a_json_503_naming_the_problem() {
+    let problem =
+        "invalid configuration (1 problem): DATABASE_URL: expected sqlite:// or postgres://";
+    let router = shared::app::misconfigured(problem);
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    let message = res.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("DATABASE_URL"), "{message}");
+}
+
+/// `make run` runs each function with `--check-config` first: a bad variable is one
+/// line naming it and a non-zero exit, before anything is served.
+#[test]
+fn check_config_names_every_bad_variable_and_exits_non_zero() {
+    let binary = env!("CARGO_BIN_EXE_health");
+    let bad = std::process::Command::new(binary)
+        .arg("--check-config")
+        .env_clear()
+        .env("DATABASE_URL", "mysql://x")
+        .env("PORT", "abc")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&bad.stdout),
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(
+        said.contains("DATABASE_URL") && said.contains("PORT"),
+        "{said}"
+    );
+    assert!(!said.contains("mysql://x"), "URLs are never echoed: {said}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::process::Command::new(binary)
+        .arg("--check-config")
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/app.db", dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("valid"));
 }

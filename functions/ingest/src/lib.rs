@@ -86,6 +86,19 @@ struct TextParams {
     title: Option<String>,
 }
 
+/// The file name of a `Content-Disposition: attachment; filename="..."` header.
+fn file_name(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_DISPOSITION)?.to_str().ok()?;
+    value.split(';').find_map(|part| {
+        let name = part
+            .trim()
+            .strip_prefix("filename=")?
+            .trim()
+            .trim_matches('"');
+        (!name.is_empty()).then(|| name.to_string())
+    })
+}
+
 fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
@@ -107,8 +120,13 @@ fn parse_documents(
         "text/plain" | "text/markdown" => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
+            // `?id=`, else the file's name, else (in the knowledge base) the text's hash.
+            let id = params
+                .id
+                .or_else(|| file_name(headers).map(|name| s3::document_id(&name)))
+                .filter(|id| !id.is_empty());
             Ok(vec![IngestRequest {
-                id: params.id,
+                id,
                 title: params.title,
                 text: text.to_string(),
                 content_type,

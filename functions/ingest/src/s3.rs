@@ -1,15 +1,14 @@
-//! S3 object-created events (I1): each new object is read (from S3 with aws-sdk-s3, or
-//! from `DOCUMENTS_DIR` in embedded mode) and ingested like an HTTP upload.
+//! S3 object-created events (I1): each new object is read (from S3, or from
+//! `DOCUMENTS_DIR` in embedded mode: `store::objects`) and ingested like an HTTP upload.
 
-use std::path::{Component, Path};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::kb::{IngestRequest, KbError, KnowledgeBase};
 use shared::runtime::{BoxError, EventHandler};
+use shared::store::objects::{ObjectError, ObjectSource};
 use shared::AppContext;
-use tokio::sync::OnceCell;
 
 #[derive(Debug, Deserialize)]
 struct Notification {
@@ -75,78 +74,11 @@ fn content_type(key: &str) -> &'static str {
     }
 }
 
-/// Reads objects from S3, or from a local folder in embedded mode.
-enum Source {
-    Folder(std::path::PathBuf),
-    S3(OnceCell<aws_sdk_s3::Client>),
-}
-
-impl Source {
-    async fn read(&self, bucket: &str, key: &str, limit: usize) -> Result<Vec<u8>, String> {
-        match self {
-            Source::Folder(dir) => {
-                // Keys are paths below the folder: no absolute paths, no `..`.
-                let relative = Path::new(key);
-                if relative
-                    .components()
-                    .any(|c| !matches!(c, Component::Normal(_)))
-                {
-                    return Err(format!("key `{key}` is not a plain relative path"));
-                }
-                let path = dir.join(relative);
-                let size = tokio::fs::metadata(&path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .len();
-                if size as usize > limit {
-                    return Err(format!(
-                        "object is larger than {limit} bytes (MAX_DOCUMENT_BYTES)"
-                    ));
-                }
-                tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            }
-            Source::S3(client) => {
-                let client = client
-                    .get_or_init(|| async {
-                        aws_sdk_s3::Client::new(&aws_config::load_from_env().await)
-                    })
-                    .await;
-                let object = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        let detail = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                        format!(
-                            "s3://{bucket}/{key}: {}",
-                            shared::observability::redact::redact(&detail)
-                        )
-                    })?;
-                if object.content_length().unwrap_or(0) as usize > limit {
-                    return Err(format!(
-                        "object is larger than {limit} bytes (MAX_DOCUMENT_BYTES)"
-                    ));
-                }
-                let bytes = object
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| format!("s3://{bucket}/{key}: {e}"))?;
-                Ok(bytes.into_bytes().to_vec())
-            }
-        }
-    }
-}
-
 /// Builds the event handler; the S3 client is created on first use and then shared.
 pub fn handler(ctx: Arc<AppContext>, kb: Arc<KnowledgeBase>) -> EventHandler {
     let source = Arc::new(match &ctx.settings.kb.documents_dir {
-        Some(dir) => Source::Folder(dir.clone()),
-        None => Source::S3(OnceCell::new()),
+        Some(dir) => ObjectSource::Folder(dir.clone()),
+        None => ObjectSource::s3(),
     });
     Arc::new(move |event| {
         let ctx = ctx.clone();
@@ -159,7 +91,7 @@ pub fn handler(ctx: Arc<AppContext>, kb: Arc<KnowledgeBase>) -> EventHandler {
 async fn ingest_notification(
     ctx: &AppContext,
     kb: &KnowledgeBase,
-    source: &Source,
+    source: &ObjectSource,
     event: Value,
 ) -> Result<Value, BoxError> {
     let notification: Notification =
@@ -182,7 +114,12 @@ async fn ingest_notification(
         let outcome = match read {
             Err(error) => {
                 tracing::warn!(bucket = %bucket, key = %key, error = %error, "S3 object not ingested");
-                json!({"bucket": bucket, "key": key, "status": "failed", "error": error})
+                if let ObjectError::Unavailable(message) = &error {
+                    // S3 or its configuration failed (a missing region, credentials, an
+                    // unreachable endpoint): fail the invocation so Lambda retries it.
+                    retryable_failure = Some(message.clone());
+                }
+                json!({"bucket": bucket, "key": key, "status": "failed", "error": error.to_string()})
             }
             Ok(bytes) => match String::from_utf8(bytes) {
                 Err(_) => {

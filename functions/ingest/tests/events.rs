@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use shared::auth::hash_key;
 
 fn api_keys() -> String {
-    format!("example:{}", hash_key("local-example-key"))
+    format!("example:{}", hash_key("local-dev-key"))
 }
 
 fn router_for(
@@ -35,13 +35,81 @@ fn request(
     let mut builder = http::Request::builder()
         .method(method)
         .uri(uri)
-        .header("x-api-key", "local-example-key");
+        .header("x-api-key", "local-dev-key");
     if let Some(ct) = content_type {
         builder = builder.header("content-type", ct);
     }
     builder
         .body(axum::body::Body::from(body.to_string()))
         .unwrap()
+}
+
+/// Issue 12, finding 3: documents sharing a first line (every Debian copyright file starts
+/// with the same `Format:` line) are separate documents when posted without ids.
+#[tokio::test]
+async fn documents_sharing_a_first_line_never_replace_each_other() {
+    let db = TestDatabase::sqlite();
+    let (router, _) = router_for(&db, &[]);
+    let first_line = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/";
+    let mut ids = Vec::new();
+    for package in ["curl", "apt", "bash", "coreutils", "dpkg"] {
+        let body = format!("{first_line}\nUpstream-Name: {package}\n\nFiles: *\nLicense: GPL");
+        let res = call(
+            &router,
+            request("POST", "/documents", Some("text/plain"), &body),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        assert_eq!(res.json["documents"][0]["status"], "created");
+        assert_eq!(res.json["documents"][0]["version"], 1);
+        ids.push(res.json["documents"][0]["id"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "five documents, five ids: {ids:?}");
+    let list = call(&router, request("GET", "/documents?limit=50", None, "")).await;
+    assert_eq!(list.json["documents"].as_array().unwrap().len(), 5);
+    // The title is still the first line, for display.
+    let one = call(
+        &router,
+        request("GET", &format!("/documents/{}", ids[0]), None, ""),
+    )
+    .await;
+    assert_eq!(one.json["title"], first_line);
+
+    // The same text again is the same document; a file name gives the id.
+    let body = format!("{first_line}\nUpstream-Name: curl\n\nFiles: *\nLicense: GPL");
+    let again = call(
+        &router,
+        request("POST", "/documents", Some("text/plain"), &body),
+    )
+    .await;
+    assert_eq!(again.json["documents"][0]["status"], "unchanged");
+    let named = http::Request::builder()
+        .method("POST")
+        .uri("/documents")
+        .header("x-api-key", "local-dev-key")
+        .header("content-type", "text/markdown")
+        .header(
+            "content-disposition",
+            "attachment; filename=\"copyright curl.md\"",
+        )
+        .body(axum::body::Body::from(
+            "---\ntitle: curl copyright\n---\nFormat: x",
+        ))
+        .unwrap();
+    let res = call(&router, named).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["documents"][0]["id"], "copyright-curl.md");
+    let doc = call(
+        &router,
+        request("GET", "/documents/copyright-curl.md", None, ""),
+    )
+    .await;
+    assert_eq!(
+        doc.json["title"], "curl copyright",
+        "front matter's title is used"
+    );
 }
 
 #[tokio::test]
@@ -305,10 +373,10 @@ async fn an_s3_event_ingests_the_object_from_the_local_folder() {
 
 #[tokio::test]
 async fn an_s3_event_ingests_the_object_from_s3() {
-    // moto's S3 emulator, started for this test and stopped when dropped; aws-config
+    // moto's S3 emulator, started for this test and stopped when dropped; the SDK
     // reads the environment it sets (only this test in this binary talks to AWS).
-    let (_moto, _endpoint) = chatkb_testing::ServerProcess::moto().await;
-    let config = aws_config::load_from_env().await;
+    let (mut moto, _endpoint) = chatkb_testing::ServerProcess::moto().await;
+    let config = shared::store::aws::load_config().await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(true)
@@ -352,6 +420,14 @@ async fn an_s3_event_ingests_the_object_from_s3() {
     missing["Records"][0]["s3"]["object"]["key"] = json!("nope.md");
     let result = handler(missing).await.unwrap();
     assert_eq!(result["records"][0]["status"], "failed");
+
+    // S3 itself unreachable (issue 12, finding 9): the invocation fails, so Lambda
+    // retries the event, instead of reporting success with a failed record.
+    moto.stop();
+    let mut later = load_event_json("ingest-s3-object-created.json");
+    later["Records"][0]["s3"]["object"]["key"] = json!("handbook/later.md");
+    let err = handler(later).await.unwrap_err();
+    assert!(err.to_string().contains("will be retried"), "{err}");
 }
 
 /// The scheduled event indexes what bulk writes left outside the HNSW index (PostgreSQL)

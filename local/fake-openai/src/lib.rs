@@ -188,12 +188,12 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         return failure;
     }
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
-    let content = answer_for(&model, &messages);
+    let choices = fake_choices(&model, &request, &messages);
     let prompt_tokens: u64 = messages
         .iter()
         .map(|m| estimate_tokens(&message_text(m)) + 4)
         .sum();
-    let completion_tokens = estimate_tokens(&content);
+    let completion_tokens: u64 = choices.iter().map(|c| estimate_tokens(&c.text())).sum();
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -207,12 +207,8 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-                "logprobs": null
-            }],
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices.iter().enumerate().map(|(i, c)| c.plain(i)).collect::<Vec<_>>(),
             "usage": usage
         }))
         .into_response();
@@ -222,23 +218,21 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
     let cut_after = behaviour
         .cut_stream_after
         .filter(|_| behaviour.applies_to(&model));
-    let chunk = move |delta: Value, finish: Value| {
+    let chunk = move |index: usize, delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]
+            "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}]
         })
     };
-    let mut events: Vec<Value> = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    let words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
-    for word in &words {
-        events.push(chunk(json!({"content": word}), Value::Null));
+    let mut events: Vec<Value> = Vec::new();
+    for (index, choice) in choices.iter().enumerate() {
+        for (delta, finish) in choice.deltas() {
+            events.push(chunk(index, delta, finish));
+        }
     }
-    events.push(chunk(json!({}), json!("stop")));
     if include_usage {
-        let mut last = chunk(json!({}), Value::Null);
+        let mut last = chunk(0, json!({}), Value::Null);
         last["choices"] = json!([]);
         last["usage"] = usage;
         events.push(last);
@@ -250,6 +244,105 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("static response parts")
+}
+
+/// Sent with every answer, as OpenAI does.
+const FINGERPRINT: &str = "fp_fake";
+
+/// One choice of a fake answer: text, or a call of the request's first tool.
+enum FakeChoice {
+    Text(String),
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// `n` choices (1-8); with `tools`, and unless the last message is a tool's result,
+/// each choice calls the first tool with the question as its argument.
+fn fake_choices(model: &str, request: &Value, messages: &[Value]) -> Vec<FakeChoice> {
+    let n = request["n"].as_u64().unwrap_or(1).clamp(1, 8) as usize;
+    let tool = request["tools"][0]["function"]["name"].as_str();
+    let answered_by_tool = messages.last().is_some_and(|m| m["role"] == "tool");
+    let text = answer_for(model, messages);
+    (0..n)
+        .map(|i| match tool {
+            Some(name) if !answered_by_tool => FakeChoice::ToolCall {
+                id: format!("call_fake_{i}"),
+                name: name.to_string(),
+                arguments: json!({"question": text.len(), "choice": i}).to_string(),
+            },
+            _ if n > 1 => FakeChoice::Text(format!("{text} (choice {i})")),
+            _ => FakeChoice::Text(text.clone()),
+        })
+        .collect()
+}
+
+impl FakeChoice {
+    fn text(&self) -> String {
+        match self {
+            FakeChoice::Text(text) => text.clone(),
+            FakeChoice::ToolCall { arguments, .. } => arguments.clone(),
+        }
+    }
+
+    fn plain(&self, index: usize) -> Value {
+        match self {
+            FakeChoice::Text(text) => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": null
+            }),
+            FakeChoice::ToolCall {
+                id,
+                name,
+                arguments,
+            } => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+                ]},
+                "finish_reason": "tool_calls",
+                "logprobs": null
+            }),
+        }
+    }
+
+    /// The streamed deltas: the role, the content word by word (or the call's name, then
+    /// its arguments in two pieces), and the finish.
+    fn deltas(&self) -> Vec<(Value, Value)> {
+        match self {
+            FakeChoice::Text(text) => {
+                let mut out = vec![(json!({"role": "assistant", "content": ""}), Value::Null)];
+                for word in text.split_inclusive(' ') {
+                    out.push((json!({"content": word}), Value::Null));
+                }
+                out.push((json!({}), json!("stop")));
+                out
+            }
+            FakeChoice::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
+                let (head, tail) = arguments.split_at(arguments.len() / 2);
+                let piece = |text: &str| json!({"tool_calls": [{"index": 0, "function": {"arguments": text}}]});
+                vec![
+                    (
+                        json!({"role": "assistant", "content": null, "tool_calls": [
+                            {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}
+                        ]}),
+                        Value::Null,
+                    ),
+                    (piece(head), Value::Null),
+                    (piece(tail), Value::Null),
+                    (json!({}), json!("tool_calls")),
+                ]
+            }
+        }
+    }
 }
 
 /// The SSE body: one `data:` line per event and `[DONE]`, or an abrupt end after
@@ -348,12 +441,20 @@ async fn get_behaviour(State(shared): State<Arc<Shared>>) -> Json<Behaviour> {
     Json(shared.behaviour())
 }
 
-async fn set_behaviour(
-    State(shared): State<Arc<Shared>>,
-    Json(behaviour): Json<Behaviour>,
-) -> Json<Behaviour> {
-    *shared.behaviour.lock().expect("behaviour lock") = behaviour.clone();
-    Json(behaviour)
+/// The body is JSON whatever its content type says: `curl -d '{...}'` sends
+/// `application/x-www-form-urlencoded`, and steering the fake should just work.
+async fn set_behaviour(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Behaviour>(&body) {
+        Ok(behaviour) => {
+            *shared.behaviour.lock().expect("behaviour lock") = behaviour.clone();
+            Json(behaviour).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": format!("not a behaviour: {e}"), "type": "invalid_request_error"}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn reset(State(shared): State<Arc<Shared>>) -> Result<StatusCode, Infallible> {

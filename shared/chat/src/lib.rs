@@ -3,6 +3,6 @@
 pub mod chat;
 
 use chatkb_adapters::store;
-use chatkb_core::{observability, secret};
+use chatkb_core::{canonical, observability, secret};
 use chatkb_kb::kb;
 use chatkb_resilience::{cache, resilience};

@@ -6,13 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cache::TieredCache;
+use crate::cache::{read_service_counts, CacheCounts};
+use crate::history::history;
 use crate::observability::metrics::{names, EmfRecord};
 use crate::observability::redact::redact;
 use crate::observability::VERSION;
 use crate::resilience::limits::ConcurrencyLimiter;
 use crate::resilience::Breakers;
-use crate::store::{Database, Pool, RedisHandle, StoreError};
+use crate::store::{Database, RedisHandle, StoreError};
 
 /// What the checks read, lent by whoever owns the clients (the function's context).
 pub struct HealthView<'a> {
@@ -27,7 +28,8 @@ pub struct HealthView<'a> {
     pub started_at: DateTime<Utc>,
     pub uptime: Duration,
     pub breakers: &'a Breakers,
-    pub cache: &'a TieredCache,
+    /// Prefix of the Redis keys, where every instance adds its cache counts.
+    pub cache_prefix: &'a str,
     pub sessions: &'a ConcurrencyLimiter,
     pub sessions_limit: usize,
 }
@@ -266,92 +268,41 @@ fn emit_deep_check_emf(namespace: &str, report: &DeepCheck) {
 
 /// Stores a deep check and prunes rows older than the retention.
 pub async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), StoreError> {
-    let body = serde_json::to_string(report).expect("report serialises");
     let cutoff = report.checked_at - chrono::Duration::days(DEEP_CHECK_RETENTION_DAYS);
-    match db.pool().await? {
-        Pool::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO health_checks (checked_at, status, report) VALUES (?, ?, ?)")
-                .bind(report.checked_at.to_rfc3339())
-                .bind(report.status.as_str())
-                .bind(&body)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM health_checks WHERE checked_at < ?")
-                .bind(cutoff.to_rfc3339())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Pool::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO health_checks (checked_at, status, report) VALUES ($1, $2, $3::jsonb)",
-            )
-            .bind(report.checked_at)
-            .bind(report.status.as_str())
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM health_checks WHERE checked_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-    }
-    Ok(())
+    history(db).record(report, cutoff).await
 }
 
 /// The most recent recorded deep check, if any.
 pub async fn last_deep_check(db: &Database) -> Result<Option<DeepCheck>, StoreError> {
-    let body: Option<String> =
-        match db.pool().await? {
-            Pool::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT report FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1",
-                )
-                .fetch_optional(pool)
-                .await?
-            }
-            Pool::Postgres(pool) => sqlx::query_scalar(
-                "SELECT report::text FROM health_checks ORDER BY checked_at DESC, id DESC LIMIT 1",
-            )
-            .fetch_optional(pool)
-            .await?,
-        };
-    Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    history(db).last().await
 }
 
 /// Number of recorded deep checks (for tests and the detailed view).
 pub async fn deep_check_count(db: &Database) -> Result<i64, StoreError> {
-    let count = match db.pool().await? {
-        Pool::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM health_checks")
-                .fetch_one(pool)
-                .await?
-        }
-        Pool::Postgres(pool) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM health_checks")
-                .fetch_one(pool)
-                .await?
-        }
-    };
-    Ok(count)
+    history(db).count().await
 }
 
-fn cache_view(stats: &crate::cache::CacheStats) -> Value {
+/// The cache's hit rate over every instance of the service (the counts each instance
+/// publishes to Redis): this function caches nothing itself, so its own counts would
+/// always be zero. Without Redis there is no shared view, and it says so.
+async fn cache_view(ctx: &HealthView<'_>) -> Value {
+    let Some(redis) = ctx.redis else {
+        return serde_json::json!({"scope": "service", "l2": "disabled", "hit_rate": null});
+    };
+    match read_service_counts(redis, ctx.cache_prefix).await {
+        Ok(counts) => counts_view(&counts, "up"),
+        Err(_) => serde_json::json!({"scope": "service", "l2": "down", "hit_rate": null}),
+    }
+}
+
+fn counts_view(counts: &CacheCounts, l2: &str) -> Value {
     serde_json::json!({
-        "hit_rate": stats.hit_rate().map(|r| (r * 1000.0).round() / 1000.0),
-        "l1_hits": stats.l1_hits,
-        "l2_hits": stats.l2_hits,
-        "misses": stats.misses,
-        "l1_entries": stats.l1_entries,
-        "l2": match stats.l2_available {
-            None => "disabled",
-            Some(true) => "up",
-            Some(false) => "down",
-        },
+        "scope": "service",
+        "hit_rate": counts.hit_rate().map(|r| (r * 1000.0).round() / 1000.0),
+        "l1_hits": counts.l1_hits,
+        "l2_hits": counts.l2_hits,
+        "misses": counts.misses,
+        "l2": l2,
     })
 }
 
@@ -377,7 +328,7 @@ pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Va
             "name": name,
             "state": state,
         })).collect::<Vec<_>>(),
-        "cache": cache_view(&ctx.cache.stats()),
+        "cache": cache_view(&ctx).await,
         "concurrent_sessions": {
             "in_use": ctx.sessions.in_use(),
             "limit": ctx.sessions_limit,

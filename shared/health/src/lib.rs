@@ -1,6 +1,7 @@
 //! The health capability: dependency checks, readiness and the scheduled deep check.
 
 pub mod health;
+pub mod history;
 
 use chatkb_adapters::store;
 use chatkb_core::observability;

@@ -3,5 +3,5 @@
 pub mod kb;
 
 use chatkb_adapters::store;
-use chatkb_core::{observability, secret};
+use chatkb_core::{canonical, observability, secret};
 use chatkb_resilience::{cache, resilience};

@@ -203,7 +203,7 @@ impl Settings {
         let cors_origins = read_cors_origins(&mut r);
 
         let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if crate::observability::logging::parse_filter(&log_level).is_err() {
             r.fail(
                 "LOG_LEVEL",
                 format!("`{log_level}` is not a level (error, warn, info, debug, trace) or filter directive"),
@@ -493,6 +493,7 @@ fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         llm_model,
         llm_base_url,
         llm_timeout: r.millis("LLM_TIMEOUT_MS", 30_000, 100, 900_000),
+        chat_deadline: r.millis("CHAT_DEADLINE_MS", 30_000, 100, 900_000),
         max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
         cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64
             / 100.0,

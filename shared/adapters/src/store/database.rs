@@ -224,6 +224,23 @@ impl Database {
         Ok(&self.inner.pool)
     }
 
+    /// The SQLite pool, migrated. For adapters chosen by `kind()`: any other pool is a
+    /// wiring bug, reported as an error rather than a panic.
+    pub async fn sqlite(&self) -> Result<&sqlx::SqlitePool, StoreError> {
+        match self.pool().await? {
+            Pool::Sqlite(pool) => Ok(pool),
+            Pool::Postgres(_) => Err(StoreError::WrongDialect("SQLite")),
+        }
+    }
+
+    /// The PostgreSQL pool, migrated; see `sqlite`.
+    pub async fn postgres(&self) -> Result<&sqlx::PgPool, StoreError> {
+        match self.pool().await? {
+            Pool::Postgres(pool) => Ok(pool),
+            Pool::Sqlite(_) => Err(StoreError::WrongDialect("PostgreSQL")),
+        }
+    }
+
     /// Applies pending migrations once per process; a failure is retried on the next call.
     pub async fn ensure_ready(&self) -> Result<(), StoreError> {
         self.inner

@@ -14,7 +14,7 @@ impl LazyDynamo {
     pub async fn client(&self) -> &aws_sdk_dynamodb::Client {
         self.0
             .get_or_init(|| async {
-                aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await)
+                aws_sdk_dynamodb::Client::new(&super::aws::load_config().await)
             })
             .await
     }

@@ -1,9 +1,14 @@
 //! Connections to managed services, built once per cold start and shared.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod database;
 #[cfg(feature = "dynamodb")]
 pub mod dynamo;
+#[cfg(feature = "s3")]
+pub mod objects;
 pub mod redis;
+pub mod tls;
 
 pub use database::{Database, DatabaseKind, DatabaseUrl, Pool};
 pub use redis::{RedisHandle, RedisUrl};
@@ -27,4 +32,7 @@ pub enum StoreError {
     /// A DynamoDB call failed (the SDK's error, rendered with its cause).
     #[error("dynamodb: {0}")]
     DynamoDb(String),
+    /// An adapter for one SQL dialect was given the other's database.
+    #[error("a {0} adapter over another database")]
+    WrongDialect(&'static str),
 }

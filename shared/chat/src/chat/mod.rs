@@ -3,6 +3,7 @@
 //! fallback chain (secondary models -> last cached answer -> retrieval-only answer).
 //! A degraded answer always says so; it is never passed off as a model's.
 
+mod assemble;
 mod error;
 pub mod idempotency;
 mod plain;
@@ -12,6 +13,7 @@ pub mod retrieval;
 mod routing;
 pub mod session;
 mod settings;
+mod settle;
 mod sse;
 mod streaming;
 pub mod usage;
@@ -180,10 +182,13 @@ pub(super) async fn remember(store: &dyn SessionStore, session: &SessionRef, ans
         return;
     }
     let mut messages = session.new_messages.clone();
-    messages.push(json!({
-        "role": "assistant",
-        "content": answer.completion["choices"][0]["message"]["content"],
-    }));
+    // The whole assistant message (its tool calls too), so the next turn's history is
+    // what the model said.
+    let mut message = answer.completion["choices"][0]["message"].clone();
+    if !message.is_object() {
+        message = json!({"role": "assistant", "content": ""});
+    }
+    messages.push(message);
     if let Err(err) = store.append(&session.owner, &session.id, &messages).await {
         tracing::warn!(error = %err, "session history not saved");
     }
@@ -338,7 +343,7 @@ impl ChatGateway {
             Err(err) => {
                 tracing::warn!(error = %err, "retrieval failed; answering without passages");
                 degraded.push(degraded::RETRIEVAL_UNAVAILABLE.to_string());
-                Context::default()
+                Context::unreachable()
             }
         }
     }

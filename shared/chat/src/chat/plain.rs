@@ -23,6 +23,7 @@ impl ChatGateway {
         &self,
         request: &ChatRequest,
         initial: &[String],
+        deadline: Instant,
     ) -> Result<(Answer, Duration), Uncached> {
         let mut degraded = initial.to_vec();
         let context = self.context(request, &mut degraded).await;
@@ -34,7 +35,13 @@ impl ChatGateway {
         };
         let mut body = upstream_body(request, &context);
         let (routed, waited) = self
-            .route(provider.as_ref(), &request.model, &mut body, Mode::Plain)
+            .route(
+                provider.as_ref(),
+                &request.model,
+                &mut body,
+                Mode::Plain,
+                deadline,
+            )
             .await;
         match routed {
             Routed::Answered {
@@ -77,21 +84,10 @@ impl ChatGateway {
         session: Option<&SessionRef>,
         initial: Vec<String>,
     ) -> Result<Reply, ChatError> {
-        let reply = self.complete_inner(request, &initial).await?;
-        self.parts
-            .usage
-            .record(usage_of(
-                &self.parts.usage,
-                owner,
-                &reply.answer,
-                reply.meta.cached,
-            ))
-            .await;
-        if let Some(session) = session {
-            if initial.is_empty() {
-                self.remember(session, &reply.answer).await;
-            }
-        }
+        let after = self.after_answer(owner, session, &initial);
+        let deadline = self.answer_deadline();
+        let reply = self.complete_inner(request, &initial, deadline).await?;
+        after.settle(&reply.answer, reply.meta.cached).await;
         Ok(reply)
     }
 
@@ -99,9 +95,10 @@ impl ChatGateway {
         &self,
         request: &ChatRequest,
         initial: &[String],
+        deadline: Instant,
     ) -> Result<Reply, ChatError> {
         if !self.cacheable(request) || !initial.is_empty() {
-            return match self.answer(request, initial).await {
+            return match self.answer(request, initial, deadline).await {
                 Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -119,7 +116,7 @@ impl ChatGateway {
             .parts
             .cache
             .get_or_load(Namespace::Chat, &key, || async {
-                let result = self.answer(request, initial).await;
+                let result = self.answer(request, initial, deadline).await;
                 if let Ok((_, w)) = &result {
                     *waited.lock().expect("wait slot") = Some(*w);
                 }

@@ -161,6 +161,7 @@ impl OpenAiProvider {
         if let Some(key) = api_key {
             config = config.with_api_key(key.expose());
         }
+        crate::store::tls::install_crypto_provider();
         let http = openai_http::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))

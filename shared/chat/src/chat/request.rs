@@ -214,7 +214,8 @@ impl ChatRequest {
         let mut hasher = Sha256::new();
         hasher.update(generation.as_bytes());
         hasher.update([0]);
-        hasher.update(Value::Object(normalised).to_string().as_bytes());
+        // Canonical: the same request with its keys in another order is the same request.
+        hasher.update(crate::canonical::canonical_json(&Value::Object(normalised)).as_bytes());
         format!("completion:{}", hex::encode(hasher.finalize()))
     }
 

@@ -15,6 +15,9 @@ pub fn estimate_tokens(text: &str) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub passages: Vec<SearchResult>,
+    /// The knowledge base did not answer: "no passages" then means "could not search",
+    /// not "nothing matches".
+    pub unreachable: bool,
 }
 
 impl Context {
@@ -35,7 +38,18 @@ impl Context {
             used += cost;
             passages.push(r);
         }
-        Self { passages }
+        Self {
+            passages,
+            unreachable: false,
+        }
+    }
+
+    /// No passages because the knowledge base could not be searched.
+    pub fn unreachable() -> Self {
+        Self {
+            passages: Vec::new(),
+            unreachable: true,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,6 +100,11 @@ impl Context {
     /// The retrieval-only answer: the passages themselves, plainly labelled, never
     /// worded as if a model had written it.
     pub fn retrieval_only_answer(&self, reason: &str) -> String {
+        if self.unreachable {
+            return format!(
+                "No language model is available ({reason}), and the knowledge base could not be reached either, so no passages can be given. Try again shortly."
+            );
+        }
         if self.passages.is_empty() {
             return format!(
                 "No language model is available ({reason}) and the knowledge base has no passage that matches this question."

@@ -115,6 +115,13 @@ pub(super) fn count_fallback(from: &str, to: &str) {
 }
 
 impl ChatGateway {
+    /// When the models must have answered: `CHAT_DEADLINE_MS` from now, less the part
+    /// kept for the degraded answer (a tenth, at most 1 s).
+    pub(super) fn answer_deadline(&self) -> Instant {
+        let whole = self.parts.settings.chat_deadline;
+        Instant::now() + whole - (whole / 10).min(Duration::from_secs(1))
+    }
+
     /// The end of the chain when no model answered: the last good answer to the same
     /// question, else the passages themselves.
     pub(super) async fn without_model(
@@ -158,6 +165,7 @@ impl ChatGateway {
         requested: &str,
         body: &mut Value,
         mode: Mode,
+        deadline: Instant,
     ) -> (Routed, Duration) {
         let mut waited = Duration::ZERO;
         let chain = self.chain(requested);
@@ -165,16 +173,33 @@ impl ChatGateway {
         for (i, model) in chain.iter().enumerate() {
             body["model"] = json!(model);
             let started = Instant::now();
-            let result = match mode {
-                Mode::Plain => self
-                    .call_model(provider, model, body)
-                    .await
-                    .map(Opened::Plain),
-                Mode::Stream => self.open_stream(provider, model, body).await.map(
-                    |(first, rest, permit, breaker)| Opened::Stream(first, rest, permit, breaker),
-                ),
+            let remaining = deadline.saturating_duration_since(started);
+            let attempt = async {
+                match mode {
+                    Mode::Plain => self
+                        .call_model(provider, model, body)
+                        .await
+                        .map(Opened::Plain),
+                    Mode::Stream => self.open_stream(provider, model, body).await.map(
+                        |(first, rest, permit, breaker)| {
+                            Opened::Stream(first, rest, permit, breaker)
+                        },
+                    ),
+                }
             };
+            let result = tokio::time::timeout(remaining, attempt).await;
             waited += started.elapsed();
+            let Ok(result) = result else {
+                // The answer's deadline passed: no further model or retry is tried, and
+                // what is left of it goes to the degraded answer.
+                count_request(model, "deadline");
+                last_error = format!(
+                    "no answer within the answer's deadline of {} ms (CHAT_DEADLINE_MS)",
+                    self.parts.settings.chat_deadline.as_millis()
+                );
+                tracing::warn!(model = %model, "{last_error}");
+                break;
+            };
             match result {
                 Ok(opened) => {
                     match &opened {

@@ -17,8 +17,11 @@ pub struct ChatSettings {
     pub llm_model: String,
     /// Tried in order when the primary model fails or its breaker is open.
     pub llm_fallback_models: Vec<String>,
-    /// Whole answer (plain) or first byte (stream) from the provider.
+    /// Whole answer (plain) or first byte (stream) from the provider, per model.
     pub llm_timeout: Duration,
+    /// The whole answer: every model of the chain, every retry and every wait share it;
+    /// a tenth of it (at most 1 s) is kept for the degraded answer (`CHAT_DEADLINE_MS`).
+    pub chat_deadline: Duration,
     pub max_messages: usize,
     /// Requests with a temperature up to this are answered from the response cache.
     pub cache_max_temperature: f64,

@@ -6,9 +6,9 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::assemble::Assembler;
 use super::provider::ChunkStream;
-use super::session::SessionStore;
-use super::{record_usage_metrics, Answer, SessionRef};
+use super::{record_usage_metrics, Answer};
 use crate::cache::{Namespace, TieredCache};
 use crate::resilience::breaker::{CircuitBreaker, Permit};
 
@@ -28,41 +28,18 @@ fn error_event(message: &str) -> Bytes {
     }}))
 }
 
-/// A finished answer as a stream: role, content, finish, usage (when asked), `[DONE]`.
+/// A finished answer as a stream: every choice with its content, refusal and calls,
+/// its finish, usage (when asked), `[DONE]`; the gateway's fields on the first chunk.
 pub fn replay(completion: Value, include_usage: bool) -> BoxStream<'static, Bytes> {
-    let base = json!({
-        "id": completion["id"],
-        "object": "chat.completion.chunk",
-        "created": completion["created"],
-        "model": completion["model"],
-    });
-    let chunk = |delta: Value, finish: Value| {
-        let mut c = base.clone();
-        c["choices"] =
-            json!([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]);
-        c
-    };
-    let content = completion["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut first = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
-    for field in ["sources", "degraded", "cached"] {
-        if !completion[field].is_null() {
-            first[field] = completion[field].clone();
+    let mut chunks = super::assemble::chunks(&completion, include_usage);
+    if let Some(first) = chunks.first_mut() {
+        for field in ["sources", "degraded", "cached"] {
+            if !completion[field].is_null() {
+                first[field] = completion[field].clone();
+            }
         }
     }
-    let mut events = vec![
-        event(&first),
-        event(&chunk(json!({"content": content}), Value::Null)),
-        event(&chunk(json!({}), json!("stop"))),
-    ];
-    if include_usage {
-        let mut usage = base.clone();
-        usage["choices"] = json!([]);
-        usage["usage"] = completion["usage"].clone();
-        events.push(event(&usage));
-    }
+    let mut events: Vec<Bytes> = chunks.iter().map(event).collect();
     events.push(Bytes::from_static(DONE));
     futures_util::stream::iter(events).boxed()
 }
@@ -80,20 +57,17 @@ pub struct Relay {
     pub question_key: Option<String>,
     pub breaker: CircuitBreaker,
     pub permit: Option<Permit>,
-    /// Where to record the exchange once the stream completes.
-    pub session: Option<(std::sync::Arc<dyn SessionStore>, SessionRef)>,
-    /// Where to record the answer's usage, and for which API key.
-    pub usage: (std::sync::Arc<super::usage::UsageRecorder>, String),
+    /// The session and usage step, run once the stream completes.
+    pub(super) after: super::settle::AfterAnswer,
 }
 
 struct State {
     relay: Relay,
     rest: ChunkStream,
     pending: Option<Value>,
-    content: String,
-    finish_reason: Option<Value>,
-    usage: Option<Value>,
-    first: Option<Value>,
+    /// What the chunks so far add up to.
+    assembler: Assembler,
+    first_sent: bool,
     done: bool,
 }
 
@@ -103,10 +77,8 @@ impl Relay {
             relay: self,
             rest,
             pending: Some(first),
-            content: String::new(),
-            finish_reason: None,
-            usage: None,
-            first: None,
+            assembler: Assembler::default(),
+            first_sent: false,
             done: false,
         };
         futures_util::stream::unfold(state, |mut s| async move {
@@ -120,22 +92,13 @@ impl Relay {
                 };
                 match next {
                     Some(Ok(mut chunk)) => {
-                        if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
-                            s.content.push_str(delta);
-                        }
-                        let finish = &chunk["choices"][0]["finish_reason"];
-                        if !finish.is_null() {
-                            s.finish_reason = Some(finish.clone());
-                        }
+                        s.assembler.push(&chunk);
                         let is_usage_chunk = chunk["choices"]
                             .as_array()
                             .is_some_and(|c| c.is_empty())
                             && !chunk["usage"].is_null();
-                        if !chunk["usage"].is_null() {
-                            s.usage = Some(chunk["usage"].clone());
-                        }
-                        if s.first.is_none() {
-                            s.first = Some(chunk.clone());
+                        if !s.first_sent {
+                            s.first_sent = true;
                             chunk["sources"] = json!(s.relay.sources);
                             if !s.relay.degraded.is_empty() {
                                 chunk["degraded"] = json!(s.relay.degraded.join(","));
@@ -167,7 +130,7 @@ impl Relay {
                     }
                     None => {
                         s.done = true;
-                        if s.finish_reason.is_none() {
+                        if !s.assembler.finished() {
                             if let Some(permit) = s.relay.permit.take() {
                                 s.relay.breaker.record(permit, true).await;
                             }
@@ -196,21 +159,8 @@ impl State {
     /// A complete stream: count it, and cache it as a plain answer.
     async fn finished(&mut self) {
         super::count_request(&self.relay.model, "ok");
-        let first = self.first.take().unwrap_or_default();
-        let mut completion = json!({
-            "id": first["id"],
-            "object": "chat.completion",
-            "created": first["created"],
-            "model": first["model"],
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": self.content},
-                "finish_reason": self.finish_reason.clone().unwrap_or(json!("stop")),
-                "logprobs": null
-            }],
-            "usage": self.usage.clone().unwrap_or(json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})),
-            "sources": self.relay.sources,
-        });
+        let mut completion = self.assembler.completion();
+        completion["sources"] = json!(self.relay.sources);
         record_usage_metrics(&self.relay.model, &completion);
         if !self.relay.degraded.is_empty() {
             completion["degraded"] = json!(self.relay.degraded.join(","));
@@ -226,12 +176,6 @@ impl State {
         if let Some(key) = &self.relay.question_key {
             self.relay.cache.set(Namespace::Chat, key, &answer).await;
         }
-        if let Some((store, session)) = &self.relay.session {
-            super::remember(store.as_ref(), session, &answer).await;
-        }
-        let (recorder, key) = &self.relay.usage;
-        recorder
-            .record(super::usage_of(recorder, key, &answer, false))
-            .await;
+        self.relay.after.settle(&answer, false).await;
     }
 }

@@ -15,19 +15,15 @@ impl ChatGateway {
         initial: Vec<String>,
     ) -> Result<StreamReply, ChatError> {
         let include_usage = request.include_usage;
+        let deadline = self.answer_deadline();
+        let after = self.after_answer(owner, session, &initial);
         let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);
         if cacheable {
             if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, &key).await {
                 answer.completion["cached"] = json!(true);
                 count_request(&answer.model, "cache_hit");
-                if let Some(session) = session {
-                    self.remember(session, &answer).await;
-                }
-                self.parts
-                    .usage
-                    .record(usage_of(&self.parts.usage, owner, &answer, true))
-                    .await;
+                after.settle(&answer, true).await;
                 return Ok(StreamReply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -44,10 +40,7 @@ impl ChatGateway {
             let answer = self
                 .without_model(request, &context, degraded, "no provider is configured")
                 .await;
-            self.parts
-                .usage
-                .record(usage_of(&self.parts.usage, owner, &answer, false))
-                .await;
+            after.settle(&answer, false).await;
             return Ok(StreamReply {
                 meta: ReplyMeta {
                     degraded: answer.degraded.clone(),
@@ -61,7 +54,13 @@ impl ChatGateway {
         // sees it only when it asked.
         body["stream_options"] = json!({"include_usage": true});
         let (routed, waited) = self
-            .route(provider.as_ref(), &request.model, &mut body, Mode::Stream)
+            .route(
+                provider.as_ref(),
+                &request.model,
+                &mut body,
+                Mode::Stream,
+                deadline,
+            )
             .await;
         let last_error = match routed {
             Routed::Answered {
@@ -82,10 +81,7 @@ impl ChatGateway {
                     question_key: request.question_key(),
                     breaker,
                     permit: Some(permit),
-                    session: session
-                        .filter(|_| initial.is_empty())
-                        .map(|s| (self.parts.sessions.clone(), s.clone())),
-                    usage: (self.parts.usage.clone(), owner.to_string()),
+                    after,
                 };
                 return Ok(StreamReply {
                     meta: ReplyMeta {
@@ -104,10 +100,7 @@ impl ChatGateway {
         let answer = self
             .without_model(request, &context, degraded, &reason)
             .await;
-        self.parts
-            .usage
-            .record(usage_of(&self.parts.usage, owner, &answer, false))
-            .await;
+        after.settle(&answer, false).await;
         Ok(StreamReply {
             meta: ReplyMeta {
                 degraded: answer.degraded.clone(),

@@ -2,10 +2,11 @@
 
 use std::io::{self, Write};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{Layer, Registry};
 
 use super::redact::redact;
 
@@ -80,9 +81,34 @@ where
         .with_writer(RedactingMakeWriter::new(writer))
 }
 
+/// `LOG_LEVEL`: a level (`info`) or per-target directives (`shared=debug,info`); each
+/// directive is a level, `target=level` or a bare target, targets being Rust paths.
+pub fn parse_filter(log_level: &str) -> Result<Targets, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| LEVELS.contains(&s.to_ascii_lowercase().as_str());
+    let is_target = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+    };
+    for directive in log_level.split(',').map(str::trim) {
+        let valid = match directive.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(directive) || is_target(directive),
+        };
+        if !valid {
+            return Err(format!(
+                "`{directive}` is not a level or target=level directive"
+            ));
+        }
+    }
+    log_level.parse::<Targets>().map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber: JSON to stdout, filtered by `LOG_LEVEL`. Idempotent.
 pub fn init(log_level: &str) {
-    let filter = EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = parse_filter(log_level)
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let _ = Registry::default()
         .with(json_layer(io::stdout).with_filter(filter))
         .try_init();
@@ -110,6 +136,22 @@ mod tests {
         type Writer = Capture;
         fn make_writer(&'a self) -> Self::Writer {
             self.clone()
+        }
+    }
+
+    #[test]
+    fn log_level_directives_are_validated() {
+        for good in [
+            "info",
+            "WARN",
+            "shared=debug,info",
+            "sqlx=warn,chatkb_kb::kb=trace",
+            "off",
+        ] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["loud[[", "info,", "shared=loud", "=info", "a b"] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
         }
     }
 

@@ -4,11 +4,13 @@
 
 #[cfg(feature = "chat")]
 pub mod idempotency;
+#[cfg(feature = "protected")]
 pub mod protected;
 pub mod request_id;
 
 #[cfg(feature = "chat")]
 pub use idempotency::idempotent;
+#[cfg(feature = "protected")]
 pub use protected::protect;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -88,21 +88,12 @@ pub fn valid_document_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
 }
 
-/// An id from a title: lower-case words joined by `-` (so re-posting the same titled
-/// document without an id updates it), or a content hash prefix when there are no words.
-fn derive_id(title: &str, hash: &str) -> String {
-    let slug: String = title
-        .to_lowercase()
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    let slug: String = slug.chars().take(96).collect();
-    if slug.is_empty() {
-        format!("doc-{}", &hash[..16])
-    } else {
-        slug
-    }
+/// The id of a document posted without one (and without a file or object name): its
+/// text's hash. Never derived from a title or first line, which unrelated documents
+/// share (every Debian copyright file starts with the same `Format:` line), so one
+/// document never silently replaces another; the same text posted again is `unchanged`.
+fn content_id(normalised: &str) -> String {
+    format!("doc-{}", &text::content_hash(normalised)[..16])
 }
 
 /// A short excerpt of `text` around the first query word it contains.
@@ -249,21 +240,14 @@ impl KnowledgeBase {
             .as_deref()
             .map(|t| text::normalise(t).replace('\n', " "))
             .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| {
-                let first_line = text.lines().next().unwrap_or_default();
-                first_line
-                    .trim_start_matches('#')
-                    .trim()
-                    .chars()
-                    .take(120)
-                    .collect()
-            });
+            .unwrap_or_else(|| text::derive_title(&text));
         if title.chars().count() > 500 {
             return Err(KbError::Invalid(
                 "title is longer than 500 characters".into(),
             ));
         }
-        let hash = text::content_hash(&format!("{title}\n\n{text}\n\n{}", request.metadata));
+        let metadata = crate::canonical::canonical_json(&request.metadata);
+        let hash = text::content_hash(&format!("{title}\n\n{text}\n\n{metadata}"));
         let id = match request.id {
             Some(id) if valid_document_id(&id) => id,
             Some(_) => {
@@ -271,7 +255,7 @@ impl KnowledgeBase {
                     "id must be 1-128 of A-Z a-z 0-9 - _ . :".into(),
                 ))
             }
-            None => derive_id(&title, &hash),
+            None => content_id(&text),
         };
         self.prepare_store().await?;
 

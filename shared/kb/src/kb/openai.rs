@@ -69,6 +69,7 @@ impl OpenAiEmbedder {
         if let Some(key) = api_key {
             config = config.with_api_key(key.expose());
         }
+        crate::store::tls::install_crypto_provider();
         Self {
             client: Client::with_config(config),
             model: model.to_string(),

@@ -37,6 +37,63 @@ pub fn content_hash(normalised: &str) -> String {
     hex::encode(Sha256::digest(normalised.as_bytes()))
 }
 
+/// A title for a document that was given none: the `title` of its YAML (`---`) or TOML
+/// (`+++`) front matter, else its first line with text after the front matter (Markdown
+/// `#` marks removed), at most 120 characters.
+pub fn derive_title(normalised: &str) -> String {
+    let (front_matter, body) = split_front_matter(normalised);
+    if let Some(title) = front_matter.and_then(front_matter_title) {
+        return title.chars().take(120).collect();
+    }
+    body.lines()
+        .map(|line| line.trim_start_matches('#').trim())
+        .find(|line| !line.is_empty())
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect()
+}
+
+/// The front matter (between the opening and closing `---` or `+++` lines) and the rest.
+fn split_front_matter(text: &str) -> (Option<&str>, &str) {
+    for fence in ["---", "+++"] {
+        let Some(rest) = text.strip_prefix(fence).and_then(|r| r.strip_prefix('\n')) else {
+            continue;
+        };
+        let closing = format!("\n{fence}");
+        let end = if rest.starts_with(fence) {
+            Some(0)
+        } else {
+            rest.find(&closing).map(|i| i + 1)
+        };
+        if let Some(end) = end {
+            let after = &rest[end + fence.len()..];
+            let front = rest[..end].trim_end_matches('\n');
+            return (Some(front), after.trim_start_matches('\n'));
+        }
+    }
+    (None, text)
+}
+
+/// `title: ...` (YAML) or `title = "..."` (TOML), unquoted.
+fn front_matter_title(front_matter: &str) -> Option<String> {
+    front_matter.lines().find_map(|line| {
+        let line = line.trim();
+        let value = line
+            .strip_prefix("title:")
+            .or_else(|| line.strip_prefix("title ="))
+            .or_else(|| line.strip_prefix("title="))?;
+        let value = value.trim();
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value)
+            .trim();
+        (!unquoted.is_empty()).then(|| unquoted.to_string())
+    })
+}
+
 /// One chunk of a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

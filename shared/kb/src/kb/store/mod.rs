@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use super::text::Chunk;
 use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
-use crate::store::{Database, Pool, StoreError};
+use crate::store::{Database, StoreError};
 
 mod postgres;
 mod sqlite;

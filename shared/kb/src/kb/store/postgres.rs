@@ -93,10 +93,7 @@ fn pg_doc(r: PgDocRow) -> DocumentRecord {
 
 impl PgKnowledgeStore {
     async fn pool(&self) -> Result<&sqlx::PgPool, StoreError> {
-        match self.db.pool().await? {
-            Pool::Postgres(pool) => Ok(pool),
-            Pool::Sqlite(_) => unreachable!("PostgreSQL store over a SQLite pool"),
-        }
+        self.db.postgres().await
     }
 }
 

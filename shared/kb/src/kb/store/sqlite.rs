@@ -111,10 +111,7 @@ fn sqlite_doc(row: SqliteDocRow) -> DocumentRecord {
 
 impl SqliteKnowledgeStore {
     async fn pool(&self) -> Result<&sqlx::SqlitePool, StoreError> {
-        match self.db.pool().await? {
-            Pool::Sqlite(pool) => Ok(pool),
-            Pool::Postgres(_) => unreachable!("SQLite store over a PostgreSQL pool"),
-        }
+        self.db.sqlite().await
     }
 }
 

@@ -15,7 +15,13 @@ use serde::Serialize;
 
 use super::error::ChatError;
 use crate::observability::metrics::names;
-use crate::store::{Database, Pool, StoreError};
+use crate::store::{Database, DatabaseKind, StoreError};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresUsageStore;
+pub use sqlite::SqliteUsageStore;
 
 /// Prices per million tokens: input (prompt) and output (completion).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,9 +81,44 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
+/// Where usage records are kept: one adapter per SQL dialect.
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Writes a batch in one statement.
+    async fn insert(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Sums a key's records from `from` to `to` (UTC days, inclusive).
+    async fn totals(
+        &self,
+        key: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<UsageTotals, StoreError>;
+}
+
+/// The usage store on the function's SQL database, in its dialect.
+pub fn sql_usage_store(db: Database) -> Arc<dyn UsageStore> {
+    match db.kind() {
+        DatabaseKind::Sqlite => Arc::new(SqliteUsageStore::new(db)),
+        DatabaseKind::Postgres => Arc::new(PostgresUsageStore::new(db)),
+    }
+}
+
+/// The row of a totals query: requests, prompt and completion tokens, cached requests, cost.
+type TotalsRow = (i64, i64, i64, i64, f64);
+
+fn totals_from_row(row: TotalsRow) -> UsageTotals {
+    UsageTotals {
+        requests: row.0 as u64,
+        prompt_tokens: row.1 as u64,
+        completion_tokens: row.2 as u64,
+        cached_requests: row.3 as u64,
+        cost_usd: row.4,
+    }
+}
+
 /// Records usage, enforces budgets and sums totals.
 pub struct UsageRecorder {
-    db: Database,
+    store: Arc<dyn UsageStore>,
     prices: HashMap<String, Price>,
     daily_budget: Option<f64>,
     /// Buffer and flush in the background (standalone) or write at once (Lambda).
@@ -134,14 +175,14 @@ impl Spend {
 
 impl UsageRecorder {
     pub fn new(
-        db: Database,
+        store: Arc<dyn UsageStore>,
         prices: HashMap<String, Price>,
         daily_budget: Option<f64>,
         buffered: bool,
         refresh_every: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
-            db,
+            store,
             prices,
             daily_budget,
             buffered,
@@ -301,41 +342,7 @@ impl UsageRecorder {
     }
 
     async fn write(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
-        match self.db.pool().await? {
-            Pool::Sqlite(pool) => {
-                let mut builder = sqlx::QueryBuilder::new(
-                    "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) ",
-                );
-                builder.push_values(batch, |mut row, r| {
-                    row.push_bind(&r.key)
-                        .push_bind(&r.model)
-                        .push_bind(r.prompt_tokens as i64)
-                        .push_bind(r.completion_tokens as i64)
-                        .push_bind(r.cached)
-                        .push_bind(r.cost_usd)
-                        .push_bind(r.at.date_naive().to_string())
-                        .push_bind(r.at.to_rfc3339());
-                });
-                builder.build().execute(pool).await?;
-            }
-            Pool::Postgres(pool) => {
-                let mut builder = sqlx::QueryBuilder::new(
-                    "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) ",
-                );
-                builder.push_values(batch, |mut row, r| {
-                    row.push_bind(&r.key)
-                        .push_bind(&r.model)
-                        .push_bind(r.prompt_tokens as i64)
-                        .push_bind(r.completion_tokens as i64)
-                        .push_bind(r.cached)
-                        .push_bind(r.cost_usd)
-                        .push_bind(r.at.date_naive().to_string())
-                        .push_bind(r.at);
-                });
-                builder.build().execute(pool).await?;
-            }
-        }
-        Ok(())
+        self.store.insert(batch).await
     }
 
     /// Totals of a key from `from` to `to` (UTC days, inclusive), after flushing.
@@ -346,36 +353,10 @@ impl UsageRecorder {
         to: NaiveDate,
     ) -> Result<UsageTotals, StoreError> {
         self.flush().await?;
-        let sql_sqlite = "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), \
-             COALESCE(SUM(CASE WHEN cached THEN 1 ELSE 0 END), 0), COALESCE(SUM(cost_usd), 0.0) \
-             FROM usage_records WHERE key_name = ? AND day >= ? AND day <= ?";
-        let sql_pg = "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0)::BIGINT, COALESCE(SUM(completion_tokens), 0)::BIGINT, \
-             COALESCE(SUM(CASE WHEN cached THEN 1 ELSE 0 END), 0)::BIGINT, COALESCE(SUM(cost_usd), 0.0)::FLOAT8 \
-             FROM usage_records WHERE key_name = $1 AND day >= $2 AND day <= $3";
-        let row: (i64, i64, i64, i64, f64) = match self.db.pool().await? {
-            Pool::Sqlite(pool) => {
-                sqlx::query_as(sql_sqlite)
-                    .bind(key)
-                    .bind(from.to_string())
-                    .bind(to.to_string())
-                    .fetch_one(pool)
-                    .await?
-            }
-            Pool::Postgres(pool) => {
-                sqlx::query_as(sql_pg)
-                    .bind(key)
-                    .bind(from.to_string())
-                    .bind(to.to_string())
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+        let totals = self.store.totals(key, from, to).await?;
         Ok(UsageTotals {
-            requests: row.0 as u64,
-            prompt_tokens: row.1 as u64,
-            completion_tokens: row.2 as u64,
-            cached_requests: row.3 as u64,
-            cost_usd: (row.4 * 1e6).round() / 1e6,
+            cost_usd: (totals.cost_usd * 1e6).round() / 1e6,
+            ..totals
         })
     }
 }
