@@ -21,7 +21,7 @@ use crate::kb::{
     openai::OpenAiEmbedder,
     store,
     text::ChunkConfig,
-    KbSettings, KnowledgeBase,
+    IngestLimits, KbSettings, KnowledgeBase,
 };
 #[cfg(feature = "kb")]
 use crate::resilience::retry::RetryPolicy;
@@ -122,6 +122,10 @@ pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
             overlap: ctx.settings.kb.chunk_overlap,
         },
     )
+    .with_limits(IngestLimits {
+        max_document_bytes: ctx.settings.kb.max_document_bytes,
+        max_batch_documents: ctx.settings.kb.max_batch_documents,
+    })
 }
 
 /// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.

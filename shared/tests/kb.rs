@@ -897,3 +897,36 @@ async fn a_batch_naming_an_id_twice_applies_the_copies_in_order_on_both_backends
         assert_eq!(dup_events.last().unwrap().1, 2);
     }
 }
+
+/// Sizes and counts are checked once, by the knowledge base, for every adapter (HTTP and
+/// S3 alike): too much is a `TooLarge` (413) and nothing is written.
+#[tokio::test]
+async fn the_knowledge_base_refuses_oversized_documents_and_batches() {
+    let db = TestDatabase::sqlite();
+    let kb = kb(&db).with_limits(shared::kb::IngestLimits {
+        max_document_bytes: 40,
+        max_batch_documents: 2,
+    });
+    let big = doc("big", "Big", &"x".repeat(41));
+    match kb.ingest(big.clone(), "r").await {
+        Err(KbError::TooLarge(m)) => assert!(m.contains("MAX_DOCUMENT_BYTES"), "{m}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let small = |id: &str| doc(id, "Small", "fits");
+    match kb
+        .ingest_batch(vec![small("a"), big, small("b")], "r")
+        .await
+    {
+        Err(KbError::TooLarge(m)) => assert!(m.contains("MAX_BATCH_DOCUMENTS"), "{m}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    match kb
+        .ingest_batch(vec![small("a"), doc("big", "Big", &"y".repeat(41))], "r")
+        .await
+    {
+        Err(KbError::TooLarge(m)) => assert!(m.starts_with("document 2 is larger"), "{m}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(kb.store().events_after(0, 10).await.unwrap().is_empty());
+    assert_eq!(kb.ingest(small("a"), "r").await.unwrap().status, "created");
+}

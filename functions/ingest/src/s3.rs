@@ -81,15 +81,13 @@ pub fn handler(ctx: Arc<AppContext>, kb: Arc<KnowledgeBase>) -> EventHandler {
         None => ObjectSource::s3(),
     });
     Arc::new(move |event| {
-        let ctx = ctx.clone();
         let kb = kb.clone();
         let source = source.clone();
-        Box::pin(async move { ingest_notification(&ctx, &kb, &source, event).await })
+        Box::pin(async move { ingest_notification(&kb, &source, event).await })
     })
 }
 
 async fn ingest_notification(
-    ctx: &AppContext,
     kb: &KnowledgeBase,
     source: &ObjectSource,
     event: Value,
@@ -109,7 +107,8 @@ async fn ingest_notification(
         let bucket = record.s3.bucket.name;
         let key = decode_key(&record.s3.object.key);
         let read = source
-            .read(&bucket, &key, ctx.settings.kb.max_document_bytes)
+            // The knowledge base's limit, so an oversized object is not even downloaded.
+            .read(&bucket, &key, kb.limits().max_document_bytes)
             .await;
         let outcome = match read {
             Err(error) => {
@@ -138,7 +137,7 @@ async fn ingest_notification(
                         Ok(result) => {
                             json!({"bucket": bucket, "key": key, "id": result.id, "status": result.status, "chunks": result.chunks, "version": result.version})
                         }
-                        Err(KbError::Invalid(message)) => {
+                        Err(KbError::Invalid(message) | KbError::TooLarge(message)) => {
                             json!({"bucket": bucket, "key": key, "status": "failed", "error": message})
                         }
                         Err(err) => {

@@ -149,6 +149,7 @@ impl From<crate::kb::KbError> for ApiError {
         match e {
             KbError::Invalid(m) => ApiError::Unprocessable(m),
             KbError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            KbError::TooLarge(m) => ApiError::PayloadTooLarge(m),
             KbError::Embedder(err) => ApiError::unavailable(format!("{err}; nothing was stored")),
             KbError::Store(err) => err.into(),
         }

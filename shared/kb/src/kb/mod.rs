@@ -35,6 +35,9 @@ pub enum KbError {
     Invalid(String),
     #[error("document `{0}` not found")]
     NotFound(String),
+    /// Over `MAX_DOCUMENT_BYTES` or `MAX_BATCH_DOCUMENTS`: 413.
+    #[error("{0}")]
+    TooLarge(String),
     /// The embedder is down: nothing was stored; 503.
     #[error(transparent)]
     Embedder(#[from] EmbedError),
@@ -137,6 +140,7 @@ pub struct KnowledgeBase {
     embedder: Arc<dyn Embedder>,
     cache: TieredCache,
     chunking: ChunkConfig,
+    limits: IngestLimits,
     prepared: OnceCell<()>,
 }
 
@@ -152,6 +156,23 @@ impl std::fmt::Debug for KnowledgeBase {
 /// Texts embedded per call to the embedder.
 const EMBED_BATCH: usize = 64;
 
+/// How much one ingest may bring: checked here, once, whichever adapter (HTTP, S3) the
+/// documents came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    pub max_document_bytes: usize,
+    pub max_batch_documents: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1_048_576,
+            max_batch_documents: 100,
+        }
+    }
+}
+
 impl KnowledgeBase {
     pub fn new(
         store: Arc<dyn KnowledgeStore>,
@@ -164,8 +185,29 @@ impl KnowledgeBase {
             embedder,
             cache,
             chunking,
+            limits: IngestLimits::default(),
             prepared: OnceCell::new(),
         }
+    }
+
+    /// With these limits instead of the defaults (1 MiB, 100 documents).
+    pub fn with_limits(mut self, limits: IngestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> IngestLimits {
+        self.limits
+    }
+
+    fn check_size(&self, request: &IngestRequest) -> Result<(), KbError> {
+        if request.text.len() > self.limits.max_document_bytes {
+            return Err(KbError::TooLarge(format!(
+                "larger than {} bytes (MAX_DOCUMENT_BYTES)",
+                self.limits.max_document_bytes
+            )));
+        }
+        Ok(())
     }
 
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
@@ -231,6 +273,7 @@ impl KnowledgeBase {
     /// Validates, chunks and embeds a document without writing anything: identical
     /// content is recognised here, before any embedding.
     pub async fn prepare(&self, request: IngestRequest) -> Result<Prepared, KbError> {
+        self.check_size(&request)?;
         let text = text::normalise(&request.text);
         if text.is_empty() {
             return Err(KbError::Invalid("the document has no text".into()));
@@ -371,6 +414,22 @@ impl KnowledgeBase {
         requests: Vec<IngestRequest>,
         correlation_id: &str,
     ) -> Result<Vec<IngestResult>, KbError> {
+        if requests.len() > self.limits.max_batch_documents {
+            return Err(KbError::TooLarge(format!(
+                "{} documents in one request; the limit is {} (MAX_BATCH_DOCUMENTS)",
+                requests.len(),
+                self.limits.max_batch_documents
+            )));
+        }
+        // Sizes first: an oversized document is refused before anything is embedded.
+        for (index, request) in requests.iter().enumerate() {
+            if let Err(KbError::TooLarge(message)) = self.check_size(request) {
+                return Err(KbError::TooLarge(format!(
+                    "document {} is {message}",
+                    index + 1
+                )));
+            }
+        }
         let mut prepared = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
             match self.prepare(request).await {
