@@ -117,6 +117,8 @@ check "deep check is recorded as a metric" $(grep -q '^health_deep_checks_total{
 
 check "function logs are JSON with request fields" $(grep -m1 '"request completed"' "$work/watch.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.readline()); assert all(k in l for k in ("request_id","function","route","status","duration_ms","cold_start"))' 2>/dev/null; echo $?) "$(grep 'request completed' "$work/watch.log" | head -1)"
 
+check "no runtime warning about AWS_LAMBDA_MAX_CONCURRENCY" $(! grep -q 'AWS_LAMBDA_MAX_CONCURRENCY' "$work/watch.log"; echo $?) "$(grep -m1 AWS_LAMBDA_MAX_CONCURRENCY "$work/watch.log")"
+
 # A function whose configuration is wrong answers at once with a JSON 503 naming the
 # variable (issue 12, finding 2), instead of leaving the caller waiting.
 bad_port=$((port + 1))

@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
+use http_body_util::BodyExt;
 use lambda_http::request::LambdaRequest;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 /// Boxed error type of the Lambda runtime.
 pub type BoxError = lambda_runtime::Error;
@@ -62,7 +63,7 @@ pub async fn serve(
         if on_schedule.is_some() {
             tracing::warn!("streaming responses: only HTTP events (function URL) are handled");
         }
-        lambda_http::run_with_streaming_response(router).await
+        lambda_http::run_with_streaming_response_concurrent(router).await
     } else if in_lambda() {
         serve_lambda(router, on_schedule).await
     } else {
@@ -101,8 +102,9 @@ async fn shutdown_signal() {
 }
 
 async fn serve_lambda(router: Router, on_event: Option<EventHandler>) -> Result<(), BoxError> {
-    // One invocation at a time per instance, as classic Lambda delivers them.
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    // One invocation at a time, as classic Lambda delivers them; several at once where
+    // `AWS_LAMBDA_MAX_CONCURRENCY` allows (the router and the handlers are shared safely).
+    lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<Value>| {
         let router = router.clone();
         let on_event = on_event.clone();
         async move { dispatch(router, on_event, event).await }
@@ -126,8 +128,26 @@ pub async fn dispatch(
     }
     let request: LambdaRequest = serde_json::from_value(payload)
         .map_err(|e| format!("unsupported event: not an HTTP or scheduled event ({e})"))?;
-    let mut adapter = lambda_http::Adapter::from(router);
-    let adapter = adapter.ready().await?;
-    let response = adapter.call(LambdaEvent::new(request, context)).await?;
+    // The body is read whole before lambda_http converts the response (a buffered
+    // invocation returns it whole anyway): its conversion holds the body across an await,
+    // which needs a `Sync` body for the future to be `Send` (concurrent invocations).
+    let buffered = ServiceExt::<lambda_http::Request>::and_then(
+        router,
+        |response: axum::response::Response| async move {
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                parts,
+                http_body_util::Full::new(bytes),
+            ))
+        },
+    );
+    let response = lambda_http::Adapter::from(buffered)
+        .oneshot(LambdaEvent::new(request, context))
+        .await?;
     Ok(serde_json::to_value(response)?)
 }
