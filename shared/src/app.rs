@@ -164,6 +164,18 @@ impl AppContext {
             .clone()
     }
 
+    /// A function's whole router when all its routes need an API key: the protected-route
+    /// stack (key, then the key's rate limit) inside the edge's common layers.
+    #[cfg(feature = "protected")]
+    pub fn protected_app(&self, routes: Router) -> Router {
+        let routes = crate::http::protect(
+            routes,
+            self.settings.api_keys.clone(),
+            self.rate_limiter.clone(),
+        );
+        crate::http::app(routes, &self.settings)
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

@@ -39,12 +39,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/v1/metrics", get(shared::http::exposition))
         .route("/v1/usage", get(usage))
         .with_state(state);
-    let routes = shared::http::protect(
-        routes,
-        ctx.settings.api_keys.clone(),
-        ctx.rate_limiter.clone(),
-    );
-    shared::http::app(routes, &ctx.settings)
+    ctx.protected_app(routes)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -33,12 +33,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/search", get(search))
         .route("/events", get(events))
         .with_state(state);
-    let routes = shared::http::protect(
-        routes,
-        ctx.settings.api_keys.clone(),
-        ctx.rate_limiter.clone(),
-    );
-    shared::http::app(routes, &ctx.settings)
+    ctx.protected_app(routes)
 }
 
 /// The handler for non-HTTP events under Lambda: the schedule (vector index
