@@ -48,12 +48,12 @@ pub enum ApiError {
 
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     pub message: String,
     #[serde(rename = "type")]
     pub kind: String,

@@ -30,7 +30,7 @@ pub fn in_lambda() -> bool {
 /// function sits behind a function URL with `InvokeMode: RESPONSE_STREAM`, so a chat
 /// answer reaches the caller token by token. API Gateway HTTP APIs buffer whole
 /// responses and need the default (buffered) mode.
-pub fn lambda_response_streaming() -> bool {
+pub(crate) fn lambda_response_streaming() -> bool {
     matches!(
         std::env::var("LAMBDA_RESPONSE_STREAMING")
             .unwrap_or_default()
@@ -41,7 +41,7 @@ pub fn lambda_response_streaming() -> bool {
 }
 
 /// An HTTP event from API Gateway (v1 or v2), a function URL or an ALB.
-pub fn is_http_event(event: &Value) -> bool {
+pub(crate) fn is_http_event(event: &Value) -> bool {
     ["requestContext", "httpMethod", "rawPath", "routeKey"]
         .iter()
         .any(|k| event.get(k).is_some())

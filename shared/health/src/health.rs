@@ -234,7 +234,7 @@ pub async fn run_deep_check<M: Monitored + ?Sized>(source: &M) -> DeepCheck {
 
 /// On AWS the deep check's metrics go to CloudWatch as EMF, one record per configured
 /// dependency, so alarms can watch `health_dependency_up` by dependency.
-pub fn deep_check_emf_records(namespace: &str, report: &DeepCheck) -> Vec<EmfRecord> {
+pub(crate) fn deep_check_emf_records(namespace: &str, report: &DeepCheck) -> Vec<EmfRecord> {
     report
         .dependencies
         .iter()
@@ -267,7 +267,7 @@ fn emit_deep_check_emf(namespace: &str, report: &DeepCheck) {
 }
 
 /// Stores a deep check and prunes rows older than the retention.
-pub async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), StoreError> {
+pub(crate) async fn record_deep_check(db: &Database, report: &DeepCheck) -> Result<(), StoreError> {
     let cutoff = report.checked_at - chrono::Duration::days(DEEP_CHECK_RETENTION_DAYS);
     history(db).record(report, cutoff).await
 }

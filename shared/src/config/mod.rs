@@ -23,7 +23,7 @@ pub use crate::secret::Secret;
 pub use crate::store::{DatabaseKind, DatabaseUrl, RedisUrl};
 
 /// Default database: a SQLite file under `.data/`, so the embedded mode needs no set-up.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
+pub(crate) const DEFAULT_DATABASE_URL: &str = "sqlite://.data/app.db";
 
 /// Everything a function needs to start, validated.
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ impl<'a> Reader<'a> {
 
 impl Settings {
     /// Reads the process environment. Call once per cold start.
-    pub fn from_env(function: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn from_env(function: &str) -> Result<Self, ConfigError> {
         let vars: HashMap<String, String> = std::env::vars().collect();
         Self::from_vars(function, &vars)
     }

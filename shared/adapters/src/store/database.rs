@@ -70,10 +70,10 @@ const SQLITE_MIGRATION_ATTEMPTS: u64 = 5;
 pub const POSTGRES_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest run of one statement on a pooled PostgreSQL connection. Work that may
 /// legitimately take longer (the vector index build, migrations) lifts it for itself.
-pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a caller and `/health/ready` are told when the schema needs pgvector and the
 /// server does not have it.
-pub const MISSING_PGVECTOR: &str =
+pub(crate) const MISSING_PGVECTOR: &str =
     "extension vector is not installed: run local/install-pgvector.sh, or use a PostgreSQL with pgvector";
 
 /// Which relational backend `DATABASE_URL` selects.

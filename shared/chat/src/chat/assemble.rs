@@ -31,7 +31,7 @@ struct Choice {
 
 /// Collects the chunks of a stream into the completion they add up to.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     first: Option<Value>,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,

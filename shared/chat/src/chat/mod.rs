@@ -47,15 +47,15 @@ use routing::*;
 /// Why an answer is not a fresh answer of the requested model (`x-degraded`).
 pub mod degraded {
     /// No model answered (or none is configured): the passages themselves.
-    pub const RETRIEVAL_ONLY: &str = "retrieval-only";
+    pub(crate) const RETRIEVAL_ONLY: &str = "retrieval-only";
     /// No model answered: the last good answer to the same question.
-    pub const CACHED_ANSWER: &str = "cached-answer";
+    pub(crate) const CACHED_ANSWER: &str = "cached-answer";
     /// A secondary model answered instead of the requested one.
-    pub const FALLBACK_MODEL: &str = "fallback-model";
+    pub(crate) const FALLBACK_MODEL: &str = "fallback-model";
     /// The knowledge base could not be searched: answered without passages.
-    pub const RETRIEVAL_UNAVAILABLE: &str = "retrieval-unavailable";
+    pub(crate) const RETRIEVAL_UNAVAILABLE: &str = "retrieval-unavailable";
     /// The session history could not be read or written: answered without it.
-    pub const SESSION_UNAVAILABLE: &str = "session-unavailable";
+    pub(crate) const SESSION_UNAVAILABLE: &str = "session-unavailable";
 }
 
 /// A finished answer, as cached and as returned.

@@ -17,7 +17,7 @@ use crate::resilience::retry::RetryClass;
 use crate::secret::Secret;
 
 /// Streamed chunks (`chat.completion.chunk` objects) of one answer.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ProviderError>> + Send>>;
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ProviderError>> + Send>>;
 
 /// Why a provider call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum ProviderError {
 impl ProviderError {
     /// The caller's own request was refused (bad parameters, context too long): not a
     /// sign of provider trouble, so no fallback and no breaker failure.
-    pub fn is_caller_error(&self) -> bool {
+    pub(crate) fn is_caller_error(&self) -> bool {
         matches!(self, ProviderError::Status { status, .. } if matches!(status, 400 | 404 | 413 | 422))
     }
 }

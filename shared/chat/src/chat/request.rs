@@ -183,12 +183,12 @@ impl ChatRequest {
         self.body["messages"].as_array().map_or(&[], Vec::as_slice)
     }
 
-    pub fn set_messages(&mut self, messages: Vec<Value>) {
+    pub(crate) fn set_messages(&mut self, messages: Vec<Value>) {
         self.body.insert("messages".into(), Value::Array(messages));
     }
 
     /// The last user message's text: what retrieval searches for.
-    pub fn last_user_text(&self) -> Option<String> {
+    pub(crate) fn last_user_text(&self) -> Option<String> {
         self.messages()
             .iter()
             .rev()
@@ -220,7 +220,7 @@ impl ChatRequest {
     }
 
     /// The key of the last good answer to this question, for the fallback chain.
-    pub fn question_key(&self) -> Option<String> {
+    pub(crate) fn question_key(&self) -> Option<String> {
         let question = normalise_text(&self.last_user_text()?.to_lowercase());
         Some(format!(
             "last-answer:{}",
@@ -230,7 +230,7 @@ impl ChatRequest {
 }
 
 /// Collapses runs of whitespace and trims.
-pub fn normalise_text(text: &str) -> String {
+pub(crate) fn normalise_text(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

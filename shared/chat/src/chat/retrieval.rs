@@ -23,7 +23,7 @@ pub struct Context {
 impl Context {
     /// Keeps the best passages that fit in `token_budget` (at least the first one,
     /// shortened if it alone is too long).
-    pub fn within_budget(results: Vec<SearchResult>, token_budget: usize) -> Self {
+    pub(crate) fn within_budget(results: Vec<SearchResult>, token_budget: usize) -> Self {
         let mut used = 0;
         let mut passages = Vec::new();
         for mut r in results {
@@ -68,7 +68,7 @@ impl Context {
     }
 
     /// The system message that carries the passages.
-    pub fn system_message(&self) -> Value {
+    pub(crate) fn system_message(&self) -> Value {
         let mut text = String::from(
             "Answer using the knowledge-base passages below when they are relevant, and say so when they do not contain the answer.\n",
         );
@@ -85,7 +85,7 @@ impl Context {
     }
 
     /// Inserts the passages after the caller's own system messages.
-    pub fn augment(&self, messages: &[Value]) -> Vec<Value> {
+    pub(crate) fn augment(&self, messages: &[Value]) -> Vec<Value> {
         let at = messages
             .iter()
             .take_while(|m| m["role"] == "system" || m["role"] == "developer")
@@ -99,7 +99,7 @@ impl Context {
 
     /// The retrieval-only answer: the passages themselves, plainly labelled, never
     /// worded as if a model had written it.
-    pub fn retrieval_only_answer(&self, reason: &str) -> String {
+    pub(crate) fn retrieval_only_answer(&self, reason: &str) -> String {
         if self.unreachable {
             return format!(
                 "No language model is available ({reason}), and the knowledge base could not be reached either, so no passages can be given. Try again shortly."

@@ -45,7 +45,7 @@ pub fn replay(completion: Value, include_usage: bool) -> BoxStream<'static, Byte
 }
 
 /// Relays an upstream stream whose first chunk has arrived.
-pub struct Relay {
+pub(crate) struct Relay {
     pub model: String,
     pub sources: Vec<String>,
     pub degraded: Vec<String>,

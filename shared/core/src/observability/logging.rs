@@ -12,7 +12,7 @@ use super::redact::redact;
 
 /// Wraps any log destination so each formatted line is redacted before it is written.
 #[derive(Clone)]
-pub struct RedactingMakeWriter<M> {
+pub(crate) struct RedactingMakeWriter<M> {
     inner: M,
 }
 
@@ -23,7 +23,7 @@ impl<M> RedactingMakeWriter<M> {
 }
 
 /// Buffers one event's output and writes it, redacted, when the formatter is done with it.
-pub struct RedactingWriter<W: Write> {
+pub(crate) struct RedactingWriter<W: Write> {
     buffer: Vec<u8>,
     inner: W,
 }
@@ -67,7 +67,7 @@ where
 }
 
 /// The JSON formatting layer used in production, exposed so tests check the real output.
-pub fn json_layer<S, M>(writer: M) -> impl Layer<S>
+pub(crate) fn json_layer<S, M>(writer: M) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     M: for<'a> MakeWriter<'a> + Send + Sync + 'static,

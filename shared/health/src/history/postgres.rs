@@ -6,7 +6,7 @@ use super::HealthHistory;
 use crate::health::DeepCheck;
 use crate::store::{Database, StoreError};
 
-pub struct PostgresHealthHistory<'a>(pub &'a Database);
+pub(crate) struct PostgresHealthHistory<'a>(pub &'a Database);
 
 #[async_trait::async_trait]
 impl HealthHistory for PostgresHealthHistory<'_> {

@@ -6,7 +6,7 @@ use super::HealthHistory;
 use crate::health::DeepCheck;
 use crate::store::{Database, StoreError};
 
-pub struct SqliteHealthHistory<'a>(pub &'a Database);
+pub(crate) struct SqliteHealthHistory<'a>(pub &'a Database);
 
 #[async_trait::async_trait]
 impl HealthHistory for SqliteHealthHistory<'_> {

@@ -9,7 +9,7 @@ pub mod store;
 pub mod text;
 pub mod vector_index;
 
-pub use settings::KbSettings;
+pub use settings::{IngestLimits, KbSettings};
 
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use store::{
     ChunkHit, DocumentRecord, DocumentWrite, EmbeddedChunk, EventRecord, KnowledgeStore,
     NewDocument, SearchFilter, WriteOutcome,
 };
-use text::ChunkConfig;
+use text::{snippet, ChunkConfig};
 
 /// Why an ingest, delete or search failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ pub struct SearchResponse {
 }
 
 /// Valid document ids: safe in URLs, logs and keys.
-pub fn valid_document_id(id: &str) -> bool {
+pub(crate) fn valid_document_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -97,31 +97,6 @@ pub fn valid_document_id(id: &str) -> bool {
 /// document never silently replaces another; the same text posted again is `unchanged`.
 fn content_id(normalised: &str) -> String {
     format!("doc-{}", &text::content_hash(normalised)[..16])
-}
-
-/// A short excerpt of `text` around the first query word it contains.
-fn snippet(text: &str, query: &str, max_chars: usize) -> String {
-    let lower = text.to_lowercase();
-    let start_byte = embed::tokens(query)
-        .iter()
-        .filter_map(|t| lower.find(t.as_str()))
-        .min()
-        .unwrap_or(0);
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let start_char = chars
-        .iter()
-        .position(|(b, _)| *b >= start_byte)
-        .unwrap_or(0);
-    let from = start_char.saturating_sub(max_chars / 4);
-    let to = (from + max_chars).min(chars.len());
-    let mut out: String = chars[from..to].iter().map(|(_, c)| *c).collect();
-    if from > 0 {
-        out.insert(0, '…');
-    }
-    if to < chars.len() {
-        out.push('…');
-    }
-    out
 }
 
 /// A validated, embedded document waiting to be written (or known to be unchanged).
@@ -155,23 +130,6 @@ impl std::fmt::Debug for KnowledgeBase {
 
 /// Texts embedded per call to the embedder.
 const EMBED_BATCH: usize = 64;
-
-/// How much one ingest may bring: checked here, once, whichever adapter (HTTP, S3) the
-/// documents came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IngestLimits {
-    pub max_document_bytes: usize,
-    pub max_batch_documents: usize,
-}
-
-impl Default for IngestLimits {
-    fn default() -> Self {
-        Self {
-            max_document_bytes: 1_048_576,
-            max_batch_documents: 100,
-        }
-    }
-}
 
 impl KnowledgeBase {
     pub fn new(

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 /// The usual RRF constant: dampens the weight of top ranks so neither list dominates.
-pub const RRF_K: f64 = 60.0;
+pub(crate) const RRF_K: f64 = 60.0;
 
 /// Fuses ranked lists of ids (best first): score = sum over lists of 1 / (k + rank).
 /// Ties keep the order of first appearance, so results are deterministic.
-pub fn reciprocal_rank_fusion(lists: &[Vec<String>], k: f64) -> Vec<(String, f64)> {
+pub(crate) fn reciprocal_rank_fusion(lists: &[Vec<String>], k: f64) -> Vec<(String, f64)> {
     let mut scores: HashMap<&str, (f64, usize)> = HashMap::new();
     let mut order = 0;
     for list in lists {

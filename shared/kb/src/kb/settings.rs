@@ -27,3 +27,20 @@ pub struct KbSettings {
     /// When bulk writes skip the PostgreSQL HNSW index and when it catches up (`VECTOR_INDEX_*`).
     pub vector_index: VectorIndexConfig,
 }
+
+/// How much one ingest may bring: checked here, once, whichever adapter (HTTP, S3) the
+/// documents came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    pub max_document_bytes: usize,
+    pub max_batch_documents: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1_048_576,
+            max_batch_documents: 100,
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub fn content_hash(normalised: &str) -> String {
 /// A title for a document that was given none: the `title` of its YAML (`---`) or TOML
 /// (`+++`) front matter, else its first line with text after the front matter (Markdown
 /// `#` marks removed), at most 120 characters.
-pub fn derive_title(normalised: &str) -> String {
+pub(crate) fn derive_title(normalised: &str) -> String {
     let (front_matter, body) = split_front_matter(normalised);
     if let Some(title) = front_matter.and_then(front_matter_title) {
         return title.chars().take(120).collect();
@@ -92,6 +92,31 @@ fn front_matter_title(front_matter: &str) -> Option<String> {
             .trim();
         (!unquoted.is_empty()).then(|| unquoted.to_string())
     })
+}
+
+/// A short excerpt of `text` around the first query word it contains.
+pub(crate) fn snippet(text: &str, query: &str, max_chars: usize) -> String {
+    let lower = text.to_lowercase();
+    let start_byte = super::embed::tokens(query)
+        .iter()
+        .filter_map(|t| lower.find(t.as_str()))
+        .min()
+        .unwrap_or(0);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let start_char = chars
+        .iter()
+        .position(|(b, _)| *b >= start_byte)
+        .unwrap_or(0);
+    let from = start_char.saturating_sub(max_chars / 4);
+    let to = (from + max_chars).min(chars.len());
+    let mut out: String = chars[from..to].iter().map(|(_, c)| *c).collect();
+    if from > 0 {
+        out.insert(0, '…');
+    }
+    if to < chars.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// One chunk of a document.

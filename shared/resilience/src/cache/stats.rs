@@ -46,7 +46,7 @@ pub fn service_counts_key(prefix: &str) -> String {
 }
 
 /// The fields of that hash, in `CacheCounts` order.
-pub const COUNT_FIELDS: [&str; 3] = ["l1_hits", "l2_hits", "misses"];
+pub(crate) const COUNT_FIELDS: [&str; 3] = ["l1_hits", "l2_hits", "misses"];
 
 /// What every instance has published so far; an error when Redis does not answer in time.
 pub async fn read_service_counts(

@@ -53,7 +53,7 @@ fn full_jitter(delay: Duration) -> Duration {
 
 /// The wait before the next attempt, or `None` to stop: the dependency's `Retry-After`
 /// wins over the jittered backoff, and no wait may end past the budget.
-pub fn next_delay(
+pub(crate) fn next_delay(
     backoff: Option<Duration>,
     retry_after: Option<Duration>,
     elapsed: Duration,

@@ -119,10 +119,10 @@ pub struct EventRecord {
     pub occurred_at: DateTime<Utc>,
 }
 
-pub const DOCUMENT_UPLOADED: &str = "document.uploaded";
-pub const DOCUMENT_PROCESSED: &str = "document.processed";
-pub const DOCUMENT_INDEXED: &str = "document.indexed";
-pub const DOCUMENT_DELETED: &str = "document.deleted";
+pub(crate) const DOCUMENT_UPLOADED: &str = "document.uploaded";
+pub(crate) const DOCUMENT_PROCESSED: &str = "document.processed";
+pub(crate) const DOCUMENT_INDEXED: &str = "document.indexed";
+pub(crate) const DOCUMENT_DELETED: &str = "document.deleted";
 
 /// One document of a write: its record and its embedded chunks.
 pub struct DocumentWrite {

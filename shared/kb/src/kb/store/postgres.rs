@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub struct PgKnowledgeStore {
+pub(crate) struct PgKnowledgeStore {
     pub(super) db: Database,
     pub(super) indexer: Arc<VectorIndexer>,
     pub(super) common_lexemes: CommonLexemes,

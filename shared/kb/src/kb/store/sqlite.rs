@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub struct SqliteKnowledgeStore {
+pub(crate) struct SqliteKnowledgeStore {
     pub(super) db: Database,
 }
 

@@ -62,7 +62,7 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub fn metric_value(self) -> f64 {
+    pub(crate) fn metric_value(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
             BreakerState::Open => 1.0,
