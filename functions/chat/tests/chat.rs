@@ -87,11 +87,18 @@ fn header<'a>(res: &'a TestResponse, name: &str) -> Option<&'a str> {
     res.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The text of a stream's content deltas.
-fn streamed_text(text: &str) -> String {
+/// The chunks of an SSE body, parsed.
+fn sse_chunks(text: &str) -> Vec<Value> {
     sse_events(text)
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .collect()
+}
+
+/// The text of a stream's content deltas.
+fn streamed_text(text: &str) -> String {
+    sse_chunks(text)
+        .into_iter()
         .filter_map(|c| {
             c["choices"][0]["delta"]["content"]
                 .as_str()
@@ -1309,14 +1316,6 @@ async fn request_json_reaches_the_provider_with_its_key_order() {
     // And the answer's keys come back in the provider's order.
     let keys: Vec<&String> = res.json.as_object().unwrap().keys().collect();
     assert_eq!(keys[0], "id", "{keys:?}");
-}
-
-/// The chunks of an SSE body, parsed.
-fn sse_chunks(text: &str) -> Vec<Value> {
-    sse_events(text)
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .collect()
 }
 
 /// Issue 12, finding 4: the response cache gives back exactly what the provider gave,
