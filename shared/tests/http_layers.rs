@@ -331,3 +331,33 @@ async fn protected_routes_authenticate_before_rate_limiting_per_key() {
         assert_json_error(status, &headers, &body, 401, "unauthorized");
     }
 }
+
+/// Under Lambda (buffered), a response body that fails while being read fails the
+/// invocation; the caller never gets a 200 with the answer silently cut short.
+#[tokio::test]
+async fn a_response_body_that_fails_fails_the_lambda_invocation() {
+    let failing = || async {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"{\"partial\":")),
+            Err(std::io::Error::other("upstream cut")),
+        ];
+        Body::from_stream(futures_util::stream::iter(chunks))
+    };
+    let whole = || async { Json(serde_json::json!({"ok": true})) };
+    let router = Router::new()
+        .route("/health", get(failing))
+        .route("/health/live", get(whole));
+    let event = |name: &str| {
+        lambda_runtime::LambdaEvent::new(
+            chatkb_testing::load_event_json(name),
+            lambda_runtime::Context::default(),
+        )
+    };
+    let result = shared::runtime::dispatch(router.clone(), None, event("health-get.json")).await;
+    assert!(result.is_err(), "{result:?}");
+    let ok = shared::runtime::dispatch(router, None, event("health-live.json"))
+        .await
+        .unwrap();
+    assert_eq!(ok["statusCode"], 200);
+    assert!(ok["body"].as_str().unwrap().contains("\"ok\":true"), "{ok}");
+}

@@ -114,10 +114,13 @@ fn parse_documents(
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
             // `?id=`, else the file's name, else (in the knowledge base) the text's hash.
-            let id = params
-                .id
-                .or_else(|| file_name(headers).map(|name| s3::document_id(&name)))
-                .filter(|id| !id.is_empty());
+            // (An explicit `?id=` is validated as given; a file name that sanitises to
+            // nothing falls through to the hash.)
+            let id = params.id.or_else(|| {
+                file_name(headers)
+                    .map(|name| s3::document_id(&name))
+                    .filter(|id| !id.is_empty())
+            });
             Ok(vec![IngestRequest {
                 id,
                 title: params.title,

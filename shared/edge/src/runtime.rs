@@ -130,17 +130,17 @@ pub async fn dispatch(
         .map_err(|e| format!("unsupported event: not an HTTP or scheduled event ({e})"))?;
     // The body is read whole before lambda_http converts the response (a buffered
     // invocation returns it whole anyway): its conversion holds the body across an await,
-    // which needs a `Sync` body for the future to be `Send` (concurrent invocations).
+    // which needs a `Sync` body for the future to be `Send` (concurrent invocations). A
+    // body that fails while being read fails the invocation; it is never cut short silently.
+    let never = |never: std::convert::Infallible| -> std::io::Error { match never {} };
+    let errors = ServiceExt::<lambda_http::Request>::map_err(router, never);
     let buffered = ServiceExt::<lambda_http::Request>::and_then(
-        router,
+        errors,
         |response: axum::response::Response| async move {
             let (parts, body) = response.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+            let collected = body.collect().await;
+            let bytes = collected.map_err(std::io::Error::other)?.to_bytes();
+            Ok::<_, std::io::Error>(http::Response::from_parts(
                 parts,
                 http_body_util::Full::new(bytes),
             ))

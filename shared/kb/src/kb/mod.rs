@@ -158,10 +158,11 @@ impl KnowledgeBase {
         self.limits
     }
 
-    fn check_size(&self, request: &IngestRequest) -> Result<(), KbError> {
+    /// `what` names the document in the message ("the document", "document 2").
+    fn check_size(&self, request: &IngestRequest, what: &str) -> Result<(), KbError> {
         if request.text.len() > self.limits.max_document_bytes {
             return Err(KbError::TooLarge(format!(
-                "larger than {} bytes (MAX_DOCUMENT_BYTES)",
+                "{what} is larger than {} bytes (MAX_DOCUMENT_BYTES)",
                 self.limits.max_document_bytes
             )));
         }
@@ -231,7 +232,7 @@ impl KnowledgeBase {
     /// Validates, chunks and embeds a document without writing anything: identical
     /// content is recognised here, before any embedding.
     pub async fn prepare(&self, request: IngestRequest) -> Result<Prepared, KbError> {
-        self.check_size(&request)?;
+        self.check_size(&request, "the document")?;
         let text = text::normalise(&request.text);
         if text.is_empty() {
             return Err(KbError::Invalid("the document has no text".into()));
@@ -381,12 +382,7 @@ impl KnowledgeBase {
         }
         // Sizes first: an oversized document is refused before anything is embedded.
         for (index, request) in requests.iter().enumerate() {
-            if let Err(KbError::TooLarge(message)) = self.check_size(request) {
-                return Err(KbError::TooLarge(format!(
-                    "document {} is {message}",
-                    index + 1
-                )));
-            }
+            self.check_size(request, &format!("document {}", index + 1))?;
         }
         let mut prepared = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {

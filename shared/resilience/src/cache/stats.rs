@@ -17,8 +17,16 @@ pub struct CacheStats {
 impl CacheStats {
     /// Hits over lookups, `None` before any lookup.
     pub fn hit_rate(&self) -> Option<f64> {
-        let total = self.l1_hits + self.l2_hits + self.misses;
-        (total > 0).then(|| (self.l1_hits + self.l2_hits) as f64 / total as f64)
+        self.counts().hit_rate()
+    }
+
+    /// This process's counts alone.
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            l1_hits: self.l1_hits,
+            l2_hits: self.l2_hits,
+            misses: self.misses,
+        }
     }
 }
 

@@ -97,6 +97,21 @@ pub struct ChunkHit {
     pub score: f64,
 }
 
+/// A search's row: chunk id, document id, title, text, score.
+pub(crate) type HitRow<S> = (String, String, String, String, S);
+
+impl<S: Into<f64>> From<HitRow<S>> for ChunkHit {
+    fn from((chunk_id, document_id, title, text, score): HitRow<S>) -> Self {
+        Self {
+            chunk_id,
+            document_id,
+            title,
+            text,
+            score: score.into(),
+        }
+    }
+}
+
 /// `filter=key:value`: documents whose metadata has that value at that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchFilter {

@@ -299,7 +299,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         };
         // An unnamed statement: planned with the actual values, so the partial HNSW index
         // is chosen (a cached generic plan may scan and sort every chunk instead).
-        let rows: Vec<(String, String, String, String, f64)> = sqlx::query_as(&sql)
+        let rows: Vec<HitRow<f64>> = sqlx::query_as(&sql)
             .persistent(false)
             .bind(vector_literal(query))
             .bind(model)
@@ -308,16 +308,7 @@ impl KnowledgeStore for PgKnowledgeStore {
             .bind(k)
             .fetch_all(pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
-                chunk_id,
-                document_id,
-                title,
-                text,
-                score,
-            })
-            .collect())
+        Ok(rows.into_iter().map(ChunkHit::from).collect())
     }
 
     async fn keyword_search(
@@ -381,7 +372,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         );
         let pool = self.pool().await?;
         let common = self.common_lexemes.get(pool).await;
-        let rows: Vec<(String, String, String, String, f32)> = sqlx::query_as(&sql)
+        let rows: Vec<HitRow<f32>> = sqlx::query_as(&sql)
             .persistent(false)
             .bind(terms.join(" "))
             .bind(&key)
@@ -390,16 +381,7 @@ impl KnowledgeStore for PgKnowledgeStore {
             .bind(common.as_slice())
             .fetch_all(pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
-                chunk_id,
-                document_id,
-                title,
-                text,
-                score: score as f64,
-            })
-            .collect())
+        Ok(rows.into_iter().map(ChunkHit::from).collect())
     }
 
     async fn maintain_vector_index(

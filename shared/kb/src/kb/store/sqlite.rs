@@ -397,7 +397,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" OR ");
-        let rows: Vec<(String, String, String, String, f64)> = match filter {
+        let rows: Vec<HitRow<f64>> = match filter {
             Some(f) => sqlx::query_as(
                 "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score \
                  FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
@@ -422,16 +422,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         }
         .fetch_all(self.pool().await?)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(chunk_id, document_id, title, text, score)| ChunkHit {
-                chunk_id,
-                document_id,
-                title,
-                text,
-                score,
-            })
-            .collect())
+        Ok(rows.into_iter().map(ChunkHit::from).collect())
     }
 
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
