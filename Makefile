@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: help run run-services test test-rust lint-functions smoke sdk fake-openai bench load-test lint fmt build deploy services
+.PHONY: help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
 
-test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, every test, the Lambda-mode smoke test and the SDK checks
+test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, every test, the Lambda-mode smoke test, the SDK checks and the README's commands
 	scripts/test-setup.sh
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
@@ -28,10 +28,15 @@ test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, ev
 	$(MAKE) test-rust
 	$(MAKE) smoke
 	$(MAKE) sdk
+	$(MAKE) readme-check
 
 test-rust: ## cargo tests only (unit, handler, store and end-to-end)
 	cargo build --workspace --bins
 	cargo test --workspace
+
+readme-check: ## Every command block of the README (and make run's banner) against make run, each status checked
+	cargo build --workspace --bins
+	python3 scripts/readme-check.py
 
 sdk: ## The official OpenAI Python SDK against chat (standalone server) with the fake provider
 	scripts/sdk-check.sh
@@ -49,6 +54,9 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 	cargo bench -p shared --bench kb
 	cargo bench -p chat --bench gateway
 	scripts/load-test.sh
+
+eval: ## Retrieval quality and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects
+	cargo run -p shared --example relevance_eval
 
 load-test: ## HTTP load test of the health function in release mode (needs wrk)
 	scripts/load-test.sh

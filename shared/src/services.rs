@@ -126,6 +126,7 @@ pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
         max_document_bytes: ctx.settings.kb.max_document_bytes,
         max_batch_documents: ctx.settings.kb.max_batch_documents,
     })
+    .with_relevance_floor(ctx.settings.kb.relevance_floor())
 }
 
 /// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.

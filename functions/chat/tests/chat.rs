@@ -1439,3 +1439,51 @@ async fn without_a_model_an_unreachable_knowledge_base_is_not_called_no_match() 
         .unwrap();
     assert!(content.contains("no passage that matches"), "{content}");
 }
+
+/// Issue 12, finding 6: a question the knowledge base cannot answer gets no passages,
+/// neither in the prompt nor in the retrieval-only answer, and cites nothing; a question
+/// it can answer keeps its passage.
+#[tokio::test]
+async fn passages_below_the_relevance_floor_are_neither_prompted_nor_cited() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = chat_router(&db, Some(&fake), &[]);
+    ingest(
+        &ctx,
+        "refund-policy",
+        "Refund policy",
+        "Customers can ask for a refund within 30 days of delivery. Refunds go back to the original card.",
+    )
+    .await;
+    ingest(
+        &ctx,
+        "office-plants",
+        "Office plants",
+        "Water the ficus on Mondays and keep the cactus away from the radiator.",
+    )
+    .await;
+    let (offline, _) = chat_router(&db, None, &[("LLM_MODEL", "")]);
+    for question in ["What is the capital of France?", "Hi", "xyzzy plugh"] {
+        let res = call(&router, post(ask(question))).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["sources"], json!([]), "{question}");
+        let sent = fake.last_request();
+        assert_eq!(sent["messages"].as_array().unwrap().len(), 1, "{sent}");
+
+        let without_model = json!({"messages": [{"role": "user", "content": question}]});
+        let res = call(&offline, post(without_model)).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["sources"], json!([]), "{question}");
+        let content = res.json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap();
+        assert!(content.contains("no passage that matches"), "{content}");
+        assert!(!content.contains("document refund-policy"), "{content}");
+    }
+    let res = call(
+        &router,
+        post(ask("How long do I have to ask for a refund?")),
+    )
+    .await;
+    assert_eq!(res.json["sources"], json!(["refund-policy"]));
+}

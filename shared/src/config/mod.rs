@@ -139,6 +139,24 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A decimal number in `min..=max`, or the default when unset.
+    #[cfg(feature = "kb")]
+    fn number(&mut self, name: &'static str, default: f64, min: f64, max: f64) -> f64 {
+        let Some(raw) = self.get(name) else {
+            return default;
+        };
+        match raw.parse::<f64>() {
+            Ok(v) if (min..=max).contains(&v) => v,
+            _ => {
+                self.fail(
+                    name,
+                    format!("expected a number from {min} to {max}, got `{raw}`"),
+                );
+                default
+            }
+        }
+    }
+
     fn millis(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Duration {
         Duration::from_millis(self.int(name, default, min, max))
     }
@@ -407,7 +425,35 @@ fn read_cache(r: &mut Reader<'_>) -> CacheConfig {
     }
 }
 
-/// The knowledge base's variables (`EMBEDDINGS_*`, `CHUNK_*`, ingest limits, `VECTOR_INDEX_*`).
+/// `RETRIEVAL_MIN_SIMILARITY` and `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD`; `None` when
+/// neither is set (the embedder's default then applies, see `KbSettings::relevance_floor`).
+#[cfg(feature = "kb")]
+fn read_relevance_floor(r: &mut Reader<'_>) -> Option<crate::kb::RelevanceFloor> {
+    const MIN: &str = "RETRIEVAL_MIN_SIMILARITY";
+    const SHARED_WORD: &str = "RETRIEVAL_MIN_SIMILARITY_SHARED_WORD";
+    let (min_set, shared_set) = (r.get(MIN).is_some(), r.get(SHARED_WORD).is_some());
+    if !min_set {
+        if shared_set {
+            r.fail(SHARED_WORD, format!("needs {MIN} as well"));
+        }
+        return None;
+    }
+    let min_similarity = r.number(MIN, 0.0, -1.0, 1.0);
+    let with_shared_word = r.number(SHARED_WORD, min_similarity, -1.0, 1.0);
+    if with_shared_word > min_similarity {
+        r.fail(
+            SHARED_WORD,
+            format!("must be at most {MIN} ({min_similarity}): a shared word lowers the bar"),
+        );
+    }
+    Some(crate::kb::RelevanceFloor {
+        min_similarity,
+        with_shared_word,
+    })
+}
+
+/// The knowledge base's variables (`EMBEDDINGS_*`, `CHUNK_*`, `RETRIEVAL_MIN_SIMILARITY*`,
+/// ingest limits, `VECTOR_INDEX_*`).
 #[cfg(feature = "kb")]
 fn read_kb(r: &mut Reader<'_>) -> KbSettings {
     let embeddings_base_url = r.get("EMBEDDINGS_BASE_URL").map(str::to_string);
@@ -435,6 +481,7 @@ fn read_kb(r: &mut Reader<'_>) -> KbSettings {
             format!("must be at most half of CHUNK_SIZE ({chunk_size})"),
         );
     }
+    let relevance = read_relevance_floor(r);
     let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
     let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
     let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
@@ -455,6 +502,7 @@ fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         embeddings_timeout,
         chunk_size,
         chunk_overlap,
+        relevance,
         documents_bucket,
         documents_dir,
         max_document_bytes,

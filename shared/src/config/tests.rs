@@ -160,3 +160,58 @@ fn blank_values_mean_unset() {
     assert!(s.redis_url.is_none());
     assert_eq!(s.port, 8080);
 }
+
+#[cfg(feature = "kb")]
+#[test]
+fn the_relevance_floor_is_measured_for_the_offline_embedder_and_set_for_others() {
+    use crate::kb::RelevanceFloor;
+    let offline = Settings::from_vars("ingest", &vars(&[])).unwrap();
+    assert_eq!(
+        offline.kb.relevance_floor(),
+        RelevanceFloor::OFFLINE_DEFAULT
+    );
+    // A remote model's similarities have their own scale: no floor unless one is set.
+    let remote = [("EMBEDDINGS_BASE_URL", "https://api.openai.com/v1")];
+    let s = Settings::from_vars("ingest", &vars(&remote)).unwrap();
+    assert_eq!(s.kb.relevance_floor(), RelevanceFloor::NONE);
+    let s = Settings::from_vars(
+        "ingest",
+        &vars(&[remote[0], ("RETRIEVAL_MIN_SIMILARITY", "0.35")]),
+    )
+    .unwrap();
+    let one_floor = RelevanceFloor {
+        min_similarity: 0.35,
+        with_shared_word: 0.35,
+    };
+    assert_eq!(s.kb.relevance_floor(), one_floor);
+    let s = Settings::from_vars(
+        "ingest",
+        &vars(&[
+            ("RETRIEVAL_MIN_SIMILARITY", "0.4"),
+            ("RETRIEVAL_MIN_SIMILARITY_SHARED_WORD", "0.25"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.kb.relevance_floor().with_shared_word, 0.25);
+
+    for (pairs, problem) in [
+        (
+            vec![("RETRIEVAL_MIN_SIMILARITY_SHARED_WORD", "0.1")],
+            "needs RETRIEVAL_MIN_SIMILARITY",
+        ),
+        (
+            vec![
+                ("RETRIEVAL_MIN_SIMILARITY", "0.2"),
+                ("RETRIEVAL_MIN_SIMILARITY_SHARED_WORD", "0.3"),
+            ],
+            "must be at most RETRIEVAL_MIN_SIMILARITY",
+        ),
+        (
+            vec![("RETRIEVAL_MIN_SIMILARITY", "high")],
+            "expected a number from -1 to 1",
+        ),
+    ] {
+        let err = Settings::from_vars("ingest", &vars(&pairs)).unwrap_err();
+        assert!(err.to_string().contains(problem), "{err}");
+    }
+}

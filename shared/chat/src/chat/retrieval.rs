@@ -136,6 +136,7 @@ mod tests {
             chunk_id: format!("{doc}#0"),
             title: format!("Title {doc}"),
             score: 1.0,
+            similarity: Some(0.5),
             snippet: snippet.into(),
         }
     }

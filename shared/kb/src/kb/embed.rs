@@ -37,17 +37,6 @@ pub struct OfflineEmbedder {
     model: String,
 }
 
-const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with",
-    "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that",
-    "these", "those", "there", "here", "what", "which", "who", "whom", "how", "why", "when",
-    "where", "do", "does", "did", "can", "could", "should", "would", "will", "shall", "may",
-    "might", "must", "i", "you", "he", "she", "we", "they", "me", "my", "our", "your", "their",
-    "them", "us", "about", "into", "than", "then", "so", "if", "not", "no", "any", "all", "some",
-    "such", "more", "most", "other", "also", "only", "very", "just", "have", "has", "had", "each",
-    "per", "up", "out",
-];
-
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     let mut hash = fnv1a_hasher(seed);
     hash.write(bytes);
@@ -89,7 +78,7 @@ pub fn tokens(text: &str) -> Vec<String> {
     let flush = |word: &mut String, out: &mut Vec<String>| {
         if !word.is_empty() {
             let lower = word.to_lowercase();
-            if !STOPWORDS.contains(&lower.as_str()) {
+            if !super::text::is_stopword(&lower) {
                 out.push(stem(&lower));
             }
             word.clear();

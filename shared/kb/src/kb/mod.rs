@@ -4,11 +4,13 @@
 pub mod embed;
 pub mod openai;
 pub mod rank;
+pub mod search;
 mod settings;
 pub mod store;
 pub mod text;
 pub mod vector_index;
 
+pub use search::{RelevanceFloor, SearchResponse, SearchResult};
 pub use settings::{IngestLimits, KbSettings};
 
 use std::sync::Arc;
@@ -22,10 +24,10 @@ use crate::cache::{Namespace, TieredCache};
 use crate::store::StoreError;
 use embed::{EmbedError, Embedder};
 use store::{
-    ChunkHit, DocumentRecord, DocumentWrite, EmbeddedChunk, EventRecord, KnowledgeStore,
-    NewDocument, SearchFilter, WriteOutcome,
+    DocumentRecord, DocumentWrite, EmbeddedChunk, EventRecord, KnowledgeStore, NewDocument,
+    WriteOutcome,
 };
-use text::{snippet, ChunkConfig};
+use text::ChunkConfig;
 
 /// Why an ingest, delete or search failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,23 +67,6 @@ pub struct IngestResult {
     pub version: i64,
 }
 
-/// One search result.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct SearchResult {
-    pub document_id: String,
-    pub chunk_id: String,
-    pub title: String,
-    pub score: f64,
-    pub snippet: String,
-}
-
-/// `GET /search`'s answer: `mode` is `keyword` when the embedder was unavailable.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct SearchResponse {
-    pub results: Vec<SearchResult>,
-    pub mode: String,
-}
-
 /// Valid document ids: safe in URLs, logs and keys.
 pub(crate) fn valid_document_id(id: &str) -> bool {
     !id.is_empty()
@@ -116,6 +101,8 @@ pub struct KnowledgeBase {
     cache: TieredCache,
     chunking: ChunkConfig,
     limits: IngestLimits,
+    /// Passages less relevant than this are never returned (`RETRIEVAL_MIN_SIMILARITY*`).
+    relevance: RelevanceFloor,
     prepared: OnceCell<()>,
 }
 
@@ -144,6 +131,7 @@ impl KnowledgeBase {
             cache,
             chunking,
             limits: IngestLimits::default(),
+            relevance: RelevanceFloor::OFFLINE_DEFAULT,
             prepared: OnceCell::new(),
         }
     }
@@ -151,6 +139,12 @@ impl KnowledgeBase {
     /// With these limits instead of the defaults (1 MiB, 100 documents).
     pub fn with_limits(mut self, limits: IngestLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets the relevance floor ([`RelevanceFloor::NONE`] keeps every passage).
+    pub fn with_relevance_floor(mut self, relevance: RelevanceFloor) -> Self {
+        self.relevance = relevance;
         self
     }
 
@@ -443,137 +437,6 @@ impl KnowledgeBase {
             .ok_or_else(|| KbError::NotFound(id.to_string()))?;
         self.invalidate_caches().await;
         Ok(version)
-    }
-
-    /// The ranked chunks for a query: vector and keyword lists fused, or keyword only
-    /// (`"keyword"`) when the embedder is unavailable.
-    async fn hybrid(
-        &self,
-        query: &str,
-        k: usize,
-        filter: Option<&SearchFilter>,
-    ) -> Result<(Vec<ChunkHit>, &'static str), KbError> {
-        self.prepare_store().await?;
-        let candidates = (k * 4).max(20) as i64;
-        let vector = match self.embedder.embed(&[query.to_string()]).await {
-            Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
-            Ok(_) => None,
-            Err(err) => {
-                tracing::warn!(error = %err, "embedder unavailable; keyword-only search");
-                None
-            }
-        };
-        // The two lists are independent: query them at the same time (two connections).
-        let vector_list = async {
-            match &vector {
-                Some(v) => self
-                    .store
-                    .vector_search(v, self.embedder.model(), candidates, filter)
-                    .await
-                    .map(Some),
-                None => Ok(None),
-            }
-        };
-        let (keyword, by_vector) = tokio::join!(
-            self.store.keyword_search(query, candidates, filter),
-            vector_list
-        );
-        let (keyword, by_vector) = (keyword?, by_vector?);
-        Ok(match by_vector {
-            Some(by_vector) => {
-                let fused = rank::reciprocal_rank_fusion(
-                    &[
-                        by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
-                        keyword.iter().map(|h| h.chunk_id.clone()).collect(),
-                    ],
-                    rank::RRF_K,
-                );
-                let mut by_id: std::collections::HashMap<String, ChunkHit> = by_vector
-                    .into_iter()
-                    .chain(keyword)
-                    .map(|h| (h.chunk_id.clone(), h))
-                    .collect();
-                let hits = fused
-                    .into_iter()
-                    .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
-                    .collect();
-                (hits, "hybrid")
-            }
-            None => (keyword, "keyword"),
-        })
-    }
-
-    /// Passages for a chat prompt (C3): like `search`, with each chunk's whole text as
-    /// the snippet, and not cached (the chat answer is).
-    pub async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, KbError> {
-        let query = query.trim();
-        if query.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (hits, _) = self.hybrid(query, k, None).await?;
-        Ok(hits
-            .into_iter()
-            .take(k)
-            .map(|h| SearchResult {
-                document_id: h.document_id,
-                chunk_id: h.chunk_id,
-                title: h.title,
-                score: (h.score * 1e6).round() / 1e6,
-                snippet: h.text,
-            })
-            .collect())
-    }
-
-    /// Hybrid search: vector and keyword lists fused by reciprocal rank; keyword only
-    /// (and flagged) when the embedder is unavailable. Results are cached (`search`).
-    pub async fn search(
-        &self,
-        query: &str,
-        k: usize,
-        filter: Option<&SearchFilter>,
-    ) -> Result<SearchResponse, KbError> {
-        let query = query.trim();
-        if query.is_empty() {
-            return Err(KbError::Invalid("the query is empty".into()));
-        }
-        let cache_key = format!(
-            "{}|{}|{}|{}",
-            self.embedder.model(),
-            k,
-            filter
-                .map(|f| format!("{}={}", f.key, f.value))
-                .unwrap_or_default(),
-            query.to_lowercase()
-        );
-        if let Some(cached) = self
-            .cache
-            .get::<SearchResponse>(Namespace::Search, &cache_key)
-            .await
-        {
-            return Ok(cached);
-        }
-        let (hits, mode) = self.hybrid(query, k, filter).await?;
-        let response = SearchResponse {
-            results: hits
-                .into_iter()
-                .take(k)
-                .map(|h| SearchResult {
-                    snippet: snippet(&h.text, query, 240),
-                    document_id: h.document_id,
-                    chunk_id: h.chunk_id,
-                    title: h.title,
-                    score: (h.score * 1e6).round() / 1e6,
-                })
-                .collect(),
-            mode: mode.to_string(),
-        };
-        // A degraded (keyword-only) answer is not cached, so recovery is immediate.
-        if mode == "hybrid" {
-            self.cache
-                .set(Namespace::Search, &cache_key, &response)
-                .await;
-        }
-        Ok(response)
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::vector_index::VectorIndexConfig;
+use super::RelevanceFloor;
 use crate::secret::Secret;
 
 /// Embeddings, chunking, ingest limits and the PostgreSQL vector index (I1-I6).
@@ -18,6 +19,10 @@ pub struct KbSettings {
     /// Chunk size and overlap in characters.
     pub chunk_size: usize,
     pub chunk_overlap: usize,
+    /// The relevance floor: less relevant passages are not used (search, chat). Unset:
+    /// the measured default for the offline embedder, none for another (similarities are
+    /// not comparable across models; see [`KbSettings::relevance_floor`]).
+    pub relevance: Option<RelevanceFloor>,
     /// S3 bucket of the documents that S3 events refer to (a local folder in embedded mode).
     pub documents_bucket: Option<String>,
     /// Embedded mode: S3 events name objects under this local folder instead of S3.
@@ -26,6 +31,26 @@ pub struct KbSettings {
     pub max_batch_documents: usize,
     /// When bulk writes skip the PostgreSQL HNSW index and when it catches up (`VECTOR_INDEX_*`).
     pub vector_index: VectorIndexConfig,
+}
+
+impl KbSettings {
+    /// The floor in force: the one set, or the offline embedder's measured default. A
+    /// remote model's similarities have their own scale (0.2 is unrelated for one model
+    /// and close for another), so without a setting it gets no floor and a warning that
+    /// says how to measure one.
+    pub fn relevance_floor(&self) -> RelevanceFloor {
+        match (self.relevance, &self.embeddings_base_url) {
+            (Some(floor), _) => floor,
+            (None, None) => RelevanceFloor::OFFLINE_DEFAULT,
+            (None, Some(_)) => {
+                tracing::warn!(
+                    model = %self.embeddings_model,
+                    "RETRIEVAL_MIN_SIMILARITY is not set: with a remote embedding model every passage counts as relevant; measure a floor for this model with `make eval` (README, Relevance floor)"
+                );
+                RelevanceFloor::NONE
+            }
+        }
+    }
 }
 
 /// How much one ingest may bring: checked here, once, whichever adapter (HTTP, S3) the

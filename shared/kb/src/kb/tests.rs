@@ -1,3 +1,4 @@
+use super::text::snippet;
 use super::*;
 
 #[test]

@@ -4,6 +4,24 @@
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
+/// English function words: left out of embeddings' features and of keyword queries,
+/// where they would match nearly every passage and pass for evidence of relevance.
+const STOPWORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with",
+    "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that",
+    "these", "those", "there", "here", "what", "which", "who", "whom", "how", "why", "when",
+    "where", "do", "does", "did", "can", "could", "should", "would", "will", "shall", "may",
+    "might", "must", "i", "you", "he", "she", "we", "they", "me", "my", "our", "your", "their",
+    "them", "us", "about", "into", "than", "then", "so", "if", "not", "no", "any", "all", "some",
+    "such", "more", "most", "other", "also", "only", "very", "just", "have", "has", "had", "each",
+    "per", "up", "out",
+];
+
+/// Whether a lower-cased word is one of [`STOPWORDS`].
+pub(crate) fn is_stopword(lower: &str) -> bool {
+    STOPWORDS.contains(&lower)
+}
+
 /// Canonical text: Unicode NFC, `\n` line ends, no control characters, single spaces,
 /// trimmed lines and at most one blank line between paragraphs. Identical documents
 /// normalise to identical text, so their content hashes match.

@@ -185,6 +185,15 @@ pub trait KnowledgeStore: Send + Sync {
         k: i64,
         filter: Option<&SearchFilter>,
     ) -> Result<Vec<ChunkHit>, StoreError>;
+    /// The cosine similarity of `query` to each of these chunks' stored embeddings of
+    /// `model` (a chunk without one is left out): what the relevance floor needs for
+    /// chunks that only the keyword search found.
+    async fn similarities(
+        &self,
+        query: &[f32],
+        model: &str,
+        chunk_ids: &[String],
+    ) -> Result<Vec<(String, f64)>, StoreError>;
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
     /// Indexes chunks that bulk writes left outside the vector index, for every dimension
     /// (PostgreSQL; SQLite searches exactly and has nothing to do). `due` indexes any
@@ -239,11 +248,15 @@ const KEYWORD_CANDIDATES: usize = 500;
 const KEYWORD_FILL_CANDIDATES: usize = 200;
 
 /// Search words for the keyword index: letters and digits only (no query syntax).
+/// The words of a keyword query, stopwords left out: a passage that shares only "what",
+/// "is" and "the" with the question is no match (SQLite indexes every word; PostgreSQL's
+/// `english` configuration drops its own stopwords too).
 fn keyword_terms(query: &str) -> Vec<String> {
     query
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(|w| w.to_lowercase())
+        .filter(|w| !crate::kb::text::is_stopword(w))
         .take(32)
         .collect()
 }

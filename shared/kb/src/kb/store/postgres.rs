@@ -311,6 +311,29 @@ impl KnowledgeStore for PgKnowledgeStore {
         Ok(rows.into_iter().map(ChunkHit::from).collect())
     }
 
+    async fn similarities(
+        &self,
+        query: &[f32],
+        model: &str,
+        chunk_ids: &[String],
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        if chunk_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dims = query.len();
+        let sql = format!(
+            "SELECT id, 1 - ((embedding::vector({dims})) <=> $1::vector({dims})) FROM chunks \
+             WHERE id = ANY($2) AND model = $3 AND dims = {dims}"
+        );
+        Ok(sqlx::query_as(&sql)
+            .persistent(false)
+            .bind(vector_literal(query))
+            .bind(chunk_ids)
+            .bind(model)
+            .fetch_all(self.pool().await?)
+            .await?)
+    }
+
     async fn keyword_search(
         &self,
         query: &str,

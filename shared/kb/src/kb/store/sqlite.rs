@@ -382,6 +382,32 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             .collect())
     }
 
+    async fn similarities(
+        &self,
+        query: &[f32],
+        model: &str,
+        chunk_ids: &[String],
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        if chunk_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; chunk_ids.len()].join(", ");
+        let sql = format!(
+            "SELECT id, embedding FROM chunks WHERE model = ? AND dims = ? AND id IN ({placeholders})"
+        );
+        let mut fetch = sqlx::query(&sql).bind(model).bind(query.len() as i64);
+        for id in chunk_ids {
+            fetch = fetch.bind(id);
+        }
+        let rows = fetch.fetch_all(self.pool().await?).await?;
+        rows.iter()
+            .map(|row| {
+                let blob: &[u8] = row.try_get(1)?;
+                Ok((row.try_get(0)?, dot_with_blob(query, blob) as f64))
+            })
+            .collect()
+    }
+
     async fn keyword_search(
         &self,
         query: &str,

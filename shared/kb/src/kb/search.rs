@@ -1,0 +1,262 @@
+//! Search (I3): hybrid retrieval with a relevance floor, for `GET /search` and for chat
+//! prompts alike.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::embed::tokens;
+use super::store::{ChunkHit, SearchFilter};
+use super::text::snippet;
+use super::{rank, KbError, KnowledgeBase};
+use crate::cache::Namespace;
+
+/// One search result.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SearchResult {
+    pub document_id: String,
+    pub chunk_id: String,
+    pub title: String,
+    /// The fused rank score: orders results, means nothing on its own.
+    pub score: f64,
+    /// Cosine similarity of the passage to the query, what the relevance floor
+    /// ([`RelevanceFloor`]) is compared with; `None` in keyword-only mode.
+    #[serde(default)]
+    pub similarity: Option<f64>,
+    pub snippet: String,
+}
+
+/// A fused hit and its similarity to the query (`None` when only keywords could search).
+struct RankedHit {
+    hit: ChunkHit,
+    similarity: Option<f64>,
+}
+
+impl RankedHit {
+    fn keyword_only(hit: ChunkHit) -> Self {
+        Self {
+            hit,
+            similarity: None,
+        }
+    }
+
+    /// The result as returned, its snippet made from the chunk's text.
+    fn into_result(self, snippet: impl FnOnce(String) -> String) -> SearchResult {
+        let round = |x: f64| (x * 1e6).round() / 1e6;
+        SearchResult {
+            document_id: self.hit.document_id,
+            chunk_id: self.hit.chunk_id,
+            title: self.hit.title,
+            score: round(self.hit.score),
+            similarity: self.similarity.map(round),
+            snippet: snippet(self.hit.text),
+        }
+    }
+}
+
+/// Which passages are relevant enough to use (issue 12, finding 6): similar enough to
+/// the question, or a little less similar when they share a word with it. The offline
+/// embedder's similarity alone cannot tell a short plain question from an unrelated one
+/// ("how long does delivery take" scores below "how many bones are in the human body"
+/// against aeronautics abstracts), so a shared word, the keyword side's evidence,
+/// lowers the bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RelevanceFloor {
+    /// Any passage at least this similar to the question (`RETRIEVAL_MIN_SIMILARITY`).
+    pub min_similarity: f64,
+    /// A passage sharing a word (not a stopword) with the question, from this
+    /// similarity up (`RETRIEVAL_MIN_SIMILARITY_SHARED_WORD`, at most `min_similarity`).
+    pub with_shared_word: f64,
+}
+
+impl RelevanceFloor {
+    /// Every passage, however unrelated.
+    pub const NONE: Self = Self {
+        min_similarity: -1.0,
+        with_shared_word: -1.0,
+    };
+
+    /// The offline embedder's floor when none is set, measured by `make eval` on the
+    /// Cranfield collection and the support fixture corpus: the floors that keep 99 % of
+    /// Cranfield's judged-relevant passages in a chat prompt and every support question's
+    /// document in its top three, and turn away the most off-topic questions. A test
+    /// re-measures them, so a change that moves them cannot go unnoticed.
+    pub const OFFLINE_DEFAULT: Self = Self {
+        min_similarity: 0.27,
+        with_shared_word: 0.13,
+    };
+
+    /// Whether a passage this similar, sharing a word with the question or not, is used.
+    pub fn admits(&self, similarity: f64, shares_a_word: bool) -> bool {
+        similarity >= self.min_similarity || (shares_a_word && similarity >= self.with_shared_word)
+    }
+}
+
+/// A question's words as "shares a word" compares them: stemmed, without stopwords.
+pub fn question_words(question: &str) -> HashSet<String> {
+    tokens(question).into_iter().collect()
+}
+
+/// Whether `text` has one of the question's words.
+pub fn shares_a_word(question_words: &HashSet<String>, text: &str) -> bool {
+    !question_words.is_empty() && tokens(text).iter().any(|t| question_words.contains(t))
+}
+
+/// `GET /search`'s answer: `mode` is `keyword` when the embedder was unavailable.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    pub mode: String,
+}
+
+impl KnowledgeBase {
+    /// The ranked chunks for a query with their similarity to it: vector and keyword
+    /// lists fused, then every chunk below the relevance floor dropped; or keyword only
+    /// (`"keyword"`, no similarities, each hit sharing a word with the query) when the
+    /// embedder is unavailable.
+    async fn hybrid(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<(Vec<RankedHit>, &'static str), KbError> {
+        self.prepare_store().await?;
+        let candidates = (k * 4).max(20) as i64;
+        let vector = match self.embedder.embed(&[query.to_string()]).await {
+            Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "embedder unavailable; keyword-only search");
+                None
+            }
+        };
+        // The two lists are independent: query them at the same time (two connections).
+        let vector_list = async {
+            match &vector {
+                Some(v) => self
+                    .store
+                    .vector_search(v, self.embedder.model(), candidates, filter)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (keyword, by_vector) = tokio::join!(
+            self.store.keyword_search(query, candidates, filter),
+            vector_list
+        );
+        let (keyword, by_vector) = (keyword?, by_vector?);
+        let (Some(vector), Some(by_vector)) = (vector, by_vector) else {
+            let hits = keyword.into_iter().map(RankedHit::keyword_only).collect();
+            return Ok((hits, "keyword"));
+        };
+        let fused = rank::reciprocal_rank_fusion(
+            &[
+                by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
+                keyword.iter().map(|h| h.chunk_id.clone()).collect(),
+            ],
+            rank::RRF_K,
+        );
+        let mut similarity: HashMap<String, f64> = by_vector
+            .iter()
+            .map(|h| (h.chunk_id.clone(), h.score))
+            .collect();
+        // Chunks only the keyword search found: their similarity from their stored
+        // embeddings, so the floor judges every passage alike.
+        let keyword_only: Vec<String> = keyword
+            .iter()
+            .filter(|h| !similarity.contains_key(&h.chunk_id))
+            .map(|h| h.chunk_id.clone())
+            .collect();
+        similarity.extend(
+            self.store
+                .similarities(&vector, self.embedder.model(), &keyword_only)
+                .await?,
+        );
+        let mut by_id: HashMap<String, ChunkHit> = by_vector
+            .into_iter()
+            .chain(keyword)
+            .map(|h| (h.chunk_id.clone(), h))
+            .collect();
+        let words = question_words(query);
+        let hits = fused
+            .into_iter()
+            .filter_map(|(id, score)| {
+                let similarity = *similarity.get(&id)?;
+                let hit = by_id.remove(&id)?;
+                let shares_a_word = shares_a_word(&words, &hit.text);
+                self.relevance
+                    .admits(similarity, shares_a_word)
+                    .then_some(())?;
+                Some(RankedHit {
+                    hit: ChunkHit { score, ..hit },
+                    similarity: Some(similarity),
+                })
+            })
+            .collect();
+        Ok((hits, "hybrid"))
+    }
+
+    /// Passages for a chat prompt (C3): like `search`, with each chunk's whole text as
+    /// the snippet, and not cached (the chat answer is).
+    pub async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, KbError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (hits, _) = self.hybrid(query, k, None).await?;
+        Ok(hits
+            .into_iter()
+            .take(k)
+            .map(|h| h.into_result(|text| text))
+            .collect())
+    }
+
+    /// Hybrid search: vector and keyword lists fused by reciprocal rank; keyword only
+    /// (and flagged) when the embedder is unavailable. Results are cached (`search`).
+    pub async fn search(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<SearchResponse, KbError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(KbError::Invalid("the query is empty".into()));
+        }
+        let cache_key = format!(
+            "{}|{}/{}|{}|{}|{}",
+            self.embedder.model(),
+            self.relevance.min_similarity,
+            self.relevance.with_shared_word,
+            k,
+            filter
+                .map(|f| format!("{}={}", f.key, f.value))
+                .unwrap_or_default(),
+            query.to_lowercase()
+        );
+        if let Some(cached) = self
+            .cache
+            .get::<SearchResponse>(Namespace::Search, &cache_key)
+            .await
+        {
+            return Ok(cached);
+        }
+        let (hits, mode) = self.hybrid(query, k, filter).await?;
+        let response = SearchResponse {
+            results: hits
+                .into_iter()
+                .take(k)
+                .map(|h| h.into_result(|text| snippet(&text, query, 240)))
+                .collect(),
+            mode: mode.to_string(),
+        };
+        // A degraded (keyword-only) answer is not cached, so recovery is immediate.
+        if mode == "hybrid" {
+            self.cache
+                .set(Namespace::Search, &cache_key, &response)
+                .await;
+        }
+        Ok(response)
+    }
+}
