@@ -16,6 +16,7 @@ the command, its status and body, and the server's log, and exits non-zero.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,7 +65,8 @@ def free_port() -> str:
 
 def blocks(markdown: str):
     """(language, fence info, body) of every fenced block."""
-    for match in re.finditer(r"^```(\w*)([^\n]*)\n(.*?)^```", markdown, re.S | re.M):
+    fence = r"^[ \t]*```(\w*)([^\n]*)\n(.*?)^[ \t]*```"
+    for match in re.finditer(fence, markdown, re.S | re.M):
         yield match.group(1), match.group(2), match.group(3)
 
 
@@ -73,7 +75,7 @@ def with_expectations(script: str) -> str:
     the status, and the start of the body up to the comment's first `...`."""
     lines = []
     for line in script.splitlines():
-        expected = re.search(r"#\s*(\d{3})\b\s*(\{[^.]*)?", line)
+        expected = re.search(r"#\s*(\d{3})\b\s*(\{.*?)?(?:\.\.\.|$)", line)
         if expected and "curl " in line.split("#")[0]:
             prefix = f"EXPECT={expected.group(1)} "
             if expected.group(2):
@@ -127,7 +129,26 @@ def run_block(name: str, script: str, env: dict, log: Path) -> None:
         fail(f"{name} failed", log)
 
 
+def stop(process: subprocess.Popen | None) -> None:
+    """Ends a process started in a session of its own, and everything it started."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def main() -> None:
+    # A SIGTERM (CI's timeout, make's interrupt) unwinds through `finally` below, so the
+    # servers never outlive the check.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     port, fake_port = free_port(), free_port()
     work = Path(tempfile.mkdtemp(prefix="readme-check-"))
     log = work / "make-run.log"
@@ -162,6 +183,9 @@ def main() -> None:
         for number, (language, info, body) in enumerate(blocks(readme), 1):
             if "no-check" in info:
                 continue
+            if language in ("bash", "shell", "console", "zsh"):
+                fail(f"README block {number} is fenced `{language}`: fence commands as `sh` "
+                     "(checked) or add `no-check` after the language")
             if language == "sh":
                 run_block(f"README block {number} (sh)", local(body), env, log)
                 checked += 1
@@ -180,14 +204,9 @@ def main() -> None:
         run_block("make run's banner", banner, env, log)
         print(f"readme-check: {checked} README blocks and the banner's commands passed")
     finally:
-        for process in (server, fake):
-            if process is None:
-                continue
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        server.wait(timeout=30)
+        stop(fake)
+        stop(server)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

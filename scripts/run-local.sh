@@ -14,7 +14,8 @@ scripts/ensure-cargo-lambda.sh
 mkdir -p .data
 # Variables already set in the environment win over the env file, so
 # `DATABASE_URL=postgres://... make run` does what it says.
-effective_env=.data/run.env
+# One file per port, so two servers (yours and a test's) never rewrite each other's.
+effective_env=.data/run-${port}.env
 : >"$effective_env"
 while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in ''|'#'*) continue ;; esac

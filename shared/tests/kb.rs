@@ -2,30 +2,19 @@
 //! ingest, atomic replacement, deletes, the event log, hybrid search quality, embedder
 //! outages and cache invalidation.
 
+mod support;
+
 use std::sync::Arc;
 
 use chatkb_testing::TestDatabase;
 use serde_json::{json, Value};
 use shared::cache::{CacheConfig, TieredCache};
-use shared::kb::embed::{EmbedError, EmbedFuture, Embedder, OfflineEmbedder};
+use shared::kb::embed::{EmbedFuture, Embedder, OfflineEmbedder};
 use shared::kb::store::NewDocument;
 use shared::kb::store::{knowledge_store, SearchFilter};
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KbError, KnowledgeBase, Prepared};
-
-struct DownEmbedder;
-
-impl Embedder for DownEmbedder {
-    fn model(&self) -> &str {
-        "offline-hash-v1-256"
-    }
-    fn dimensions(&self) -> usize {
-        256
-    }
-    fn embed<'a>(&'a self, _texts: &'a [String]) -> EmbedFuture<'a> {
-        Box::pin(async { Err(EmbedError::Unavailable("connection refused".into())) })
-    }
-}
+use support::DownEmbedder;
 
 fn kb_with(db: &TestDatabase, embedder: Arc<dyn Embedder>) -> KnowledgeBase {
     let store = knowledge_store(&db.database());
@@ -190,7 +179,7 @@ async fn an_embedder_outage_stores_nothing_and_search_falls_back_to_keywords() {
             )
             .await
             .unwrap();
-        let down = kb_with(&db, Arc::new(DownEmbedder));
+        let down = kb_with(&db, Arc::new(DownEmbedder(256)));
         let err = down
             .ingest(
                 doc(

@@ -9,15 +9,21 @@ use std::sync::Arc;
 use chatkb_testing::TestDatabase;
 use serde_json::json;
 use shared::cache::{CacheConfig, TieredCache};
-use shared::kb::embed::{EmbedError, EmbedFuture, Embedder, OfflineEmbedder};
+use shared::kb::embed::{EmbedFuture, Embedder, OfflineEmbedder};
 use shared::kb::search::{question_words, shares_a_word};
 use shared::kb::store::knowledge_store;
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KnowledgeBase, RelevanceFloor};
 use support::relevance::{measure_floor, Collection};
+use support::DownEmbedder;
 
 /// The questions of the issue, asked of a knowledge base that cannot answer them.
-const OFF_TOPIC: [&str; 3] = ["What is the capital of France?", "Hi", "xyzzy plugh"];
+const OFF_TOPIC: [&str; 4] = [
+    "What is the capital of France?",
+    "Hi",
+    "xyzzy plugh",
+    "What's the capital of France?",
+];
 
 /// A knowledge base as the functions build it by default: offline embedder of the
 /// default size, default chunking, default floor.
@@ -199,17 +205,64 @@ async fn keyword_only_chunks_get_their_similarity_from_the_stored_embedding_on_b
     }
 }
 
-struct DownEmbedder;
+/// Points every text one of two ways: a document mentioning "zebra" away from
+/// everything else, and short texts (questions) with the rest. So a question about zebras
+/// finds the zebra document by keyword only, behind 25 documents the vector list prefers.
+struct TwoWayEmbedder;
 
-impl Embedder for DownEmbedder {
+impl Embedder for TwoWayEmbedder {
     fn model(&self) -> &str {
-        "offline-hash-v1-384"
+        "two-way-8"
     }
     fn dimensions(&self) -> usize {
-        384
+        8
     }
-    fn embed<'a>(&'a self, _texts: &'a [String]) -> EmbedFuture<'a> {
-        Box::pin(async { Err(EmbedError::Unavailable("connection refused".into())) })
+    fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
+        let vectors = texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0; 8];
+                v[usize::from(t.len() > 40 && t.contains("zebra"))] = 1.0;
+                v
+            })
+            .collect();
+        Box::pin(async move { Ok(vectors) })
+    }
+}
+
+/// A chunk outside the vector list's candidates that the keyword search found is judged
+/// by its own stored embedding (fetched for it), not let through unjudged.
+#[tokio::test]
+async fn a_chunk_found_by_keywords_alone_is_judged_by_its_stored_embedding_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let kb = kb_with(&db, Arc::new(TwoWayEmbedder));
+        let mut batch: Vec<IngestRequest> = (0..25)
+            .map(|i| {
+                let text = format!("Herds of wildebeest cross the plains, season {i}.");
+                doc(&format!("herd-{i}"), "Migration", &text)
+            })
+            .collect();
+        let zebra = "The zoo's zebra gets hay twice a day and a carrot on Sundays.";
+        batch.push(doc("zoo", "Zoo notes", zebra));
+        kb.ingest_batch(batch, "t").await.unwrap();
+
+        let all = kb
+            .with_relevance_floor(RelevanceFloor::NONE)
+            .retrieve("zebra", 4)
+            .await
+            .unwrap();
+        let zoo = all.iter().find(|r| r.document_id == "zoo");
+        let zoo = zoo.unwrap_or_else(|| panic!("{:?}: {all:?}", db.kind));
+        assert_eq!(zoo.similarity, Some(0.0), "{:?}", db.kind);
+
+        // Its similarity (0) is below the floor, shared word or not: only the herds pass.
+        let kb = kb_with(&db, Arc::new(TwoWayEmbedder));
+        let floored = kb.retrieve("zebra", 4).await.unwrap();
+        assert!(!floored.is_empty());
+        assert!(
+            floored.iter().all(|r| r.document_id != "zoo"),
+            "{floored:?}"
+        );
     }
 }
 
@@ -219,7 +272,7 @@ impl Embedder for DownEmbedder {
 async fn keyword_only_search_needs_a_word_that_is_not_a_stopword_on_both_backends() {
     for db in TestDatabase::both().await {
         Collection::support().ingest(&kb_with(&db, offline())).await;
-        let down = kb_with(&db, Arc::new(DownEmbedder));
+        let down = kb_with(&db, Arc::new(DownEmbedder(384)));
         for question in [
             "What is the capital of France?",
             "xyzzy plugh",

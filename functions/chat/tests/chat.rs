@@ -66,6 +66,24 @@ fn ask(question: &str) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "temperature": 0})
 }
 
+/// Two unrelated documents: one answers refund questions, the other nothing asked here.
+async fn ingest_refund_policy_and_office_plants(ctx: &AppContext) {
+    ingest(
+        ctx,
+        "refund-policy",
+        "Refund policy",
+        "Customers can ask for a refund within 30 days of delivery. Refunds go back to the original card.",
+    )
+    .await;
+    ingest(
+        ctx,
+        "office-plants",
+        "Office plants",
+        "Water the ficus on Mondays and keep the cactus away from the radiator.",
+    )
+    .await;
+}
+
 async fn ingest(ctx: &AppContext, id: &str, title: &str, text: &str) {
     ctx.knowledge_base()
         .ingest(
@@ -158,20 +176,7 @@ async fn sample_events_get_an_openai_shaped_answer_and_the_model_list() {
 async fn without_a_provider_the_answer_is_a_flagged_retrieval_only_answer_citing_the_document() {
     let db = TestDatabase::sqlite();
     let (router, ctx) = chat_router(&db, None, &[("LLM_MODEL", "")]);
-    ingest(
-        &ctx,
-        "refund-policy",
-        "Refund policy",
-        "Customers can ask for a refund within 30 days of delivery. Refunds go back to the original card.",
-    )
-    .await;
-    ingest(
-        &ctx,
-        "office-plants",
-        "Office plants",
-        "Water the ficus on Mondays and keep the cactus away from the radiator.",
-    )
-    .await;
+    ingest_refund_policy_and_office_plants(&ctx).await;
 
     let res = call(
         &router,
@@ -1448,20 +1453,7 @@ async fn passages_below_the_relevance_floor_are_neither_prompted_nor_cited() {
     let fake = FakeOpenAi::start().await;
     let db = TestDatabase::sqlite();
     let (router, ctx) = chat_router(&db, Some(&fake), &[]);
-    ingest(
-        &ctx,
-        "refund-policy",
-        "Refund policy",
-        "Customers can ask for a refund within 30 days of delivery. Refunds go back to the original card.",
-    )
-    .await;
-    ingest(
-        &ctx,
-        "office-plants",
-        "Office plants",
-        "Water the ficus on Mondays and keep the cactus away from the radiator.",
-    )
-    .await;
+    ingest_refund_policy_and_office_plants(&ctx).await;
     let (offline, _) = chat_router(&db, None, &[("LLM_MODEL", "")]);
     for question in ["What is the capital of France?", "Hi", "xyzzy plugh"] {
         let res = call(&router, post(ask(question))).await;

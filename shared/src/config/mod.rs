@@ -438,9 +438,11 @@ fn read_relevance_floor(r: &mut Reader<'_>) -> Option<crate::kb::RelevanceFloor>
         }
         return None;
     }
+    let problems = r.problems.len();
     let min_similarity = r.number(MIN, 0.0, -1.0, 1.0);
+    let min_is_valid = r.problems.len() == problems;
     let with_shared_word = r.number(SHARED_WORD, min_similarity, -1.0, 1.0);
-    if with_shared_word > min_similarity {
+    if min_is_valid && with_shared_word > min_similarity {
         r.fail(
             SHARED_WORD,
             format!("must be at most {MIN} ({min_similarity}): a shared word lowers the bar"),

@@ -210,8 +210,26 @@ fn the_relevance_floor_is_measured_for_the_offline_embedder_and_set_for_others()
             vec![("RETRIEVAL_MIN_SIMILARITY", "high")],
             "expected a number from -1 to 1",
         ),
+        (
+            vec![("RETRIEVAL_MIN_SIMILARITY", "NaN")],
+            "expected a number from -1 to 1",
+        ),
+        (
+            vec![("RETRIEVAL_MIN_SIMILARITY", "inf")],
+            "expected a number from -1 to 1",
+        ),
     ] {
         let err = Settings::from_vars("ingest", &vars(&pairs)).unwrap_err();
         assert!(err.to_string().contains(problem), "{err}");
     }
+    // A bad floor is one problem, not also a complaint about the valid one beside it.
+    let err = Settings::from_vars(
+        "ingest",
+        &vars(&[
+            ("RETRIEVAL_MIN_SIMILARITY", "high"),
+            ("RETRIEVAL_MIN_SIMILARITY_SHARED_WORD", "0.2"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(err.variables(), vec!["RETRIEVAL_MIN_SIMILARITY"]);
 }

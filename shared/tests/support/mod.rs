@@ -1,5 +1,27 @@
 //! Code shared by integration tests (and `make eval`, which includes `relevance.rs`).
 
+use shared::kb::embed::{EmbedError, EmbedFuture, Embedder};
+
 // `make eval` uses parts of it that the tests do not.
 #[allow(dead_code)]
 pub mod relevance;
+
+/// An embedder whose service is down: ingest fails, search falls back to keywords. Its
+/// model is the offline embedder's of that size, so it searches what that one stored.
+pub struct DownEmbedder(pub usize);
+
+impl Embedder for DownEmbedder {
+    fn model(&self) -> &str {
+        match self.0 {
+            256 => "offline-hash-v1-256",
+            384 => "offline-hash-v1-384",
+            other => panic!("no offline model name written for {other} dimensions"),
+        }
+    }
+    fn dimensions(&self) -> usize {
+        self.0
+    }
+    fn embed<'a>(&'a self, _texts: &'a [String]) -> EmbedFuture<'a> {
+        Box::pin(async { Err(EmbedError::Unavailable("connection refused".into())) })
+    }
+}

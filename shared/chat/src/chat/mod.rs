@@ -299,8 +299,17 @@ impl ChatGateway {
             && request.temperature.unwrap_or(1.0) <= self.parts.settings.cache_max_temperature
     }
 
+    /// Answers with passages depend on which passages the floor lets through, so a
+    /// changed floor never serves an answer built under the old one.
     pub(super) fn cache_key(&self, request: &ChatRequest) -> String {
-        request.cache_key(if request.retrieval { "kb" } else { "no-kb" })
+        let retrieval = match (&self.parts.knowledge_base, request.retrieval) {
+            (Some(kb), true) => {
+                let floor = kb.relevance_floor();
+                format!("kb:{}/{}", floor.min_similarity, floor.with_shared_word)
+            }
+            _ => "no-kb".to_string(),
+        };
+        request.cache_key(&retrieval)
     }
 
     /// The chain of models to try for a request: the requested one first.

@@ -148,6 +148,11 @@ impl KnowledgeBase {
         self
     }
 
+    /// The floor in force: part of every cache key whose answer depends on it.
+    pub fn relevance_floor(&self) -> RelevanceFloor {
+        self.relevance
+    }
+
     pub fn limits(&self) -> IngestLimits {
         self.limits
     }

@@ -70,7 +70,8 @@ pub struct RelevanceFloor {
 }
 
 impl RelevanceFloor {
-    /// Every passage, however unrelated.
+    /// Every passage, however unrelated (one without an embedding of the current model
+    /// still needs a word in common with the question, having no similarity).
     pub const NONE: Self = Self {
         min_similarity: -1.0,
         with_shared_word: -1.0,
@@ -92,9 +93,25 @@ impl RelevanceFloor {
     }
 }
 
-/// A question's words as "shares a word" compares them: stemmed, without stopwords.
+/// A question's words as "shares a word" compares them: stemmed, without stopwords, and
+/// without what apostrophes leave: "what's" is "what", "the zebra's" is "zebra", and a
+/// negated auxiliary ("don't", "isn't") is dropped whole. Split at the apostrophe, they
+/// would leave `s`, `t` or `don`, which nearly every passage shares.
 pub fn question_words(question: &str) -> HashSet<String> {
-    tokens(question).into_iter().collect()
+    let without_contractions: Vec<&str> = question
+        .split_whitespace()
+        .filter_map(|word| match word.find(['\'', '\u{2019}']) {
+            None => Some(word),
+            Some(at) => {
+                let ending = word[at..].trim_start_matches(['\'', '\u{2019}']);
+                let negated = ending.starts_with(['t', 'T']) && word[..at].ends_with(['n', 'N']);
+                (!negated).then_some(&word[..at])
+            }
+        })
+        .collect();
+    tokens(&without_contractions.join(" "))
+        .into_iter()
+        .collect()
 }
 
 /// Whether `text` has one of the question's words.
@@ -157,9 +174,12 @@ impl KnowledgeBase {
             ],
             rank::RRF_K,
         );
+        // A query of stopwords alone embeds to the zero vector: PostgreSQL's cosine
+        // distance to it is NaN, SQLite's dot product 0. Both count as unrelated (0).
+        let defined = |s: f64| if s.is_nan() { 0.0 } else { s };
         let mut similarity: HashMap<String, f64> = by_vector
             .iter()
-            .map(|h| (h.chunk_id.clone(), h.score))
+            .map(|h| (h.chunk_id.clone(), defined(h.score)))
             .collect();
         // Chunks only the keyword search found: their similarity from their stored
         // embeddings, so the floor judges every passage alike.
@@ -168,11 +188,11 @@ impl KnowledgeBase {
             .filter(|h| !similarity.contains_key(&h.chunk_id))
             .map(|h| h.chunk_id.clone())
             .collect();
-        similarity.extend(
-            self.store
-                .similarities(&vector, self.embedder.model(), &keyword_only)
-                .await?,
-        );
+        let stored = self
+            .store
+            .similarities(&vector, self.embedder.model(), &keyword_only)
+            .await?;
+        similarity.extend(stored.into_iter().map(|(id, s)| (id, defined(s))));
         let mut by_id: HashMap<String, ChunkHit> = by_vector
             .into_iter()
             .chain(keyword)
@@ -182,15 +202,18 @@ impl KnowledgeBase {
         let hits = fused
             .into_iter()
             .filter_map(|(id, score)| {
-                let similarity = *similarity.get(&id)?;
                 let hit = by_id.remove(&id)?;
                 let shares_a_word = shares_a_word(&words, &hit.text);
-                self.relevance
-                    .admits(similarity, shares_a_word)
-                    .then_some(())?;
-                Some(RankedHit {
+                let similarity = similarity.get(&id).copied();
+                let admitted = match similarity {
+                    Some(similarity) => self.relevance.admits(similarity, shares_a_word),
+                    // No embedding of this model (a model change not yet re-ingested):
+                    // judged as in keyword mode, by a word shared with the question.
+                    None => shares_a_word,
+                };
+                admitted.then_some(RankedHit {
                     hit: ChunkHit { score, ..hit },
-                    similarity: Some(similarity),
+                    similarity,
                 })
             })
             .collect();
@@ -258,5 +281,41 @@ impl KnowledgeBase {
                 .await;
         }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apostrophes_leave_no_word_that_every_passage_shares() {
+        let words = question_words("What's the capital? I'm sure we're close, don't we'll see");
+        let mut words: Vec<&str> = words.iter().map(String::as_str).collect();
+        words.sort();
+        assert_eq!(words, ["capital", "close", "see", "sure"]);
+        assert!(!shares_a_word(
+            &question_words("What's new?"),
+            "The wing's lift and the body's drag."
+        ));
+        assert!(shares_a_word(
+            &question_words("refunds"),
+            "A refund within 30 days."
+        ));
+        // CJK characters are words of one character and count.
+        assert!(shares_a_word(&question_words("退款"), "退款政策"));
+    }
+
+    #[test]
+    fn a_shared_word_lowers_the_bar_and_none_admits_everything() {
+        let floor = RelevanceFloor {
+            min_similarity: 0.3,
+            with_shared_word: 0.1,
+        };
+        assert!(floor.admits(0.3, false));
+        assert!(!floor.admits(0.29, false));
+        assert!(floor.admits(0.1, true));
+        assert!(!floor.admits(0.09, true));
+        assert!(RelevanceFloor::NONE.admits(-1.0, false));
     }
 }

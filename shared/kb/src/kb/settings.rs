@@ -41,7 +41,22 @@ impl KbSettings {
     pub fn relevance_floor(&self) -> RelevanceFloor {
         match (self.relevance, &self.embeddings_base_url) {
             (Some(floor), _) => floor,
-            (None, None) => RelevanceFloor::OFFLINE_DEFAULT,
+            (None, None) => {
+                if (
+                    self.embeddings_dimensions,
+                    self.chunk_size,
+                    self.chunk_overlap,
+                ) != (384, 1000, 150)
+                {
+                    tracing::warn!(
+                        dimensions = self.embeddings_dimensions,
+                        chunk_size = self.chunk_size,
+                        chunk_overlap = self.chunk_overlap,
+                        "the offline embedder's relevance floor was measured at 384 dimensions and chunks of 1000/150; measure one for these settings with `make eval` and set RETRIEVAL_MIN_SIMILARITY (README, Relevance floor)"
+                    );
+                }
+                RelevanceFloor::OFFLINE_DEFAULT
+            }
             (None, Some(_)) => {
                 tracing::warn!(
                     model = %self.embeddings_model,
