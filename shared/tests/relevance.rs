@@ -11,7 +11,7 @@ use serde_json::json;
 use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::{EmbedFuture, Embedder, OfflineEmbedder};
 use shared::kb::search::{question_words, shares_a_word};
-use shared::kb::store::knowledge_store;
+use shared::kb::store::{knowledge_store, QueryEmbedding};
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KnowledgeBase, RelevanceFloor};
 use support::relevance::{measure_floor, Collection};
@@ -158,8 +158,8 @@ async fn off_topic_questions_get_no_passages_and_plain_ones_keep_theirs_on_both_
     }
 }
 
-/// Chunks that only the keyword list found are judged by their stored embedding: the
-/// store's similarity is the vector search's, and a chunk of another model has none.
+/// Keyword hits are scored by their stored embedding: the same similarity as the vector
+/// search's, and none for a chunk of another model.
 #[tokio::test]
 async fn keyword_only_chunks_get_their_similarity_from_the_stored_embedding_on_both_backends() {
     for db in TestDatabase::both().await {
@@ -178,30 +178,36 @@ async fn keyword_only_chunks_get_their_similarity_from_the_stored_embedding_on_b
         let found = kb.search(question, 1, None).await.unwrap();
         let hit = &found.results[0];
         let query = OfflineEmbedder::new(384).vector(question);
-        let similarities = kb
+        let scored_by = |model| QueryEmbedding {
+            vector: &query,
+            model,
+        };
+        let keyword = kb
             .store()
-            .similarities(
-                &query,
-                kb.embedder().model(),
-                &[hit.chunk_id.clone(), "no-such-chunk".into()],
-            )
+            .keyword_search_scored(question, 5, None, Some(scored_by(kb.embedder().model())))
             .await
             .unwrap();
-        assert_eq!(similarities.len(), 1, "{similarities:?}");
-        assert_eq!(similarities[0].0, hit.chunk_id);
+        assert_eq!(keyword.len(), 1, "{keyword:?}");
+        assert_eq!(keyword[0].hit.chunk_id, hit.chunk_id);
         // The vector search's similarity for the same chunk, computed the other way.
         let expected = hit.similarity.unwrap();
+        let got = keyword[0].similarity.unwrap();
         assert!(
-            (similarities[0].1 - expected).abs() < 1e-4,
-            "{:?}: {similarities:?} vs {expected}",
+            (got - expected).abs() < 1e-4,
+            "{:?}: {got} vs {expected}",
             db.kind
         );
         let other_model = kb
             .store()
-            .similarities(&query, "another-model", std::slice::from_ref(&hit.chunk_id))
+            .keyword_search_scored(question, 5, None, Some(scored_by("another-model")))
             .await
             .unwrap();
-        assert!(other_model.is_empty());
+        assert_eq!(other_model[0].similarity, None);
+        let unscored = kb
+            .store()
+            .keyword_search_scored(question, 5, None, None)
+            .await;
+        assert_eq!(unscored.unwrap()[0].similarity, None);
     }
 }
 

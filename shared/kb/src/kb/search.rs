@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::embed::tokens;
-use super::store::{ChunkHit, SearchFilter};
+use super::store::{ChunkHit, QueryEmbedding, SearchFilter};
 use super::text::snippet;
 use super::{rank, KbError, KnowledgeBase};
 use crate::cache::Namespace;
@@ -158,41 +158,45 @@ impl KnowledgeBase {
                 None => Ok(None),
             }
         };
+        // Keyword hits come with their similarity to the query's embedding, read in the
+        // same statement, so the floor judges chunks the vector list missed alike.
+        let scored_by = vector.as_deref().map(|vector| QueryEmbedding {
+            vector,
+            model: self.embedder.model(),
+        });
         let (keyword, by_vector) = tokio::join!(
-            self.store.keyword_search(query, candidates, filter),
+            self.store
+                .keyword_search_scored(query, candidates, filter, scored_by),
             vector_list
         );
         let (keyword, by_vector) = (keyword?, by_vector?);
-        let (Some(vector), Some(by_vector)) = (vector, by_vector) else {
-            let hits = keyword.into_iter().map(RankedHit::keyword_only).collect();
+        let Some(by_vector) = by_vector else {
+            let hits = keyword
+                .into_iter()
+                .map(|s| RankedHit::keyword_only(s.hit))
+                .collect();
             return Ok((hits, "keyword"));
         };
         let fused = rank::reciprocal_rank_fusion(
             &[
                 by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
-                keyword.iter().map(|h| h.chunk_id.clone()).collect(),
+                keyword.iter().map(|s| s.hit.chunk_id.clone()).collect(),
             ],
             rank::RRF_K,
         );
         // A query of stopwords alone embeds to the zero vector: PostgreSQL's cosine
         // distance to it is NaN, SQLite's dot product 0. Both count as unrelated (0).
         let defined = |s: f64| if s.is_nan() { 0.0 } else { s };
-        let mut similarity: HashMap<String, f64> = by_vector
-            .iter()
-            .map(|h| (h.chunk_id.clone(), defined(h.score)))
-            .collect();
-        // Chunks only the keyword search found: their similarity from their stored
-        // embeddings, so the floor judges every passage alike.
-        let keyword_only: Vec<String> = keyword
-            .iter()
-            .filter(|h| !similarity.contains_key(&h.chunk_id))
-            .map(|h| h.chunk_id.clone())
-            .collect();
-        let stored = self
-            .store
-            .similarities(&vector, self.embedder.model(), &keyword_only)
-            .await?;
-        similarity.extend(stored.into_iter().map(|(id, s)| (id, defined(s))));
+        let mut similarity: HashMap<String, f64> = HashMap::new();
+        for s in &keyword {
+            if let Some(value) = s.similarity {
+                similarity.insert(s.hit.chunk_id.clone(), defined(value));
+            }
+        }
+        for h in &by_vector {
+            similarity.insert(h.chunk_id.clone(), defined(h.score));
+        }
+        let keyword = keyword.into_iter().map(|s| s.hit);
         let mut by_id: HashMap<String, ChunkHit> = by_vector
             .into_iter()
             .chain(keyword)
@@ -203,19 +207,26 @@ impl KnowledgeBase {
             .into_iter()
             .filter_map(|(id, score)| {
                 let hit = by_id.remove(&id)?;
-                let shares_a_word = shares_a_word(&words, &hit.text);
                 let similarity = similarity.get(&id).copied();
+                // Tokenising the passage only when its similarity alone does not decide.
                 let admitted = match similarity {
-                    Some(similarity) => self.relevance.admits(similarity, shares_a_word),
+                    Some(similarity) => {
+                        similarity >= self.relevance.min_similarity
+                            || self
+                                .relevance
+                                .admits(similarity, shares_a_word(&words, &hit.text))
+                    }
                     // No embedding of this model (a model change not yet re-ingested):
                     // judged as in keyword mode, by a word shared with the question.
-                    None => shares_a_word,
+                    None => shares_a_word(&words, &hit.text),
                 };
                 admitted.then_some(RankedHit {
                     hit: ChunkHit { score, ..hit },
                     similarity,
                 })
             })
+            // Callers keep k: the rest of the fused list is never judged.
+            .take(k)
             .collect();
         Ok((hits, "hybrid"))
     }

@@ -97,6 +97,20 @@ pub struct ChunkHit {
     pub score: f64,
 }
 
+/// The query's embedding, which keyword hits are scored against.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryEmbedding<'a> {
+    pub vector: &'a [f32],
+    pub model: &'a str,
+}
+
+/// A keyword hit and its similarity to the query's embedding, when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredHit {
+    pub hit: ChunkHit,
+    pub similarity: Option<f64>,
+}
+
 /// A search's row: chunk id, document id, title, text, score.
 pub(crate) type HitRow<S> = (String, String, String, String, S);
 
@@ -179,21 +193,26 @@ pub trait KnowledgeStore: Send + Sync {
         k: i64,
         filter: Option<&SearchFilter>,
     ) -> Result<Vec<ChunkHit>, StoreError>;
+    /// Keyword hits, best first.
     async fn keyword_search(
         &self,
         query: &str,
         k: i64,
         filter: Option<&SearchFilter>,
-    ) -> Result<Vec<ChunkHit>, StoreError>;
-    /// The cosine similarity of `query` to each of these chunks' stored embeddings of
-    /// `model` (a chunk without one is left out): what the relevance floor needs for
-    /// chunks that only the keyword search found.
-    async fn similarities(
+    ) -> Result<Vec<ChunkHit>, StoreError> {
+        let scored = self.keyword_search_scored(query, k, filter, None).await?;
+        Ok(scored.into_iter().map(|s| s.hit).collect())
+    }
+    /// Keyword hits, best first, each with its cosine similarity to `scored_by` from its
+    /// stored embedding of that model (`None` when it has none), read in the same
+    /// statement: what the relevance floor needs for chunks the vector list missed.
+    async fn keyword_search_scored(
         &self,
-        query: &[f32],
-        model: &str,
-        chunk_ids: &[String],
-    ) -> Result<Vec<(String, f64)>, StoreError>;
+        query: &str,
+        k: i64,
+        filter: Option<&SearchFilter>,
+        scored_by: Option<QueryEmbedding<'_>>,
+    ) -> Result<Vec<ScoredHit>, StoreError>;
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
     /// Indexes chunks that bulk writes left outside the vector index, for every dimension
     /// (PostgreSQL; SQLite searches exactly and has nothing to do). `due` indexes any

@@ -311,35 +311,13 @@ impl KnowledgeStore for PgKnowledgeStore {
         Ok(rows.into_iter().map(ChunkHit::from).collect())
     }
 
-    async fn similarities(
-        &self,
-        query: &[f32],
-        model: &str,
-        chunk_ids: &[String],
-    ) -> Result<Vec<(String, f64)>, StoreError> {
-        if chunk_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let dims = query.len();
-        let sql = format!(
-            "SELECT id, 1 - ((embedding::vector({dims})) <=> $1::vector({dims})) FROM chunks \
-             WHERE id = ANY($2) AND model = $3 AND dims = {dims}"
-        );
-        Ok(sqlx::query_as(&sql)
-            .persistent(false)
-            .bind(vector_literal(query))
-            .bind(chunk_ids)
-            .bind(model)
-            .fetch_all(self.pool().await?)
-            .await?)
-    }
-
-    async fn keyword_search(
+    async fn keyword_search_scored(
         &self,
         query: &str,
         k: i64,
         filter: Option<&SearchFilter>,
-    ) -> Result<Vec<ChunkHit>, StoreError> {
+        scored_by: Option<QueryEmbedding<'_>>,
+    ) -> Result<Vec<ScoredHit>, StoreError> {
         let terms = keyword_terms(query);
         if terms.is_empty() {
             return Ok(Vec::new());
@@ -371,6 +349,17 @@ impl KnowledgeStore for PgKnowledgeStore {
                  LIMIT {limit}"
             )
         };
+        // The similarity to the query's embedding, from the chunk's own (of that model).
+        let similarity = match scored_by {
+            Some(q) => {
+                let dims = q.vector.len();
+                format!(
+                    "CASE WHEN c.model = $6 AND c.dims = {dims} \
+                     THEN 1 - ((c.embedding::vector({dims})) <=> $7::vector({dims})) END"
+                )
+            }
+            None => "NULL::float8".to_string(),
+        };
         let sql = format!(
             "WITH lex AS (SELECT array_agg(lexeme) AS every, array_agg(lexeme) FILTER (WHERE lexeme <> ALL($5::text[])) AS rare \
                  FROM unnest(to_tsvector('english', $1))), \
@@ -384,7 +373,7 @@ impl KnowledgeStore for PgKnowledgeStore {
              ranked AS (SELECT id, document_id, score, 0 AS tier FROM every_hits \
                  UNION ALL SELECT id, document_id, score, 1 FROM some_hits WHERE id NOT IN (SELECT id FROM every_hits) \
                  ORDER BY tier, score DESC, id LIMIT $4) \
-             SELECT r.id, r.document_id, d.title, c.text, r.score FROM ranked r \
+             SELECT r.id, r.document_id, d.title, c.text, r.score, {similarity} FROM ranked r \
              JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
              ORDER BY r.tier, r.score DESC, r.id",
             matching("c.tsv @@ q.every", KEYWORD_CANDIDATES),
@@ -395,16 +384,27 @@ impl KnowledgeStore for PgKnowledgeStore {
         );
         let pool = self.pool().await?;
         let common = self.common_lexemes.get(pool).await;
-        let rows: Vec<HitRow<f32>> = sqlx::query_as(&sql)
+        type Row = (String, String, String, String, f32, Option<f64>);
+        let mut statement = sqlx::query_as::<_, Row>(&sql)
             .persistent(false)
             .bind(terms.join(" "))
             .bind(&key)
             .bind(&value)
             .bind(k)
-            .bind(common.as_slice())
-            .fetch_all(pool)
-            .await?;
-        Ok(rows.into_iter().map(ChunkHit::from).collect())
+            .bind(common.as_slice());
+        if let Some(q) = scored_by {
+            statement = statement.bind(q.model).bind(vector_literal(q.vector));
+        }
+        let rows = statement.fetch_all(pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(chunk_id, document_id, title, text, score, similarity)| ScoredHit {
+                    hit: ChunkHit::from((chunk_id, document_id, title, text, score)),
+                    similarity,
+                },
+            )
+            .collect())
     }
 
     async fn maintain_vector_index(

@@ -382,38 +382,13 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             .collect())
     }
 
-    async fn similarities(
-        &self,
-        query: &[f32],
-        model: &str,
-        chunk_ids: &[String],
-    ) -> Result<Vec<(String, f64)>, StoreError> {
-        if chunk_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders = vec!["?"; chunk_ids.len()].join(", ");
-        let sql = format!(
-            "SELECT id, embedding FROM chunks WHERE model = ? AND dims = ? AND id IN ({placeholders})"
-        );
-        let mut fetch = sqlx::query(&sql).bind(model).bind(query.len() as i64);
-        for id in chunk_ids {
-            fetch = fetch.bind(id);
-        }
-        let rows = fetch.fetch_all(self.pool().await?).await?;
-        rows.iter()
-            .map(|row| {
-                let blob: &[u8] = row.try_get(1)?;
-                Ok((row.try_get(0)?, dot_with_blob(query, blob) as f64))
-            })
-            .collect()
-    }
-
-    async fn keyword_search(
+    async fn keyword_search_scored(
         &self,
         query: &str,
         k: i64,
         filter: Option<&SearchFilter>,
-    ) -> Result<Vec<ChunkHit>, StoreError> {
+        scored_by: Option<QueryEmbedding<'_>>,
+    ) -> Result<Vec<ScoredHit>, StoreError> {
         let terms = keyword_terms(query);
         if terms.is_empty() {
             return Ok(Vec::new());
@@ -423,32 +398,61 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" OR ");
-        let rows: Vec<HitRow<f64>> = match filter {
-            Some(f) => sqlx::query_as(
-                "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score \
-                 FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
-                 WHERE chunks_fts MATCH ? AND json_extract(d.metadata, ?) = ? \
-                 ORDER BY score DESC, c.id LIMIT ?",
-            )
-            .bind(expression)
-            .bind(format!("$.{}", f.key))
-            .bind(f.value.as_str())
-            .bind(k),
-            // Rank inside the full-text index first and read the text of the best k
-            // only, instead of joining every match to its chunk and document.
-            None => sqlx::query_as(
-                "SELECT c.id, c.document_id, d.title, c.text, best.score \
-                 FROM (SELECT chunk_id, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score FROM chunks_fts \
-                       WHERE chunks_fts MATCH ? ORDER BY score DESC LIMIT ?) best \
-                 JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id \
-                 ORDER BY best.score DESC, c.id",
-            )
-            .bind(expression)
-            .bind(k),
+        // The embedding and its model only when there is a query vector to score against.
+        let embedding = if scored_by.is_some() {
+            "c.embedding, c.model"
+        } else {
+            "NULL, NULL"
+        };
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            f64,
+            Option<Vec<u8>>,
+            Option<String>,
+        );
+        let filtered = format!(
+            "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score, {embedding} \
+             FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
+             WHERE chunks_fts MATCH ? AND json_extract(d.metadata, ?) = ? \
+             ORDER BY score DESC, c.id LIMIT ?"
+        );
+        // Rank inside the full-text index first and read the text of the best k
+        // only, instead of joining every match to its chunk and document.
+        let unfiltered = format!(
+            "SELECT c.id, c.document_id, d.title, c.text, best.score, {embedding} \
+             FROM (SELECT chunk_id, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score FROM chunks_fts \
+                   WHERE chunks_fts MATCH ? ORDER BY score DESC LIMIT ?) best \
+             JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id \
+             ORDER BY best.score DESC, c.id"
+        );
+        let rows: Vec<Row> = match filter {
+            Some(f) => sqlx::query_as(&filtered)
+                .bind(expression)
+                .bind(format!("$.{}", f.key))
+                .bind(f.value.as_str())
+                .bind(k),
+            None => sqlx::query_as(&unfiltered).bind(expression).bind(k),
         }
         .fetch_all(self.pool().await?)
         .await?;
-        Ok(rows.into_iter().map(ChunkHit::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(chunk_id, document_id, title, text, score, blob, model)| {
+                let similarity = match (scored_by, blob, model) {
+                    (Some(q), Some(blob), Some(model))
+                        if model == q.model && blob.len() == q.vector.len() * 4 =>
+                    {
+                        Some(f64::from(dot_with_blob(q.vector, &blob)))
+                    }
+                    _ => None,
+                };
+                let hit = ChunkHit::from((chunk_id, document_id, title, text, score));
+                ScoredHit { hit, similarity }
+            })
+            .collect())
     }
 
     async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
