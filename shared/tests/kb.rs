@@ -14,7 +14,7 @@ use shared::kb::store::NewDocument;
 use shared::kb::store::{knowledge_store, SearchFilter};
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KbError, KnowledgeBase, Prepared};
-use support::DownEmbedder;
+use support::{doc, DownEmbedder};
 
 fn kb_with(db: &TestDatabase, embedder: Arc<dyn Embedder>) -> KnowledgeBase {
     let store = knowledge_store(&db.database());
@@ -31,17 +31,6 @@ fn kb_with(db: &TestDatabase, embedder: Arc<dyn Embedder>) -> KnowledgeBase {
 
 fn kb(db: &TestDatabase) -> KnowledgeBase {
     kb_with(db, Arc::new(OfflineEmbedder::new(256)))
-}
-
-fn doc(id: &str, title: &str, text: &str) -> IngestRequest {
-    IngestRequest {
-        id: Some(id.into()),
-        title: Some(title.into()),
-        text: text.into(),
-        content_type: "text/plain".into(),
-        source: "test".into(),
-        metadata: json!({"team": "support"}),
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@ mod support;
 use std::sync::Arc;
 
 use chatkb_testing::TestDatabase;
-use serde_json::json;
 use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::{EmbedFuture, Embedder, OfflineEmbedder};
 use shared::kb::search::{question_words, shares_a_word};
@@ -15,7 +14,7 @@ use shared::kb::store::{knowledge_store, QueryEmbedding};
 use shared::kb::text::ChunkConfig;
 use shared::kb::{IngestRequest, KnowledgeBase, RelevanceFloor};
 use support::relevance::{measure_floor, Collection};
-use support::DownEmbedder;
+use support::{doc, DownEmbedder};
 
 /// The questions of the issue, asked of a knowledge base that cannot answer them.
 const OFF_TOPIC: [&str; 4] = [
@@ -41,17 +40,6 @@ fn kb_with(db: &TestDatabase, embedder: Arc<dyn Embedder>) -> KnowledgeBase {
 
 fn offline() -> Arc<dyn Embedder> {
     Arc::new(OfflineEmbedder::new(384))
-}
-
-fn doc(id: &str, title: &str, text: &str) -> IngestRequest {
-    IngestRequest {
-        id: Some(id.into()),
-        title: Some(title.into()),
-        text: text.into(),
-        content_type: "text/plain".into(),
-        source: "test".into(),
-        metadata: json!({}),
-    }
 }
 
 fn unfloored(db: &TestDatabase) -> KnowledgeBase {

@@ -1,6 +1,7 @@
 //! Code shared by integration tests (and `make eval`, which includes `relevance.rs`).
 
 use shared::kb::embed::{EmbedError, EmbedFuture, Embedder};
+use shared::kb::IngestRequest;
 
 // `make eval` uses parts of it that the tests do not.
 #[allow(dead_code)]
@@ -23,5 +24,18 @@ impl Embedder for DownEmbedder {
     }
     fn embed<'a>(&'a self, _texts: &'a [String]) -> EmbedFuture<'a> {
         Box::pin(async { Err(EmbedError::Unavailable("connection refused".into())) })
+    }
+}
+
+/// A plain-text document with an id and title (metadata `team: support`, which the
+/// filter tests select by).
+pub fn doc(id: &str, title: &str, text: &str) -> IngestRequest {
+    IngestRequest {
+        id: Some(id.into()),
+        title: Some(title.into()),
+        text: text.into(),
+        content_type: "text/plain".into(),
+        source: "test".into(),
+        metadata: serde_json::json!({"team": "support"}),
     }
 }
