@@ -474,3 +474,96 @@ async fn the_scheduled_event_maintains_the_vector_index() {
         assert_eq!(found.json["results"][0]["document_id"], "refund-policy");
     }
 }
+
+/// Issue 14, finding 2: NUL anywhere a request can carry it (an id in the path, a cursor,
+/// a filter, the query, metadata) got 503 on PostgreSQL and 200/404 on SQLite. Now 400
+/// (or 422 for a document's field) alike on both, and nothing is written.
+#[tokio::test]
+async fn nul_characters_are_refused_alike_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let (router, ctx) = router_for(&db, &[]);
+        for uri in [
+            "/documents/a%00b",
+            "/documents?cursor=x%00",
+            "/search?q=refunds&filter=team:a%00",
+            "/search?q=ref%00unds",
+        ] {
+            let res = call(&router, request("GET", uri, None, "")).await;
+            assert_eq!(res.status, 400, "{:?} {uri}: {}", db.kind, res.text);
+            assert!(res.text.contains("NUL character"), "{}", res.text);
+        }
+        let res = call(&router, request("DELETE", "/documents/a%00", None, "")).await;
+        assert_eq!(res.status, 400, "{:?}: {}", db.kind, res.text);
+
+        let body = json!({"id": "nul-meta", "text": "Refunds take 14 days.", "metadata": {"team": "a\u{0}b"}});
+        let res = call(
+            &router,
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                &body.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(res.status, 422, "{:?}: {}", db.kind, res.text);
+        assert!(
+            res.text.contains("metadata.team contains a NUL"),
+            "{}",
+            res.text
+        );
+
+        // NUL in a document's text is a control character: dropped like the others.
+        let body = json!({"id": "nul-text", "text": "Refunds\u{0} take 14 days."});
+        let res = call(
+            &router,
+            request(
+                "POST",
+                "/documents",
+                Some("application/json"),
+                &body.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{:?}: {}", db.kind, res.text);
+        let kb = ctx.knowledge_base();
+        let stored = kb.store().documents(None, 10).await.unwrap();
+        let ids: Vec<&str> = stored.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["nul-text"], "{:?}", db.kind);
+    }
+}
+
+/// Issue 14, finding 1: identical passages in one document (200 identical log lines, a
+/// disclaimer on every page) collided on one chunk id and got 503 on both backends.
+#[tokio::test]
+async fn a_document_repeating_its_text_is_stored_whole_on_both_backends() {
+    for db in TestDatabase::both().await {
+        let (router, _) = router_for(&db, &[]);
+        let line = "2026-12-03T10:00:00Z WARN disk usage above 90% on /var/lib/postgresql";
+        let log = vec![line; 200].join("\n\n");
+        let disclaimer = "This message is confidential and intended only for its addressee. \
+            If you received it in error, delete it and tell the sender at once.";
+        let pages: Vec<String> = (1..=10)
+            .map(|page| format!("Page {page} of the handbook.\n\n{disclaimer}"))
+            .collect();
+        for (id, text) in [("disk-log", log), ("handbook", pages.join("\n\n"))] {
+            let uri = format!("/documents?id={id}");
+            let res = call(&router, request("POST", &uri, Some("text/plain"), &text)).await;
+            assert_eq!(res.status, 201, "{:?} {id}: {}", db.kind, res.text);
+            let created: Value = serde_json::from_str(&res.text).unwrap();
+            let created = &created["documents"][0];
+            assert_eq!(created["status"], "created", "{}", res.text);
+            assert!(created["chunks"].as_i64().unwrap() > 1, "{}", res.text);
+            let again = call(&router, request("POST", &uri, Some("text/plain"), &text)).await;
+            assert_eq!(again.status, 200, "{}", again.text);
+            assert!(again.text.contains("\"unchanged\""), "{}", again.text);
+        }
+        let res = call(
+            &router,
+            request("GET", "/search?q=disk%20usage%20postgresql", None, ""),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert!(res.text.contains("disk-log"), "{}", res.text);
+    }
+}

@@ -9,6 +9,28 @@ pub fn canonical_json(value: &Value) -> String {
     sorted(value).to_string()
 }
 
+/// Where `value` holds a U+0000 (in a string or a key), as a path like `metadata.tags[2]`
+/// under `root`. PostgreSQL stores no NUL in text or JSON while SQLite does, so every
+/// field refuses it, alike on both backends.
+pub fn nul_at(value: &Value, root: &str) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(root.to_string()),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let path = format!("{root}.{}", key.replace('\0', "\\u0000"));
+            if key.contains('\0') {
+                Some(path)
+            } else {
+                nul_at(item, &path)
+            }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_at(item, &format!("{root}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn sorted(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
@@ -29,6 +51,22 @@ fn sorted(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_found_in_strings_and_keys_with_its_path() {
+        let clean: Value = serde_json::from_str(r#"{"a":["x",{"b":"y"}],"n":1}"#).unwrap();
+        assert_eq!(nul_at(&clean, "metadata"), None);
+        let in_value: Value = serde_json::from_str(r#"{"a":["x",{"b":"y\u0000"}]}"#).unwrap();
+        assert_eq!(
+            nul_at(&in_value, "metadata").as_deref(),
+            Some("metadata.a[1].b")
+        );
+        let in_key: Value = serde_json::from_str(r#"{"k\u0000":1}"#).unwrap();
+        assert_eq!(
+            nul_at(&in_key, "metadata").as_deref(),
+            Some("metadata.k\\u0000")
+        );
+    }
 
     #[test]
     fn key_order_does_not_change_the_canonical_text() {

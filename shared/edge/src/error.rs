@@ -103,9 +103,17 @@ impl ApiError {
     }
 }
 
-/// A store that fails is a dependency outage: 503, details logged, never sent.
+/// A store that fails is a dependency outage: 503, details logged, never sent. Data the
+/// database refuses (a constraint, a value it cannot hold) is the request's fault: 422,
+/// since a retry could never succeed.
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
+        if let Some(reason) = err.refused_data() {
+            tracing::warn!(error = %err, "the database refused the request's data");
+            return ApiError::Unprocessable(format!(
+                "the database refused this data ({reason}); nothing was stored"
+            ));
+        }
         tracing::error!(error = %err, "store failed");
         match err {
             // A set-up problem the operator can fix: say which, it holds no secret.

@@ -288,7 +288,12 @@ impl Database {
                 .await
                 .map_err(|_| StoreError::Timeout("database", self.inner.timeout.as_millis()))??;
         let migrated = POSTGRES_MIGRATIONS.run_direct(&mut conn).await;
-        // Closing ends the session, which releases every lock it still holds.
+        // Released here, synchronously: closing ends the session too, but the server
+        // drops a closed session's locks a moment after the client has moved on, and a
+        // retry in that moment would still find the lock held.
+        let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut conn)
+            .await;
         let _ = conn.close().await;
         migrated.map_err(explain_migration_error)
     }

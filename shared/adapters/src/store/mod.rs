@@ -36,3 +36,27 @@ pub enum StoreError {
     #[error("a {0} adapter over another database")]
     WrongDialect(&'static str),
 }
+
+impl StoreError {
+    /// The database refused the data itself (a constraint, a value it cannot hold such
+    /// as NUL in PostgreSQL text): retrying cannot help, so it is the caller's request
+    /// that failed, not the database. `Some` names the reason, safe to show.
+    pub fn refused_data(&self) -> Option<&'static str> {
+        use sqlx::error::ErrorKind;
+        let StoreError::Database(sqlx::Error::Database(err)) = self else {
+            return None;
+        };
+        match err.kind() {
+            ErrorKind::UniqueViolation => Some("a unique constraint"),
+            ErrorKind::ForeignKeyViolation => Some("a foreign key"),
+            ErrorKind::NotNullViolation => Some("a required value"),
+            ErrorKind::CheckViolation => Some("a check constraint"),
+            // PostgreSQL's class 22, data exceptions: NUL in text or JSON, a value out
+            // of range, a malformed number.
+            _ if err.code().is_some_and(|code| code.starts_with("22")) => {
+                Some("a value it cannot store")
+            }
+            _ => None,
+        }
+    }
+}

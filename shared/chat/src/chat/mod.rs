@@ -172,14 +172,19 @@ pub(super) fn usage_of(
     }
 }
 
-/// Appends an exchange to a session, unless the answer is not a model's.
-pub(super) async fn remember(store: &dyn SessionStore, session: &SessionRef, answer: &Answer) {
+/// Appends an exchange to a session, unless the answer is not a model's. False when the
+/// store failed: the caller is told (`session-unavailable`), the loss is never silent.
+pub(super) async fn remember(
+    store: &dyn SessionStore,
+    session: &SessionRef,
+    answer: &Answer,
+) -> bool {
     if answer
         .degraded
         .iter()
         .any(|d| d == degraded::RETRIEVAL_ONLY)
     {
-        return;
+        return true;
     }
     let mut messages = session.new_messages.clone();
     // The whole assistant message (its tool calls too), so the next turn's history is
@@ -189,8 +194,12 @@ pub(super) async fn remember(store: &dyn SessionStore, session: &SessionRef, ans
         message = json!({"role": "assistant", "content": ""});
     }
     messages.push(message);
-    if let Err(err) = store.append(&session.owner, &session.id, &messages).await {
-        tracing::warn!(error = %err, "session history not saved");
+    match store.append(&session.owner, &session.id, &messages).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "session history not saved");
+            false
+        }
     }
 }
 
@@ -262,8 +271,8 @@ impl ChatGateway {
     }
 
     /// Records the caller's messages and the model's answer in the session.
-    pub async fn remember(&self, session: &SessionRef, answer: &Answer) {
-        remember(self.parts.sessions.as_ref(), session, answer).await;
+    pub async fn remember(&self, session: &SessionRef, answer: &Answer) -> bool {
+        remember(self.parts.sessions.as_ref(), session, answer).await
     }
 
     /// The models callers may ask for: the primary, then the fallbacks.

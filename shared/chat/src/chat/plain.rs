@@ -86,8 +86,12 @@ impl ChatGateway {
     ) -> Result<Reply, ChatError> {
         let after = self.after_answer(owner, session, &initial);
         let deadline = self.answer_deadline();
-        let reply = self.complete_inner(request, &initial, deadline).await?;
-        after.settle(&reply.answer, reply.meta.cached).await;
+        let mut reply = self.complete_inner(request, &initial, deadline).await?;
+        let saved = after.settle(&reply.answer, reply.meta.cached).await;
+        if !saved {
+            reply.meta.degraded = super::streaming::with_session(reply.meta.degraded, saved);
+            reply.answer.completion["degraded"] = json!(reply.meta.degraded.join(","));
+        }
         Ok(reply)
     }
 

@@ -128,6 +128,19 @@ impl ChatRequest {
         for (i, m) in messages.iter().enumerate() {
             validate_message(i, m)?;
         }
+        // The JSON escape is the only way a NUL gets into a body: look for it only then.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            let nul = body.iter().find_map(|(k, v)| match k.contains('\0') {
+                true => Some("a top-level key".to_string()),
+                false => crate::canonical::nul_at(v, k),
+            });
+            if let Some(path) = nul {
+                return Err(bad(format!(
+                    "{path} contains a NUL character (U+0000), which no field accepts \
+                     (session stores cannot keep it)"
+                )));
+            }
+        }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,

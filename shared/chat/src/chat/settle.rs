@@ -22,14 +22,16 @@ pub(super) struct AfterAnswer {
 
 impl AfterAnswer {
     /// Records the exchange in the session and the usage (`cached`: from the response
-    /// cache, so at no cost).
-    pub(super) async fn settle(&self, answer: &Answer, cached: bool) {
-        if let Some((store, session)) = &self.session {
-            remember(store.as_ref(), session, answer).await;
-        }
+    /// cache, so at no cost). False when the session store failed to record it.
+    pub(super) async fn settle(&self, answer: &Answer, cached: bool) -> bool {
+        let saved = match &self.session {
+            Some((store, session)) => remember(store.as_ref(), session, answer).await,
+            None => true,
+        };
         self.usage
             .record(usage_of(&self.usage, &self.owner, answer, cached))
             .await;
+        saved
     }
 }
 

@@ -145,8 +145,10 @@ impl Relay {
                         if let Some(permit) = s.relay.permit.take() {
                             s.relay.breaker.record(permit, false).await;
                         }
-                        s.finished().await;
-                        return Some((Bytes::from_static(DONE), s));
+                        let Some(notice) = s.finished().await else {
+                            return Some((Bytes::from_static(DONE), s));
+                        };
+                        return Some(([notice, Bytes::from_static(DONE)].concat().into(), s));
                     }
                 }
             }
@@ -156,8 +158,10 @@ impl Relay {
 }
 
 impl State {
-    /// A complete stream: count it, and cache it as a plain answer.
-    async fn finished(&mut self) {
+    /// A complete stream: count it, and cache it as a plain answer. When the session
+    /// store failed to record it, the event that tells the caller so (headers are long
+    /// gone): a chunk with no choices, as a usage chunk has, carrying `degraded`.
+    async fn finished(&mut self) -> Option<Bytes> {
         super::count_request(&self.relay.model, "ok");
         let mut completion = self.assembler.completion();
         completion["sources"] = json!(self.relay.sources);
@@ -176,6 +180,18 @@ impl State {
         if let Some(key) = &self.relay.question_key {
             self.relay.cache.set(Namespace::Chat, key, &answer).await;
         }
-        self.relay.after.settle(&answer, false).await;
+        if self.relay.after.settle(&answer, false).await {
+            return None;
+        }
+        let mut degraded = answer.degraded;
+        degraded.push(super::degraded::SESSION_UNAVAILABLE.to_string());
+        Some(event(&json!({
+            "id": answer.completion["id"],
+            "object": "chat.completion.chunk",
+            "created": answer.completion["created"],
+            "model": answer.completion["model"],
+            "choices": [],
+            "degraded": degraded.join(","),
+        })))
     }
 }

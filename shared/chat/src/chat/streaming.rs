@@ -23,10 +23,10 @@ impl ChatGateway {
             if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, &key).await {
                 answer.completion["cached"] = json!(true);
                 count_request(&answer.model, "cache_hit");
-                after.settle(&answer, true).await;
+                let saved = after.settle(&answer, true).await;
                 return Ok(StreamReply {
                     meta: ReplyMeta {
-                        degraded: answer.degraded.clone(),
+                        degraded: with_session(answer.degraded.clone(), saved),
                         cached: true,
                         provider_wait: Duration::ZERO,
                     },
@@ -40,10 +40,10 @@ impl ChatGateway {
             let answer = self
                 .without_model(request, &context, degraded, "no provider is configured")
                 .await;
-            after.settle(&answer, false).await;
+            let saved = after.settle(&answer, false).await;
             return Ok(StreamReply {
                 meta: ReplyMeta {
-                    degraded: answer.degraded.clone(),
+                    degraded: with_session(answer.degraded.clone(), saved),
                     ..ReplyMeta::default()
                 },
                 body: sse::replay(answer.completion, include_usage),
@@ -100,14 +100,22 @@ impl ChatGateway {
         let answer = self
             .without_model(request, &context, degraded, &reason)
             .await;
-        after.settle(&answer, false).await;
+        let saved = after.settle(&answer, false).await;
         Ok(StreamReply {
             meta: ReplyMeta {
-                degraded: answer.degraded.clone(),
+                degraded: with_session(answer.degraded.clone(), saved),
                 cached: false,
                 provider_wait: waited,
             },
             body: sse::replay(answer.completion, include_usage),
         })
     }
+}
+
+/// `degraded`, plus `session-unavailable` when the session store failed to record it.
+pub(super) fn with_session(mut degraded: Vec<String>, saved: bool) -> Vec<String> {
+    if !saved {
+        degraded.push(degraded::SESSION_UNAVAILABLE.to_string());
+    }
+    degraded
 }

@@ -90,6 +90,7 @@ pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
             ))
             .layer(security_header("cache-control", "no-store"))
             .option_layer(cors(&settings.cors_origins))
+            .layer(from_fn(refuse_nul_in_uri))
             .layer(from_fn_with_state(max_body, json_errors))
             .layer(RequestBodyLimitLayer::new(max_body))
             .layer(DefaultBodyLimit::max(max_body)),
@@ -103,6 +104,24 @@ pub fn not_implemented<S: Clone + Send + Sync + 'static>(
     any(
         move || async move { ApiError::NotImplemented(format!("{capability} is not implemented yet")) },
     )
+}
+
+/// No field accepts U+0000: PostgreSQL cannot store it in text, so an id, cursor or
+/// filter holding one would reach one backend and fail on the other. Refused alike on
+/// both, before any handler runs.
+async fn refuse_nul_in_uri(request: Request, next: Next) -> Response {
+    let encoded_nul = |part: &str| {
+        part.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if encoded_nul(request.uri().path()) || request.uri().query().is_some_and(encoded_nul) {
+        return ApiError::BadRequest(
+            "the request URI contains a NUL character (%00), which no field accepts".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(method: Method, uri: http::Uri) -> ApiError {

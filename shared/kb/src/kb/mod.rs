@@ -247,6 +247,11 @@ impl KnowledgeBase {
                 "title is longer than 500 characters".into(),
             ));
         }
+        if let Some(path) = crate::canonical::nul_at(&request.metadata, "metadata") {
+            return Err(KbError::Invalid(format!(
+                "{path} contains a NUL character (U+0000), which no field accepts"
+            )));
+        }
         let metadata = crate::canonical::canonical_json(&request.metadata);
         let hash = text::content_hash(&format!("{title}\n\n{text}\n\n{metadata}"));
         let id = match request.id {

@@ -162,10 +162,14 @@ impl Default for ChunkConfig {
     }
 }
 
-fn chunk_id(document_id: &str, text: &str) -> String {
+/// Unique within a document: its position is part of the id, so a passage repeated in
+/// one document (200 identical log lines, a disclaimer on every page) is two chunks, not
+/// two rows fighting over one key.
+fn chunk_id(document_id: &str, index: usize, text: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(document_id.as_bytes());
     hasher.update([0]);
+    hasher.update((index as u64).to_le_bytes());
     hasher.update(text.as_bytes());
     hex::encode(&hasher.finalize()[..12])
 }
@@ -299,7 +303,7 @@ pub fn chunk(document_id: &str, normalised: &str, config: ChunkConfig) -> Vec<Ch
                 text.push_str(&units[j].0);
             }
             Chunk {
-                id: chunk_id(document_id, &text),
+                id: chunk_id(document_id, index, &text),
                 index,
                 text,
             }
