@@ -51,6 +51,7 @@ LAYERS = {
     "auth": ("edge", 5),
     "http": ("edge", 5),
     "runtime": ("edge", 5),
+    "server": ("edge", 5),
     "app": ("composition", 6),
     "services": ("composition", 6),
     "config": ("composition", 6),

@@ -66,11 +66,13 @@ check "GET /health/detailed reports version and dependencies" $(grep -q '"versio
 request POST /health/ready
 check "POST /health/ready is JSON 405" $([ "$status" = 405 ] && grep -q '"method_not_allowed"' <<<"$body"; echo $?) "$status $body"
 
+key=(-H "x-api-key: smoke-key")
 request GET /backups
-check "GET /backups reaches its function and is JSON 501" $([ "$status" = 501 ] && grep -q '"not_implemented"' <<<"$body"; echo $?) "$status $body"
+check "backup routes need an API key (401)" $([ "$status" = 401 ]; echo $?) "$status $body"
+request GET /backups "${key[@]}"
+check "GET /backups with a key reaches its function and is JSON 501" $([ "$status" = 501 ] && grep -q '"not_implemented"' <<<"$body"; echo $?) "$status $body"
 
 # The knowledge base as a user tries it: post a README, search a phrase, re-post, edit, delete.
-key=(-H "x-api-key: smoke-key")
 request GET "/search?q=x"
 check "ingest routes need an API key (401)" $([ "$status" = 401 ]; echo $?) "$status $body"
 request POST "/documents?id=readme" "${key[@]}" -H "content-type: text/markdown" --data-binary @README.md

@@ -44,7 +44,15 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 
     let (status, body, _) = get(&backup.url("/backups")).await;
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 401, "backups need a key: {body}");
+    let res = reqwest::Client::new()
+        .get(backup.url("/backups"))
+        .header("x-api-key", "e2e-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 501);
+    let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_implemented");
     let (status, body, _) = get(&chat.url("/v1/models")).await;
     assert_eq!(status, 401, "chat needs a key: {body}");
@@ -176,8 +184,9 @@ async fn ready_is_503_naming_the_database_when_postgres_is_unreachable() {
     assert!(!body.to_string().contains("hunter2"));
 }
 
+/// Redis down is `degraded`, not unready: every route answers through its fallback.
 #[tokio::test]
-async fn ready_is_503_naming_redis_when_configured_but_down() {
+async fn ready_is_200_degraded_naming_redis_when_configured_but_down() {
     let db = TestDatabase::sqlite();
     let health = Function::start(
         "health",
@@ -189,8 +198,9 @@ async fn ready_is_503_naming_redis_when_configured_but_down() {
     )
     .await;
     let (status, body, _) = get(&health.url("/health/ready")).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["failing"], serde_json::json!(["redis"]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["degraded"], serde_json::json!(["redis"]));
 }
 
 #[tokio::test]

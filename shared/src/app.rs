@@ -34,6 +34,9 @@ pub struct AppContext {
     /// Per-key rate limit (C9).
     #[cfg(feature = "protected")]
     pub rate_limiter: Arc<RateLimiter>,
+    /// Failed authentications per client address (`AUTH_FAILURES_PER_MINUTE`).
+    #[cfg(feature = "protected")]
+    pub auth_failures: Arc<RateLimiter>,
     /// Cap on concurrent sessions (C9).
     pub sessions: ConcurrencyLimiter,
     /// The knowledge base (ingest, and chat's retrieval), built on first use and shared.
@@ -73,7 +76,11 @@ impl AppContext {
             settings.database_timeout,
         )?;
         let redis = match &settings.redis_url {
-            Some(url) => Some(RedisHandle::new(url, settings.redis_timeout)?),
+            Some(url) => Some(RedisHandle::with_pause(
+                url,
+                settings.redis_timeout,
+                settings.redis_retry,
+            )?),
             None => None,
         };
         #[cfg(feature = "cache")]
@@ -96,6 +103,13 @@ impl AppContext {
             redis.clone(),
             &settings.cache.prefix,
         ));
+        #[cfg(feature = "protected")]
+        let auth_failures = Arc::new(RateLimiter::new(
+            settings.auth_failures_per_minute,
+            Duration::from_secs(60),
+            redis.clone(),
+            &settings.cache.prefix,
+        ));
         let sessions = ConcurrencyLimiter::new(
             "sessions",
             settings.max_concurrent_sessions,
@@ -110,6 +124,8 @@ impl AppContext {
             breakers,
             #[cfg(feature = "protected")]
             rate_limiter,
+            #[cfg(feature = "protected")]
+            auth_failures,
             sessions,
             #[cfg(feature = "kb")]
             knowledge_base: std::sync::OnceLock::new(),
@@ -172,6 +188,7 @@ impl AppContext {
             routes,
             self.settings.api_keys.clone(),
             self.rate_limiter.clone(),
+            self.auth_failures.clone(),
         );
         crate::http::app(routes, &self.settings)
     }
@@ -188,6 +205,7 @@ impl crate::health::Monitored for AppContext {
             function: &self.settings.function,
             database: &self.database,
             redis: self.redis.as_ref(),
+            redis_required: self.settings.redis_required,
             timeout: self.settings.health_timeout,
             emf_namespace: (self.settings.metrics_export
                 == crate::observability::metrics::MetricsExport::Emf)
@@ -244,11 +262,11 @@ pub async fn start(
                 let problem = problem.clone();
                 Box::pin(async move { Err(problem.into()) })
             });
-            return crate::runtime::serve(router, 0, Some(on_event)).await;
+            return crate::runtime::serve(router, 0, Default::default(), Some(on_event)).await;
         }
         Err(err) => return Err(err.into()),
     };
     let router = routes(ctx.clone());
     let on_event = on_event.map(|make| make(ctx.clone()));
-    crate::runtime::serve(router, ctx.settings.port, on_event).await
+    crate::runtime::serve(router, ctx.settings.port, ctx.settings.server, on_event).await
 }

@@ -12,7 +12,7 @@ pub use chatkb_adapters::store;
 #[cfg(feature = "chat")]
 pub use chatkb_chat::chat;
 pub use chatkb_core::{observability, secret};
-pub use chatkb_edge::{auth, error, http, runtime};
+pub use chatkb_edge::{auth, error, http, runtime, server};
 pub use chatkb_health::health;
 #[cfg(feature = "kb")]
 pub use chatkb_kb::kb;

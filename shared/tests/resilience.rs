@@ -173,3 +173,62 @@ async fn concurrency_limiter_admits_exactly_its_capacity() {
     drop(slots);
     assert_eq!(limiter.in_use(), 0);
 }
+
+/// Issue 14, finding 5: with Redis frozen, every authenticated request waited out the
+/// Redis timeout in the rate limiter, again and again. A Redis that accepts connections
+/// and never answers (what a SIGSTOPped server does) is tried once; then the rate
+/// limiter, the breaker sync and the cache all skip it during the pause and decide
+/// in-process. Counted by the connections the frozen server sees, not by a clock.
+#[tokio::test]
+async fn a_frozen_redis_is_tried_once_then_every_user_skips_it_during_the_pause() {
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = RedisUrl::parse(&format!("redis://{}", frozen.local_addr().unwrap())).unwrap();
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = frozen.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream); // accepted, never answered
+        }
+    });
+    let redis =
+        RedisHandle::with_pause(&url, Duration::from_millis(50), Duration::from_secs(60)).unwrap();
+    let limiter = RateLimiter::new(5, Duration::from_secs(60), Some(redis.clone()), "t");
+    let breaker = CircuitBreaker::shared(
+        "frozen",
+        shared_config(),
+        ManualClock::new(1_000_000),
+        redis.clone(),
+        "t",
+    );
+    let cache = shared::cache::TieredCache::new(Default::default(), Some(redis.clone()));
+
+    let mut passed = 0;
+    for _ in 0..20 {
+        passed += usize::from(limiter.check("alice").await.is_ok());
+    }
+    assert_eq!(
+        passed, 5,
+        "the in-process limit decides while Redis is frozen"
+    );
+    assert!(redis.paused());
+    let seen = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen <= 1, "{seen} connection attempts");
+
+    for _ in 0..10 {
+        if let Ok(permit) = breaker.acquire().await {
+            breaker.record(permit, true).await;
+        }
+        cache
+            .set(shared::cache::Namespace::Chat, "k", &"v".to_string())
+            .await;
+        let _: Option<String> = cache.get(shared::cache::Namespace::Chat, "k").await;
+    }
+    assert_eq!(breaker.state(), BreakerState::Open, "decided locally");
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        seen,
+        "nobody tried the paused Redis again"
+    );
+}

@@ -1,5 +1,6 @@
 //! Backup function (B1-B5). Until its issue lands, every route answers a JSON 501
-//! rather than a fake success.
+//! rather than a fake success; like every route that reads or writes data, only to a
+//! caller with an API key.
 
 use std::sync::Arc;
 
@@ -12,5 +13,5 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/backups", not_implemented("backups"))
         .route("/backups/{id}", not_implemented("backups"))
         .route("/backups/{id}/restore", not_implemented("restore"));
-    shared::http::app(routes, &ctx.settings)
+    ctx.protected_app(routes)
 }

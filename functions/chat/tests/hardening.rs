@@ -4,7 +4,9 @@
 
 mod support;
 
-use chatkb_testing::fake_openai::FakeOpenAi;
+use std::time::Duration;
+
+use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
 use chatkb_testing::{call, TestDatabase};
 use serde_json::{json, Value};
 use support::*;
@@ -80,4 +82,102 @@ async fn a_session_that_cannot_be_saved_is_flagged_on_plain_and_streamed_answers
     assert_eq!(last["choices"], json!([]));
     assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
     assert!(!streamed_text(&res.text).is_empty());
+}
+
+/// Finding 3: a stream that stalls after its first chunk held its slot for ever, and
+/// the breaker never heard of it. Now the idle timeout ends it with the documented
+/// error event, the slot is free for the next caller, and the breaker counts it.
+#[tokio::test]
+async fn a_stream_that_stalls_after_its_first_chunk_is_ended_and_frees_its_slot() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, ctx) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("MAX_CONCURRENT_SESSIONS", "2"),
+            ("LLM_STREAM_IDLE_MS", "300"),
+            ("LLM_MODEL", "stall-model"),
+            ("BREAKER_FAILURE_THRESHOLD", "2"),
+            ("BREAKER_OPEN_SECS", "60"),
+        ],
+    );
+    fake.set_behaviour(Behaviour {
+        stall_stream_after: Some(1),
+        ..Behaviour::default()
+    });
+    let streamed = |i: usize| {
+        let mut body = ask_model("stall-model", &format!("stalled question {i}"));
+        body["stream"] = json!(true);
+        let router = router.clone();
+        async move {
+            // Without the idle timeout this would wait for ever: fail instead of hanging.
+            tokio::time::timeout(Duration::from_secs(20), call(&router, post(body)))
+                .await
+                .expect("the stalled stream was never ended")
+        }
+    };
+    let (first, second) = tokio::join!(streamed(1), streamed(2));
+    for res in [&first, &second] {
+        assert_eq!(res.status, 200, "{}", res.text);
+        let chunks = sse_chunks(&res.text);
+        let last = chunks.last().expect("chunks");
+        assert_eq!(
+            last["error"]["code"], "upstream_stream_interrupted",
+            "{}",
+            res.text
+        );
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("stalled: no chunk for 300 ms"),
+            "{}",
+            res.text
+        );
+        assert!(!res.text.contains("[DONE]"), "{}", res.text);
+        assert!(
+            !streamed_text(&res.text).is_empty(),
+            "the first chunk was relayed"
+        );
+    }
+    // Both failures reached the breaker, which is now open for that model.
+    assert_eq!(
+        ctx.breakers.get("llm:openai:stall-model").state().as_str(),
+        "open"
+    );
+    // And both slots are free again: the next caller is answered, not refused with 429.
+    fake.set_behaviour(Behaviour::default());
+    let res = call(&router, post(ask_model("gpt-4o-backup", "after the stall"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(ctx.sessions.in_use(), 0);
+}
+
+/// Finding 8: the same request re-serialised (another whitespace, another key order)
+/// with the same `Idempotency-Key` got 422. It is the same request: replayed.
+#[tokio::test]
+async fn an_idempotent_retry_serialised_differently_is_replayed_not_refused() {
+    for db in TestDatabase::both().await {
+        let fake = FakeOpenAi::start().await;
+        let (router, _) = chat_router(&db, Some(&fake), &[]);
+        let compact = r#"{"model":"gpt-4o-mini","temperature":1.0,"messages":[{"role":"user","content":"Summarise the refund policy"}]}"#;
+        let reordered = "{\n  \"messages\": [ { \"content\": \"Summarise the refund policy\", \"role\": \"user\" } ],\n  \"temperature\": 1.0,\n  \"model\": \"gpt-4o-mini\"\n}";
+        let send = |body: &'static str| {
+            http::Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions")
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", "retry-1")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        let first = call(&router, send(compact)).await;
+        assert_eq!(first.status, 200, "{}", first.text);
+        let again = call(&router, send(reordered)).await;
+        assert_eq!(again.status, 200, "{:?}: {}", db.kind, again.text);
+        assert_eq!(header(&again, "x-idempotent-replay"), Some("true"));
+        assert_eq!(again.json, first.json);
+        assert_eq!(fake.chat_completions(), 1);
+    }
 }

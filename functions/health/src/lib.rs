@@ -49,16 +49,24 @@ async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
 
-/// 200 when the database (and Redis, when configured) answer; 503 naming what failed.
+/// 200 while the function can serve: `ready`, or `degraded` naming an optional
+/// dependency (Redis) that is down; 503 naming what it cannot serve without.
 async fn ready(State(ctx): Ctx) -> Response {
     let checks = health::check_dependencies(&ctx).await;
-    let failing = health::failing(&checks);
+    let failing = health::not_ready(&checks, ctx.settings.redis_required);
+    let degraded = health::failing(&checks);
     let dependencies: Vec<_> = checks
         .iter()
         .filter(|c| c.status != DependencyState::Disabled)
         .collect();
-    if failing.is_empty() {
+    if failing.is_empty() && degraded.is_empty() {
         return Json(json!({"status": "ready", "dependencies": dependencies})).into_response();
+    }
+    if failing.is_empty() {
+        return Json(
+            json!({"status": "degraded", "degraded": degraded, "dependencies": dependencies}),
+        )
+        .into_response();
     }
     // Each failing dependency with its (redacted) cause, so a fixable set-up problem
     // such as a missing extension is named in the message itself.

@@ -101,22 +101,31 @@ async fn ready_is_503_naming_postgres_when_it_is_unreachable() {
     assert_eq!(res.json["status"], "down");
 }
 
+/// Issue 14, finding 6: Redis down made readiness 503, so a load balancer would pull
+/// every instance although every route answers through its in-process fallback. Now it
+/// is `degraded` (200), and 503 only where `REDIS_REQUIRED` says Redis is a must.
 #[tokio::test]
-async fn ready_is_503_naming_redis_when_configured_but_down() {
+async fn redis_down_is_degraded_not_unready_unless_it_is_required() {
     let db = TestDatabase::sqlite();
-    let router = health::router(context(
-        "health",
-        &[
-            ("DATABASE_URL", &db.url),
-            ("REDIS_URL", "redis://127.0.0.1:1"),
-            ("REDIS_TIMEOUT_MS", "200"),
-        ],
-    ));
+    let vars = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("REDIS_TIMEOUT_MS", "200"),
+    ];
+    let router = health::router(context("health", &vars));
+    let res = call(&router, load_event("health-ready.json")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["status"], "degraded");
+    assert_eq!(res.json["degraded"], serde_json::json!(["redis"]));
+    let res = call(&router, load_event("health-detailed.json")).await;
+    assert_eq!(res.json["status"], "degraded");
+
+    let mut required = vars.to_vec();
+    required.push(("REDIS_REQUIRED", "true"));
+    let router = health::router(context("health", &required));
     let res = call(&router, load_event("health-ready.json")).await;
     assert_eq!(res.status, 503, "{}", res.text);
     assert_eq!(res.json["failing"], serde_json::json!(["redis"]));
-    let res = call(&router, load_event("health-detailed.json")).await;
-    assert_eq!(res.json["status"], "degraded");
 }
 
 #[tokio::test]

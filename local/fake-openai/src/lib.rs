@@ -47,6 +47,8 @@ pub struct Behaviour {
     pub hang: bool,
     /// End streams abruptly after this many content chunks (no `[DONE]`).
     pub cut_stream_after: Option<usize>,
+    /// Stop sending after this many content chunks but keep the stream open (a stall).
+    pub stall_stream_after: Option<usize>,
     /// Apply failures, hangs and cuts only to these models (all when empty).
     pub models: Vec<String>,
 }
@@ -215,6 +217,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
     }
 
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let model_name = model.clone();
     let cut_after = behaviour
         .cut_stream_after
         .filter(|_| behaviour.applies_to(&model));
@@ -237,8 +240,11 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         last["usage"] = usage;
         events.push(last);
     }
+    let stall_after = behaviour
+        .stall_stream_after
+        .filter(|_| behaviour.applies_to(&model_name));
     let delay = Duration::from_millis(behaviour.chunk_delay_ms);
-    let stream = sse_body(events, cut_after, delay);
+    let stream = sse_body(events, cut_after, stall_after, delay);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -350,6 +356,7 @@ impl FakeChoice {
 fn sse_body(
     events: Vec<Value>,
     cut_after: Option<usize>,
+    stall_after: Option<usize>,
     delay: Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(
@@ -368,6 +375,9 @@ fn sse_body(
                             Err(std::io::Error::other("fake upstream cut the stream")),
                             (iter, true),
                         ));
+                    }
+                    if stall_after.is_some_and(|n| index > n) {
+                        std::future::pending::<()>().await;
                     }
                     if index > 0 && !delay.is_zero() {
                         tokio::time::sleep(delay).await;

@@ -200,6 +200,7 @@ pub fn code_for(status: StatusCode) -> (&'static str, &'static str) {
         403 => ("forbidden", "permission_error"),
         404 => ("not_found", "invalid_request_error"),
         405 => ("method_not_allowed", "invalid_request_error"),
+        408 => ("request_timeout", "invalid_request_error"),
         409 => ("conflict", "invalid_request_error"),
         413 => ("payload_too_large", "invalid_request_error"),
         415 => ("unsupported_media_type", "invalid_request_error"),

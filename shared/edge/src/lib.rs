@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod runtime;
+pub mod server;
 
 use chatkb_adapters::store;
 #[cfg(feature = "chat")]

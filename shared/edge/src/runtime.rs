@@ -53,10 +53,14 @@ pub fn is_scheduled_event(event: &Value) -> bool {
         || event.get("source").and_then(Value::as_str) == Some("aws.events")
 }
 
-/// Serves `router` until shutdown. `on_schedule` handles scheduled events under Lambda.
+pub use crate::server::ServerLimits;
+
+/// Serves `router` until shutdown. `on_schedule` handles scheduled events under Lambda;
+/// `limits` bound the standalone server's connections.
 pub async fn serve(
     router: Router,
     port: u16,
+    limits: ServerLimits,
     on_schedule: Option<EventHandler>,
 ) -> Result<(), BoxError> {
     if in_lambda() && lambda_response_streaming() {
@@ -67,17 +71,15 @@ pub async fn serve(
     } else if in_lambda() {
         serve_lambda(router, on_schedule).await
     } else {
-        serve_http(router, port).await
+        serve_http(router, port, limits).await
     }
 }
 
-async fn serve_http(router: Router, port: u16) -> Result<(), BoxError> {
+async fn serve_http(router: Router, port: u16, limits: ServerLimits) -> Result<(), BoxError> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "listening (standalone HTTP mode)");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::server::serve(listener, router, limits, shutdown_signal()).await?;
     Ok(())
 }
 

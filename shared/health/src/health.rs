@@ -21,6 +21,8 @@ pub struct HealthView<'a> {
     pub database: &'a Database,
     /// `None` when no Redis is configured.
     pub redis: Option<&'a RedisHandle>,
+    /// Whether readiness fails while Redis is down (`REDIS_REQUIRED`).
+    pub redis_required: bool,
     /// Each dependency's answer is awaited this long.
     pub timeout: Duration,
     /// `Some(namespace)` when metrics also go to CloudWatch as EMF.
@@ -160,12 +162,23 @@ pub fn overall(checks: &[DependencyCheck]) -> OverallStatus {
     }
 }
 
-/// Names of configured dependencies that failed: what `/health/ready` reports.
+/// Names of configured dependencies that failed.
 pub fn failing(checks: &[DependencyCheck]) -> Vec<String> {
     checks
         .iter()
         .filter(|c| c.status == DependencyState::Down)
         .map(|c| c.name.clone())
+        .collect()
+}
+
+/// What `/health/ready` fails on: the failed dependencies the function cannot serve
+/// without. That is the database; Redis only when `required_redis` (every route
+/// answers through an in-process fallback while it is down, so pulling the instance
+/// would turn a Redis outage into a full one).
+pub fn not_ready(checks: &[DependencyCheck], required_redis: bool) -> Vec<String> {
+    failing(checks)
+        .into_iter()
+        .filter(|name| name != "redis" || required_redis)
         .collect()
 }
 

@@ -36,7 +36,16 @@ pub struct Settings {
     pub database_timeout: Duration,
     pub redis_url: Option<RedisUrl>,
     pub redis_timeout: Duration,
+    /// Readiness fails while Redis is down (`REDIS_REQUIRED`); by default Redis down is
+    /// `degraded`, since every route keeps answering through its in-process fallback.
+    pub redis_required: bool,
+    /// After a failed Redis call, every user skips Redis this long (`REDIS_RETRY_MS`).
+    pub redis_retry: Duration,
     pub api_keys: ApiKeys,
+    /// Failed authentications per client address per minute before 429.
+    pub auth_failures_per_minute: u32,
+    /// The standalone server's timeouts and connection cap.
+    pub server: crate::runtime::ServerLimits,
     pub cors_origins: Vec<String>,
     pub log_level: String,
     pub max_body_bytes: usize,
@@ -215,6 +224,10 @@ impl Settings {
             }
         };
         let redis_timeout = r.millis("REDIS_TIMEOUT_MS", 250, 10, 60_000);
+        let redis_required = r.flag("REDIS_REQUIRED", false);
+        let redis_retry = r.millis("REDIS_RETRY_MS", 1000, 10, 600_000);
+        let auth_failures_per_minute = r.int("AUTH_FAILURES_PER_MINUTE", 20u32, 1, 1_000_000);
+        let server = read_server(&mut r);
 
         let api_keys = read_api_keys(&mut r);
 
@@ -235,15 +248,7 @@ impl Settings {
 
         let cache = read_cache(&mut r);
 
-        let breaker = BreakerConfig {
-            failure_threshold: r.int("BREAKER_FAILURE_THRESHOLD", 5u32, 1, 1000),
-            failure_rate: r.int("BREAKER_FAILURE_RATE_PERCENT", 50u32, 1, 100) as f64 / 100.0,
-            window_size: r.int("BREAKER_WINDOW", 20usize, 1, 10_000),
-            min_calls: r.int("BREAKER_MIN_CALLS", 10usize, 1, 10_000),
-            open_for: r.secs("BREAKER_OPEN_SECS", 60, 1, 86_400),
-            half_open_calls: r.int("BREAKER_HALF_OPEN_CALLS", 1u32, 1, 100),
-            shared_sync: r.millis("BREAKER_SHARED_SYNC_MS", 1000, 0, 60_000),
-        };
+        let breaker = read_breaker(&mut r);
         let breaker_shared = r.flag("BREAKER_SHARED", true);
 
         let retry = RetryPolicy {
@@ -279,7 +284,11 @@ impl Settings {
                 database_timeout,
                 redis_url,
                 redis_timeout,
+                redis_required,
+                redis_retry,
                 api_keys,
+                auth_failures_per_minute,
+                server,
                 cors_origins,
                 log_level,
                 max_body_bytes,
@@ -306,6 +315,27 @@ impl Settings {
 }
 
 /// `API_KEYS`: `name:sha256hex` entries; a bad entry is named, never echoed.
+fn read_breaker(r: &mut Reader<'_>) -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: r.int("BREAKER_FAILURE_THRESHOLD", 5u32, 1, 1000),
+        failure_rate: r.int("BREAKER_FAILURE_RATE_PERCENT", 50u32, 1, 100) as f64 / 100.0,
+        window_size: r.int("BREAKER_WINDOW", 20usize, 1, 10_000),
+        min_calls: r.int("BREAKER_MIN_CALLS", 10usize, 1, 10_000),
+        open_for: r.secs("BREAKER_OPEN_SECS", 60, 1, 86_400),
+        half_open_calls: r.int("BREAKER_HALF_OPEN_CALLS", 1u32, 1, 100),
+        shared_sync: r.millis("BREAKER_SHARED_SYNC_MS", 1000, 0, 60_000),
+    }
+}
+
+/// The standalone server's limits (`HTTP_*`).
+fn read_server(r: &mut Reader<'_>) -> crate::runtime::ServerLimits {
+    crate::runtime::ServerLimits {
+        header_timeout: r.millis("HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 600_000),
+        body_timeout: r.millis("HTTP_BODY_TIMEOUT_MS", 30_000, 100, 3_600_000),
+        max_connections: r.int("HTTP_MAX_CONNECTIONS", 512usize, 1, 1_000_000),
+    }
+}
+
 fn read_api_keys(r: &mut Reader<'_>) -> ApiKeys {
     match ApiKeys::parse(r.get("API_KEYS").unwrap_or("")) {
         Ok(keys) => keys,
@@ -425,161 +455,6 @@ fn read_cache(r: &mut Reader<'_>) -> CacheConfig {
     }
 }
 
-/// `RETRIEVAL_MIN_SIMILARITY` and `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD`; `None` when
-/// neither is set (the embedder's default then applies, see `KbSettings::relevance_floor`).
-#[cfg(feature = "kb")]
-fn read_relevance_floor(r: &mut Reader<'_>) -> Option<crate::kb::RelevanceFloor> {
-    const MIN: &str = "RETRIEVAL_MIN_SIMILARITY";
-    const SHARED_WORD: &str = "RETRIEVAL_MIN_SIMILARITY_SHARED_WORD";
-    let (min_set, shared_set) = (r.get(MIN).is_some(), r.get(SHARED_WORD).is_some());
-    if !min_set {
-        if shared_set {
-            r.fail(SHARED_WORD, format!("needs {MIN} as well"));
-        }
-        return None;
-    }
-    let problems = r.problems.len();
-    let min_similarity = r.number(MIN, 0.0, -1.0, 1.0);
-    let min_is_valid = r.problems.len() == problems;
-    let with_shared_word = r.number(SHARED_WORD, min_similarity, -1.0, 1.0);
-    if min_is_valid && with_shared_word > min_similarity {
-        r.fail(
-            SHARED_WORD,
-            format!("must be at most {MIN} ({min_similarity}): a shared word lowers the bar"),
-        );
-    }
-    Some(crate::kb::RelevanceFloor {
-        min_similarity,
-        with_shared_word,
-    })
-}
-
-/// The knowledge base's variables (`EMBEDDINGS_*`, `CHUNK_*`, `RETRIEVAL_MIN_SIMILARITY*`,
-/// ingest limits, `VECTOR_INDEX_*`).
-#[cfg(feature = "kb")]
-fn read_kb(r: &mut Reader<'_>) -> KbSettings {
-    let embeddings_base_url = r.get("EMBEDDINGS_BASE_URL").map(str::to_string);
-    if let Some(url) = &embeddings_base_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            r.fail("EMBEDDINGS_BASE_URL", "expected an http:// or https:// URL");
-        }
-    }
-    let embeddings_api_key = r.get("EMBEDDINGS_API_KEY").map(Secret::new);
-    let embeddings_model = r
-        .get("EMBEDDINGS_MODEL")
-        .unwrap_or(if embeddings_base_url.is_some() {
-            "text-embedding-3-small"
-        } else {
-            "offline"
-        })
-        .to_string();
-    let embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
-    let embeddings_timeout = r.millis("EMBEDDINGS_TIMEOUT_MS", 10_000, 100, 300_000);
-    let chunk_size = r.int("CHUNK_SIZE", 1000usize, 100, 20_000);
-    let chunk_overlap = r.int("CHUNK_OVERLAP", 150usize, 0, 10_000);
-    if chunk_overlap * 2 > chunk_size {
-        r.fail(
-            "CHUNK_OVERLAP",
-            format!("must be at most half of CHUNK_SIZE ({chunk_size})"),
-        );
-    }
-    let relevance = read_relevance_floor(r);
-    let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
-    let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
-    let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
-    let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
-    let vector_index = crate::kb::vector_index::VectorIndexConfig {
-        bulk_chunks: r.int("VECTOR_INDEX_BULK_CHUNKS", 100usize, 1, 1_000_000),
-        quiet: r.millis("VECTOR_INDEX_QUIET_MS", 2_000, 0, 3_600_000),
-        delta_rows: r.int("VECTOR_INDEX_DELTA_ROWS", 50_000i64, 1, 100_000_000),
-        build_memory_mb: r.int("VECTOR_INDEX_BUILD_MEMORY_MB", 512u32, 16, 1_048_576),
-        // Under Lambda the instance is frozen between requests: the schedule maintains.
-        background: r.flag("VECTOR_INDEX_BACKGROUND", true) && !crate::runtime::in_lambda(),
-    };
-    KbSettings {
-        embeddings_base_url,
-        embeddings_api_key,
-        embeddings_model,
-        embeddings_dimensions,
-        embeddings_timeout,
-        chunk_size,
-        chunk_overlap,
-        relevance,
-        documents_bucket,
-        documents_dir,
-        max_document_bytes,
-        max_batch_documents,
-        vector_index,
-    }
-}
-
-/// The chat gateway's variables (`LLM_*`, `CHAT_*`, `RETRIEVAL_*`, sessions, idempotency, usage).
-#[cfg(feature = "chat")]
-fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
-    let llm_base_url = r.get("LLM_BASE_URL").map(str::to_string);
-    if let Some(url) = &llm_base_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            r.fail("LLM_BASE_URL", "expected an http:// or https:// URL");
-        }
-    }
-    let llm_model = r
-        .get("LLM_MODEL")
-        .unwrap_or(if llm_base_url.is_some() {
-            "gpt-4o-mini"
-        } else {
-            OFFLINE_MODEL
-        })
-        .to_string();
-    ChatSettings {
-        llm_api_key: r.get("LLM_API_KEY").map(Secret::new),
-        llm_fallback_models: r
-            .get("LLM_FALLBACK_MODELS")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty() && *m != llm_model)
-            .map(str::to_string)
-            .collect(),
-        llm_model,
-        llm_base_url,
-        llm_timeout: r.millis("LLM_TIMEOUT_MS", 30_000, 100, 900_000),
-        chat_deadline: r.millis("CHAT_DEADLINE_MS", 30_000, 100, 900_000),
-        max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
-        cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64
-            / 100.0,
-        retrieval_enabled: r.flag("RETRIEVAL_ENABLED", true),
-        retrieval_top_k: r.int("RETRIEVAL_TOP_K", 4usize, 1, 50),
-        retrieval_token_budget: r.int("RETRIEVAL_TOKEN_BUDGET", 1200usize, 50, 100_000),
-        sessions_table: r.get("SESSIONS_TABLE").map(str::to_string),
-        session_ttl: r.secs("SESSION_TTL_SECS", 7 * 86_400, 60, 365 * 86_400),
-        history_messages: r.int("CHAT_HISTORY_MESSAGES", 20usize, 0, 1000),
-        history_tokens: r.int("CHAT_HISTORY_TOKENS", 4000usize, 0, 1_000_000),
-        idempotency_table: r.get("IDEMPOTENCY_TABLE").map(str::to_string),
-        idempotency_ttl: r.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1, 30 * 86_400),
-        idempotency_in_progress: r.secs("IDEMPOTENCY_IN_PROGRESS_SECS", 300, 1, 86_400),
-        prices: match crate::chat::usage::parse_prices(r.get("LLM_PRICES").unwrap_or("")) {
-            Ok(prices) => prices,
-            Err(problem) => {
-                r.fail("LLM_PRICES", problem);
-                Default::default()
-            }
-        },
-        daily_budget_usd: match r.get("DAILY_BUDGET_USD").map(str::parse::<f64>) {
-            None => None,
-            Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
-            Some(_) => {
-                r.fail(
-                    "DAILY_BUDGET_USD",
-                    "expected a non-negative number of dollars",
-                );
-                None
-            }
-        },
-        usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
-        budget_refresh: r.millis("BUDGET_REFRESH_MS", 5000, 0, 3_600_000),
-    }
-}
-
 /// The shared HTTP layers' section of the settings.
 impl From<&Settings> for crate::http::HttpSettings {
     fn from(settings: &Settings) -> Self {
@@ -592,6 +467,11 @@ impl From<&Settings> for crate::http::HttpSettings {
         }
     }
 }
+
+#[cfg(any(feature = "kb", feature = "chat"))]
+mod sections;
+#[cfg(any(feature = "kb", feature = "chat"))]
+use sections::*;
 
 #[cfg(test)]
 mod tests;

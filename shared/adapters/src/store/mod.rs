@@ -27,6 +27,9 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("{0} did not answer within {1} ms")]
     Timeout(&'static str, u128),
+    /// Skipped: the dependency failed a moment ago and is in its pause.
+    #[error("{0} is paused after a recent failure")]
+    Paused(&'static str),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A DynamoDB call failed (the SDK's error, rendered with its cause).

@@ -4,8 +4,9 @@
 //! tries to connect (bounded by `REDIS_TIMEOUT_MS`) and later uses try again until
 //! it answers. Once connected, the connection manager reconnects by itself.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
@@ -52,6 +53,11 @@ struct Inner {
     client: redis::Client,
     manager: OnceCell<ConnectionManager>,
     timeout: Duration,
+    /// After a failure, every user skips Redis this long (`REDIS_RETRY_MS`).
+    pause: Duration,
+    /// Milliseconds after `epoch` until which Redis is skipped.
+    paused_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for RedisHandle {
@@ -63,15 +69,70 @@ impl std::fmt::Debug for RedisHandle {
 }
 
 impl RedisHandle {
-    /// Prepares the client without connecting.
+    /// Prepares the client without connecting; a failure pauses Redis for 1 s.
     pub fn new(url: &RedisUrl, timeout: Duration) -> Result<Self, StoreError> {
+        Self::with_pause(url, timeout, Duration::from_secs(1))
+    }
+
+    /// Prepares the client without connecting. After any user's call fails, every user
+    /// (cache, rate limits, breaker sync) skips Redis for `pause` and falls back at
+    /// once, instead of each request waiting out the timeout on a Redis that is down
+    /// or frozen.
+    pub fn with_pause(
+        url: &RedisUrl,
+        timeout: Duration,
+        pause: Duration,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             inner: Arc::new(Inner {
                 client: redis::Client::open(url.expose())?,
                 manager: OnceCell::new(),
                 timeout,
+                pause,
+                paused_until: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether Redis is in its pause after a failure: callers take their fallback.
+    pub fn paused(&self) -> bool {
+        self.now_ms() < self.inner.paused_until.load(Ordering::Relaxed)
+    }
+
+    /// A call failed or timed out: pause Redis for every user.
+    pub fn failed(&self) {
+        let until = self.now_ms() + self.inner.pause.as_millis() as u64;
+        self.inner.paused_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Runs one operation unless Redis is paused, bounded by twice the timeout; a
+    /// failure starts the pause.
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        if self.paused() {
+            return Err(StoreError::Paused("redis"));
+        }
+        let limit = self.inner.timeout * 2;
+        let attempt = async {
+            let conn = self.connection().await?;
+            Ok::<T, StoreError>(call(conn).await?)
+        };
+        let outcome = match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout("redis", limit.as_millis())),
+        };
+        if outcome.is_err() {
+            self.failed();
+        }
+        outcome
     }
 
     pub fn timeout(&self) -> Duration {

@@ -19,6 +19,9 @@ pub struct ChatSettings {
     pub llm_fallback_models: Vec<String>,
     /// Whole answer (plain) or first byte (stream) from the provider, per model.
     pub llm_timeout: Duration,
+    /// Longest silence between two chunks of a stream that has started: a stalled
+    /// stream ends with an error event, frees its slot and counts for the breaker.
+    pub llm_stream_idle: Duration,
     /// The whole answer: every model of the chain, every retry and every wait share it;
     /// a tenth of it (at most 1 s) is kept for the degraded answer (`CHAT_DEADLINE_MS`).
     pub chat_deadline: Duration,

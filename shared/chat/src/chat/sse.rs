@@ -57,6 +57,8 @@ pub(crate) struct Relay {
     pub question_key: Option<String>,
     pub breaker: CircuitBreaker,
     pub permit: Option<Permit>,
+    /// Longest wait for the next chunk (`LLM_STREAM_IDLE_MS`).
+    pub idle: std::time::Duration,
     /// The session and usage step, run once the stream completes.
     pub(super) after: super::settle::AfterAnswer,
 }
@@ -88,7 +90,10 @@ impl Relay {
             loop {
                 let next = match s.pending.take() {
                     Some(chunk) => Some(Ok(chunk)),
-                    None => s.rest.next().await,
+                    None => match tokio::time::timeout(s.relay.idle, s.rest.next()).await {
+                        Ok(next) => next,
+                        Err(_) => return Some((s.stalled().await, s)),
+                    },
                 };
                 match next {
                     Some(Ok(mut chunk)) => {
@@ -158,6 +163,21 @@ impl Relay {
 }
 
 impl State {
+    /// No chunk within the idle timeout: the upstream stalled. The stream ends here,
+    /// which frees the caller's slot, and the breaker counts it as a failure.
+    async fn stalled(&mut self) -> Bytes {
+        self.done = true;
+        let idle_ms = self.relay.idle.as_millis();
+        tracing::warn!(model = %self.relay.model, idle_ms, "upstream stream stalled after the first byte");
+        if let Some(permit) = self.relay.permit.take() {
+            self.relay.breaker.record(permit, true).await;
+        }
+        super::count_request(&self.relay.model, "stream_stalled");
+        error_event(&format!(
+            "the model's stream stalled: no chunk for {idle_ms} ms; the answer is incomplete"
+        ))
+    }
+
     /// A complete stream: count it, and cache it as a plain answer. When the session
     /// store failed to record it, the event that tells the caller so (headers are long
     /// gone): a chunk with no choices, as a usage chunk has, carrying `degraded`.

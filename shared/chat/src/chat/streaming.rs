@@ -81,6 +81,7 @@ impl ChatGateway {
                     question_key: request.question_key(),
                     breaker,
                     permit: Some(permit),
+                    idle: self.parts.settings.llm_stream_idle,
                     after,
                 };
                 return Ok(StreamReply {

@@ -1,26 +1,105 @@
-//! The stack every protected route needs, applied in the only correct order: the API key
-//! is checked first (401), then that key's rate limit (429, C9).
+//! The stack every protected route needs, applied in the only correct order: failed
+//! authentications are limited per client address (429), then the API key is checked
+//! (401), then that key's rate limit (429, C9).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::{from_fn_with_state, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http::StatusCode;
 
 use crate::auth::{require_api_key, ApiKeyName, ApiKeys};
 use crate::error::ApiError;
 use crate::resilience::limits::RateLimiter;
 
-/// Puts `routes` behind API keys and the per-key rate limit.
-pub fn protect<S>(routes: Router<S>, keys: ApiKeys, limiter: Arc<RateLimiter>) -> Router<S>
+/// Puts `routes` behind API keys and the per-key rate limit; `failures` limits failed
+/// authentications per client address.
+pub fn protect<S>(
+    routes: Router<S>,
+    keys: ApiKeys,
+    limiter: Arc<RateLimiter>,
+    failures: Arc<RateLimiter>,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    // The last layer added runs first: authentication, then the rate limit.
+    let guard = Arc::new(FailedAuthentications {
+        limiter: failures,
+        blocked: Mutex::new(HashMap::new()),
+    });
+    // The last layer added runs first: the address guard, authentication, the rate limit.
     routes
         .layer(from_fn_with_state(limiter, rate_limit))
         .layer(from_fn_with_state(keys, require_api_key))
+        .layer(from_fn_with_state(guard, limit_failed_authentications))
+}
+
+/// Failed authentications per client address: counted by `limiter` (shared through
+/// Redis when configured); an address over it is refused before its key is even
+/// checked, so a guesser cannot tell a right key from a wrong one until it is unblocked.
+struct FailedAuthentications {
+    limiter: Arc<RateLimiter>,
+    /// Addresses refused, until when (this instance's view; entries expire).
+    blocked: Mutex<HashMap<String, Instant>>,
+}
+
+impl FailedAuthentications {
+    fn blocked_for(&self, address: &str) -> Option<Duration> {
+        let blocked = self.blocked.lock().expect("blocked addresses");
+        let until = *blocked.get(address)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn block(&self, address: &str, wait: Duration) {
+        let mut blocked = self.blocked.lock().expect("blocked addresses");
+        if blocked.len() >= 10_000 {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        blocked.insert(address.to_string(), Instant::now() + wait);
+    }
+}
+
+fn too_many_failures(wait: Duration) -> Response {
+    ApiError::TooManyRequests {
+        message: "too many failed authentications from this address; retry later".into(),
+        retry_after: Some(wait.max(Duration::from_secs(1))),
+    }
+    .into_response()
+}
+
+/// Runs before authentication. A request with no known client address (a router called
+/// in-process) is not limited.
+async fn limit_failed_authentications(
+    State(guard): State<Arc<FailedAuthentications>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(address) = crate::server::client_address(&request) else {
+        return next.run(request).await;
+    };
+    if let Some(wait) = guard.blocked_for(&address) {
+        return too_many_failures(wait);
+    }
+    let response = next.run(request).await;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return response;
+    }
+    // The address is logged, never the key that was presented.
+    tracing::warn!(client = %address, "authentication failed");
+    metrics::counter!("auth_failures_total").increment(1);
+    match guard.limiter.check(&format!("authfail:{address}")).await {
+        Ok(()) => response,
+        Err(exceeded) => {
+            tracing::warn!(client = %address, "too many failed authentications; address refused for a while");
+            guard.block(&address, exceeded.retry_after);
+            too_many_failures(exceeded.retry_after)
+        }
+    }
 }
 
 /// The per-key rate limit, run after `require_api_key` has named the caller.

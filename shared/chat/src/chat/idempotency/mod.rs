@@ -48,9 +48,16 @@ pub enum Begin {
     Mismatch,
 }
 
-/// The hash of a request body that ties it to its key.
+/// The hash of a request body that ties it to its key. A JSON body is hashed in its
+/// canonical form, so a retry that re-serialised the same request (other whitespace,
+/// other key order) is the same request; any other body byte for byte.
 pub fn payload_hash(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => hex::encode(Sha256::digest(
+            crate::canonical::canonical_json(&json).as_bytes(),
+        )),
+        Err(_) => hex::encode(Sha256::digest(body)),
+    }
 }
 
 /// Storage of idempotency records.

@@ -16,7 +16,8 @@ impl TieredCache {
         let Some(l2) = &self.inner.l2 else {
             return Err(L2Unavailable);
         };
-        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) {
+        // Paused by this cache's own failure, or by any other user's of the same Redis.
+        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) || l2.redis.paused() {
             return Err(L2Unavailable);
         }
         let timeout = l2.redis.timeout();
@@ -37,6 +38,7 @@ impl TieredCache {
             }
             Err(error) => {
                 metrics::counter!(names::CACHE_L2_ERRORS_TOTAL, "op" => op).increment(1);
+                l2.redis.failed();
                 let pause = self.inner.config.l2_retry_after.as_millis() as u64;
                 l2.skip_until
                     .store(self.now_ms() + pause, Ordering::Relaxed);

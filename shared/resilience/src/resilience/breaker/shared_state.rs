@@ -9,6 +9,10 @@ impl CircuitBreaker {
         ok: bool,
         error: Option<&crate::store::StoreError>,
     ) {
+        if !ok {
+            // Every other user of Redis skips it for a moment too.
+            shared.redis.failed();
+        }
         let was = shared.healthy.swap(ok, Ordering::Relaxed);
         if was != ok {
             if ok {
@@ -23,6 +27,10 @@ impl CircuitBreaker {
         let Some(shared) = &self.inner.shared else {
             return;
         };
+        // Redis failed a moment ago: the local state decides, at once.
+        if shared.redis.paused() {
+            return;
+        }
         let now = self.inner.clock.now_millis();
         {
             let mut local = self.inner.local.lock().expect("breaker lock");
@@ -92,6 +100,9 @@ impl CircuitBreaker {
     /// `Some(true)` if this instance got the probe lock, `Some(false)` if another has it,
     /// `None` if Redis did not answer.
     pub(super) async fn claim_probe(&self, shared: &Shared) -> Option<bool> {
+        if shared.redis.paused() {
+            return None;
+        }
         let ttl = self.inner.config.open_for.max(Duration::from_secs(1));
         let claim = async {
             let mut conn = shared.redis.connection().await?;
@@ -151,7 +162,7 @@ impl CircuitBreaker {
             }
             Ok::<_, crate::store::StoreError>(())
         };
-        if transition == Transition::None {
+        if transition == Transition::None || shared.redis.paused() {
             return;
         }
         match tokio::time::timeout(shared.redis.timeout() * 2, write).await {

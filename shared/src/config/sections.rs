@@ -1,0 +1,161 @@
+//! The capabilities' own sections of the settings: the knowledge base's and the chat
+//! gateway's, read only by the functions that link them.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// `RETRIEVAL_MIN_SIMILARITY` and `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD`; `None` when
+/// neither is set (the embedder's default then applies, see `KbSettings::relevance_floor`).
+#[cfg(feature = "kb")]
+fn read_relevance_floor(r: &mut Reader<'_>) -> Option<crate::kb::RelevanceFloor> {
+    const MIN: &str = "RETRIEVAL_MIN_SIMILARITY";
+    const SHARED_WORD: &str = "RETRIEVAL_MIN_SIMILARITY_SHARED_WORD";
+    let (min_set, shared_set) = (r.get(MIN).is_some(), r.get(SHARED_WORD).is_some());
+    if !min_set {
+        if shared_set {
+            r.fail(SHARED_WORD, format!("needs {MIN} as well"));
+        }
+        return None;
+    }
+    let problems = r.problems.len();
+    let min_similarity = r.number(MIN, 0.0, -1.0, 1.0);
+    let min_is_valid = r.problems.len() == problems;
+    let with_shared_word = r.number(SHARED_WORD, min_similarity, -1.0, 1.0);
+    if min_is_valid && with_shared_word > min_similarity {
+        r.fail(
+            SHARED_WORD,
+            format!("must be at most {MIN} ({min_similarity}): a shared word lowers the bar"),
+        );
+    }
+    Some(crate::kb::RelevanceFloor {
+        min_similarity,
+        with_shared_word,
+    })
+}
+
+/// The knowledge base's variables (`EMBEDDINGS_*`, `CHUNK_*`, `RETRIEVAL_MIN_SIMILARITY*`,
+/// ingest limits, `VECTOR_INDEX_*`).
+#[cfg(feature = "kb")]
+pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
+    let embeddings_base_url = r.get("EMBEDDINGS_BASE_URL").map(str::to_string);
+    if let Some(url) = &embeddings_base_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            r.fail("EMBEDDINGS_BASE_URL", "expected an http:// or https:// URL");
+        }
+    }
+    let embeddings_api_key = r.get("EMBEDDINGS_API_KEY").map(Secret::new);
+    let embeddings_model = r
+        .get("EMBEDDINGS_MODEL")
+        .unwrap_or(if embeddings_base_url.is_some() {
+            "text-embedding-3-small"
+        } else {
+            "offline"
+        })
+        .to_string();
+    let embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
+    let embeddings_timeout = r.millis("EMBEDDINGS_TIMEOUT_MS", 10_000, 100, 300_000);
+    let chunk_size = r.int("CHUNK_SIZE", 1000usize, 100, 20_000);
+    let chunk_overlap = r.int("CHUNK_OVERLAP", 150usize, 0, 10_000);
+    if chunk_overlap * 2 > chunk_size {
+        r.fail(
+            "CHUNK_OVERLAP",
+            format!("must be at most half of CHUNK_SIZE ({chunk_size})"),
+        );
+    }
+    let relevance = read_relevance_floor(r);
+    let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
+    let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
+    let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
+    let max_batch_documents = r.int("MAX_BATCH_DOCUMENTS", 100usize, 1, 10_000);
+    let vector_index = crate::kb::vector_index::VectorIndexConfig {
+        bulk_chunks: r.int("VECTOR_INDEX_BULK_CHUNKS", 100usize, 1, 1_000_000),
+        quiet: r.millis("VECTOR_INDEX_QUIET_MS", 2_000, 0, 3_600_000),
+        delta_rows: r.int("VECTOR_INDEX_DELTA_ROWS", 50_000i64, 1, 100_000_000),
+        build_memory_mb: r.int("VECTOR_INDEX_BUILD_MEMORY_MB", 512u32, 16, 1_048_576),
+        // Under Lambda the instance is frozen between requests: the schedule maintains.
+        background: r.flag("VECTOR_INDEX_BACKGROUND", true) && !crate::runtime::in_lambda(),
+    };
+    KbSettings {
+        embeddings_base_url,
+        embeddings_api_key,
+        embeddings_model,
+        embeddings_dimensions,
+        embeddings_timeout,
+        chunk_size,
+        chunk_overlap,
+        relevance,
+        documents_bucket,
+        documents_dir,
+        max_document_bytes,
+        max_batch_documents,
+        vector_index,
+    }
+}
+
+/// The chat gateway's variables (`LLM_*`, `CHAT_*`, `RETRIEVAL_*`, sessions, idempotency, usage).
+#[cfg(feature = "chat")]
+pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
+    let llm_base_url = r.get("LLM_BASE_URL").map(str::to_string);
+    if let Some(url) = &llm_base_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            r.fail("LLM_BASE_URL", "expected an http:// or https:// URL");
+        }
+    }
+    let llm_model = r
+        .get("LLM_MODEL")
+        .unwrap_or(if llm_base_url.is_some() {
+            "gpt-4o-mini"
+        } else {
+            OFFLINE_MODEL
+        })
+        .to_string();
+    ChatSettings {
+        llm_api_key: r.get("LLM_API_KEY").map(Secret::new),
+        llm_fallback_models: r
+            .get("LLM_FALLBACK_MODELS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && *m != llm_model)
+            .map(str::to_string)
+            .collect(),
+        llm_model,
+        llm_base_url,
+        llm_timeout: r.millis("LLM_TIMEOUT_MS", 30_000, 100, 900_000),
+        llm_stream_idle: r.millis("LLM_STREAM_IDLE_MS", 30_000, 100, 900_000),
+        chat_deadline: r.millis("CHAT_DEADLINE_MS", 30_000, 100, 900_000),
+        max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
+        cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64
+            / 100.0,
+        retrieval_enabled: r.flag("RETRIEVAL_ENABLED", true),
+        retrieval_top_k: r.int("RETRIEVAL_TOP_K", 4usize, 1, 50),
+        retrieval_token_budget: r.int("RETRIEVAL_TOKEN_BUDGET", 1200usize, 50, 100_000),
+        sessions_table: r.get("SESSIONS_TABLE").map(str::to_string),
+        session_ttl: r.secs("SESSION_TTL_SECS", 7 * 86_400, 60, 365 * 86_400),
+        history_messages: r.int("CHAT_HISTORY_MESSAGES", 20usize, 0, 1000),
+        history_tokens: r.int("CHAT_HISTORY_TOKENS", 4000usize, 0, 1_000_000),
+        idempotency_table: r.get("IDEMPOTENCY_TABLE").map(str::to_string),
+        idempotency_ttl: r.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1, 30 * 86_400),
+        idempotency_in_progress: r.secs("IDEMPOTENCY_IN_PROGRESS_SECS", 300, 1, 86_400),
+        prices: match crate::chat::usage::parse_prices(r.get("LLM_PRICES").unwrap_or("")) {
+            Ok(prices) => prices,
+            Err(problem) => {
+                r.fail("LLM_PRICES", problem);
+                Default::default()
+            }
+        },
+        daily_budget_usd: match r.get("DAILY_BUDGET_USD").map(str::parse::<f64>) {
+            None => None,
+            Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
+            Some(_) => {
+                r.fail(
+                    "DAILY_BUDGET_USD",
+                    "expected a non-negative number of dollars",
+                );
+                None
+            }
+        },
+        usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
+        budget_refresh: r.millis("BUDGET_REFRESH_MS", 5000, 0, 3_600_000),
+    }
+}

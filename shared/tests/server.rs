@@ -1,0 +1,150 @@
+//! The standalone server against hostile clients over real TCP (issue 14, findings 4
+//! and 8): half-sent heads and bodies, more connections than the cap, and a caller
+//! guessing API keys.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use axum::Router;
+use chatkb_testing::settings;
+use shared::auth::{hash_key, ApiKeyName};
+use shared::resilience::limits::RateLimiter;
+use shared::runtime::ServerLimits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A server on a free port with `limits`, serving `/ok`, `/echo` and a protected
+/// `/private`; the API key is `key-a`, and two failed authentications per minute are
+/// allowed per address.
+async fn start(limits: ServerLimits) -> String {
+    let settings = settings(
+        "test",
+        &[("API_KEYS", &format!("alice:{}", hash_key("key-a")))],
+    );
+    let per_key = std::sync::Arc::new(RateLimiter::new(1000, Duration::from_secs(60), None, "t"));
+    let failures = std::sync::Arc::new(RateLimiter::new(2, Duration::from_secs(60), None, "t"));
+    let private = Router::new().route(
+        "/private",
+        get(|ApiKeyName(name): ApiKeyName| async move { name.to_string() }),
+    );
+    let routes = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .merge(shared::http::protect(
+            private,
+            settings.api_keys.clone(),
+            per_key,
+            failures,
+        ));
+    let router = shared::http::app(routes, &settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(shared::server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    address
+}
+
+/// Sends `raw` and reads until the server closes the connection; `None` if it was
+/// still open after 10 s (what the finding saw: connections held for 70 s and more).
+async fn send_and_read(address: &str, raw: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+async fn get_status(address: &str, path: &str, headers: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n{headers}\r\n");
+    let answer = send_and_read(address, request.as_bytes())
+        .await
+        .expect("a complete request is answered");
+    answer[9..12].parse().unwrap_or_else(|_| panic!("{answer}"))
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(500),
+        max_connections: 4,
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_head_or_an_idle_connection_is_closed_after_the_header_timeout() {
+    let address = start(limits()).await;
+    let slowloris = send_and_read(&address, b"GET /ok HTTP/1.1\r\nhost: t\r\nx-slow: 1\r\n").await;
+    assert!(
+        slowloris.is_some(),
+        "a half-sent head kept its connection open"
+    );
+    // A kept-alive connection that sends nothing more is closed too, after its answer.
+    let kept = send_and_read(&address, b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .expect("an idle keep-alive connection was never closed");
+    assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
+    assert!(kept.ends_with("ok"), "{kept}");
+}
+
+#[tokio::test]
+async fn a_half_sent_body_gets_408_and_its_connection_is_closed() {
+    let address = start(limits()).await;
+    let answer = send_and_read(
+        &address,
+        b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await
+    .expect("a half-sent body kept its connection open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_server_recovers() {
+    let address = start(limits()).await;
+    // Four slow clients take every slot...
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so the next is told at once to come back, in JSON, and closed.
+    let answer = send_and_read(&address, b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many open connections"), "{answer}");
+    // The slow ones are dropped after the header timeout, and service resumes.
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a slow client kept its slot");
+    }
+    assert_eq!(get_status(&address, "/ok", "").await, 200);
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_client_address() {
+    let address = start(ServerLimits::default()).await;
+    let wrong = "authorization: Bearer guess\r\n";
+    let right = "authorization: Bearer key-a\r\n";
+    assert_eq!(get_status(&address, "/private", right).await, 200);
+    assert_eq!(get_status(&address, "/private", wrong).await, 401);
+    assert_eq!(get_status(&address, "/private", wrong).await, 401);
+    // Over the limit: refused, and then even the right key is, for a while, so a guesser
+    // learns nothing more from this address.
+    assert_eq!(get_status(&address, "/private", wrong).await, 429);
+    assert_eq!(get_status(&address, "/private", right).await, 429);
+    // Unprotected routes are not affected.
+    assert_eq!(get_status(&address, "/ok", "").await, 200);
+}
