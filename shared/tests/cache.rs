@@ -10,7 +10,8 @@ use shared::config::RedisUrl;
 use shared::store::RedisHandle;
 
 fn redis_at(url: &str) -> RedisHandle {
-    RedisHandle::new(&RedisUrl::parse(url).unwrap(), Duration::from_millis(200)).unwrap()
+    let url = RedisUrl::parse(url).unwrap();
+    RedisHandle::with_pause(&url, Duration::from_millis(200), Duration::from_millis(100)).unwrap()
 }
 
 fn shared_redis() -> RedisHandle {
