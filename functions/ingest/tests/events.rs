@@ -44,6 +44,15 @@ fn request(
         .unwrap()
 }
 
+fn post_json(body: &serde_json::Value) -> http::Request<axum::body::Body> {
+    request(
+        "POST",
+        "/documents",
+        Some("application/json"),
+        &body.to_string(),
+    )
+}
+
 /// Issue 12, finding 3: documents sharing a first line (every Debian copyright file starts
 /// with the same `Format:` line) are separate documents when posted without ids.
 #[tokio::test]
@@ -314,6 +323,41 @@ async fn every_route_needs_an_api_key() {
     }
 }
 
+/// Issue 14, finding 8: wrong keys were never limited. The function's own stack counts
+/// failed authentications per client address (`AUTH_FAILURES_PER_MINUTE`), and then
+/// refuses that address even with the right key; another address is not affected.
+#[tokio::test]
+async fn failed_authentications_are_limited_per_client_address() {
+    let db = TestDatabase::sqlite();
+    let (router, _) = router_for(&db, &[("AUTH_FAILURES_PER_MINUTE", "3")]);
+    let from = |address: &str, key: &str| {
+        let mut req = http::Request::builder()
+            .uri("/documents")
+            .header("x-api-key", key)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let peer: std::net::SocketAddr = format!("{address}:40000").parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req
+    };
+    for _ in 0..3 {
+        let res = call(&router, from("198.51.100.7", "guess")).await;
+        assert_eq!(res.status, 401, "{}", res.text);
+    }
+    let res = call(&router, from("198.51.100.7", "guess")).await;
+    assert_eq!(res.status, 429, "{}", res.text);
+    assert!(res.headers.contains_key("retry-after"));
+    let res = call(&router, from("198.51.100.7", "local-dev-key")).await;
+    assert_eq!(
+        res.status, 429,
+        "refused even with the right key: {}",
+        res.text
+    );
+    let res = call(&router, from("203.0.113.9", "local-dev-key")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+}
+
 #[tokio::test]
 async fn requests_over_the_rate_limit_get_429_with_retry_after() {
     let db = TestDatabase::sqlite();
@@ -496,16 +540,7 @@ async fn nul_characters_are_refused_alike_on_both_backends() {
         assert_eq!(res.status, 400, "{:?}: {}", db.kind, res.text);
 
         let body = json!({"id": "nul-meta", "text": "Refunds take 14 days.", "metadata": {"team": "a\u{0}b"}});
-        let res = call(
-            &router,
-            request(
-                "POST",
-                "/documents",
-                Some("application/json"),
-                &body.to_string(),
-            ),
-        )
-        .await;
+        let res = call(&router, post_json(&body)).await;
         assert_eq!(res.status, 422, "{:?}: {}", db.kind, res.text);
         assert!(
             res.text.contains("metadata.team contains a NUL"),
@@ -515,16 +550,7 @@ async fn nul_characters_are_refused_alike_on_both_backends() {
 
         // NUL in a document's text is a control character: dropped like the others.
         let body = json!({"id": "nul-text", "text": "Refunds\u{0} take 14 days."});
-        let res = call(
-            &router,
-            request(
-                "POST",
-                "/documents",
-                Some("application/json"),
-                &body.to_string(),
-            ),
-        )
-        .await;
+        let res = call(&router, post_json(&body)).await;
         assert_eq!(res.status, 201, "{:?}: {}", db.kind, res.text);
         let kb = ctx.knowledge_base();
         let stored = kb.store().documents(None, 10).await.unwrap();

@@ -64,6 +64,16 @@ pub async fn serve(
         body_deadline,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Built once; each connection gets a clone.
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_timeout));
     let (stop, stopped) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -93,16 +103,8 @@ pub async fn serve(
                     request.map(axum::body::Body::new)
                 });
         let mut stopped = stopped.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(limits.header_timeout));
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(service),
@@ -131,6 +133,11 @@ async fn body_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use http_body::Body as _;
+    // No body to wait for (most GETs): no timer.
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
     let timed_out = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
     let body = DeadlineBody {

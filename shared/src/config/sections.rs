@@ -1,7 +1,6 @@
 //! The capabilities' own sections of the settings: the knowledge base's and the chat
 //! gateway's, read only by the functions that link them.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `RETRIEVAL_MIN_SIMILARITY` and `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD`; `None` when

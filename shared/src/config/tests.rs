@@ -53,6 +53,54 @@ fn resilience_settings_are_read() {
     assert_eq!(s.rate_limit_window, Duration::from_secs(10));
 }
 
+/// Issue 14's settings: defaults that are safe, values that are read, bad ones refused.
+#[test]
+fn hardening_settings_have_safe_defaults_and_are_read() {
+    let s = Settings::from_vars("chat", &vars(&[])).unwrap();
+    assert_eq!(s.server, crate::runtime::ServerLimits::default());
+    assert_eq!(s.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(s.auth_failures_per_minute, 20);
+    assert_eq!(s.redis_retry, Duration::from_secs(1));
+    assert!(!s.redis_required);
+    assert_eq!(s.chat.llm_stream_idle, Duration::from_secs(30));
+
+    let s = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("HTTP_HEADER_TIMEOUT_MS", "2000"),
+            ("HTTP_BODY_TIMEOUT_MS", "3000"),
+            ("HTTP_MAX_CONNECTIONS", "64"),
+            ("AUTH_FAILURES_PER_MINUTE", "5"),
+            ("REDIS_RETRY_MS", "250"),
+            ("REDIS_REQUIRED", "true"),
+            ("LLM_STREAM_IDLE_MS", "1500"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.server,
+        crate::runtime::ServerLimits {
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(3),
+            max_connections: 64,
+        }
+    );
+    assert_eq!(s.auth_failures_per_minute, 5);
+    assert_eq!(s.redis_retry, Duration::from_millis(250));
+    assert!(s.redis_required);
+    assert_eq!(s.chat.llm_stream_idle, Duration::from_millis(1500));
+
+    let err = Settings::from_vars(
+        "chat",
+        &vars(&[("HTTP_MAX_CONNECTIONS", "0"), ("LLM_STREAM_IDLE_MS", "x")]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.variables(),
+        vec!["HTTP_MAX_CONNECTIONS", "LLM_STREAM_IDLE_MS"]
+    );
+}
+
 #[test]
 fn every_bad_variable_is_reported_at_once() {
     let err = Settings::from_vars(

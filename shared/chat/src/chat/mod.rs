@@ -39,6 +39,7 @@ use provider::{ChatProvider, ChunkStream, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
 use session::SessionStore;
+use settle::with_session;
 use usage::{UsageRecord, UsageRecorder};
 // The gateway's steps, one file each, share their private helpers through here.
 use plain::*;

@@ -87,9 +87,8 @@ impl ChatGateway {
         let after = self.after_answer(owner, session, &initial);
         let deadline = self.answer_deadline();
         let mut reply = self.complete_inner(request, &initial, deadline).await?;
-        let saved = after.settle(&reply.answer, reply.meta.cached).await;
-        if !saved {
-            reply.meta.degraded = super::streaming::with_session(reply.meta.degraded, saved);
+        if !after.settle(&reply.answer, reply.meta.cached).await {
+            reply.meta.degraded = with_session(std::mem::take(&mut reply.meta.degraded), false);
             reply.answer.completion["degraded"] = json!(reply.meta.degraded.join(","));
         }
         Ok(reply)

@@ -53,3 +53,12 @@ impl ChatGateway {
         }
     }
 }
+
+/// `degraded`, plus `session-unavailable` when the session store failed to record the
+/// exchange (`saved` is what `settle` returned).
+pub(super) fn with_session(mut degraded: Vec<String>, saved: bool) -> Vec<String> {
+    if !saved {
+        degraded.push(super::degraded::SESSION_UNAVAILABLE.to_string());
+    }
+    degraded
+}

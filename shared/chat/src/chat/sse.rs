@@ -203,8 +203,7 @@ impl State {
         if self.relay.after.settle(&answer, false).await {
             return None;
         }
-        let mut degraded = answer.degraded;
-        degraded.push(super::degraded::SESSION_UNAVAILABLE.to_string());
+        let degraded = super::with_session(answer.degraded, false);
         Some(event(&json!({
             "id": answer.completion["id"],
             "object": "chat.completion.chunk",

@@ -112,11 +112,3 @@ impl ChatGateway {
         })
     }
 }
-
-/// `degraded`, plus `session-unavailable` when the session store failed to record it.
-pub(super) fn with_session(mut degraded: Vec<String>, saved: bool) -> Vec<String> {
-    if !saved {
-        degraded.push(degraded::SESSION_UNAVAILABLE.to_string());
-    }
-    degraded
-}

@@ -2,8 +2,7 @@
 //! authentications are limited per client address (429), then the API key is checked
 //! (401), then that key's rate limit (429, C9).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -28,8 +27,11 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let guard = Arc::new(FailedAuthentications {
+        blocked: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(failures.window())
+            .build(),
         limiter: failures,
-        blocked: Mutex::new(HashMap::new()),
     });
     // The last layer added runs first: the address guard, authentication, the rate limit.
     routes
@@ -43,24 +45,15 @@ where
 /// checked, so a guesser cannot tell a right key from a wrong one until it is unblocked.
 struct FailedAuthentications {
     limiter: Arc<RateLimiter>,
-    /// Addresses refused, until when (this instance's view; entries expire).
-    blocked: Mutex<HashMap<String, Instant>>,
+    /// Addresses refused, until when (this instance's view; bounded, and no entry
+    /// outlives the limiter's window, the longest a refusal lasts).
+    blocked: moka::future::Cache<String, Instant>,
 }
 
 impl FailedAuthentications {
-    fn blocked_for(&self, address: &str) -> Option<Duration> {
-        let blocked = self.blocked.lock().expect("blocked addresses");
-        let until = *blocked.get(address)?;
+    async fn blocked_for(&self, address: &str) -> Option<Duration> {
+        let until = self.blocked.get(address).await?;
         until.checked_duration_since(Instant::now())
-    }
-
-    fn block(&self, address: &str, wait: Duration) {
-        let mut blocked = self.blocked.lock().expect("blocked addresses");
-        if blocked.len() >= 10_000 {
-            let now = Instant::now();
-            blocked.retain(|_, until| *until > now);
-        }
-        blocked.insert(address.to_string(), Instant::now() + wait);
     }
 }
 
@@ -82,7 +75,7 @@ async fn limit_failed_authentications(
     let Some(address) = crate::server::client_address(&request) else {
         return next.run(request).await;
     };
-    if let Some(wait) = guard.blocked_for(&address) {
+    if let Some(wait) = guard.blocked_for(&address).await {
         return too_many_failures(wait);
     }
     let response = next.run(request).await;
@@ -96,7 +89,8 @@ async fn limit_failed_authentications(
         Ok(()) => response,
         Err(exceeded) => {
             tracing::warn!(client = %address, "too many failed authentications; address refused for a while");
-            guard.block(&address, exceeded.retry_after);
+            let until = Instant::now() + exceeded.retry_after;
+            guard.blocked.insert(address, until).await;
             too_many_failures(exceeded.retry_after)
         }
     }

@@ -1,6 +1,7 @@
 //! The Redis tier: every call with degradation to L1 alone, namespace generations, reads and writes.
 
 use super::*;
+use crate::store::StoreError;
 
 impl TieredCache {
     /// Runs one Redis operation unless Redis is in its pause after a failure; records
@@ -16,34 +17,26 @@ impl TieredCache {
         let Some(l2) = &self.inner.l2 else {
             return Err(L2Unavailable);
         };
-        // Paused by this cache's own failure, or by any other user's of the same Redis.
-        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) || l2.redis.paused() {
+        // Paused by this cache's own failure, or (inside `run`) by any other user's of
+        // the same Redis; `run` bounds the call and starts the shared pause on failure.
+        if self.now_ms() < l2.skip_until.load(Ordering::Relaxed) {
             return Err(L2Unavailable);
         }
-        let timeout = l2.redis.timeout();
-        let attempt = async {
-            let conn = l2.redis.connection().await.map_err(|e| e.to_string())?;
-            call(conn).await.map_err(|e| e.to_string())
-        };
-        let outcome = match tokio::time::timeout(timeout * 2, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", (timeout * 2).as_millis())),
-        };
-        match outcome {
+        match l2.redis.run(call).await {
             Ok(value) => {
                 if !l2.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("cache: Redis (L2) is back; using both tiers");
                 }
                 Ok(value)
             }
+            Err(StoreError::Paused(_)) => Err(L2Unavailable),
             Err(error) => {
                 metrics::counter!(names::CACHE_L2_ERRORS_TOTAL, "op" => op).increment(1);
-                l2.redis.failed();
                 let pause = self.inner.config.l2_retry_after.as_millis() as u64;
                 l2.skip_until
                     .store(self.now_ms() + pause, Ordering::Relaxed);
                 if l2.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(op, error = %crate::observability::redact::redact(&error), "cache: Redis (L2) unavailable; serving from L1 only");
+                    tracing::warn!(op, error = %crate::observability::redact::redact(&error.to_string()), "cache: Redis (L2) unavailable; serving from L1 only");
                 }
                 Err(L2Unavailable)
             }

@@ -3,34 +3,31 @@
 use super::*;
 
 impl CircuitBreaker {
-    pub(super) fn note_redis(
+    /// Logs only changes between reachable and unreachable. Each call goes through
+    /// `RedisHandle::run`: while Redis is paused after a failure (of any of its users) it
+    /// fails at once, and the local state decides.
+    fn note_redis<T>(
         &self,
         shared: &Shared,
-        ok: bool,
-        error: Option<&crate::store::StoreError>,
-    ) {
-        if !ok {
-            // Every other user of Redis skips it for a moment too.
-            shared.redis.failed();
-        }
+        outcome: Result<T, crate::store::StoreError>,
+    ) -> Option<T> {
+        let ok = outcome.is_ok();
         let was = shared.healthy.swap(ok, Ordering::Relaxed);
         if was != ok {
             if ok {
                 tracing::info!(breaker = %self.inner.name, "shared breaker state reachable again");
             } else {
-                tracing::warn!(breaker = %self.inner.name, error = ?error.map(|e| e.to_string()), "shared breaker state unreachable; using the local breaker");
+                let error = outcome.as_ref().err().map(|e| e.to_string());
+                tracing::warn!(breaker = %self.inner.name, error, "shared breaker state unreachable; using the local breaker");
             }
         }
+        outcome.ok()
     }
 
     pub(super) async fn sync_from_shared(&self) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
-        // Redis failed a moment ago: the local state decides, at once.
-        if shared.redis.paused() {
-            return;
-        }
         let now = self.inner.clock.now_millis();
         {
             let mut local = self.inner.local.lock().expect("breaker lock");
@@ -42,27 +39,17 @@ impl CircuitBreaker {
             }
             local.last_sync = Some(now);
         }
-        let read = async {
-            let mut conn = shared.redis.connection().await?;
-            let value: Option<u64> = redis::cmd("GET")
-                .arg(&shared.open_key)
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, crate::store::StoreError>(value)
-        };
-        let open_until = match tokio::time::timeout(shared.redis.timeout() * 2, read).await {
-            Ok(Ok(value)) => {
-                self.note_redis(shared, true, None);
-                value
-            }
-            Ok(Err(err)) => {
-                self.note_redis(shared, false, Some(&err));
-                return;
-            }
-            Err(_) => {
-                self.note_redis(shared, false, None);
-                return;
-            }
+        let read = shared
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("GET")
+                    .arg(&shared.open_key)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+            })
+            .await;
+        let Some(open_until) = self.note_redis(shared, read) else {
+            return;
         };
         let mut local = self.inner.local.lock().expect("breaker lock");
         let open_for = self.inner.config.open_for.as_millis() as u64;
@@ -100,42 +87,30 @@ impl CircuitBreaker {
     /// `Some(true)` if this instance got the probe lock, `Some(false)` if another has it,
     /// `None` if Redis did not answer.
     pub(super) async fn claim_probe(&self, shared: &Shared) -> Option<bool> {
-        if shared.redis.paused() {
-            return None;
-        }
         let ttl = self.inner.config.open_for.max(Duration::from_secs(1));
-        let claim = async {
-            let mut conn = shared.redis.connection().await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&shared.probe_key)
-                .arg(self.inner.clock.now_millis())
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, crate::store::StoreError>(set.is_some())
-        };
-        match tokio::time::timeout(shared.redis.timeout() * 2, claim).await {
-            Ok(Ok(won)) => {
-                self.note_redis(shared, true, None);
-                Some(won)
-            }
-            Ok(Err(err)) => {
-                self.note_redis(shared, false, Some(&err));
-                None
-            }
-            Err(_) => {
-                self.note_redis(shared, false, None);
-                None
-            }
-        }
+        let now = self.inner.clock.now_millis();
+        let claim = shared
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&shared.probe_key)
+                    .arg(now)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            })
+            .await;
+        self.note_redis(shared, claim).map(|set| set.is_some())
     }
 
     pub(super) async fn publish(&self, shared: &Shared, transition: Transition, was_probe: bool) {
+        if transition == Transition::None {
+            return;
+        }
         let keep = self.inner.config.open_for + Duration::from_secs(60);
-        let write = async {
-            let mut conn = shared.redis.connection().await?;
+        let write = shared.redis.run(|mut conn| async move {
             match transition {
                 Transition::Opened { until } => {
                     let mut pipe = redis::pipe();
@@ -147,28 +122,20 @@ impl CircuitBreaker {
                     if was_probe {
                         pipe.cmd("DEL").arg(&shared.probe_key);
                     }
-                    let _: () = pipe.query_async(&mut conn).await?;
+                    pipe.query_async::<()>(&mut conn).await
                 }
                 Transition::Closed => {
-                    let _: () = redis::pipe()
+                    redis::pipe()
                         .cmd("DEL")
                         .arg(&shared.open_key)
                         .cmd("DEL")
                         .arg(&shared.probe_key)
-                        .query_async(&mut conn)
-                        .await?;
+                        .query_async::<()>(&mut conn)
+                        .await
                 }
-                Transition::None => {}
+                Transition::None => Ok(()),
             }
-            Ok::<_, crate::store::StoreError>(())
-        };
-        if transition == Transition::None || shared.redis.paused() {
-            return;
-        }
-        match tokio::time::timeout(shared.redis.timeout() * 2, write).await {
-            Ok(Ok(())) => self.note_redis(shared, true, None),
-            Ok(Err(err)) => self.note_redis(shared, false, Some(&err)),
-            Err(_) => self.note_redis(shared, false, None),
-        }
+        });
+        self.note_redis(shared, write.await);
     }
 }

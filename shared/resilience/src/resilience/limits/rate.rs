@@ -76,6 +76,11 @@ impl RateLimiter {
         self.limit
     }
 
+    /// The window `limit` applies to: no refusal lasts longer.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Decides for one request of `key` (an API key name, a client id...).
     pub async fn check(&self, key: &str) -> Result<(), LimitExceeded> {
         if let Some((redis, script)) = &self.redis {
