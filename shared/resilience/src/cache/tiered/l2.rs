@@ -52,11 +52,10 @@ impl TieredCache {
         }
         let refresh = self.inner.config.generation_refresh.as_millis() as u64;
         let checked = self.inner.generations_checked[i].load(Ordering::Relaxed);
-        let now = self.now_ms();
-        if checked != 0 && now < checked + refresh {
+        if checked != 0 && self.generation_stamp() < checked + refresh {
             return local;
         }
-        self.inner.generations_checked[i].store(now.max(1), Ordering::Relaxed);
+        self.mark_generation_checked(namespace);
         let key = self.generation_key(namespace);
         match self
             .l2_call("generation", |mut conn| async move {
@@ -70,6 +69,18 @@ impl TieredCache {
             Ok(remote) => self.adopt_generation(namespace, remote.unwrap_or(0)),
             Err(L2Unavailable) => local,
         }
+    }
+
+    /// When a namespace's generation was last read: milliseconds plus one, so 0 stays
+    /// "never" and a read in the cache's first millisecond is not taken, with no refresh
+    /// interval, for one still fresh.
+    fn generation_stamp(&self) -> u64 {
+        self.now_ms() + 1
+    }
+
+    pub(super) fn mark_generation_checked(&self, namespace: Namespace) {
+        self.inner.generations_checked[namespace.index()]
+            .store(self.generation_stamp(), Ordering::Relaxed);
     }
 
     /// Generations only move forward, whichever instance bumped them.
@@ -130,8 +141,7 @@ impl TieredCache {
             .map(|(stored, _)| stored.g)
             .fold(remote_generation.unwrap_or(0), u64::max);
         let generation = self.adopt_generation(namespace, seen);
-        self.inner.generations_checked[namespace.index()]
-            .store(self.now_ms().max(1), Ordering::Relaxed);
+        self.mark_generation_checked(namespace);
         decoded
             .into_iter()
             .map(|found| {

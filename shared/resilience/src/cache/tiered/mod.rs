@@ -454,7 +454,7 @@ impl TieredCache {
                 self.inner.generations[i].fetch_add(1, Ordering::AcqRel);
             }
         }
-        self.inner.generations_checked[i].store(self.now_ms().max(1), Ordering::Relaxed);
+        self.mark_generation_checked(namespace);
         metrics::counter!(names::CACHE_INVALIDATIONS_TOTAL, "namespace" => namespace.as_str(), "scope" => "namespace").increment(1);
     }
 }
