@@ -41,6 +41,7 @@ LAYERS = {
     "canonical": ("foundation", 0),
     "observability": ("foundation", 0),
     "store": ("adapters", 1),
+    "openai": ("adapters", 1),
     "resilience": ("capabilities", 2),
     "cache": ("capabilities", 2),
     "kb": ("capabilities", 3),

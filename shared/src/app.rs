@@ -216,6 +216,8 @@ impl crate::health::Monitored for AppContext {
             cache_prefix: &self.settings.cache.prefix,
             sessions: &self.sessions,
             sessions_limit: self.settings.max_concurrent_sessions,
+            daily_budget_usd: self.settings.budget.daily_usd,
+            budget_instances: self.settings.budget.instances,
         }
     }
 }

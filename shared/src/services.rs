@@ -17,7 +17,7 @@ use crate::chat::{
 };
 #[cfg(feature = "kb")]
 use crate::kb::{
-    embed::{Embedder, OfflineEmbedder},
+    embed::{Embedder, GuardedEmbedder, OfflineEmbedder},
     openai::OpenAiEmbedder,
     store,
     text::ChunkConfig,
@@ -72,9 +72,16 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
     let usage = UsageRecorder::new(
         usage::sql_usage_store(ctx.database.clone()),
         chat.prices.clone(),
-        chat.daily_budget_usd,
+        usage::BudgetPolicy {
+            daily_usd: ctx.settings.budget.daily_usd,
+            refresh_every: chat.budget_refresh,
+            ledger: ctx
+                .redis
+                .clone()
+                .map(|redis| usage::BudgetLedger::new(redis, &ctx.settings.cache.prefix)),
+            instances: ctx.settings.budget.instances,
+        },
         buffered,
-        chat.budget_refresh,
     );
     if buffered && tokio::runtime::Handle::try_current().is_ok() {
         usage.spawn_flusher(chat.usage_flush);
@@ -115,7 +122,7 @@ fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn Idempoten
 pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
     KnowledgeBase::new(
         store::knowledge_store_with(&ctx.database, ctx.settings.kb.vector_index.clone()),
-        embedder(&ctx.settings.kb, &ctx.settings.retry),
+        guarded_embedder(ctx),
         ctx.cache.clone(),
         ChunkConfig {
             size: ctx.settings.kb.chunk_size,
@@ -128,6 +135,23 @@ pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
     })
     .with_relevance_floor(ctx.settings.kb.relevance_floor())
 }
+
+/// The configured embedder; a remote one behind the `embeddings` circuit breaker (the
+/// offline one cannot fail).
+#[cfg(feature = "kb")]
+fn guarded_embedder(ctx: &AppContext) -> Arc<dyn Embedder> {
+    let embedder = embedder(&ctx.settings.kb, &ctx.settings.retry);
+    if ctx.settings.kb.embeddings_base_url.is_none() {
+        return embedder;
+    }
+    Arc::new(GuardedEmbedder::new(
+        embedder,
+        ctx.breakers.get(EMBEDDINGS_BREAKER),
+    ))
+}
+
+/// The embeddings endpoint's breaker, as `/health/detailed` names it.
+pub const EMBEDDINGS_BREAKER: &str = "embeddings";
 
 /// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.
 #[cfg(feature = "kb")]

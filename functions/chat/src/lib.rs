@@ -189,7 +189,6 @@ async fn answer(
             request.session_id = Some(id.to_string());
         }
     }
-    chat.gateway.usage().check_budget(owner).await?;
     // One slot per answer in progress (C9); a stream holds it until it ends.
     let slot = chat.ctx.sessions.try_acquire()?;
     let (session, session_degraded) = chat.gateway.with_history(&mut request, owner).await;

@@ -181,3 +181,76 @@ async fn an_idempotent_retry_serialised_differently_is_replayed_not_refused() {
         assert_eq!(fake.chat_completions(), 1);
     }
 }
+
+/// A PostgreSQL that accepts connections and never answers (a frozen server), counting
+/// the connections it is offered.
+async fn frozen_postgres() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://postgres@{}/frozen",
+        listener.local_addr().unwrap()
+    );
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+/// Finding 5: with the database down, every chat request waited for a connection
+/// (DATABASE_TIMEOUT_MS) before answering without passages. A breaker now opens after
+/// the failures and later requests skip retrieval at once: the frozen server is offered
+/// no more connections, and the answers stay flagged.
+#[tokio::test]
+async fn a_database_that_stops_answering_is_skipped_by_retrieval_once_its_breaker_opens() {
+    use std::sync::atomic::Ordering;
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (frozen, accepted) = frozen_postgres().await;
+    let (router, ctx) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("DATABASE_URL", frozen.as_str()),
+            ("DATABASE_TIMEOUT_MS", "200"),
+            ("BREAKER_FAILURE_THRESHOLD", "2"),
+        ],
+    );
+    for question in ["first question", "second question"] {
+        let res = call(&router, post(ask(question))).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(header(&res, "x-degraded"), Some("retrieval-unavailable"));
+    }
+    let state = |ctx: &shared::AppContext| {
+        ctx.breakers
+            .states()
+            .into_iter()
+            .find(|(name, _)| name == "knowledge-base")
+            .map(|(_, state)| state.as_str())
+    };
+    assert_eq!(state(&ctx), Some("open"));
+    let offered = accepted.load(Ordering::SeqCst);
+    assert!(offered > 0, "retrieval did try the database");
+    for question in ["third question", "fourth question", "fifth question"] {
+        let res = call(&router, post(ask(question))).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(header(&res, "x-degraded"), Some("retrieval-unavailable"));
+        assert_eq!(res.json["degraded"], "retrieval-unavailable");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        offered,
+        "no connection is attempted while the breaker is open"
+    );
+    assert_eq!(
+        fake.chat_completions(),
+        5,
+        "every question was still answered"
+    );
+}

@@ -2,7 +2,7 @@
 
 pub mod chat;
 
-use chatkb_adapters::store;
+use chatkb_adapters::{openai, store};
 use chatkb_core::{canonical, observability, secret};
 use chatkb_kb::kb;
 use chatkb_resilience::{cache, resilience};

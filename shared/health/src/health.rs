@@ -34,6 +34,10 @@ pub struct HealthView<'a> {
     pub cache_prefix: &'a str,
     pub sessions: &'a ConcurrencyLimiter,
     pub sessions_limit: usize,
+    /// `DAILY_BUDGET_USD`, and the share each instance admits on while the shared
+    /// ledger (Redis) is down (`BUDGET_INSTANCES`).
+    pub daily_budget_usd: Option<f64>,
+    pub budget_instances: u32,
 }
 
 /// Anything the health checks can look at.
@@ -319,6 +323,30 @@ fn counts_view(counts: &CacheCounts, l2: &str) -> Value {
     })
 }
 
+/// How daily budgets are enforced right now: one ledger shared through Redis, or each
+/// instance on its own share while Redis is down, or in process without Redis.
+fn budget_view(ctx: &HealthView<'_>, dependencies: &[DependencyCheck]) -> Value {
+    let Some(daily) = ctx.daily_budget_usd else {
+        return serde_json::json!({"daily_usd": null});
+    };
+    let redis = dependencies
+        .iter()
+        .find(|d| d.name == "redis")
+        .map(|d| d.status);
+    let (ledger, share) = match redis {
+        Some(DependencyState::Up) => ("shared", None),
+        Some(DependencyState::Down) => ("per-instance", Some(ctx.budget_instances)),
+        _ => ("in-process", None),
+    };
+    let mut view = serde_json::json!({"daily_usd": daily, "ledger": ledger});
+    if let Some(instances) = share {
+        view["fallback"] = serde_json::json!(format!(
+            "the shared ledger (redis) is down: each instance admits requests on 1/{instances} of what is left of a key's budget (BUDGET_INSTANCES)"
+        ));
+    }
+    view
+}
+
 /// The JSON of `/health/detailed`.
 pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Value {
     let dependencies = check_dependencies(source).await;
@@ -342,6 +370,7 @@ pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Va
             "state": state,
         })).collect::<Vec<_>>(),
         "cache": cache_view(&ctx).await,
+        "budget": budget_view(&ctx, &dependencies),
         "concurrent_sessions": {
             "in_use": ctx.sessions.in_use(),
             "limit": ctx.sessions_limit,

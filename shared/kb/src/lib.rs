@@ -2,6 +2,6 @@
 
 pub mod kb;
 
-use chatkb_adapters::store;
+use chatkb_adapters::{openai, store};
 use chatkb_core::{canonical, observability, secret};
 use chatkb_resilience::{cache, resilience};

@@ -61,12 +61,23 @@ pub struct Settings {
     pub rate_limit_requests: u32,
     pub rate_limit_window: Duration,
     pub max_concurrent_sessions: usize,
+    pub budget: BudgetSettings,
     /// The knowledge base's section (ingest and chat's retrieval).
     #[cfg(feature = "kb")]
     pub kb: KbSettings,
     /// The chat gateway's section.
     #[cfg(feature = "chat")]
     pub chat: ChatSettings,
+}
+
+/// Daily budgets per API key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSettings {
+    /// Daily spend per API key after which requests get 429 (`DAILY_BUDGET_USD`).
+    pub daily_usd: Option<f64>,
+    /// While the shared budget ledger (Redis) is down, each instance admits requests on
+    /// this share of what is left of a budget (`BUDGET_INSTANCES`).
+    pub instances: u32,
 }
 
 /// One bad or missing variable.
@@ -270,6 +281,7 @@ impl Settings {
         };
         let max_concurrent_sessions = r.int("MAX_CONCURRENT_SESSIONS", 100usize, 1, 100_000);
 
+        let budget = read_budget(&mut r);
         #[cfg(feature = "kb")]
         let kb = read_kb(&mut r);
         #[cfg(feature = "chat")]
@@ -302,6 +314,7 @@ impl Settings {
                 rate_limit_requests,
                 rate_limit_window,
                 max_concurrent_sessions,
+                budget,
                 #[cfg(feature = "kb")]
                 kb,
                 #[cfg(feature = "chat")]
@@ -465,6 +478,25 @@ impl From<&Settings> for crate::http::HttpSettings {
             max_body_bytes: settings.max_body_bytes,
             cors_origins: settings.cors_origins.clone(),
         }
+    }
+}
+
+/// Daily budgets: read by every function, since the health function reports how they are
+/// enforced and chat enforces them.
+fn read_budget(r: &mut Reader<'_>) -> BudgetSettings {
+    BudgetSettings {
+        daily_usd: match r.get("DAILY_BUDGET_USD").map(str::parse::<f64>) {
+            None => None,
+            Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
+            Some(_) => {
+                r.fail(
+                    "DAILY_BUDGET_USD",
+                    "expected a non-negative number of dollars",
+                );
+                None
+            }
+        },
+        instances: r.int("BUDGET_INSTANCES", 1u32, 1, 10_000),
     }
 }
 

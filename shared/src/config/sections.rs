@@ -143,18 +143,8 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
                 Default::default()
             }
         },
-        daily_budget_usd: match r.get("DAILY_BUDGET_USD").map(str::parse::<f64>) {
-            None => None,
-            Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
-            Some(_) => {
-                r.fail(
-                    "DAILY_BUDGET_USD",
-                    "expected a non-negative number of dollars",
-                );
-                None
-            }
-        },
         usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
         budget_refresh: r.millis("BUDGET_REFRESH_MS", 5000, 0, 3_600_000),
+        budget_default_max_tokens: r.int("BUDGET_DEFAULT_MAX_TOKENS", 4096u64, 1, 10_000_000),
     }
 }

@@ -63,6 +63,8 @@ fn hardening_settings_have_safe_defaults_and_are_read() {
     assert_eq!(s.redis_retry, Duration::from_secs(1));
     assert!(!s.redis_required);
     assert_eq!(s.chat.llm_stream_idle, Duration::from_secs(30));
+    assert_eq!(s.chat.budget_default_max_tokens, 4096);
+    assert_eq!(s.budget.instances, 1);
 
     let s = Settings::from_vars(
         "chat",
@@ -74,9 +76,13 @@ fn hardening_settings_have_safe_defaults_and_are_read() {
             ("REDIS_RETRY_MS", "250"),
             ("REDIS_REQUIRED", "true"),
             ("LLM_STREAM_IDLE_MS", "1500"),
+            ("BUDGET_DEFAULT_MAX_TOKENS", "1000"),
+            ("BUDGET_INSTANCES", "4"),
         ]),
     )
     .unwrap();
+    assert_eq!(s.chat.budget_default_max_tokens, 1000);
+    assert_eq!(s.budget.instances, 4);
     assert_eq!(
         s.server,
         crate::runtime::ServerLimits {

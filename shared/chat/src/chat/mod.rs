@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cache::{Namespace, TieredCache};
-use crate::kb::KnowledgeBase;
+use crate::kb::{KbError, KnowledgeBase};
 use crate::observability::metrics::names;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
@@ -58,6 +58,10 @@ pub mod degraded {
     /// The session history could not be read or written: answered without it.
     pub(crate) const SESSION_UNAVAILABLE: &str = "session-unavailable";
 }
+
+/// The breaker in front of retrieval (the knowledge base's database), as
+/// `/health/detailed` names it.
+pub const KNOWLEDGE_BASE_BREAKER: &str = "knowledge-base";
 
 /// A finished answer, as cached and as returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,10 +356,16 @@ impl ChatGateway {
         else {
             return Context::default();
         };
-        match kb
-            .retrieve(&question, self.parts.settings.retrieval_top_k)
-            .await
-        {
+        // Behind a breaker: while the knowledge base's database is down, requests skip
+        // it at once instead of each waiting for a connection (DATABASE_TIMEOUT_MS).
+        let breaker = self.parts.breakers.get(KNOWLEDGE_BASE_BREAKER);
+        let top_k = self.parts.settings.retrieval_top_k;
+        let failed = |r: &Result<_, KbError>| matches!(r, Err(KbError::Store(_)));
+        let outcome = match breaker.call(|| kb.retrieve(&question, top_k), failed).await {
+            Ok(result) => result.map_err(|err| err.to_string()),
+            Err(open) => Err(open.to_string()),
+        };
+        match outcome {
             Ok(results) => {
                 Context::within_budget(results, self.parts.settings.retrieval_token_budget)
             }

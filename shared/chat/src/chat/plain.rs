@@ -84,7 +84,8 @@ impl ChatGateway {
         session: Option<&SessionRef>,
         initial: Vec<String>,
     ) -> Result<Reply, ChatError> {
-        let after = self.after_answer(owner, session, &initial);
+        let reservation = self.reserve(owner, request).await?;
+        let after = self.after_answer(owner, session, &initial, reservation);
         let deadline = self.answer_deadline();
         let mut reply = self.complete_inner(request, &initial, deadline).await?;
         if !after.settle(&reply.answer, reply.meta.cached).await {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::middleware::HttpRequestFactory;
 use async_openai::Client;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
+use crate::openai::{self, UpstreamStatus};
 use crate::resilience::retry::RetryClass;
 use crate::secret::Secret;
 
@@ -75,17 +75,6 @@ pub trait ChatProvider: Send + Sync {
     async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError>;
 }
 
-/// An upstream error answer, read inside the HTTP service so its status, message and
-/// `Retry-After` survive (async-openai's own error keeps neither the header nor the
-/// status of a body that is not OpenAI-shaped).
-#[derive(Debug, thiserror::Error)]
-#[error("upstream answered {status}: {message}")]
-struct UpstreamStatus {
-    status: u16,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
 /// Any OpenAI-compatible `/chat/completions` endpoint.
 pub struct OpenAiProvider {
     client: Client<OpenAIConfig>,
@@ -100,50 +89,19 @@ impl std::fmt::Debug for OpenAiProvider {
     }
 }
 
-fn retry_after_header(headers: &openai_http::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?.trim();
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
-}
-
-/// async-openai's HTTP layer without its built-in retries (ours are breaker-aware and
-/// bounded by a budget); non-success answers become [`UpstreamStatus`].
-async fn execute(
-    http: openai_http::Client,
-    factory: HttpRequestFactory,
-) -> Result<openai_http::Response, OpenAIError> {
-    let request = factory.build().await?;
-    let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let retry_after = retry_after_header(response.headers());
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    Err(OpenAIError::Boxed(Box::new(UpstreamStatus {
-        status: status.as_u16(),
-        message: crate::observability::redact::redact(&message).into_owned(),
-        retry_after,
-    })))
-}
-
 fn map_error(err: OpenAIError) -> ProviderError {
-    match err {
-        OpenAIError::Boxed(boxed) => match boxed.downcast::<UpstreamStatus>() {
-            Ok(s) => ProviderError::Status {
+    let err = match UpstreamStatus::from_error(err) {
+        Ok(s) => {
+            return ProviderError::Status {
                 status: s.status,
                 message: s.message,
                 retry_after: s.retry_after,
-            },
-            Err(other) => ProviderError::Network(other.to_string()),
-        },
+            }
+        }
+        Err(other) => other,
+    };
+    match err {
+        OpenAIError::Boxed(other) => ProviderError::Network(other.to_string()),
         OpenAIError::Reqwest(e) => ProviderError::Network(e.to_string()),
         OpenAIError::ApiError(e) => ProviderError::Status {
             status: e.status_code.as_u16(),
@@ -157,20 +115,8 @@ fn map_error(err: OpenAIError) -> ProviderError {
 
 impl OpenAiProvider {
     pub fn new(base_url: &str, api_key: Option<&Secret>, timeout: Duration) -> Self {
-        let mut config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/'));
-        if let Some(key) = api_key {
-            config = config.with_api_key(key.expose());
-        }
-        crate::store::tls::install_crypto_provider();
-        let http = openai_http::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
-        let service =
-            tower::service_fn(move |factory: HttpRequestFactory| execute(http.clone(), factory));
         Self {
-            client: Client::with_config(config).with_http_service(service),
+            client: openai::client(base_url, api_key, timeout),
             timeout,
         }
     }

@@ -45,10 +45,11 @@ pub struct ChatSettings {
     pub idempotency_in_progress: Duration,
     /// Per-model prices per million tokens (`LLM_PRICES`).
     pub prices: std::collections::HashMap<String, super::usage::Price>,
-    /// Daily spend per API key after which requests get 429.
-    pub daily_budget_usd: Option<f64>,
     /// How often buffered usage is written in standalone mode.
     pub usage_flush: Duration,
     /// How old an instance's view of a key's stored spend may get (budgets are shared).
     pub budget_refresh: Duration,
+    /// Completion tokens a request without `max_tokens` is assumed to cost at most, for
+    /// its budget reservation (`BUDGET_DEFAULT_MAX_TOKENS`).
+    pub budget_default_max_tokens: u64,
 }

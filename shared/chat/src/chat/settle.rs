@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
+use super::error::ChatError;
+use super::request::ChatRequest;
+use super::retrieval::estimate_tokens;
 use super::session::SessionStore;
-use super::usage::UsageRecorder;
+use super::usage::{Reservation, UsageRecorder};
 use super::{remember, usage_of, Answer, ChatGateway, SessionRef};
 
 /// What is left to do once an answer is complete.
@@ -18,6 +21,9 @@ pub(super) struct AfterAnswer {
     /// Where the exchange is recorded: `None` without a session, or when its store
     /// already failed for this request (the answer then says it is degraded).
     session: Option<(Arc<dyn SessionStore>, SessionRef)>,
+    /// The request's hold on its key's budget, settled with the actual cost; released
+    /// when the answer fails (dropped unsettled).
+    reservation: Option<Arc<Reservation>>,
 }
 
 impl AfterAnswer {
@@ -28,9 +34,12 @@ impl AfterAnswer {
             Some((store, session)) => remember(store.as_ref(), session, answer).await,
             None => true,
         };
-        self.usage
-            .record(usage_of(&self.usage, &self.owner, answer, cached))
-            .await;
+        let record = usage_of(&self.usage, &self.owner, answer, cached);
+        let cost = record.cost_usd;
+        self.usage.record(record).await;
+        if let Some(reservation) = &self.reservation {
+            reservation.settle(cost).await;
+        }
         saved
     }
 }
@@ -43,6 +52,7 @@ impl ChatGateway {
         owner: &str,
         session: Option<&SessionRef>,
         initial: &[String],
+        reservation: Option<Arc<Reservation>>,
     ) -> AfterAnswer {
         AfterAnswer {
             usage: self.parts.usage.clone(),
@@ -50,7 +60,50 @@ impl ChatGateway {
             session: session
                 .filter(|_| initial.is_empty())
                 .map(|s| (self.parts.sessions.clone(), s.clone())),
+            reservation,
         }
+    }
+
+    /// Reserves the request's worst-case cost on the caller's daily budget before any
+    /// model is called, or refuses it (429). See `usage::budget` for the rule.
+    pub(super) async fn reserve(
+        &self,
+        owner: &str,
+        request: &ChatRequest,
+    ) -> Result<Option<Arc<Reservation>>, ChatError> {
+        if !self.parts.usage.has_budget() {
+            return Ok(None);
+        }
+        let cost = self.worst_case_cost(request);
+        self.parts.usage.reserve(owner, cost).await
+    }
+
+    /// The most a request can cost: its prompt (messages, and the passages retrieval
+    /// may add) and `max_tokens` (or `BUDGET_DEFAULT_MAX_TOKENS`) per choice, at the
+    /// price of the dearest model it may be answered by.
+    pub(super) fn worst_case_cost(&self, request: &ChatRequest) -> f64 {
+        let settings = &self.parts.settings;
+        let messages = serde_json::to_string(request.messages()).unwrap_or_default();
+        let mut prompt = estimate_tokens(&messages) as u64 + 4 * request.messages().len() as u64;
+        if settings.retrieval_enabled && request.retrieval {
+            prompt += settings.retrieval_token_budget as u64;
+        }
+        let body = &request.body;
+        let max_tokens = body
+            .get("max_completion_tokens")
+            .or_else(|| body.get("max_tokens"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(settings.budget_default_max_tokens);
+        let choices = body
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1)
+            .max(1);
+        let completion = max_tokens.saturating_mul(choices);
+        self.chain(&request.model)
+            .iter()
+            .map(|model| self.parts.usage.cost(model, prompt, completion))
+            .fold(0.0, f64::max)
     }
 }
 

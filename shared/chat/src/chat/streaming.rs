@@ -16,7 +16,8 @@ impl ChatGateway {
     ) -> Result<StreamReply, ChatError> {
         let include_usage = request.include_usage;
         let deadline = self.answer_deadline();
-        let after = self.after_answer(owner, session, &initial);
+        let reservation = self.reserve(owner, request).await?;
+        let after = self.after_answer(owner, session, &initial, reservation);
         let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);
         if cacheable {

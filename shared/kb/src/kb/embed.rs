@@ -4,6 +4,9 @@
 use std::future::Future;
 use std::hash::Hasher;
 use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::resilience::breaker::CircuitBreaker;
 
 /// Boxed future returned by [`Embedder::embed`], so embedders can be `dyn`.
 pub type EmbedFuture<'a> =
@@ -180,6 +183,40 @@ impl Embedder for OfflineEmbedder {
 
     fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
         Box::pin(async move { Ok(texts.iter().map(|t| self.vector(t)).collect()) })
+    }
+}
+
+/// An embedder behind a circuit breaker: while the endpoint keeps failing, calls fail at
+/// once (search answers keyword-only at once, ingest 503 at once) instead of each one
+/// waiting through its timeout and retries.
+pub struct GuardedEmbedder {
+    inner: Arc<dyn Embedder>,
+    breaker: CircuitBreaker,
+}
+
+impl GuardedEmbedder {
+    pub fn new(inner: Arc<dyn Embedder>, breaker: CircuitBreaker) -> Self {
+        Self { inner, breaker }
+    }
+}
+
+impl Embedder for GuardedEmbedder {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn dimensions(&self) -> usize {
+        self.inner.dimensions()
+    }
+
+    fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
+        Box::pin(async move {
+            let failed = |r: &Result<_, EmbedError>| matches!(r, Err(EmbedError::Unavailable(_)));
+            match self.breaker.call(|| self.inner.embed(texts), failed).await {
+                Ok(result) => result,
+                Err(open) => Err(EmbedError::Unavailable(open.to_string())),
+            }
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use async_openai::Client;
 
 use super::embed::{EmbedError, EmbedFuture, Embedder};
+use crate::openai::{self, UpstreamStatus};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
 use crate::secret::Secret;
 
@@ -34,7 +35,7 @@ impl std::fmt::Debug for OpenAiEmbedder {
 enum CallError {
     Timeout(Duration),
     Http(String),
-    Api(String),
+    Status(UpstreamStatus),
     Shape(String),
 }
 
@@ -42,17 +43,28 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Timeout(t) => write!(f, "no answer within {} ms", t.as_millis()),
-            CallError::Http(m) | CallError::Api(m) | CallError::Shape(m) => f.write_str(m),
+            CallError::Status(s) => s.fmt(f),
+            CallError::Http(m) | CallError::Shape(m) => f.write_str(m),
         }
     }
 }
 
 impl RetryClass for CallError {
-    /// Timeouts and network failures are retried here; 429 and 5xx answers are already
-    /// retried inside async-openai (exponential backoff honouring `Retry-After`), and
-    /// other answers (bad model, bad key) are not worth repeating.
+    /// Timeouts, network failures, 408, 429 and 5xx are retried (the client makes one
+    /// attempt per call); other answers (bad model, bad key) are not worth repeating.
     fn is_retryable(&self) -> bool {
-        matches!(self, CallError::Timeout(_) | CallError::Http(_))
+        match self {
+            CallError::Timeout(_) | CallError::Http(_) => true,
+            CallError::Status(s) => s.status == 408 || s.status == 429 || s.status >= 500,
+            CallError::Shape(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Status(s) => s.retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -65,13 +77,8 @@ impl OpenAiEmbedder {
         timeout: Duration,
         retry: RetryPolicy,
     ) -> Self {
-        let mut config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/'));
-        if let Some(key) = api_key {
-            config = config.with_api_key(key.expose());
-        }
-        crate::store::tls::install_crypto_provider();
         Self {
-            client: Client::with_config(config),
+            client: openai::client(base_url, api_key, timeout),
             model: model.to_string(),
             dimensions,
             timeout,
@@ -94,9 +101,13 @@ impl OpenAiEmbedder {
         .await
         {
             Err(_) => return Err(CallError::Timeout(self.timeout)),
-            Ok(Err(OpenAIError::Reqwest(e))) => return Err(CallError::Http(e.to_string())),
-            Ok(Err(OpenAIError::ApiError(e))) => return Err(CallError::Api(e.to_string())),
-            Ok(Err(other)) => return Err(CallError::Shape(other.to_string())),
+            Ok(Err(err)) => {
+                return Err(match UpstreamStatus::from_error(err) {
+                    Ok(status) => CallError::Status(status),
+                    Err(OpenAIError::Reqwest(e)) => CallError::Http(e.to_string()),
+                    Err(other) => CallError::Shape(other.to_string()),
+                })
+            }
             Ok(Ok(response)) => response,
         };
         let mut data = response.data;

@@ -4,7 +4,8 @@
 //! on Lambda), totals for `GET /v1/usage`, and a daily budget per key.
 //!
 //! A budget is shared by every instance: each one checks against the stored total for
-//! today, re-read every `BUDGET_REFRESH_MS` in the background, plus its own spend since.
+//! today, re-read every `BUDGET_REFRESH_MS` in the background, plus its own spend since,
+//! and requests reserve their worst-case cost before the model is called (`budget`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +18,11 @@ use super::error::ChatError;
 use crate::observability::metrics::names;
 use crate::store::{Database, DatabaseKind, StoreError};
 
+mod budget;
 mod postgres;
 mod sqlite;
+
+pub use budget::{BudgetLedger, Reservation};
 
 pub use postgres::PostgresUsageStore;
 pub use sqlite::SqliteUsageStore;
@@ -116,11 +120,27 @@ fn totals_from_row(row: TotalsRow) -> UsageTotals {
     }
 }
 
+/// How daily budgets are enforced.
+#[derive(Debug, Default)]
+pub struct BudgetPolicy {
+    /// `DAILY_BUDGET_USD` per API key; `None`: no budget.
+    pub daily_usd: Option<f64>,
+    /// How old the stored total may get before it is read again (`BUDGET_REFRESH_MS`).
+    pub refresh_every: Duration,
+    /// The reservation ledger every instance shares (Redis); `None`: this instance's own.
+    pub ledger: Option<BudgetLedger>,
+    /// While the shared ledger is unreachable, each instance admits against this share
+    /// of what is left of a budget (`BUDGET_INSTANCES`).
+    pub instances: u32,
+}
+
 /// Records usage, enforces budgets and sums totals.
 pub struct UsageRecorder {
     store: Arc<dyn UsageStore>,
     prices: HashMap<String, Price>,
     daily_budget: Option<f64>,
+    ledger: Option<BudgetLedger>,
+    instances: u32,
     /// Buffer and flush in the background (standalone) or write at once (Lambda).
     buffered: bool,
     buffer: Mutex<Vec<UsageRecord>>,
@@ -140,6 +160,9 @@ struct Spend {
     /// When the stored total was last read; never, for a key only recorded so far.
     read_at: Option<Instant>,
     reading: bool,
+    /// This instance's reservations in flight, and their sum.
+    reserved: f64,
+    in_flight: u32,
 }
 
 impl Spend {
@@ -150,6 +173,8 @@ impl Spend {
             since: 0.0,
             read_at: None,
             reading: false,
+            reserved: 0.0,
+            in_flight: 0,
         }
     }
 
@@ -177,18 +202,19 @@ impl UsageRecorder {
     pub fn new(
         store: Arc<dyn UsageStore>,
         prices: HashMap<String, Price>,
-        daily_budget: Option<f64>,
+        budget: BudgetPolicy,
         buffered: bool,
-        refresh_every: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             prices,
-            daily_budget,
+            daily_budget: budget.daily_usd,
+            ledger: budget.ledger,
+            instances: budget.instances.max(1),
             buffered,
             buffer: Mutex::new(Vec::new()),
             spend: Mutex::new(HashMap::new()),
-            refresh_every,
+            refresh_every: budget.refresh_every,
         })
     }
 
@@ -215,16 +241,111 @@ impl UsageRecorder {
         })
     }
 
-    /// Refuses a key whose daily budget is spent (429 with a clear message).
-    ///
-    /// The first check of a key each day waits for the stored total; later checks use
-    /// what this instance knows and, once that is older than the refresh interval,
-    /// re-read the stored total in the background, so other instances' spend counts too.
-    pub async fn check_budget(self: &Arc<Self>, key: &str) -> Result<(), ChatError> {
+    /// Whether a daily budget is enforced (`DAILY_BUDGET_USD`).
+    pub fn has_budget(&self) -> bool {
+        self.daily_budget.is_some()
+    }
+
+    /// Reserves up to `worst_case` dollars of the key's budget for one request, or
+    /// refuses it (429 with a clear message). `None`: no budget is set. Settle the
+    /// reservation with the actual cost; dropped unsettled, it is released.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        key: &str,
+        worst_case: f64,
+    ) -> Result<Option<Arc<Reservation>>, ChatError> {
         let Some(budget) = self.daily_budget else {
-            return Ok(());
+            return Ok(None);
         };
         let today = Utc::now().date_naive();
+        let known = self.known_spend(key, today).await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Some(ledger) = &self.ledger {
+            match ledger
+                .reserve(key, today, &id, worst_case, budget, known)
+                .await
+            {
+                Ok(decision) if decision.admitted => {
+                    self.hold(key, today, worst_case);
+                    return Ok(Some(self.reservation(key, today, id, worst_case, true)));
+                }
+                Ok(decision) => {
+                    return Err(over_budget(
+                        budget,
+                        decision.spent,
+                        decision.reserved,
+                        worst_case,
+                    ))
+                }
+                Err(err) => {
+                    metrics::counter!(names::BUDGET_LEDGER_FALLBACKS_TOTAL).increment(1);
+                    tracing::warn!(error = %err, share = self.instances, "budget ledger unreachable; this instance admits on its share of what is left");
+                }
+            }
+        }
+        // This instance alone: all of the budget, or its share while the ledger is down.
+        let share = if self.ledger.is_some() {
+            known + (budget - known).max(0.0) / f64::from(self.instances)
+        } else {
+            budget
+        };
+        {
+            let mut spend = self.spend.lock().expect("spend lock");
+            let entry = Spend::of_day(&mut spend, key, today);
+            let spent = entry.total();
+            if !budget::admits(spent, entry.reserved, entry.in_flight, worst_case, share) {
+                return Err(over_budget(share, spent, entry.reserved, worst_case));
+            }
+            entry.reserved += worst_case;
+            entry.in_flight += 1;
+        }
+        Ok(Some(self.reservation(key, today, id, worst_case, false)))
+    }
+
+    fn reservation(
+        self: &Arc<Self>,
+        key: &str,
+        day: NaiveDate,
+        id: String,
+        amount: f64,
+        shared: bool,
+    ) -> Arc<Reservation> {
+        Arc::new(Reservation {
+            recorder: Arc::clone(self),
+            key: key.to_string(),
+            day,
+            id,
+            amount,
+            shared,
+            done: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a reservation the shared ledger admitted in this instance's books too.
+    fn hold(&self, key: &str, day: NaiveDate, amount: f64) {
+        let mut spend = self.spend.lock().expect("spend lock");
+        let entry = Spend::of_day(&mut spend, key, day);
+        entry.reserved += amount;
+        entry.in_flight += 1;
+    }
+
+    /// Takes a settled or released reservation off this instance's books.
+    pub(crate) fn unreserve(&self, key: &str, day: NaiveDate, amount: f64) {
+        let mut spend = self.spend.lock().expect("spend lock");
+        if let Some(entry) = spend.get_mut(key).filter(|e| e.day == day) {
+            entry.reserved = (entry.reserved - amount).max(0.0);
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            if entry.in_flight == 0 {
+                entry.reserved = 0.0;
+            }
+        }
+    }
+
+    /// The key's spend today as this instance knows it. The first call of a key each
+    /// day waits for the stored total; later ones use what is known and, once that is
+    /// older than the refresh interval, re-read the stored total in the background, so
+    /// other instances' spend counts too.
+    async fn known_spend(self: &Arc<Self>, key: &str, today: NaiveDate) -> f64 {
         let (known, stale) = {
             let mut spend = self.spend.lock().expect("spend lock");
             match spend
@@ -243,7 +364,7 @@ impl UsageRecorder {
                 None => (None, false),
             }
         };
-        let spent = match known {
+        match known {
             Some(usd) => {
                 if stale {
                     let recorder = Arc::clone(self);
@@ -253,20 +374,7 @@ impl UsageRecorder {
                 usd
             }
             None => self.read_stored_spend(key, today).await,
-        };
-        if spent >= budget {
-            let retry_after = (today.succ_opt().unwrap_or(today))
-                .and_hms_opt(0, 0, 0)
-                .map(|midnight| (midnight.and_utc() - Utc::now()).num_seconds().max(1) as u64)
-                .unwrap_or(3600);
-            return Err(ChatError::OverBudget {
-                message: format!(
-                    "the daily budget of ${budget:.2} for this API key is spent (${spent:.4} today); it resets at 00:00 UTC"
-                ),
-                retry_after: Duration::from_secs(retry_after),
-            });
         }
-        Ok(())
     }
 
     /// Reads the key's stored total for `day` (after writing this instance's buffer) and
@@ -358,6 +466,29 @@ impl UsageRecorder {
             cost_usd: (totals.cost_usd * 1e6).round() / 1e6,
             ..totals
         })
+    }
+}
+
+/// The 429 for a request the budget cannot take: spent, or taken by requests in flight.
+fn over_budget(budget: f64, spent: f64, reserved: f64, worst_case: f64) -> ChatError {
+    let today = Utc::now().date_naive();
+    let until_midnight = (today.succ_opt().unwrap_or(today))
+        .and_hms_opt(0, 0, 0)
+        .map(|midnight| (midnight.and_utc() - Utc::now()).num_seconds().max(1) as u64)
+        .unwrap_or(3600);
+    if spent >= budget {
+        return ChatError::OverBudget {
+            message: format!(
+                "the daily budget of ${budget:.2} for this API key is spent (${spent:.4} today); it resets at 00:00 UTC"
+            ),
+            retry_after: Duration::from_secs(until_midnight),
+        };
+    }
+    ChatError::OverBudget {
+        message: format!(
+            "the daily budget of ${budget:.2} for this API key cannot take this request now: ${spent:.4} is spent and ${reserved:.4} is reserved by requests in progress, and this one may cost up to ${worst_case:.4}; retry when they finish, or lower max_tokens"
+        ),
+        retry_after: Duration::from_secs(1),
     }
 }
 

@@ -1,0 +1,163 @@
+//! Daily budgets under concurrency (issue 14, finding 7): requests reserve their worst
+//! case before the model is called, in process and, with Redis, in one ledger shared by
+//! every instance. Before, 20 concurrent requests all read "nothing spent yet" and all
+//! reached the provider (36 times the budget).
+
+mod support;
+
+use std::sync::Arc;
+
+use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
+use chatkb_testing::{call, TestDatabase, TestResponse};
+use futures_util::future::join_all;
+use serde_json::json;
+use shared::AppContext;
+use support::*;
+
+/// Dollars per million tokens, large so that one answer costs cents: a request with
+/// `max_tokens: 1000` may cost up to $0.20 (plus a little for its prompt).
+const PRICES: &str = "gpt-4o-mini=100/200";
+/// `max_tokens` of every request here.
+const MAX_TOKENS: u64 = 1000;
+
+/// The provider answers slowly, so the requests sent together are all in flight at once.
+async fn slow_provider() -> FakeOpenAi {
+    let fake = FakeOpenAi::start().await;
+    fake.set_behaviour(Behaviour {
+        latency_ms: 300,
+        ..Behaviour::default()
+    });
+    fake
+}
+
+fn question(label: &str, i: usize) -> http::Request<axum::body::Body> {
+    let mut body = ask(&format!("{label}: concurrent question number {i}"));
+    body["max_tokens"] = json!(MAX_TOKENS);
+    body["cache"] = json!(false);
+    post(body)
+}
+
+/// Sends `count` requests to each router at once; returns every response.
+async fn burst(routers: &[axum::Router], count: usize, label: &str) -> Vec<TestResponse> {
+    let calls = routers.iter().enumerate().flat_map(|(r, router)| {
+        (0..count).map(move |i| call(router, question(&format!("{label} {r}"), i)))
+    });
+    join_all(calls).await
+}
+
+fn admitted(responses: &[TestResponse]) -> usize {
+    for res in responses {
+        assert!(
+            res.status == 200 || res.status == 429,
+            "{}: {}",
+            res.status,
+            res.text
+        );
+    }
+    responses.iter().filter(|r| r.status == 200).count()
+}
+
+fn vars<'a>(budget: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut vars = vec![
+        ("LLM_PRICES", PRICES),
+        ("DAILY_BUDGET_USD", budget),
+        ("RETRIEVAL_ENABLED", "false"),
+        ("MAX_CONCURRENT_SESSIONS", "100"),
+    ];
+    vars.extend_from_slice(extra);
+    vars
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_on_a_budget_that_fits_one_admit_exactly_one() {
+    // $0.30 fits one worst case ($0.20) and not two; $0.01 fits none, and a request
+    // alone is still admitted while the budget is not spent (as before), but only one.
+    for budget in ["0.30", "0.01"] {
+        let db = TestDatabase::sqlite();
+        let fake = slow_provider().await;
+        let (router, _) = chat_router(&db, Some(&fake), &vars(budget, &[]));
+        let responses = burst(std::slice::from_ref(&router), 20, "one instance").await;
+        assert_eq!(admitted(&responses), 1, "budget ${budget}");
+        assert_eq!(fake.chat_completions(), 1, "budget ${budget}");
+        let refused = responses.iter().find(|r| r.status == 429).unwrap();
+        let message = refused.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("reserved by requests in progress"),
+            "{message}"
+        );
+        assert!(refused.headers.contains_key("retry-after"));
+        if budget == "0.30" {
+            // Settled with its actual cost (cents), the first answer leaves room for
+            // another: the reservation did not stay behind.
+            let res = call(&router, question("afterwards", 0)).await;
+            assert_eq!(res.status, 200, "{}", res.text);
+        }
+    }
+}
+
+/// A request that fails releases its reservation: the budget is whole again.
+#[tokio::test]
+async fn a_failed_request_releases_its_reservation() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &vars("0.30", &[]));
+    let mut bad = ask("A request the model refuses");
+    bad["max_tokens"] = json!(MAX_TOKENS);
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        failure_status: Some(400),
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(bad)).await;
+    assert_eq!(res.status, 400, "{}", res.text);
+    fake.set_behaviour(Behaviour::default());
+    let res = call(&router, question("after a failure", 0)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+}
+
+/// Two instances sharing Redis reserve in one ledger: together they admit one.
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_exactly_one_between_them() {
+    let db = TestDatabase::sqlite();
+    let fake = slow_provider().await;
+    let redis = chatkb_testing::test_redis_url();
+    let prefix = format!("budget{}", chatkb_testing::free_port());
+    let shared = [
+        ("REDIS_URL", redis.as_str()),
+        ("CACHE_PREFIX", prefix.as_str()),
+    ];
+    let (first, ctx) = chat_router(&db, Some(&fake), &vars("0.30", &shared));
+    let (second, _) = chat_router(&db, Some(&fake), &vars("0.30", &shared));
+    let responses = burst(&[first, second], 10, "two instances").await;
+    assert_eq!(admitted(&responses), 1);
+    assert_eq!(fake.chat_completions(), 1);
+    let budget = shared::health::detailed(&ctx, false).await["budget"].clone();
+    assert_eq!(budget["ledger"], "shared", "{budget}");
+}
+
+/// With Redis down, each instance decides alone on its share of the budget
+/// (`BUDGET_INSTANCES`), and `/health/detailed` says so. Two instances, a budget that
+/// fits two worst cases: one each, not two each.
+#[tokio::test]
+async fn with_redis_down_each_instance_admits_on_its_share_and_says_so() {
+    let db = TestDatabase::sqlite();
+    let fake = slow_provider().await;
+    let closed = format!("redis://127.0.0.1:{}", chatkb_testing::free_port());
+    let down = [
+        ("REDIS_URL", closed.as_str()),
+        ("BUDGET_INSTANCES", "2"),
+        ("REDIS_TIMEOUT_MS", "200"),
+    ];
+    let (first, ctx): (axum::Router, Arc<AppContext>) =
+        chat_router(&db, Some(&fake), &vars("0.50", &down));
+    let (second, _) = chat_router(&db, Some(&fake), &vars("0.50", &down));
+    let responses = burst(&[first, second], 10, "redis down").await;
+    assert_eq!(admitted(&responses), 2);
+    assert_eq!(fake.chat_completions(), 2);
+    let budget = shared::health::detailed(&ctx, false).await["budget"].clone();
+    assert_eq!(budget["ledger"], "per-instance", "{budget}");
+    assert!(
+        budget["fallback"].as_str().unwrap().contains("1/2"),
+        "{budget}"
+    );
+}
