@@ -49,7 +49,17 @@ pub struct Behaviour {
     pub cut_stream_after: Option<usize>,
     /// Stop sending after this many content chunks but keep the stream open (a stall).
     pub stall_stream_after: Option<usize>,
-    /// Apply failures, hangs and cuts only to these models (all when empty).
+    /// Send a broken (unparseable) event before the chunk at each of these indexes (an
+    /// index given twice: two broken events in a row).
+    pub malformed_chunks_at: Vec<usize>,
+    /// The error's `message` and `code` in failures (e.g. a 400 with
+    /// `context_length_exceeded`); a generic message and no code when unset.
+    pub failure_message: Option<String>,
+    pub failure_code: Option<String>,
+    /// An outage: every call fails (with `failure_status`, default 503) for this long
+    /// after the behaviour is set, then the fake answers normally again.
+    pub down_for_ms: Option<u64>,
+    /// Apply every fault above, latency included, only to these models (all when empty).
     pub models: Vec<String>,
 }
 
@@ -72,6 +82,8 @@ pub enum Mode {
 #[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
+    /// The end of the outage `down_for_ms` started.
+    down_until: Mutex<Option<std::time::Instant>>,
     chat_completions: AtomicUsize,
     embedding_requests: AtomicUsize,
     embedded_texts: AtomicUsize,
@@ -82,6 +94,20 @@ struct Shared {
 impl Shared {
     fn behaviour(&self) -> Behaviour {
         self.behaviour.lock().expect("behaviour lock").clone()
+    }
+
+    fn set(&self, behaviour: Behaviour) {
+        *self.down_until.lock().expect("outage lock") = behaviour
+            .down_for_ms
+            .map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
+        *self.behaviour.lock().expect("behaviour lock") = behaviour;
+    }
+
+    fn down(&self) -> bool {
+        self.down_until
+            .lock()
+            .expect("outage lock")
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 
     fn count_model(&self, model: &str) {
@@ -113,6 +139,15 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 }
 
 fn error_response(status: StatusCode, retry_after: Option<u64>) -> Response {
+    error_with(status, retry_after, None, None)
+}
+
+fn error_with(
+    status: StatusCode,
+    retry_after: Option<u64>,
+    message: Option<&str>,
+    code: Option<&str>,
+) -> Response {
     let kind = if status == StatusCode::TOO_MANY_REQUESTS {
         "rate_limit_error"
     } else if status.is_server_error() {
@@ -122,7 +157,10 @@ fn error_response(status: StatusCode, retry_after: Option<u64>) -> Response {
     };
     let mut response = (
         status,
-        Json(json!({"error": {"message": format!("fake upstream failure ({})", status.as_u16()), "type": kind, "param": null, "code": null}})),
+        Json(json!({"error": {
+            "message": message.map_or_else(|| format!("fake upstream failure ({})", status.as_u16()), str::to_string),
+            "type": kind, "param": null, "code": code
+        }})),
     )
         .into_response();
     if let Some(seconds) = retry_after {
@@ -135,11 +173,11 @@ fn error_response(status: StatusCode, retry_after: Option<u64>) -> Response {
 
 /// Waits, hangs or fails as configured; `None` means answer normally.
 async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
-    if behaviour.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
-    }
     if !behaviour.applies_to(model) {
         return None;
+    }
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     }
     if behaviour.hang {
         std::future::pending::<()>().await;
@@ -149,7 +187,12 @@ async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
             .failure_status
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Some(error_response(status, behaviour.retry_after_s));
+        return Some(error_with(
+            status,
+            behaviour.retry_after_s,
+            behaviour.failure_message.as_deref(),
+            behaviour.failure_code.as_deref(),
+        ));
     }
     None
 }
@@ -186,6 +229,13 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
     shared.count_model(&model);
     *shared.last_request.lock().expect("last request") = request.clone();
     let behaviour = shared.behaviour();
+    if shared.down() && behaviour.applies_to(&model) {
+        let status = behaviour
+            .failure_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return error_response(status, behaviour.retry_after_s);
+    }
     if let Some(failure) = misbehave(&behaviour, &model).await {
         return failure;
     }
@@ -244,7 +294,12 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         .stall_stream_after
         .filter(|_| behaviour.applies_to(&model_name));
     let delay = Duration::from_millis(behaviour.chunk_delay_ms);
-    let stream = sse_body(events, cut_after, stall_after, delay);
+    let malformed = if behaviour.applies_to(&model_name) {
+        behaviour.malformed_chunks_at.clone()
+    } else {
+        Vec::new()
+    };
+    let stream = sse_body(events, cut_after, stall_after, delay, malformed);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -358,10 +413,11 @@ fn sse_body(
     cut_after: Option<usize>,
     stall_after: Option<usize>,
     delay: Duration,
+    malformed: Vec<usize>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(
-        (events.into_iter().enumerate(), false),
-        move |(mut iter, done)| async move {
+        (events.into_iter().enumerate(), false, malformed),
+        move |(mut iter, done, malformed)| async move {
             if done {
                 return None;
             }
@@ -373,7 +429,7 @@ fn sse_body(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         return Some((
                             Err(std::io::Error::other("fake upstream cut the stream")),
-                            (iter, true),
+                            (iter, true, malformed),
                         ));
                     }
                     if stall_after.is_some_and(|n| index > n) {
@@ -382,10 +438,15 @@ fn sse_body(
                     if index > 0 && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    let line = Bytes::from(format!("data: {event}\n\n"));
-                    Some((Ok(line), (iter, false)))
+                    let broken = "data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\"delta\n\n"
+                        .repeat(malformed.iter().filter(|&&at| at == index).count());
+                    let line = Bytes::from(format!("{broken}data: {event}\n\n"));
+                    Some((Ok(line), (iter, false, malformed)))
                 }
-                None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (iter, true))),
+                None => Some((
+                    Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+                    (iter, true, malformed),
+                )),
             }
         },
     )
@@ -456,7 +517,7 @@ async fn get_behaviour(State(shared): State<Arc<Shared>>) -> Json<Behaviour> {
 async fn set_behaviour(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match serde_json::from_slice::<Behaviour>(&body) {
         Ok(behaviour) => {
-            *shared.behaviour.lock().expect("behaviour lock") = behaviour.clone();
+            shared.set(behaviour.clone());
             Json(behaviour).into_response()
         }
         Err(e) => (
@@ -468,7 +529,7 @@ async fn set_behaviour(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
 }
 
 async fn reset(State(shared): State<Arc<Shared>>) -> Result<StatusCode, Infallible> {
-    *shared.behaviour.lock().expect("behaviour lock") = Behaviour::default();
+    shared.set(Behaviour::default());
     shared.chat_completions.store(0, Ordering::SeqCst);
     shared.embedding_requests.store(0, Ordering::SeqCst);
     shared.embedded_texts.store(0, Ordering::SeqCst);
@@ -509,7 +570,7 @@ impl FakeOpenAi {
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
-        *self.shared.behaviour.lock().expect("behaviour lock") = behaviour;
+        self.shared.set(behaviour);
     }
 
     pub fn set_mode(&self, mode: Mode) {

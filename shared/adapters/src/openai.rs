@@ -23,6 +23,8 @@ pub struct UpstreamStatus {
     pub status: u16,
     /// The upstream's message, redacted.
     pub message: String,
+    /// The error's `code` (`context_length_exceeded`, `content_filter`...), when given.
+    pub code: Option<String>,
     pub retry_after: Option<Duration>,
 }
 
@@ -84,13 +86,18 @@ async fn execute(
     }
     let retry_after = retry_after_header(response.headers());
     let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
+    let parsed = serde_json::from_str::<Value>(&body).ok();
+    let message = parsed
+        .as_ref()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.chars().take(200).collect());
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
     Err(OpenAIError::Boxed(Box::new(UpstreamStatus {
         status: status.as_u16(),
         message: redact(&message).into_owned(),
+        code,
         retry_after,
     })))
 }

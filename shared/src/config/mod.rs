@@ -327,14 +327,30 @@ impl Settings {
     }
 }
 
-/// `API_KEYS`: `name:sha256hex` entries; a bad entry is named, never echoed.
+/// The breakers' thresholds; the first cool-down may not exceed the longest (when it is
+/// not set, it is the smaller of 5 s and `BREAKER_OPEN_SECS`).
 fn read_breaker(r: &mut Reader<'_>) -> BreakerConfig {
+    let open_for = r.secs("BREAKER_OPEN_SECS", 60, 1, 86_400);
+    let open_min = match r.get("BREAKER_OPEN_MIN_SECS") {
+        None => open_for.min(Duration::from_secs(5)),
+        Some(_) => {
+            let min = r.secs("BREAKER_OPEN_MIN_SECS", 5, 1, 86_400);
+            if min > open_for {
+                r.fail(
+                    "BREAKER_OPEN_MIN_SECS",
+                    "must be at most BREAKER_OPEN_SECS (the longest cool-down)",
+                );
+            }
+            min
+        }
+    };
     BreakerConfig {
+        open_for,
+        open_min,
         failure_threshold: r.int("BREAKER_FAILURE_THRESHOLD", 5u32, 1, 1000),
         failure_rate: r.int("BREAKER_FAILURE_RATE_PERCENT", 50u32, 1, 100) as f64 / 100.0,
         window_size: r.int("BREAKER_WINDOW", 20usize, 1, 10_000),
         min_calls: r.int("BREAKER_MIN_CALLS", 10usize, 1, 10_000),
-        open_for: r.secs("BREAKER_OPEN_SECS", 60, 1, 86_400),
         half_open_calls: r.int("BREAKER_HALF_OPEN_CALLS", 1u32, 1, 100),
         shared_sync: r.millis("BREAKER_SHARED_SYNC_MS", 1000, 0, 60_000),
     }

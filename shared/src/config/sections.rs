@@ -121,7 +121,9 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         llm_model,
         llm_base_url,
         llm_timeout: r.millis("LLM_TIMEOUT_MS", 30_000, 100, 900_000),
+        llm_first_token: r.millis("LLM_FIRST_TOKEN_MS", 15_000, 100, 900_000),
         llm_stream_idle: r.millis("LLM_STREAM_IDLE_MS", 30_000, 100, 900_000),
+        llm_stream_max_bad_chunks: r.int("LLM_STREAM_MAX_BAD_CHUNKS", 3u32, 1, 1000),
         chat_deadline: r.millis("CHAT_DEADLINE_MS", 30_000, 100, 900_000),
         max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
         cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64
@@ -136,6 +138,15 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         idempotency_table: r.get("IDEMPOTENCY_TABLE").map(str::to_string),
         idempotency_ttl: r.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1, 30 * 86_400),
         idempotency_in_progress: r.secs("IDEMPOTENCY_IN_PROGRESS_SECS", 300, 1, 86_400),
+        context_windows: match crate::chat::parse_context_windows(
+            r.get("LLM_CONTEXT_WINDOWS").unwrap_or(""),
+        ) {
+            Ok(windows) => windows,
+            Err(problem) => {
+                r.fail("LLM_CONTEXT_WINDOWS", problem);
+                Default::default()
+            }
+        },
         prices: match crate::chat::usage::parse_prices(r.get("LLM_PRICES").unwrap_or("")) {
             Ok(prices) => prices,
             Err(problem) => {

@@ -25,9 +25,31 @@ fn defaults_give_the_embedded_mode() {
     );
     assert_eq!(s.breaker.failure_threshold, 5);
     assert_eq!(s.breaker.open_for, Duration::from_secs(60));
+    assert_eq!(s.breaker.open_min, Duration::from_secs(5));
     assert!(s.breaker_shared);
     assert_eq!(s.retry.max_attempts, 3);
     assert_eq!(s.max_concurrent_sessions, 100);
+}
+
+#[test]
+fn the_first_breaker_cool_down_is_at_most_the_longest() {
+    let short = Settings::from_vars("chat", &vars(&[("BREAKER_OPEN_SECS", "2")])).unwrap();
+    assert_eq!(short.breaker.open_min, Duration::from_secs(2));
+    let set = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("BREAKER_OPEN_MIN_SECS", "10"),
+            ("BREAKER_OPEN_SECS", "120"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(set.breaker.open_min, Duration::from_secs(10));
+    let err = Settings::from_vars(
+        "chat",
+        &vars(&[("BREAKER_OPEN_MIN_SECS", "90"), ("BREAKER_OPEN_SECS", "60")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("BREAKER_OPEN_MIN_SECS"), "{err}");
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod streaming;
 pub mod usage;
 
 pub use error::ChatError;
-pub use settings::{ChatSettings, OFFLINE_MODEL};
+pub use settings::{parse_context_windows, ChatSettings, OFFLINE_MODEL};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use crate::kb::{KbError, KnowledgeBase};
 use crate::observability::metrics::names;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
-use provider::{ChatProvider, ChunkStream, ProviderError};
+use provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
 use session::SessionStore;

@@ -30,12 +30,18 @@ pub enum ProviderError {
     Status {
         status: u16,
         message: String,
+        /// The error's `code`, when the provider gave one.
+        code: Option<String>,
         retry_after: Option<Duration>,
     },
     #[error("unexpected answer: {0}")]
     Shape(String),
     #[error("the stream ended early: {0}")]
     StreamCut(String),
+    /// No content within `LLM_FIRST_TOKEN_MS` of sending: a provider slow to start is
+    /// not waited for again; the next model is tried.
+    #[error("no first token within {} ms (LLM_FIRST_TOKEN_MS)", .0.as_millis())]
+    FirstToken(Duration),
 }
 
 impl ProviderError {
@@ -43,6 +49,29 @@ impl ProviderError {
     /// sign of provider trouble, so no fallback and no breaker failure.
     pub(crate) fn is_caller_error(&self) -> bool {
         matches!(self, ProviderError::Status { status, .. } if matches!(status, 400 | 404 | 413 | 422))
+    }
+
+    /// The request does not fit the model's context window: a larger model may take it.
+    /// OpenAI says so with `code: context_length_exceeded`; others only in the message.
+    pub(crate) fn is_context_overflow(&self) -> bool {
+        let ProviderError::Status {
+            status,
+            message,
+            code,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if !matches!(status, 400 | 413 | 422) {
+            return false;
+        }
+        let message = message.to_ascii_lowercase();
+        code.as_deref() == Some("context_length_exceeded")
+            || message.contains("maximum context length")
+            || message.contains("context length exceeded")
+            || message.contains("context_length_exceeded")
+            || message.contains("prompt is too long")
     }
 }
 
@@ -53,7 +82,9 @@ impl RetryClass for ProviderError {
             ProviderError::Status { status, .. } => {
                 *status == 408 || *status == 429 || *status >= 500
             }
-            ProviderError::Shape(_) | ProviderError::StreamCut(_) => false,
+            ProviderError::Shape(_)
+            | ProviderError::StreamCut(_)
+            | ProviderError::FirstToken(_) => false,
         }
     }
 
@@ -63,6 +94,43 @@ impl RetryClass for ProviderError {
             _ => None,
         }
     }
+}
+
+/// Skips stream events that do not parse (a provider's glitch mid-stream: one broken
+/// event used to end the whole answer), counting and logging each; only `limit` in a row
+/// end the stream, as unreadable.
+pub(crate) fn skip_malformed(stream: ChunkStream, model: &str, limit: u32) -> ChunkStream {
+    let model = model.to_string();
+    Box::pin(futures_util::stream::unfold(
+        (stream, 0u32, false),
+        move |(mut stream, mut in_a_row, ended)| {
+            let model = model.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    match stream.next().await? {
+                        Err(ProviderError::Shape(problem)) => {
+                            in_a_row += 1;
+                            metrics::counter!(crate::observability::metrics::names::LLM_STREAM_MALFORMED_CHUNKS_TOTAL, "model" => model.clone())
+                                .increment(1);
+                            let problem =
+                                crate::observability::redact::redact(&problem).into_owned();
+                            tracing::warn!(model = %model, in_a_row, error = %problem, "malformed stream event skipped");
+                            if in_a_row >= limit {
+                                let err = ProviderError::Shape(format!(
+                                    "{in_a_row} malformed stream events in a row (LLM_STREAM_MAX_BAD_CHUNKS); the last: {problem}"
+                                ));
+                                return Some((Err(err), (stream, in_a_row, true)));
+                            }
+                        }
+                        item => return Some((item, (stream, 0, false))),
+                    }
+                }
+            }
+        },
+    ))
 }
 
 /// One answering backend. `body` is a complete OpenAI chat request, model included.
@@ -95,6 +163,7 @@ fn map_error(err: OpenAIError) -> ProviderError {
             return ProviderError::Status {
                 status: s.status,
                 message: s.message,
+                code: s.code,
                 retry_after: s.retry_after,
             }
         }
@@ -106,6 +175,7 @@ fn map_error(err: OpenAIError) -> ProviderError {
         OpenAIError::ApiError(e) => ProviderError::Status {
             status: e.status_code.as_u16(),
             message: e.api_error.message,
+            code: e.api_error.code,
             retry_after: None,
         },
         OpenAIError::StreamError(e) => ProviderError::StreamCut(e.to_string()),

@@ -170,7 +170,17 @@ impl ChatGateway {
         let mut waited = Duration::ZERO;
         let chain = self.chain(requested);
         let mut last_error = String::new();
+        // After a model found the request too long: the window a model needs to
+        // exceed, and the refusal to pass back if none is left to try.
+        let mut overflow: Option<(u64, (u16, String))> = None;
+        let mut last_was_overflow = false;
         for (i, model) in chain.iter().enumerate() {
+            if let Some((needed, _)) = &overflow {
+                if self.window(model).is_some_and(|w| w <= *needed) {
+                    count_request(model, "skipped_context");
+                    continue;
+                }
+            }
             body["model"] = json!(model);
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
@@ -198,6 +208,7 @@ impl ChatGateway {
                     self.parts.settings.chat_deadline.as_millis()
                 );
                 tracing::warn!(model = %model, "{last_error}");
+                last_was_overflow = false;
                 break;
             };
             match result {
@@ -219,15 +230,40 @@ impl ChatGateway {
                     };
                     return (routed, waited);
                 }
+                Err(AttemptError::Provider(e)) if e.is_context_overflow() => {
+                    // Not the model's fault, nor retried: a model with a larger
+                    // window may take it (`LLM_CONTEXT_WINDOWS`).
+                    count_request(model, "context_overflow");
+                    tracing::info!(model = %model, "the request is too long for this model; trying a larger one");
+                    let prompt = retrieval::estimate_tokens(&body["messages"].to_string()) as u64;
+                    let needed = self.window(model).unwrap_or(0).max(prompt);
+                    let refusal = provider_refusal(&e);
+                    overflow = Some((needed, refusal));
+                    last_was_overflow = true;
+                    last_error = e.to_string();
+                }
                 Err(AttemptError::Provider(e)) if e.is_caller_error() => {
                     count_request(model, "refused");
                     let (status, message) = provider_refusal(&e);
                     return (Routed::Refused { status, message }, waited);
                 }
-                Err(e) => last_error = step_down(&chain, i, &e),
+                Err(e) => {
+                    last_was_overflow = false;
+                    last_error = step_down(&chain, i, &e);
+                }
             }
         }
+        // Every model after the overflow was too small, or none was left: the caller
+        // gets the provider's refusal, not a degraded answer.
+        if let Some((_, (status, message))) = overflow.filter(|_| last_was_overflow) {
+            return (Routed::Refused { status, message }, waited);
+        }
         (Routed::Exhausted { last_error }, waited)
+    }
+
+    /// A model's context window in tokens, when `LLM_CONTEXT_WINDOWS` gives it.
+    fn window(&self, model: &str) -> Option<u64> {
+        self.parts.settings.context_windows.get(model).copied()
     }
 
     /// One model through its breaker, with retries while the breaker admits calls.
@@ -248,8 +284,10 @@ impl ChatGateway {
         .await
     }
 
-    /// Opens a stream and waits for its first chunk, with retries: nothing has been
-    /// sent to the caller yet, so every failure here can still fall back.
+    /// Opens a stream and waits for its first content chunk (the chunks before it,
+    /// such as the role, are kept and relayed), with retries: nothing has been sent to
+    /// the caller yet, so every failure here can still fall back. A model that sends no
+    /// content within `LLM_FIRST_TOKEN_MS` is not retried: the next model is tried.
     pub(super) async fn open_stream(
         &self,
         provider: &dyn ChatProvider,
@@ -265,21 +303,20 @@ impl ChatGateway {
         AttemptError,
     > {
         let breaker = self.breaker(provider, model);
-        let timeout = self.parts.settings.llm_timeout;
+        let settings = &self.parts.settings;
+        let (timeout, first_token) = (settings.llm_timeout, settings.llm_first_token);
+        let max_bad_chunks = settings.llm_stream_max_bad_chunks;
         retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
             let first = async {
-                let mut stream = provider.stream(body).await?;
-                match tokio::time::timeout(timeout, stream.next()).await {
-                    Err(_) => Err(ProviderError::Timeout(timeout)),
-                    Ok(None) => Err(ProviderError::StreamCut(
-                        "the stream ended before its first chunk".into(),
-                    )),
-                    Ok(Some(Err(e))) => Err(e),
-                    Ok(Some(Ok(chunk))) => Ok((chunk, stream)),
-                }
-            }
-            .await;
+                let stream = provider.stream(body).await?;
+                let stream = skip_malformed(stream, model, max_bad_chunks);
+                first_content(stream, timeout).await
+            };
+            let first = match tokio::time::timeout(first_token, first).await {
+                Ok(first) => first,
+                Err(_) => Err(ProviderError::FirstToken(first_token)),
+            };
             match first {
                 Ok((chunk, stream)) => Ok((chunk, stream, permit, breaker.clone())),
                 Err(e) => {
@@ -291,3 +328,48 @@ impl ChatGateway {
         .await
     }
 }
+
+/// Whether a chunk carries part of the answer (text, a tool call, a refusal, or the
+/// finish), not only the role.
+fn has_content(chunk: &Value) -> bool {
+    chunk["choices"].as_array().is_some_and(|choices| {
+        choices.iter().any(|c| {
+            let delta = &c["delta"];
+            delta["content"].as_str().is_some_and(|t| !t.is_empty())
+                || !delta["tool_calls"].is_null()
+                || !delta["refusal"].is_null()
+                || !delta["function_call"].is_null()
+                || !c["finish_reason"].is_null()
+        })
+    }) || !chunk["usage"].is_null()
+}
+
+/// Reads until the first content chunk (each chunk within `timeout`); returns the first
+/// chunk and the rest, the chunks read before the content chunk included.
+async fn first_content(
+    mut stream: ChunkStream,
+    timeout: Duration,
+) -> Result<(Value, ChunkStream), ProviderError> {
+    let mut before: Vec<Value> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(timeout, stream.next()).await {
+            Err(_) => return Err(ProviderError::Timeout(timeout)),
+            Ok(None) => {
+                return Err(ProviderError::StreamCut(
+                    "the stream ended before its first chunk".into(),
+                ))
+            }
+            Ok(Some(chunk)) => chunk?,
+        };
+        let content = has_content(&chunk);
+        before.push(chunk);
+        if content || before.len() >= FIRST_CHUNKS_KEPT {
+            let first = before.remove(0);
+            let rest = futures_util::stream::iter(before.into_iter().map(Ok)).chain(stream);
+            return Ok((first, Box::pin(rest)));
+        }
+    }
+}
+
+/// A stream whose first chunks never carry content is relayed after this many anyway.
+const FIRST_CHUNKS_KEPT: usize = 16;

@@ -19,9 +19,15 @@ pub struct ChatSettings {
     pub llm_fallback_models: Vec<String>,
     /// Whole answer (plain) or first byte (stream) from the provider, per model.
     pub llm_timeout: Duration,
+    /// Longest wait from sending a streamed request to its first content chunk; then the
+    /// next model is tried (`LLM_FIRST_TOKEN_MS`).
+    pub llm_first_token: Duration,
     /// Longest silence between two chunks of a stream that has started: a stalled
     /// stream ends with an error event, frees its slot and counts for the breaker.
     pub llm_stream_idle: Duration,
+    /// Malformed stream events skipped in a row before the stream counts as broken
+    /// (`LLM_STREAM_MAX_BAD_CHUNKS`).
+    pub llm_stream_max_bad_chunks: u32,
     /// The whole answer: every model of the chain, every retry and every wait share it;
     /// a tenth of it (at most 1 s) is kept for the degraded answer (`CHAT_DEADLINE_MS`).
     pub chat_deadline: Duration,
@@ -45,6 +51,9 @@ pub struct ChatSettings {
     pub idempotency_in_progress: Duration,
     /// Per-model prices per million tokens (`LLM_PRICES`).
     pub prices: std::collections::HashMap<String, super::usage::Price>,
+    /// Per-model context windows in tokens (`LLM_CONTEXT_WINDOWS`): where a request too
+    /// long for one model may go instead.
+    pub context_windows: std::collections::HashMap<String, u64>,
     /// How often buffered usage is written in standalone mode.
     pub usage_flush: Duration,
     /// How old an instance's view of a key's stored spend may get (budgets are shared).
@@ -52,4 +61,22 @@ pub struct ChatSettings {
     /// Completion tokens a request without `max_tokens` is assumed to cost at most, for
     /// its budget reservation (`BUDGET_DEFAULT_MAX_TOKENS`).
     pub budget_default_max_tokens: u64,
+}
+
+/// `LLM_CONTEXT_WINDOWS`: `model=tokens,...`.
+pub fn parse_context_windows(text: &str) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut windows = std::collections::HashMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (model, tokens) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("`{entry}` is not model=tokens"))?;
+        let tokens = tokens
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| format!("`{entry}`: the window must be a positive number of tokens"))?;
+        windows.insert(model.trim().to_string(), tokens);
+    }
+    Ok(windows)
 }

@@ -50,6 +50,7 @@ pub mod names {
     pub const LLM_TIME_TO_FIRST_TOKEN_SECONDS: &str = "llm_time_to_first_token_seconds";
     pub const GATEWAY_OVERHEAD_SECONDS: &str = "gateway_overhead_seconds";
     pub const BUDGET_LEDGER_FALLBACKS_TOTAL: &str = "budget_ledger_fallbacks_total";
+    pub const LLM_STREAM_MALFORMED_CHUNKS_TOTAL: &str = "llm_stream_malformed_chunks_total";
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s, covering cache hits up to slow LLM calls.
@@ -258,6 +259,11 @@ fn describe_gateway() {
         LLM_TIME_TO_FIRST_TOKEN_SECONDS,
         Unit::Seconds,
         "Time from calling a model to its first streamed chunk, by model."
+    );
+    describe_counter!(
+        LLM_STREAM_MALFORMED_CHUNKS_TOTAL,
+        Unit::Count,
+        "Streamed events from a model that did not parse and were skipped, by model."
     );
     describe_counter!(
         BUDGET_LEDGER_FALLBACKS_TOTAL,

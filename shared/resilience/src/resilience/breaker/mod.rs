@@ -30,8 +30,13 @@ pub struct BreakerConfig {
     pub window_size: usize,
     /// Fewer calls than this in the window never open the breaker by rate.
     pub min_calls: usize,
-    /// Cool-down before half-open.
+    /// The longest cool-down before half-open (`BREAKER_OPEN_SECS`).
     pub open_for: Duration,
+    /// The first cool-down (`BREAKER_OPEN_MIN_SECS`): it doubles on each trip in a row
+    /// (a failed trial re-opens the breaker) up to `open_for`, and starts again from here
+    /// once the breaker closes. A dependency down for seconds is back in use within
+    /// seconds; one down for long is probed at most every `open_for`.
+    pub open_min: Duration,
     /// Trial calls allowed in half-open; all must succeed to close.
     pub half_open_calls: u32,
     /// How often shared state is read from Redis (zero: before every call).
@@ -46,6 +51,7 @@ impl Default for BreakerConfig {
             window_size: 20,
             min_calls: 10,
             open_for: Duration::from_secs(60),
+            open_min: Duration::from_secs(60),
             half_open_calls: 1,
             shared_sync: Duration::from_secs(1),
         }
@@ -93,7 +99,10 @@ struct Local {
     consecutive_failures: u32,
     /// Recent outcomes, `true` for a failure.
     window: VecDeque<bool>,
-    opened_at: u64,
+    /// When the current open period ends (ms on the breaker's clock).
+    open_until: u64,
+    /// Openings since the breaker was last closed: each one doubles the cool-down.
+    trips: u32,
     trials_in_flight: u32,
     trial_successes: u32,
     /// Bumped on every transition, so results of calls admitted in an earlier state are ignored.
@@ -209,7 +218,8 @@ impl CircuitBreaker {
                     state: BreakerState::Closed,
                     consecutive_failures: 0,
                     window: VecDeque::new(),
-                    opened_at: 0,
+                    open_until: 0,
+                    trips: 0,
                     trials_in_flight: 0,
                     trial_successes: 0,
                     epoch: 0,
@@ -248,10 +258,15 @@ impl CircuitBreaker {
         local.trials_in_flight = 0;
         local.trial_successes = 0;
         match to {
-            BreakerState::Open => local.opened_at = self.inner.clock.now_millis(),
+            BreakerState::Open => {
+                local.trips = local.trips.saturating_add(1);
+                local.open_until =
+                    self.inner.clock.now_millis() + self.cool_down(local.trips).as_millis() as u64;
+            }
             BreakerState::Closed => {
                 local.consecutive_failures = 0;
                 local.window.clear();
+                local.trips = 0;
             }
             BreakerState::HalfOpen => {}
         }
@@ -270,13 +285,22 @@ impl CircuitBreaker {
         }
     }
 
+    /// The cool-down of the `trips`-th opening in a row: `open_min`, doubled each time,
+    /// at most `open_for`.
+    fn cool_down(&self, trips: u32) -> Duration {
+        let config = &self.inner.config;
+        let doublings = trips.saturating_sub(1).min(31);
+        config
+            .open_min
+            .saturating_mul(1u32 << doublings)
+            .min(config.open_for)
+            .max(Duration::from_millis(1))
+    }
+
     /// Open -> half-open once the cool-down has passed.
     fn advance_time(&self, local: &mut Local) {
-        if local.state == BreakerState::Open {
-            let reopen_at = local.opened_at + self.inner.config.open_for.as_millis() as u64;
-            if self.inner.clock.now_millis() >= reopen_at {
-                self.transition(local, BreakerState::HalfOpen, "cool-down elapsed");
-            }
+        if local.state == BreakerState::Open && self.inner.clock.now_millis() >= local.open_until {
+            self.transition(local, BreakerState::HalfOpen, "cool-down elapsed");
         }
     }
 
@@ -286,8 +310,7 @@ impl CircuitBreaker {
         let now = self.inner.clock.now_millis();
         let retry_after = match local.state {
             BreakerState::Open => {
-                let reopen_at = local.opened_at + self.inner.config.open_for.as_millis() as u64;
-                Duration::from_millis(reopen_at.saturating_sub(now).max(1000))
+                Duration::from_millis(local.open_until.saturating_sub(now).max(1000))
             }
             _ => Duration::from_secs(1),
         };
@@ -397,7 +420,7 @@ impl CircuitBreaker {
                     Some(reason) => {
                         self.transition(&mut local, BreakerState::Open, reason);
                         Transition::Opened {
-                            until: local.opened_at + config.open_for.as_millis() as u64,
+                            until: local.open_until,
                         }
                     }
                     None => Transition::None,
@@ -408,7 +431,7 @@ impl CircuitBreaker {
                 if failed {
                     self.transition(&mut local, BreakerState::Open, "trial call failed");
                     Transition::Opened {
-                        until: local.opened_at + config.open_for.as_millis() as u64,
+                        until: local.open_until,
                     }
                 } else {
                     local.trial_successes += 1;

@@ -52,14 +52,13 @@ impl CircuitBreaker {
             return;
         };
         let mut local = self.inner.local.lock().expect("breaker lock");
-        let open_for = self.inner.config.open_for.as_millis() as u64;
         match open_until {
             // Open somewhere (or re-opened by a failed probe): open here, ending together.
             Some(until) if until > now => {
                 if local.state != BreakerState::Open {
                     self.transition(&mut local, BreakerState::Open, "opened by another instance");
                 }
-                local.opened_at = until.saturating_sub(open_for);
+                local.open_until = until;
             }
             // The shared cool-down is over: half-open together (one instance will probe).
             Some(_) => {

@@ -126,3 +126,38 @@ fn state_is_exported_as_a_metric() {
         "{text}"
     );
 }
+
+/// Issue 15, item 5: with a fixed 60 s cool-down, a primary down for 6 s stayed unused
+/// for the whole minute. The cool-down now starts short and doubles on each trip in a
+/// row, up to the longest; closing starts it over.
+#[test]
+fn the_cool_down_grows_on_trips_in_a_row_and_starts_over_once_closed() {
+    let (b, clock) = breaker(BreakerConfig {
+        failure_threshold: 1,
+        open_min: Duration::from_secs(5),
+        open_for: Duration::from_secs(30),
+        ..BreakerConfig::default()
+    });
+    fail(&b, 1);
+    for expected in [5, 10, 20, 30, 30] {
+        assert_eq!(b.state(), BreakerState::Open);
+        let err = b.try_acquire().expect_err("open rejects");
+        assert_eq!(err.retry_after, Duration::from_secs(expected));
+        clock.advance(Duration::from_secs(expected) - Duration::from_millis(1));
+        assert_eq!(b.state(), BreakerState::Open, "open {expected} s");
+        clock.advance(Duration::from_millis(1));
+        let trial = b.try_acquire().expect("half-open trial");
+        b.record_sync(trial, true); // the dependency is still down
+    }
+    clock.advance(Duration::from_secs(30));
+    let trial = b.try_acquire().expect("half-open trial");
+    b.record_sync(trial, false);
+    assert_eq!(b.state(), BreakerState::Closed);
+    fail(&b, 1);
+    let err = b.try_acquire().expect_err("open again");
+    assert_eq!(
+        err.retry_after,
+        Duration::from_secs(5),
+        "a new outage starts from the shortest cool-down"
+    );
+}

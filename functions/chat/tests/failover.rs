@@ -1,0 +1,270 @@
+//! Failover that never drops an answer it could have given (issue 15), fault by fault,
+//! against the project's fake provider: what the caller got, and what the provider saw.
+
+mod support;
+
+use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
+use chatkb_testing::{call, TestDatabase};
+use serde_json::json;
+use support::*;
+
+fn streamed(question: &str) -> serde_json::Value {
+    let mut body = ask(question);
+    body["stream"] = json!(true);
+    body["retrieval"] = json!(false);
+    body
+}
+
+/// Item 2: one event that does not parse was fatal ("EOF while parsing" at the 11th
+/// chunk). Now it is skipped and counted, and the answer arrives whole; only a stream
+/// that stays unreadable (`LLM_STREAM_MAX_BAD_CHUNKS` in a row) ends with the error event.
+#[tokio::test]
+async fn a_malformed_chunk_is_skipped_and_the_answer_arrives_whole() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+    let clean = call(&router, post(streamed("What is the boiling point?"))).await;
+    let expected = streamed_text(&clean.text);
+    assert!(
+        expected.starts_with("Fake answer from gpt-4o-mini"),
+        "{expected}"
+    );
+
+    // Broken events before the first chunk and in the middle of the answer.
+    fake.set_behaviour(Behaviour {
+        malformed_chunks_at: vec![0, 4, 7],
+        ..Behaviour::default()
+    });
+    let mut body = streamed("What is the boiling point?");
+    body["cache"] = json!(false);
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(streamed_text(&res.text), expected);
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+    assert!(!res.text.contains("upstream_stream_interrupted"));
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 2, "no retry was needed");
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 0);
+
+    let metrics = shared::observability::metrics::render();
+    assert!(
+        metrics.contains("llm_stream_malformed_chunks_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_stays_unreadable_ends_with_the_error_event() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &[("LLM_STREAM_MAX_BAD_CHUNKS", "2")]);
+    fake.set_behaviour(Behaviour {
+        malformed_chunks_at: vec![3],
+        ..Behaviour::default()
+    });
+    // One broken event is tolerated with a limit of 2...
+    let res = call(&router, post(streamed("One broken event"))).await;
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+    // ...two in a row are not: the stream is unreadable.
+    fake.set_behaviour(Behaviour {
+        malformed_chunks_at: vec![3, 3],
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(streamed("Two broken events in a row"))).await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.text.contains("upstream_stream_interrupted")
+            && res.text.contains("2 malformed stream events in a row"),
+        "{}",
+        res.text
+    );
+    assert!(!res.text.contains("[DONE]"));
+}
+
+/// Item 4: a provider slow to start held the caller for up to `LLM_TIMEOUT_MS`. Now a
+/// model without content within `LLM_FIRST_TOKEN_MS` is left (not retried, counted
+/// against its breaker) for the next model of the chain.
+#[tokio::test]
+async fn a_slow_first_token_fails_over_to_the_next_model() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, ctx) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("LLM_FIRST_TOKEN_MS", "300"),
+            ("RETRY_MAX_ATTEMPTS", "3"),
+            ("BREAKER_FAILURE_THRESHOLD", "1"),
+        ],
+    );
+    fake.set_behaviour(Behaviour {
+        latency_ms: 3000,
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(streamed("Who answers first?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    let text = streamed_text(&res.text);
+    assert!(text.starts_with("Fake answer from gpt-4o-backup"), "{text}");
+    assert!(res.text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        fake.calls_for("gpt-4o-mini"),
+        1,
+        "not retried on the slow model"
+    );
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 1);
+    let state = ctx
+        .breakers
+        .states()
+        .into_iter()
+        .find(|(name, _)| name == "llm:openai:gpt-4o-mini")
+        .map(|(_, state)| state.as_str());
+    assert_eq!(state, Some("open"), "the expiry counts against the breaker");
+}
+
+fn refuse(code: &str, message: &str, model: &str) -> Behaviour {
+    Behaviour {
+        failure_rate: 1.0,
+        failure_status: Some(400),
+        failure_code: Some(code.into()),
+        failure_message: Some(message.into()),
+        models: vec![model.into()],
+        ..Behaviour::default()
+    }
+}
+
+fn breaker_state(ctx: &shared::AppContext, name: &str) -> Option<&'static str> {
+    ctx.breakers
+        .states()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, state)| state.as_str())
+}
+
+/// Item 3: a 400 `context_length_exceeded` went straight back to the caller although a
+/// larger model was in the chain. Now it moves to the next model whose window can hold
+/// the request, without a retry and without counting against the breaker; when no model
+/// is larger, the caller gets the provider's refusal unchanged. A content-filter 400 is
+/// passed back and never tried elsewhere.
+#[tokio::test]
+async fn a_request_too_long_for_the_model_goes_to_a_model_that_fits() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let overflow = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.";
+    let windows = "gpt-4o-mini=8192,gpt-4o-backup=128000";
+    let (router, ctx) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("LLM_CONTEXT_WINDOWS", windows),
+            ("BREAKER_FAILURE_THRESHOLD", "1"),
+            ("RETRY_MAX_ATTEMPTS", "3"),
+        ],
+    );
+    fake.set_behaviour(refuse("context_length_exceeded", overflow, "gpt-4o-mini"));
+    for stream in [false, true] {
+        let mut body = ask(&format!("A long question (stream: {stream})"));
+        body["stream"] = json!(stream);
+        let res = call(&router, post(body)).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+        let text = if stream {
+            streamed_text(&res.text)
+        } else {
+            res.json["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(text.starts_with("Fake answer from gpt-4o-backup"), "{text}");
+    }
+    assert_eq!(
+        fake.calls_for("gpt-4o-mini"),
+        2,
+        "one call each, not retried"
+    );
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 2);
+    assert_eq!(
+        breaker_state(&ctx, "llm:openai:gpt-4o-mini"),
+        Some("closed"),
+        "a request too long is not the model's failure"
+    );
+
+    // No model of the chain is larger: the provider's own refusal comes back.
+    let (small, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[("LLM_CONTEXT_WINDOWS", "gpt-4o-mini=8192,gpt-4o-backup=8192")],
+    );
+    let res = call(&small, post(ask("Too long for every model"))).await;
+    assert_eq!(res.status, 400, "{}", res.text);
+    let message = res.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maximum context length is 8192"),
+        "{message}"
+    );
+    assert_eq!(
+        fake.calls_for("gpt-4o-backup"),
+        2,
+        "the smaller model is skipped"
+    );
+
+    // A content filter's refusal is the caller's answer: passed back, never retried.
+    fake.set_behaviour(refuse(
+        "content_filter",
+        "The response was filtered due to the prompt triggering content management policy.",
+        "gpt-4o-mini",
+    ));
+    let res = call(&router, post(ask("Something the filter refuses"))).await;
+    assert_eq!(res.status, 400, "{}", res.text);
+    assert!(res.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("content management policy"));
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 2);
+}
+
+/// Item 5: a primary down for a moment, then back. With the fixed 60 s cool-down it
+/// stayed unused for the whole minute; now the first cool-down is short
+/// (`BREAKER_OPEN_MIN_SECS`) and the primary answers again soon after it recovers.
+#[tokio::test]
+async fn a_primary_back_after_a_short_outage_is_used_again_within_seconds() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[
+            ("BREAKER_FAILURE_THRESHOLD", "1"),
+            ("BREAKER_OPEN_MIN_SECS", "1"),
+            ("BREAKER_OPEN_SECS", "60"),
+            ("RETRIEVAL_ENABLED", "false"),
+        ],
+    );
+    fake.set_behaviour(Behaviour {
+        down_for_ms: Some(600),
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let answered_by = |res: &chatkb_testing::TestResponse| {
+        res.json["model"].as_str().unwrap_or_default().to_string()
+    };
+    let mut models = Vec::new();
+    for i in 0..20 {
+        let mut body = ask(&format!("Question {i} during and after the outage"));
+        body["cache"] = json!(false);
+        let res = call(&router, post(body)).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        models.push(answered_by(&res));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        models[0], "gpt-4o-backup",
+        "the outage: the fallback answers"
+    );
+    let back = models.iter().rposition(|m| m != "gpt-4o-mini").unwrap() + 1;
+    assert!(
+        back < models.len() && models[back..].iter().all(|m| m == "gpt-4o-mini"),
+        "the primary answers again within seconds, not after 60 s: {models:?}"
+    );
+}
