@@ -7,7 +7,9 @@ Usage: python3 tests/openai_sdk.py BASE_URL API_KEY MODE [FAKE_URL]
 Prints one line per check and exits non-zero when any fails.
 """
 
+import json
 import sys
+import urllib.request
 import uuid
 
 import openai
@@ -99,6 +101,33 @@ if mode == "provider" and fake_url:
     except openai.APIError as e:
         check("a cut stream raises an APIError in the SDK", "interrupted" in str(e) or "incomplete" in str(e), e)
     fake({})
+
+    # Issue 15: the primary cut after 40 of about 60 chunks; the fallback continues the
+    # answer, which arrives complete, as one stream, labelled, billed once.
+    def usage_requests():
+        request = urllib.request.Request(base_url.rstrip("/") + "/v1/usage", headers={"x-api-key": api_key})
+        with urllib.request.urlopen(request) as response:
+            return json.load(response)["requests"]
+
+    before = usage_requests()
+    fake({"cut_stream_after": 40, "models": [model]})
+    # About 60 chunks: the fake quotes the question (up to 200 characters) word by word.
+    long_question = " ".join(f"w{i}" for i in range(52)) + "?"
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": long_question}], stream=True,
+        stream_options={"include_usage": True}, extra_body={"cache": False, "retrieval": False},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    labels = [getattr(c, "degraded", None) or (c.model_extra or {}).get("degraded") for c in chunks]
+    usage = [c.usage for c in chunks if c.usage]
+    fake({})
+    check("a stream cut after 40 chunks arrives complete, continued by the fallback",
+          text.startswith(f"Fake answer from {model}") and text.endswith("messages in the prompt)."), text)
+    check("the continued answer says which model continued it",
+          any(label and "continued:" in label for label in labels), labels)
+    check("the continued answer is billed once, its tokens as completion",
+          usage and usage[-1].completion_tokens > 40 and usage_requests() == before + 1, (usage, before))
 
 print(f"sdk checks: {failures} failed")
 sys.exit(1 if failures else 0)

@@ -268,3 +268,131 @@ async fn a_primary_back_after_a_short_outage_is_used_again_within_seconds() {
         "the primary answers again within seconds, not after 60 s: {models:?}"
     );
 }
+
+/// The stream of `body` from `router`, and the joined text, checked to be one complete
+/// answer: no error event, `[DONE]` last.
+async fn complete_stream(router: &axum::Router, body: serde_json::Value) -> (String, String) {
+    let res = call(router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(
+        !res.text.contains("upstream_stream_interrupted"),
+        "{}",
+        res.text
+    );
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+    (streamed_text(&res.text), res.text)
+}
+
+/// Item 1: a stream cut or stalled after part of the answer had been relayed ended with
+/// an error event and half an answer, although the fallback model was healthy. Now the
+/// next model continues the same answer from the partial text (sent as an assistant
+/// message), and the caller gets one complete answer in one stream, labelled, billed once.
+#[tokio::test]
+async fn a_stream_cut_or_stalled_mid_answer_is_continued_by_the_next_model() {
+    for fault in ["cut", "stall"] {
+        let db = TestDatabase::sqlite();
+        let fake = FakeOpenAi::start().await;
+        let (router, _) = chat_router(&db, Some(&fake), &[("LLM_STREAM_IDLE_MS", "300")]);
+        let question = format!("Tell me about wings ({fault})");
+        // What the fallback model says to it, whole: the continuation is its remainder.
+        fake.set_behaviour(Behaviour::default());
+        let mut whole = streamed(&question);
+        whole["model"] = json!("gpt-4o-backup");
+        whole["cache"] = json!(false);
+        let (backup_whole, _) = complete_stream(&router, whole).await;
+
+        fake.set_behaviour(Behaviour {
+            cut_stream_after: (fault == "cut").then_some(4),
+            stall_stream_after: (fault == "stall").then_some(4),
+            models: vec!["gpt-4o-mini".into()],
+            ..Behaviour::default()
+        });
+        let mut body = streamed(&question);
+        body["stream_options"] = json!({"include_usage": true});
+        let (joined, raw) = complete_stream(&router, body).await;
+        let continuation = fake.last_request();
+        assert_eq!(continuation["model"], "gpt-4o-backup");
+        let messages = continuation["messages"].as_array().unwrap();
+        let prefill = messages.last().unwrap();
+        assert_eq!(prefill["role"], "assistant", "{fault}");
+        let partial = prefill["content"].as_str().unwrap();
+        assert!(
+            partial.starts_with("Fake answer from gpt-4o-mini"),
+            "{partial}"
+        );
+        assert_eq!(
+            joined,
+            format!("{partial}{}", &backup_whole[partial.len()..]),
+            "{fault}: the partial answer, then only the continuation"
+        );
+        let chunks = sse_chunks(&raw);
+        let roles = chunks
+            .iter()
+            .filter(|c| !c["choices"][0]["delta"]["role"].is_null())
+            .count();
+        assert_eq!(roles, 1, "one stream: the role is said once");
+        let notice = chunks
+            .iter()
+            .rev()
+            .find(|c| !c["degraded"].is_null())
+            .unwrap();
+        assert_eq!(notice["degraded"], "continued:gpt-4o-backup", "{fault}");
+        let usage = chunks.iter().find(|c| c["usage"].is_object()).unwrap();
+        let billed = usage["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(
+            billed >= shared::chat::retrieval::estimate_tokens(partial) as u64,
+            "the partial answer's tokens count as completion: {usage}"
+        );
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage")
+                .header("x-api-key", KEY)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            res.json["requests"], 2,
+            "billed once per answer: {}",
+            res.text
+        );
+    }
+}
+
+/// A next model that refuses to continue (here: no assistant message last) does not
+/// hide the real failure: the stream ends with the original error event. So does a
+/// stream when continuation is off.
+#[tokio::test]
+async fn a_refused_continuation_or_continuation_off_ends_with_the_original_error() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let cut = Behaviour {
+        cut_stream_after: Some(4),
+        models: vec!["gpt-4o-mini".into()],
+        refuse_prefill: vec!["gpt-4o-backup".into()],
+        ..Behaviour::default()
+    };
+    let (router, _) = chat_router(&db, Some(&fake), &[]);
+    fake.set_behaviour(cut.clone());
+    let res = call(&router, post(streamed("Continue me if you can"))).await;
+    assert!(
+        res.text.contains("the model's stream was interrupted"),
+        "{}",
+        res.text
+    );
+    assert!(!res.text.contains("[DONE]"));
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 1, "asked, and refused");
+
+    let (off, _) = chat_router(&db, Some(&fake), &[("LLM_STREAM_CONTINUATION", "false")]);
+    fake.set_behaviour(Behaviour {
+        refuse_prefill: Vec::new(),
+        ..cut
+    });
+    let res = call(&off, post(streamed("Do not continue me"))).await;
+    assert!(
+        res.text.contains("upstream_stream_interrupted"),
+        "{}",
+        res.text
+    );
+    assert_eq!(fake.calls_for("gpt-4o-backup"), 1, "not asked");
+}

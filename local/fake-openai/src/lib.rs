@@ -56,6 +56,10 @@ pub struct Behaviour {
     /// `context_length_exceeded`); a generic message and no code when unset.
     pub failure_message: Option<String>,
     pub failure_code: Option<String>,
+    /// Models that refuse an assistant message last (a prefill to continue from) with a
+    /// 400, as some providers do. Others continue it: they answer what they would have
+    /// answered without it, less as many characters as it has.
+    pub refuse_prefill: Vec<String>,
     /// An outage: every call fails (with `failure_status`, default 503) for this long
     /// after the behaviour is set, then the fake answers normally again.
     pub down_for_ms: Option<u64>,
@@ -240,6 +244,15 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         return failure;
     }
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let prefilled = messages.last().is_some_and(|m| m["role"] == "assistant");
+    if prefilled && behaviour.refuse_prefill.contains(&model) {
+        return error_with(
+            StatusCode::BAD_REQUEST,
+            None,
+            Some("this model does not support assistant message prefill"),
+            Some("unsupported_prefill"),
+        );
+    }
     let choices = fake_choices(&model, &request, &messages);
     let prompt_tokens: u64 = messages
         .iter()
@@ -326,7 +339,15 @@ fn fake_choices(model: &str, request: &Value, messages: &[Value]) -> Vec<FakeCho
     let n = request["n"].as_u64().unwrap_or(1).clamp(1, 8) as usize;
     let tool = request["tools"][0]["function"]["name"].as_str();
     let answered_by_tool = messages.last().is_some_and(|m| m["role"] == "tool");
-    let text = answer_for(model, messages);
+    // A prefill: continue it, from where it stops in what would have been answered.
+    let (asked, prefill) = match messages.split_last() {
+        Some((last, asked)) if last["role"] == "assistant" => (asked, Some(message_text(last))),
+        _ => (messages, None),
+    };
+    let mut text = answer_for(model, asked);
+    if let Some(prefill) = prefill {
+        text = text.chars().skip(prefill.chars().count()).collect();
+    }
     (0..n)
         .map(|i| match tool {
             Some(name) if !answered_by_tool => FakeChoice::ToolCall {

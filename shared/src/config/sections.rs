@@ -124,6 +124,7 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         llm_first_token: r.millis("LLM_FIRST_TOKEN_MS", 15_000, 100, 900_000),
         llm_stream_idle: r.millis("LLM_STREAM_IDLE_MS", 30_000, 100, 900_000),
         llm_stream_max_bad_chunks: r.int("LLM_STREAM_MAX_BAD_CHUNKS", 3u32, 1, 1000),
+        llm_stream_continuation: r.flag("LLM_STREAM_CONTINUATION", true),
         chat_deadline: r.millis("CHAT_DEADLINE_MS", 30_000, 100, 900_000),
         max_messages: r.int("CHAT_MAX_MESSAGES", 256usize, 1, 10_000),
         cache_max_temperature: r.int("CHAT_CACHE_MAX_TEMPERATURE_PERCENT", 0u32, 0, 200) as f64

@@ -112,6 +112,21 @@ impl Assembler {
         }
     }
 
+    /// The answer so far, when another model can continue it: one unfinished choice of
+    /// plain text (no tool or function call, no refusal) with some text.
+    pub fn continuable_text(&self) -> Option<String> {
+        if self.choices.len() != 1 {
+            return None;
+        }
+        let (index, c) = self.choices.iter().next()?;
+        let plain = *index == 0
+            && c.tool_calls.is_empty()
+            && c.function_call.is_none()
+            && c.refusal.is_none()
+            && c.finish_reason.is_none();
+        c.content.clone().filter(|text| plain && !text.is_empty())
+    }
+
     /// Whether every choice seen so far has finished (a stream that ends otherwise was cut).
     pub fn finished(&self) -> bool {
         !self.choices.is_empty() && self.choices.values().all(|c| c.finish_reason.is_some())

@@ -4,6 +4,7 @@
 //! A degraded answer always says so; it is never passed off as a model's.
 
 mod assemble;
+mod continuation;
 mod error;
 pub mod idempotency;
 mod plain;
@@ -57,6 +58,9 @@ pub mod degraded {
     pub(crate) const RETRIEVAL_UNAVAILABLE: &str = "retrieval-unavailable";
     /// The session history could not be read or written: answered without it.
     pub(crate) const SESSION_UNAVAILABLE: &str = "session-unavailable";
+    /// A model's stream broke mid-answer and this model continued it
+    /// (`continued:<model>`, once per model that took over).
+    pub(crate) const CONTINUED: &str = "continued";
 }
 
 /// The breaker in front of retrieval (the knowledge base's database), as

@@ -346,7 +346,7 @@ fn has_content(chunk: &Value) -> bool {
 
 /// Reads until the first content chunk (each chunk within `timeout`); returns the first
 /// chunk and the rest, the chunks read before the content chunk included.
-async fn first_content(
+pub(super) async fn first_content(
     mut stream: ChunkStream,
     timeout: Duration,
 ) -> Result<(Value, ChunkStream), ProviderError> {

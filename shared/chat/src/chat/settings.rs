@@ -28,6 +28,9 @@ pub struct ChatSettings {
     /// Malformed stream events skipped in a row before the stream counts as broken
     /// (`LLM_STREAM_MAX_BAD_CHUNKS`).
     pub llm_stream_max_bad_chunks: u32,
+    /// A stream that breaks mid-answer is continued by the next model of the chain
+    /// (`LLM_STREAM_CONTINUATION`, default on).
+    pub llm_stream_continuation: bool,
     /// The whole answer: every model of the chain, every retry and every wait share it;
     /// a tenth of it (at most 1 s) is kept for the degraded answer (`CHAT_DEADLINE_MS`).
     pub chat_deadline: Duration,

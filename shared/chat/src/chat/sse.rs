@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::assemble::Assembler;
+use super::continuation::{as_continued, Continuation};
 use super::provider::ChunkStream;
 use super::{record_usage_metrics, Answer};
 use crate::cache::{Namespace, TieredCache};
@@ -26,6 +27,19 @@ fn error_event(message: &str) -> Bytes {
         "type": "server_error",
         "code": "upstream_stream_interrupted"
     }}))
+}
+
+/// The usage of a continued answer as billed once: the partial answer the continuing
+/// model read as its prompt was produced by the earlier model, so those tokens count as
+/// completion, not prompt.
+fn bill_continued(usage: &mut Value, partial_tokens: u64) {
+    let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0);
+    let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
+    let prompt = prompt.saturating_sub(partial_tokens);
+    let completion = completion + partial_tokens;
+    usage["prompt_tokens"] = json!(prompt);
+    usage["completion_tokens"] = json!(completion);
+    usage["total_tokens"] = json!(prompt + completion);
 }
 
 /// A finished answer as a stream: every choice with its content, refusal and calls,
@@ -59,6 +73,9 @@ pub(crate) struct Relay {
     pub permit: Option<Permit>,
     /// Longest wait for the next chunk (`LLM_STREAM_IDLE_MS`).
     pub idle: std::time::Duration,
+    /// The models that may continue a stream that breaks mid-answer
+    /// (`LLM_STREAM_CONTINUATION`); `None`: it ends with the error event.
+    pub(super) continuation: Option<Continuation>,
     /// The session and usage step, run once the stream completes.
     pub(super) after: super::settle::AfterAnswer,
 }
@@ -71,6 +88,10 @@ struct State {
     assembler: Assembler,
     first_sent: bool,
     done: bool,
+    /// The stream's id, kept by continuations.
+    id: Value,
+    /// Tokens of the partial answers other models continued (estimated).
+    continued_tokens: u64,
 }
 
 impl Relay {
@@ -82,6 +103,8 @@ impl Relay {
             assembler: Assembler::default(),
             first_sent: false,
             done: false,
+            id: Value::Null,
+            continued_tokens: 0,
         };
         futures_util::stream::unfold(state, |mut s| async move {
             if s.done {
@@ -92,11 +115,20 @@ impl Relay {
                     Some(chunk) => Some(Ok(chunk)),
                     None => match tokio::time::timeout(s.relay.idle, s.rest.next()).await {
                         Ok(next) => next,
-                        Err(_) => return Some((s.stalled().await, s)),
+                        Err(_) => match s.stalled().await {
+                            Some(end) => return Some((end, s)),
+                            None => continue,
+                        },
                     },
                 };
                 match next {
                     Some(Ok(mut chunk)) => {
+                        if s.id.is_null() {
+                            s.id = chunk["id"].clone();
+                        }
+                        if s.continued_tokens > 0 && chunk["usage"].is_object() {
+                            bill_continued(&mut chunk["usage"], s.continued_tokens);
+                        }
                         s.assembler.push(&chunk);
                         let is_usage_chunk = chunk["choices"]
                             .as_array()
@@ -120,33 +152,24 @@ impl Relay {
                         return Some((event(&chunk), s));
                     }
                     Some(Err(err)) => {
-                        s.done = true;
                         tracing::warn!(model = %s.relay.model, error = %err, "upstream stream failed after the first byte");
-                        if let Some(permit) = s.relay.permit.take() {
-                            s.relay.breaker.record(permit, true).await;
+                        let message = format!(
+                            "the model's stream was interrupted: {err}; the answer is incomplete"
+                        );
+                        match s.broke("stream_cut", message).await {
+                            Some(end) => return Some((end, s)),
+                            None => continue,
                         }
-                        super::count_request(&s.relay.model, "stream_cut");
-                        return Some((
-                            error_event(&format!(
-                                "the model's stream was interrupted: {err}; the answer is incomplete"
-                            )),
-                            s,
-                        ));
                     }
                     None => {
-                        s.done = true;
                         if !s.assembler.finished() {
-                            if let Some(permit) = s.relay.permit.take() {
-                                s.relay.breaker.record(permit, true).await;
+                            let message = "the model's stream ended without finishing; the answer is incomplete";
+                            match s.broke("stream_cut", message.into()).await {
+                                Some(end) => return Some((end, s)),
+                                None => continue,
                             }
-                            super::count_request(&s.relay.model, "stream_cut");
-                            return Some((
-                                error_event(
-                                    "the model's stream ended without finishing; the answer is incomplete",
-                                ),
-                                s,
-                            ));
                         }
+                        s.done = true;
                         if let Some(permit) = s.relay.permit.take() {
                             s.relay.breaker.record(permit, false).await;
                         }
@@ -163,19 +186,64 @@ impl Relay {
 }
 
 impl State {
-    /// No chunk within the idle timeout: the upstream stalled. The stream ends here,
-    /// which frees the caller's slot, and the breaker counts it as a failure.
-    async fn stalled(&mut self) -> Bytes {
-        self.done = true;
+    /// No chunk within the idle timeout: the upstream stalled. Its breaker counts a
+    /// failure; the next model continues the answer, or the stream ends here (which frees
+    /// the caller's slot).
+    async fn stalled(&mut self) -> Option<Bytes> {
         let idle_ms = self.relay.idle.as_millis();
         tracing::warn!(model = %self.relay.model, idle_ms, "upstream stream stalled after the first byte");
+        let message = format!(
+            "the model's stream stalled: no chunk for {idle_ms} ms; the answer is incomplete"
+        );
+        self.broke("stream_stalled", message).await
+    }
+
+    /// The upstream broke after the first byte: its breaker counts a failure, then the
+    /// next model continues the answer (`None`: relay on) or the stream ends with the
+    /// error event (`Some`).
+    async fn broke(&mut self, outcome: &'static str, message: String) -> Option<Bytes> {
         if let Some(permit) = self.relay.permit.take() {
             self.relay.breaker.record(permit, true).await;
         }
-        super::count_request(&self.relay.model, "stream_stalled");
-        error_event(&format!(
-            "the model's stream stalled: no chunk for {idle_ms} ms; the answer is incomplete"
-        ))
+        super::count_request(&self.relay.model, outcome);
+        if self.continue_on_next_model().await {
+            return None;
+        }
+        self.done = true;
+        Some(error_event(&message))
+    }
+
+    /// Asks the next model of the chain to continue the partial answer; on success its
+    /// stream replaces the broken one.
+    async fn continue_on_next_model(&mut self) -> bool {
+        let Some(partial) = self.assembler.continuable_text() else {
+            return false;
+        };
+        let Some(continuation) = self.relay.continuation.as_mut() else {
+            return false;
+        };
+        let Some(resumed) = continuation.resume(&partial).await else {
+            return false;
+        };
+        tracing::info!(from = %self.relay.model, to = %resumed.model, "the answer is continued by the next model");
+        super::count_fallback(&self.relay.model, &resumed.model);
+        self.continued_tokens += super::retrieval::estimate_tokens(&partial) as u64;
+        self.relay
+            .degraded
+            .push(format!("{}:{}", super::degraded::CONTINUED, resumed.model));
+        // A continued answer is not the requested model's: not cached as its answer.
+        self.relay.cache_key = None;
+        self.relay.model = resumed.model;
+        self.relay.breaker = resumed.breaker;
+        self.relay.permit = Some(resumed.permit);
+        self.pending = Some(as_continued(resumed.first, &self.id));
+        let id = self.id.clone();
+        self.rest = Box::pin(
+            resumed
+                .rest
+                .map(move |item| item.map(|c| as_continued(c, &id))),
+        );
+        true
     }
 
     /// A complete stream: count it, and cache it as a plain answer. When the session
@@ -200,10 +268,13 @@ impl State {
         if let Some(key) = &self.relay.question_key {
             self.relay.cache.set(Namespace::Chat, key, &answer).await;
         }
-        if self.relay.after.settle(&answer, false).await {
+        // Headers are long gone: a session that could not be saved, or a model that
+        // continued the answer, is told in a last chunk with no choices.
+        let saved = self.relay.after.settle(&answer, false).await;
+        if saved && self.continued_tokens == 0 {
             return None;
         }
-        let degraded = super::with_session(answer.degraded, false);
+        let degraded = super::with_session(answer.degraded, saved);
         Some(event(&json!({
             "id": answer.completion["id"],
             "object": "chat.completion.chunk",

@@ -73,7 +73,7 @@ impl ChatGateway {
                     degraded.push(degraded::FALLBACK_MODEL.to_string());
                 }
                 let relay = sse::Relay {
-                    model,
+                    model: model.clone(),
                     sources: context.sources(),
                     degraded: degraded.clone(),
                     include_usage,
@@ -83,6 +83,7 @@ impl ChatGateway {
                     breaker,
                     permit: Some(permit),
                     idle: self.parts.settings.llm_stream_idle,
+                    continuation: self.continuation(&provider, &request.model, &model, &body),
                     after,
                 };
                 return Ok(StreamReply {
@@ -110,6 +111,38 @@ impl ChatGateway {
                 provider_wait: waited,
             },
             body: sse::replay(answer.completion, include_usage),
+        })
+    }
+}
+
+impl ChatGateway {
+    /// What continues `model`'s stream if it breaks mid-answer: the models after it in
+    /// the chain (`None` with `LLM_STREAM_CONTINUATION=false`, or when none is left).
+    fn continuation(
+        &self,
+        provider: &Arc<dyn ChatProvider>,
+        requested: &str,
+        model: &str,
+        body: &Value,
+    ) -> Option<continuation::Continuation> {
+        let settings = &self.parts.settings;
+        if !settings.llm_stream_continuation {
+            return None;
+        }
+        let chain = self.chain(requested);
+        let at = chain.iter().position(|m| m == model)?;
+        let next_models = chain[at + 1..].to_vec();
+        if next_models.is_empty() {
+            return None;
+        }
+        Some(continuation::Continuation {
+            provider: provider.clone(),
+            breakers: self.parts.breakers.clone(),
+            next_models,
+            body: body.clone(),
+            timeout: settings.llm_timeout,
+            first_token: settings.llm_first_token,
+            max_bad_chunks: settings.llm_stream_max_bad_chunks,
         })
     }
 }
