@@ -55,6 +55,7 @@ LAYERS = {
     "server": ("edge", 5),
     "app": ("composition", 6),
     "services": ("composition", 6),
+    "probes": ("composition", 6),
     "config": ("composition", 6),
     "lib": ("composition", 6),
 }

@@ -182,14 +182,17 @@ impl AppContext {
 
     /// A function's whole router when all its routes need an API key: the protected-route
     /// stack (key, then the key's rate limit) inside the edge's common layers.
+    /// `database_required`: readiness (`/health/ready`, served without a key) fails
+    /// while the database is down.
     #[cfg(feature = "protected")]
-    pub fn protected_app(&self, routes: Router) -> Router {
+    pub fn protected_app(self: &Arc<Self>, routes: Router, database_required: bool) -> Router {
         let routes = crate::http::protect(
             routes,
             self.settings.api_keys.clone(),
             self.rate_limiter.clone(),
             self.auth_failures.clone(),
-        );
+        )
+        .merge(crate::probes::routes(self.clone(), database_required));
         crate::http::app(routes, &self.settings)
     }
 

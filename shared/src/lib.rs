@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod probes;
 pub mod services;
 
 pub use chatkb_adapters::store;

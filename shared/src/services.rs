@@ -121,7 +121,10 @@ fn idempotency_store(ctx: &AppContext, dynamo: &LazyDynamo) -> Arc<dyn Idempoten
 #[cfg(feature = "kb")]
 pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
     KnowledgeBase::new(
-        store::knowledge_store_with(&ctx.database, ctx.settings.kb.vector_index.clone()),
+        Arc::new(store::GuardedStore::new(
+            store::knowledge_store_with(&ctx.database, ctx.settings.kb.vector_index.clone()),
+            ctx.breakers.get(store::KNOWLEDGE_BASE_BREAKER),
+        )),
         guarded_embedder(ctx),
         ctx.cache.clone(),
         ChunkConfig {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use shared::config::RedisUrl;
 use shared::resilience::limits::{ConcurrencyLimiter, RateLimiter};
 use shared::resilience::{BreakerConfig, BreakerState, CircuitBreaker, ManualClock};
-use shared::store::RedisHandle;
+use shared::store::{RedisHandle, StoreError};
 
 fn redis() -> RedisHandle {
     chatkb_testing::test_redis(Duration::from_millis(500))
@@ -231,4 +231,53 @@ async fn a_frozen_redis_is_tried_once_then_every_user_skips_it_during_the_pause(
         seen,
         "nobody tried the paused Redis again"
     );
+}
+
+/// Issue 14, finding 5 (the chaos script's measure): after a pause, every request that
+/// arrived while Redis was tried again waited its own timeout (48 of 224 requests took
+/// 250 ms with Redis frozen). Now one call probes and the others keep their fallback
+/// until it succeeds, and a probe that succeeds ends the outage for everyone.
+#[tokio::test]
+async fn after_a_pause_one_call_probes_redis_while_the_others_skip_it() {
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = RedisUrl::parse(&format!("redis://{}", frozen.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = frozen.accept().await {
+            held.push(stream); // accepted, never answered
+        }
+    });
+    let redis =
+        RedisHandle::with_pause(&url, Duration::from_millis(100), Duration::from_millis(50))
+            .unwrap();
+    let ping = |redis: RedisHandle| async move {
+        redis
+            .run(
+                |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+            )
+            .await
+    };
+    assert!(matches!(
+        ping(redis.clone()).await,
+        Err(StoreError::Timeout(..))
+    ));
+    tokio::time::sleep(Duration::from_millis(80)).await; // the pause is over
+    let outcomes = futures_util::future::join_all((0..10).map(|_| ping(redis.clone()))).await;
+    let waited = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(StoreError::Timeout(..))))
+        .count();
+    let skipped = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(StoreError::Paused(_))))
+        .count();
+    assert_eq!((waited, skipped), (1, 9), "{outcomes:?}");
+
+    // A Redis that answers: the probe's success ends the outage for every caller.
+    let live = chatkb_testing::test_redis(Duration::from_millis(500));
+    live.failed();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..3 {
+        assert!(ping(live.clone()).await.is_ok());
+    }
 }

@@ -133,6 +133,42 @@ async fn connections_over_the_cap_get_503_and_the_server_recovers() {
     assert_eq!(get_status(&address, "/ok", "").await, 200);
 }
 
+/// The chaos script's finding: a client over the cap that was still sending a body got
+/// a broken pipe (the server closed with its data unread, which resets the connection),
+/// not the 503 telling it to come back.
+#[tokio::test]
+async fn a_client_over_the_cap_sending_a_body_reads_the_503() {
+    let address = start(limits()).await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let head = b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 40000\r\n\r\n";
+    stream.write_all(head).await.unwrap();
+    // The body goes out in pieces while the server answers: every piece is taken (a
+    // client library fails on a broken pipe before it reads any answer).
+    for piece in 0..10 {
+        let sent = stream.write_all(&[b'x'; 4000]).await;
+        assert!(sent.is_ok(), "piece {piece} of the body: {sent:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "the connection was reset: {read:?} after {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(slow);
+}
+
 #[tokio::test]
 async fn failed_authentications_are_limited_per_client_address() {
     let address = start(ServerLimits::default()).await;

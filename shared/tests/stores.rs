@@ -280,8 +280,8 @@ async fn redis_down_is_reported_within_the_timeout_and_health_is_degraded() {
     assert!(redis.error.is_some());
     assert_eq!(health::overall(&checks), OverallStatus::Degraded);
     assert_eq!(health::failing(&checks), vec!["redis"]);
-    assert!(health::not_ready(&checks, false).is_empty());
-    assert_eq!(health::not_ready(&checks, true), vec!["redis"]);
+    assert!(health::not_ready(&checks, false, true).is_empty());
+    assert_eq!(health::not_ready(&checks, true, true), vec!["redis"]);
 }
 
 #[tokio::test]

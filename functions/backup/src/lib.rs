@@ -13,5 +13,5 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/backups", not_implemented("backups"))
         .route("/backups/{id}", not_implemented("backups"))
         .route("/backups/{id}/restore", not_implemented("restore"));
-    ctx.protected_app(routes)
+    ctx.protected_app(routes, true)
 }

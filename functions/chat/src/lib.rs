@@ -39,7 +39,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/v1/metrics", get(shared::http::exposition))
         .route("/v1/usage", get(usage))
         .with_state(state);
-    ctx.protected_app(routes)
+    ctx.protected_app(routes, false)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -396,3 +396,112 @@ async fn a_refused_continuation_or_continuation_off_ends_with_the_original_error
     );
     assert_eq!(fake.calls_for("gpt-4o-backup"), 1, "not asked");
 }
+
+/// The rest of the sixteen faults, as a proxy sees them: a 500 once and a 429 that says
+/// when to come back are retried on the same model (after the `Retry-After` it gave);
+/// a 429 that persists moves to the next model; a stream that finishes without `[DONE]`
+/// is a complete answer.
+#[tokio::test]
+async fn transient_failures_are_retried_on_the_model_and_persistent_ones_fail_over() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(
+        &db,
+        Some(&fake),
+        &[("RETRY_MAX_ATTEMPTS", "3"), ("RETRY_BASE_DELAY_MS", "10")],
+    );
+    let answered = |res: &chatkb_testing::TestResponse| res.json["model"].clone();
+
+    // A 500 once: the second attempt on the same model answers.
+    fake.set_behaviour(Behaviour {
+        fail_first: Some(1),
+        failure_status: Some(500),
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(ask("A 500 once"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(answered(&res), "gpt-4o-mini");
+    assert!(header(&res, "x-degraded").is_none());
+    assert_eq!(fake.calls_for("gpt-4o-mini"), 2);
+
+    // A 429 with Retry-After: 1 s: retried on the same model once that second is over.
+    fake.set_behaviour(Behaviour {
+        fail_first: Some(1),
+        failure_status: Some(429),
+        retry_after_s: Some(1),
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(ask("A 429 with Retry-After"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(answered(&res), "gpt-4o-mini");
+    let times = fake.call_times("gpt-4o-mini");
+    let gap = times[times.len() - 1] - times[times.len() - 2];
+    assert!(
+        gap >= std::time::Duration::from_millis(990),
+        "the retry waited what Retry-After said: {gap:?}"
+    );
+
+    // A 429 that persists (no Retry-After): the model's attempts, then the next model.
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        failure_status: Some(429),
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let before = fake.calls_for("gpt-4o-mini");
+    let res = call(&router, post(ask("A 429 that persists"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(answered(&res), "gpt-4o-backup");
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    assert_eq!(
+        fake.calls_for("gpt-4o-mini") - before,
+        3,
+        "RETRY_MAX_ATTEMPTS"
+    );
+
+    // A stream that finishes (finish_reason) and closes without `[DONE]`.
+    fake.set_behaviour(Behaviour {
+        omit_done: true,
+        ..Behaviour::default()
+    });
+    let res = call(&router, post(streamed("No DONE from the provider"))).await;
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+    assert!(!res.text.contains("upstream_stream_interrupted"));
+    assert!(streamed_text(&res.text).starts_with("Fake answer from gpt-4o-mini"));
+}
+
+/// A provider that resets every connection before answering: each model is tried
+/// `RETRY_MAX_ATTEMPTS` times, in chain order, then the degraded answer; never a 5xx.
+#[tokio::test]
+async fn a_provider_that_resets_every_connection_gets_its_attempts_then_the_degraded_answer() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let resets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = socket.set_zero_linger();
+            drop(socket); // RST, before any header
+        }
+    });
+    let db = TestDatabase::sqlite();
+    let (router, _) = chat_router(
+        &db,
+        None,
+        &[
+            ("LLM_BASE_URL", base_url.as_str()),
+            ("RETRY_MAX_ATTEMPTS", "2"),
+            ("RETRY_BASE_DELAY_MS", "10"),
+        ],
+    );
+    let res = call(&router, post(ask("Is anyone there?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("retrieval-only"));
+    assert_eq!(
+        resets.load(Ordering::SeqCst),
+        4,
+        "2 attempts on each of 2 models"
+    );
+}

@@ -182,27 +182,6 @@ async fn an_idempotent_retry_serialised_differently_is_replayed_not_refused() {
     }
 }
 
-/// A PostgreSQL that accepts connections and never answers (a frozen server), counting
-/// the connections it is offered.
-async fn frozen_postgres() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "postgres://postgres@{}/frozen",
-        listener.local_addr().unwrap()
-    );
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(socket);
-        }
-    });
-    (url, accepted)
-}
-
 /// Finding 5: with the database down, every chat request waited for a connection
 /// (DATABASE_TIMEOUT_MS) before answering without passages. A breaker now opens after
 /// the failures and later requests skip retrieval at once: the frozen server is offered
@@ -212,7 +191,8 @@ async fn a_database_that_stops_answering_is_skipped_by_retrieval_once_its_breake
     use std::sync::atomic::Ordering;
     let db = TestDatabase::sqlite();
     let fake = FakeOpenAi::start().await;
-    let (frozen, accepted) = frozen_postgres().await;
+    let (address, accepted) = chatkb_testing::frozen_server().await;
+    let frozen = format!("postgres://postgres@{address}/frozen");
     let (router, ctx) = chat_router(
         &db,
         Some(&fake),
@@ -253,4 +233,16 @@ async fn a_database_that_stops_answering_is_skipped_by_retrieval_once_its_breake
         5,
         "every question was still answered"
     );
+    // The container's own readiness, without a key: chat answers without its database
+    // (flagged), so it stays in the load balancer, degraded.
+    let ready = call(
+        &router,
+        http::Request::get("/health/ready")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json["status"], "degraded");
+    assert_eq!(ready.json["degraded"], json!(["database"]));
 }

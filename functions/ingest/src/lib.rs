@@ -33,7 +33,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/search", get(search))
         .route("/events", get(events))
         .with_state(state);
-    ctx.protected_app(routes)
+    ctx.protected_app(routes, true)
 }
 
 /// The handler for non-HTTP events under Lambda: the schedule (vector index

@@ -593,3 +593,63 @@ async fn a_document_repeating_its_text_is_stored_whole_on_both_backends() {
         assert!(res.text.contains("disk-log"), "{}", res.text);
     }
 }
+
+/// Issue 14, finding 5 (the chaos script's measure): with PostgreSQL down, every ingest
+/// and search request waited for a connection (`DATABASE_TIMEOUT_MS`) before its 503.
+/// The knowledge store's breaker now opens after the failures, and later requests get
+/// their 503 with `Retry-After` at once: the frozen server is offered no connection.
+#[tokio::test]
+async fn a_database_that_stops_answering_is_not_waited_for_once_its_breaker_opens() {
+    use std::sync::atomic::Ordering;
+    let (address, accepted) = chatkb_testing::frozen_server().await;
+    let frozen = format!("postgres://postgres@{address}/frozen");
+    let db = TestDatabase::sqlite();
+    let (router, _) = router_for(
+        &db,
+        &[
+            ("DATABASE_URL", frozen.as_str()),
+            ("DATABASE_TIMEOUT_MS", "200"),
+            ("BREAKER_FAILURE_THRESHOLD", "2"),
+        ],
+    );
+    let doc = json!({"id": "wing", "text": "Boundary layers on swept wings."});
+    for _ in 0..2 {
+        let res = call(&router, post_json(&doc)).await;
+        assert_eq!(res.status, 503, "{}", res.text);
+    }
+    let offered = accepted.load(Ordering::SeqCst);
+    assert!(offered > 0, "the database was tried");
+    for uri in ["/documents", "/search?q=wings"] {
+        let res = if uri == "/documents" {
+            call(&router, post_json(&doc)).await
+        } else {
+            call(&router, request("GET", uri, None, "")).await
+        };
+        assert_eq!(res.status, 503, "{uri}: {}", res.text);
+        assert!(res.headers.contains_key("retry-after"), "{uri}");
+        assert!(
+            res.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the database is unavailable"),
+            "{}",
+            res.text
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        offered,
+        "no connection is attempted while the breaker is open"
+    );
+    // The container's own readiness, without a key: ingest cannot serve without its
+    // database, so a load balancer pulls it.
+    let ready = call(
+        &router,
+        http::Request::get("/health/ready")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.json["failing"], json!(["database"]));
+}

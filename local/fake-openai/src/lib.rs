@@ -60,6 +60,11 @@ pub struct Behaviour {
     /// 400, as some providers do. Others continue it: they answer what they would have
     /// answered without it, less as many characters as it has.
     pub refuse_prefill: Vec<String>,
+    /// Fail only the first this many chat calls after the behaviour is set (with
+    /// `failure_status`, default 500, and `retry_after_s`), then answer.
+    pub fail_first: Option<usize>,
+    /// End streams after their last chunk without `data: [DONE]`.
+    pub omit_done: bool,
     /// An outage: every call fails (with `failure_status`, default 503) for this long
     /// after the behaviour is set, then the fake answers normally again.
     pub down_for_ms: Option<u64>,
@@ -88,6 +93,10 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     /// The end of the outage `down_for_ms` started.
     down_until: Mutex<Option<std::time::Instant>>,
+    /// Chat calls left to fail (`fail_first`).
+    failures_left: AtomicUsize,
+    /// When each chat call arrived, by model.
+    call_times: Mutex<Vec<(String, std::time::Instant)>>,
     chat_completions: AtomicUsize,
     embedding_requests: AtomicUsize,
     embedded_texts: AtomicUsize,
@@ -101,6 +110,8 @@ impl Shared {
     }
 
     fn set(&self, behaviour: Behaviour) {
+        self.failures_left
+            .store(behaviour.fail_first.unwrap_or(0), Ordering::SeqCst);
         *self.down_until.lock().expect("outage lock") = behaviour
             .down_for_ms
             .map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
@@ -231,8 +242,24 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         .unwrap_or("fake-model")
         .to_string();
     shared.count_model(&model);
+    shared
+        .call_times
+        .lock()
+        .expect("call times")
+        .push((model.clone(), std::time::Instant::now()));
     *shared.last_request.lock().expect("last request") = request.clone();
     let behaviour = shared.behaviour();
+    let fail_now = shared
+        .failures_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if fail_now && behaviour.applies_to(&model) {
+        let status = behaviour
+            .failure_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error_response(status, behaviour.retry_after_s);
+    }
     if shared.down() && behaviour.applies_to(&model) {
         let status = behaviour
             .failure_status
@@ -312,7 +339,14 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
     } else {
         Vec::new()
     };
-    let stream = sse_body(events, cut_after, stall_after, delay, malformed);
+    let stream = sse_body(
+        events,
+        cut_after,
+        stall_after,
+        delay,
+        malformed,
+        behaviour.omit_done,
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -435,6 +469,7 @@ fn sse_body(
     stall_after: Option<usize>,
     delay: Duration,
     malformed: Vec<usize>,
+    omit_done: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(
         (events.into_iter().enumerate(), false, malformed),
@@ -464,6 +499,7 @@ fn sse_body(
                     let line = Bytes::from(format!("{broken}data: {event}\n\n"));
                     Some((Ok(line), (iter, false, malformed)))
                 }
+                None if omit_done => None,
                 None => Some((
                     Ok(Bytes::from_static(b"data: [DONE]\n\n")),
                     (iter, true, malformed),
@@ -555,6 +591,7 @@ async fn reset(State(shared): State<Arc<Shared>>) -> Result<StatusCode, Infallib
     shared.embedding_requests.store(0, Ordering::SeqCst);
     shared.embedded_texts.store(0, Ordering::SeqCst);
     shared.by_model.lock().expect("model counts").clear();
+    shared.call_times.lock().expect("call times").clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -610,6 +647,18 @@ impl FakeOpenAi {
 
     pub fn chat_completions(&self) -> usize {
         self.shared.chat_completions.load(Ordering::SeqCst)
+    }
+
+    /// When each chat call for `model` arrived, in order.
+    pub fn call_times(&self, model: &str) -> Vec<std::time::Instant> {
+        self.shared
+            .call_times
+            .lock()
+            .expect("call times")
+            .iter()
+            .filter(|(m, _)| m == model)
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     pub fn calls_for(&self, model: &str) -> usize {

@@ -120,6 +120,12 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::MissingExtension(fix) => {
                 ApiError::unavailable(format!("the database is unavailable: {fix}"))
             }
+            crate::store::StoreError::BreakerOpen(_, retry_after) => {
+                ApiError::ServiceUnavailable {
+                    message: "the database is unavailable (failing repeatedly; not tried until its circuit breaker lets a trial call through)".into(),
+                    retry_after: Some(retry_after),
+                }
+            }
             _ => ApiError::unavailable("the database is unavailable"),
         }
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
@@ -203,11 +203,22 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// Tells a connection over the cap to come back, without reading its request.
+/// Tells a connection over the cap to come back, without parsing its request. What the
+/// client is still sending is read and dropped (up to 64 KiB, within 1 s) before the
+/// close: closing with unread data resets the connection, and a client still sending a
+/// body would see a broken pipe instead of the 503.
 async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(OVER_CAPACITY).await;
         let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     })
     .await;
 }

@@ -176,13 +176,22 @@ pub fn failing(checks: &[DependencyCheck]) -> Vec<String> {
 }
 
 /// What `/health/ready` fails on: the failed dependencies the function cannot serve
-/// without. That is the database; Redis only when `required_redis` (every route
-/// answers through an in-process fallback while it is down, so pulling the instance
-/// would turn a Redis outage into a full one).
-pub fn not_ready(checks: &[DependencyCheck], required_redis: bool) -> Vec<String> {
+/// without. That is the database where `required_database` (chat answers without it,
+/// flagged, so it does not), and Redis only when `required_redis` (every route answers
+/// through an in-process fallback while it is down, so pulling the instance would turn
+/// a Redis outage into a full one).
+pub fn not_ready(
+    checks: &[DependencyCheck],
+    required_redis: bool,
+    required_database: bool,
+) -> Vec<String> {
     failing(checks)
         .into_iter()
-        .filter(|name| name != "redis" || required_redis)
+        .filter(|name| match name.as_str() {
+            "redis" => required_redis,
+            "database" => required_database,
+            _ => true,
+        })
         .collect()
 }
 

@@ -302,3 +302,25 @@ pub async fn assert_not_implemented(router: &axum::Router, events: &[&str]) {
 pub mod fake_openai {
     pub use fake_openai::*;
 }
+
+/// A server that accepts connections and never answers (a frozen PostgreSQL or Redis):
+/// its address, and how many connections it has been offered.
+pub async fn frozen_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (address, accepted)
+}

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// Skipped: the dependency failed a moment ago and is in its pause.
     #[error("{0} is paused after a recent failure")]
     Paused(&'static str),
+    /// Not tried: the dependency's circuit breaker is open after repeated failures; the
+    /// message names the breaker and when it tries again.
+    #[error("{0}")]
+    BreakerOpen(String, std::time::Duration),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A DynamoDB call failed (the SDK's error, rendered with its cause).
@@ -41,6 +45,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The dependency is down or not answering (what a circuit breaker counts), as
+    /// opposed to a query or data it refused, or a set-up problem with its own message.
+    pub fn is_unavailable(&self) -> bool {
+        use sqlx::Error as E;
+        match self {
+            StoreError::Database(err) => match err {
+                E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => true,
+                E::WorkerCrashed => true,
+                // Connection exceptions (08), shutdown (57P), insufficient resources (53).
+                E::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+                }),
+                _ => false,
+            },
+            StoreError::Timeout(..) | StoreError::Io(_) | StoreError::Paused(_) => true,
+            StoreError::Redis(_) | StoreError::DynamoDb(_) => true,
+            _ => false,
+        }
+    }
+
     /// The database refused the data itself (a constraint, a value it cannot hold such
     /// as NUL in PostgreSQL text): retrying cannot help, so it is the caller's request
     /// that failed, not the database. `Some` names the reason, safe to show.

@@ -4,7 +4,7 @@
 //! tries to connect (bounded by `REDIS_TIMEOUT_MS`) and later uses try again until
 //! it answers. Once connected, the connection manager reconnects by itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,21 @@ struct Inner {
     pause: Duration,
     /// Milliseconds after `epoch` until which Redis is skipped.
     paused_until: AtomicU64,
+    /// A call failed and none has succeeded since: after the pause, one call probes
+    /// while every other keeps skipping Redis, so an outage costs one request one
+    /// timeout per pause, not every request that arrives while the probe waits.
+    suspect: AtomicBool,
+    probing: AtomicBool,
     epoch: Instant,
+}
+
+/// Ends a probe however its call ends (a cancelled probe must not block Redis forever).
+struct Probe<'a>(&'a AtomicBool);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for RedisHandle {
@@ -90,6 +104,8 @@ impl RedisHandle {
                 timeout,
                 pause,
                 paused_until: AtomicU64::new(0),
+                suspect: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
                 epoch: Instant::now(),
             }),
         })
@@ -108,6 +124,7 @@ impl RedisHandle {
     pub fn failed(&self) {
         let until = self.now_ms() + self.inner.pause.as_millis() as u64;
         self.inner.paused_until.store(until, Ordering::Relaxed);
+        self.inner.suspect.store(true, Ordering::Release);
     }
 
     /// Runs one operation unless Redis is paused, bounded by twice the timeout; a
@@ -120,6 +137,20 @@ impl RedisHandle {
         if self.paused() {
             return Err(StoreError::Paused("redis"));
         }
+        // After a failure, one call at a time finds out whether Redis is back.
+        let _probe = if self.inner.suspect.load(Ordering::Acquire) {
+            if self
+                .inner
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Err(StoreError::Paused("redis"));
+            }
+            Some(Probe(&self.inner.probing))
+        } else {
+            None
+        };
         let limit = self.inner.timeout * 2;
         let attempt = async {
             let conn = self.connection().await?;
@@ -129,8 +160,9 @@ impl RedisHandle {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout("redis", limit.as_millis())),
         };
-        if outcome.is_err() {
-            self.failed();
+        match &outcome {
+            Err(_) => self.failed(),
+            Ok(_) => self.inner.suspect.store(false, Ordering::Release),
         }
         outcome
     }

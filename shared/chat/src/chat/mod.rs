@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cache::{Namespace, TieredCache};
-use crate::kb::{KbError, KnowledgeBase};
+use crate::kb::KnowledgeBase;
 use crate::observability::metrics::names;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
@@ -62,10 +62,6 @@ pub mod degraded {
     /// (`continued:<model>`, once per model that took over).
     pub(crate) const CONTINUED: &str = "continued";
 }
-
-/// The breaker in front of retrieval (the knowledge base's database), as
-/// `/health/detailed` names it.
-pub const KNOWLEDGE_BASE_BREAKER: &str = "knowledge-base";
 
 /// A finished answer, as cached and as returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,15 +356,10 @@ impl ChatGateway {
         else {
             return Context::default();
         };
-        // Behind a breaker: while the knowledge base's database is down, requests skip
-        // it at once instead of each waiting for a connection (DATABASE_TIMEOUT_MS).
-        let breaker = self.parts.breakers.get(KNOWLEDGE_BASE_BREAKER);
+        // The knowledge store is behind its breaker (`knowledge-base`): while its
+        // database is down, this fails at once instead of waiting for a connection.
         let top_k = self.parts.settings.retrieval_top_k;
-        let failed = |r: &Result<_, KbError>| matches!(r, Err(KbError::Store(_)));
-        let outcome = match breaker.call(|| kb.retrieve(&question, top_k), failed).await {
-            Ok(result) => result.map_err(|err| err.to_string()),
-            Err(open) => Err(open.to_string()),
-        };
+        let outcome = kb.retrieve(&question, top_k).await;
         match outcome {
             Ok(results) => {
                 Context::within_budget(results, self.parts.settings.retrieval_token_budget)

@@ -14,8 +14,11 @@ use super::text::Chunk;
 use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
 use crate::store::{Database, StoreError};
 
+mod guarded;
 mod postgres;
 mod sqlite;
+
+pub use guarded::{GuardedStore, KNOWLEDGE_BASE_BREAKER};
 
 use postgres::{CommonLexemes, PgKnowledgeStore};
 use sqlite::SqliteKnowledgeStore;
