@@ -161,3 +161,37 @@ async fn with_redis_down_each_instance_admits_on_its_share_and_says_so() {
         "{budget}"
     );
 }
+
+/// While Redis is down, an instance's own spending counts against its share: the share
+/// is taken of what was left at the last stored total, and does not grow as the instance
+/// spends (it did, so one instance could spend the whole budget alone).
+#[tokio::test]
+async fn with_redis_down_one_instance_spends_no_more_than_its_share() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let closed = format!("redis://127.0.0.1:{}", chatkb_testing::free_port());
+    let down = [
+        ("REDIS_URL", closed.as_str()),
+        ("BUDGET_INSTANCES", "2"),
+        ("REDIS_TIMEOUT_MS", "200"),
+        ("BUDGET_REFRESH_MS", "600000"),
+    ];
+    let (router, _) = chat_router(&db, Some(&fake), &vars("0.50", &down));
+    let mut spent = 0.0;
+    for i in 0..200 {
+        let mut body = ask(&format!("Sequential question {i}"));
+        body["cache"] = json!(false);
+        let res = call(&router, post(body)).await;
+        if res.status == 429 {
+            break;
+        }
+        assert_eq!(res.status, 200, "{}", res.text);
+        spent += (res.json["usage"]["prompt_tokens"].as_u64().unwrap() as f64 * 100.0
+            + res.json["usage"]["completion_tokens"].as_u64().unwrap() as f64 * 200.0)
+            / 1e6;
+    }
+    assert!(
+        (0.2..0.3).contains(&spent),
+        "half of $0.50, plus at most one answer: spent ${spent:.4}"
+    );
+}

@@ -313,8 +313,13 @@ async fn a_stream_cut_or_stalled_mid_answer_is_continued_by_the_next_model() {
         let continuation = fake.last_request();
         assert_eq!(continuation["model"], "gpt-4o-backup");
         let messages = continuation["messages"].as_array().unwrap();
-        let prefill = messages.last().unwrap();
+        let (instruction, prefill) = (&messages[messages.len() - 1], &messages[messages.len() - 2]);
         assert_eq!(prefill["role"], "assistant", "{fault}");
+        assert_eq!(instruction["role"], "user", "{fault}");
+        assert_eq!(
+            instruction["content"],
+            shared::chat::continuation::CONTINUE_INSTRUCTION
+        );
         let partial = prefill["content"].as_str().unwrap();
         assert!(
             partial.starts_with("Fake answer from gpt-4o-mini"),
@@ -382,6 +387,21 @@ async fn a_refused_continuation_or_continuation_off_ends_with_the_original_error
     );
     assert!(!res.text.contains("[DONE]"));
     assert_eq!(fake.calls_for("gpt-4o-backup"), 1, "asked, and refused");
+    // What the cut model produced was paid for: recorded, estimated, not free.
+    let usage = call(
+        &router,
+        http::Request::get("/v1/usage")
+            .header("x-api-key", KEY)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(usage.json["requests"], 1, "{}", usage.text);
+    assert!(
+        usage.json["completion_tokens"].as_u64().unwrap() > 0,
+        "{}",
+        usage.text
+    );
 
     let (off, _) = chat_router(&db, Some(&fake), &[("LLM_STREAM_CONTINUATION", "false")]);
     fake.set_behaviour(Behaviour {

@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use chatkb_chat::chat::continuation::CONTINUE_INSTRUCTION;
 use chatkb_chat::chat::request::message_text;
 use chatkb_kb::kb::embed::OfflineEmbedder;
 
@@ -271,7 +272,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         return failure;
     }
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
-    let prefilled = messages.last().is_some_and(|m| m["role"] == "assistant");
+    let prefilled = prefill_of(&messages).is_some();
     if prefilled && behaviour.refuse_prefill.contains(&model) {
         return error_with(
             StatusCode::BAD_REQUEST,
@@ -354,6 +355,16 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         .expect("static response parts")
 }
 
+/// A continuation request: an assistant message last, or followed by the gateway's
+/// instruction to continue it. Returns the messages before it and its text.
+fn prefill_of(messages: &[Value]) -> Option<(&[Value], String)> {
+    let (mut last, mut before) = messages.split_last()?;
+    if last["role"] == "user" && message_text(last) == CONTINUE_INSTRUCTION {
+        (last, before) = before.split_last()?;
+    }
+    (last["role"] == "assistant").then(|| (before, message_text(last)))
+}
+
 /// Sent with every answer, as OpenAI does.
 const FINGERPRINT: &str = "fp_fake";
 
@@ -374,9 +385,9 @@ fn fake_choices(model: &str, request: &Value, messages: &[Value]) -> Vec<FakeCho
     let tool = request["tools"][0]["function"]["name"].as_str();
     let answered_by_tool = messages.last().is_some_and(|m| m["role"] == "tool");
     // A prefill: continue it, from where it stops in what would have been answered.
-    let (asked, prefill) = match messages.split_last() {
-        Some((last, asked)) if last["role"] == "assistant" => (asked, Some(message_text(last))),
-        _ => (messages, None),
+    let (asked, prefill) = match prefill_of(messages) {
+        Some((asked, prefill)) => (asked, Some(prefill)),
+        None => (messages, None),
     };
     let mut text = answer_for(model, asked);
     if let Some(prefill) = prefill {

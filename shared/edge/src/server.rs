@@ -64,6 +64,7 @@ pub async fn serve(
         body_deadline,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let draining = Arc::new(Semaphore::new(REFUSED_DRAINING));
     // Built once; each connection gets a clone.
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -91,7 +92,7 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics::counter!("http_connections_refused_total").increment(1);
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, draining.clone()));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -203,14 +204,22 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// Refused connections whose unread request is drained before the close, at most.
+const REFUSED_DRAINING: usize = 64;
+
 /// Tells a connection over the cap to come back, without parsing its request. What the
-/// client is still sending is read and dropped (up to 64 KiB, within 1 s) before the
+/// client is still sending is read and dropped (up to 64 KiB, within 200 ms, at most
+/// `REFUSED_DRAINING` connections at a time) before the
 /// close: closing with unread data resets the connection, and a client still sending a
 /// body would see a broken pipe instead of the 503.
-async fn refuse(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+async fn refuse(mut stream: TcpStream, draining: Arc<tokio::sync::Semaphore>) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
         let _ = stream.write_all(OVER_CAPACITY).await;
         let _ = stream.shutdown().await;
+        // Bounded: under a flood of connections, the ones past this many close at once.
+        let Ok(_draining) = draining.try_acquire() else {
+            return;
+        };
         let mut sink = [0u8; 4096];
         let mut left = 64 * 1024usize;
         while left > 0 {

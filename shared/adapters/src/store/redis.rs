@@ -135,7 +135,7 @@ impl RedisHandle {
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         if self.paused() {
-            return Err(StoreError::Paused("redis"));
+            return Self::skipped().await;
         }
         // After a failure, one call at a time finds out whether Redis is back.
         let _probe = if self.inner.suspect.load(Ordering::Acquire) {
@@ -145,7 +145,7 @@ impl RedisHandle {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                return Err(StoreError::Paused("redis"));
+                return Self::skipped().await;
             }
             Some(Probe(&self.inner.probing))
         } else {
@@ -165,6 +165,15 @@ impl RedisHandle {
             Ok(_) => self.inner.suspect.store(false, Ordering::Release),
         }
         outcome
+    }
+
+    /// A call skipped while Redis is paused or probed. It spends the task's cooperative
+    /// budget: a caller looping on fallbacks that never wait (an L1 hit, an in-process
+    /// limit) would otherwise never yield, and on a single-threaded runtime the probe it
+    /// waits for could never finish.
+    async fn skipped<T>() -> Result<T, StoreError> {
+        tokio::task::consume_budget().await;
+        Err(StoreError::Paused("redis"))
     }
 
     pub fn timeout(&self) -> Duration {

@@ -127,6 +127,21 @@ impl Assembler {
         c.content.clone().filter(|text| plain && !text.is_empty())
     }
 
+    /// Everything the model has produced so far, every choice's text and calls together
+    /// (what a cut answer is billed on).
+    pub fn produced(&self) -> String {
+        let mut text = String::new();
+        for c in self.choices.values() {
+            text.push_str(c.content.as_deref().unwrap_or_default());
+            text.push_str(c.refusal.as_deref().unwrap_or_default());
+            for call in c.tool_calls.values() {
+                text.push_str(&call.name);
+                text.push_str(&call.arguments);
+            }
+        }
+        text
+    }
+
     /// Whether every choice seen so far has finished (a stream that ends otherwise was cut).
     pub fn finished(&self) -> bool {
         !self.choices.is_empty() && self.choices.values().all(|c| c.finish_reason.is_some())

@@ -1,8 +1,9 @@
 //! Mid-stream failover by continuation (issue 15, item 1): when a model's stream breaks
 //! after part of the answer has reached the caller (a cut, a stall, a stream that stays
 //! unreadable), the next model of the chain is asked to continue that very answer: the
-//! conversation plus the partial answer as an assistant message (a prefill), and only
-//! its continuation is relayed, so the caller gets one complete answer in one stream.
+//! conversation plus the partial answer as an assistant message (a prefill) and an
+//! instruction to go on from there, and only its continuation is relayed, so the caller
+//! gets one complete answer in one stream.
 //!
 //! A next model that refuses the request (any 400-class answer, such as a provider that
 //! does not take an assistant message last) ends the stream with the original error
@@ -17,6 +18,9 @@ use serde_json::{json, Value};
 use super::provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
 use super::routing::first_content;
 use crate::resilience::breaker::{Breakers, CircuitBreaker, Permit};
+
+/// What follows the partial answer in a continuation request.
+pub const CONTINUE_INSTRUCTION: &str = "Your previous message was cut off. Continue it exactly where it stops, without repeating any of it and without any preamble.";
 
 /// What a relay needs to continue a broken stream on the next models of the chain.
 pub(crate) struct Continuation {
@@ -42,12 +46,26 @@ pub(crate) struct Resumed {
 }
 
 impl Continuation {
-    /// The request that asks `model` to continue `partial`.
+    /// The request that asks `model` to continue `partial`: one choice, what is left of
+    /// the caller's token limit, and the partial answer as the assistant's message
+    /// followed by [`CONTINUE_INSTRUCTION`] (a model that takes an assistant message last
+    /// as a prefill would continue it anyway; OpenAI's models start a new answer unless
+    /// asked to go on).
     fn request(&self, model: &str, partial: &str) -> Value {
         let mut body = self.body.clone();
         body["model"] = json!(model);
+        if let Some(map) = body.as_object_mut() {
+            map.remove("n");
+        }
+        let produced = super::retrieval::estimate_tokens(partial) as u64;
+        for limit in ["max_tokens", "max_completion_tokens"] {
+            if let Some(tokens) = body[limit].as_u64() {
+                body[limit] = json!(tokens.saturating_sub(produced).max(1));
+            }
+        }
         if let Some(messages) = body["messages"].as_array_mut() {
             messages.push(json!({"role": "assistant", "content": partial}));
+            messages.push(json!({"role": "user", "content": CONTINUE_INSTRUCTION}));
         }
         body
     }

@@ -85,9 +85,18 @@ impl ChatGateway {
         initial: Vec<String>,
     ) -> Result<Reply, ChatError> {
         let reservation = self.reserve(owner, request).await?;
-        let after = self.after_answer(owner, session, &initial, reservation);
+        let prompt = self.prompt_estimate(request);
+        let after = self.after_answer(owner, session, &initial, reservation, prompt);
         let deadline = self.answer_deadline();
-        let mut reply = self.complete_inner(request, &initial, deadline).await?;
+        let mut reply = match self.complete_inner(request, &initial, deadline).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                // Released here, not when dropped: under Lambda nothing runs after the
+                // response, and the shared ledger would hold it until it expires.
+                after.release().await;
+                return Err(err);
+            }
+        };
         if !after.settle(&reply.answer, reply.meta.cached).await {
             reply.meta.degraded = with_session(std::mem::take(&mut reply.meta.degraded), false);
             reply.answer.completion["degraded"] = json!(reply.meta.degraded.join(","));

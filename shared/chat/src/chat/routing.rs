@@ -236,7 +236,8 @@ impl ChatGateway {
                     count_request(model, "context_overflow");
                     tracing::info!(model = %model, "the request is too long for this model; trying a larger one");
                     let prompt = retrieval::estimate_tokens(&body["messages"].to_string()) as u64;
-                    let needed = self.window(model).unwrap_or(0).max(prompt);
+                    let earlier = overflow.as_ref().map_or(0, |(needed, _)| *needed);
+                    let needed = self.window(model).unwrap_or(0).max(prompt).max(earlier);
                     let refusal = provider_refusal(&e);
                     overflow = Some((needed, refusal));
                     last_was_overflow = true;

@@ -10,7 +10,7 @@ use super::error::ChatError;
 use super::request::ChatRequest;
 use super::retrieval::estimate_tokens;
 use super::session::SessionStore;
-use super::usage::{Reservation, UsageRecorder};
+use super::usage::{Reservation, UsageRecord, UsageRecorder};
 use super::{remember, usage_of, Answer, ChatGateway, SessionRef};
 
 /// What is left to do once an answer is complete.
@@ -24,9 +24,41 @@ pub(super) struct AfterAnswer {
     /// The request's hold on its key's budget, settled with the actual cost; released
     /// when the answer fails (dropped unsettled).
     reservation: Option<Arc<Reservation>>,
+    /// The prompt's tokens (estimated), for an answer that ends before the provider
+    /// reports usage.
+    prompt_tokens: u64,
 }
 
 impl AfterAnswer {
+    /// A stream that ended without finishing (cut with no model to continue it, or
+    /// abandoned by the caller): the provider was paid for what it produced, so that is
+    /// recorded, estimated, and the reservation settled with it, never released at 0.
+    pub(super) async fn settle_unfinished(&self, model: &str, produced: &str) {
+        let completion = estimate_tokens(produced) as u64;
+        let cost = self.usage.cost(model, self.prompt_tokens, completion);
+        self.usage
+            .record(UsageRecord {
+                key: self.owner.clone(),
+                model: model.to_string(),
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: completion,
+                cached: false,
+                cost_usd: cost,
+                at: chrono::Utc::now(),
+            })
+            .await;
+        if let Some(reservation) = &self.reservation {
+            reservation.settle(cost).await;
+        }
+    }
+
+    /// Releases the reservation of a request that failed before any model was paid.
+    pub(super) async fn release(&self) {
+        if let Some(reservation) = &self.reservation {
+            reservation.settle(0.0).await;
+        }
+    }
+
     /// Records the exchange in the session and the usage (`cached`: from the response
     /// cache, so at no cost). False when the session store failed to record it.
     pub(super) async fn settle(&self, answer: &Answer, cached: bool) -> bool {
@@ -53,6 +85,7 @@ impl ChatGateway {
         session: Option<&SessionRef>,
         initial: &[String],
         reservation: Option<Arc<Reservation>>,
+        prompt_tokens: u64,
     ) -> AfterAnswer {
         AfterAnswer {
             usage: self.parts.usage.clone(),
@@ -61,7 +94,18 @@ impl ChatGateway {
                 .filter(|_| initial.is_empty())
                 .map(|s| (self.parts.sessions.clone(), s.clone())),
             reservation,
+            prompt_tokens,
         }
+    }
+
+    /// The prompt's tokens, estimated without serialising it: about four characters a
+    /// token, plus a few per message.
+    pub(super) fn prompt_estimate(&self, request: &ChatRequest) -> u64 {
+        request
+            .messages()
+            .iter()
+            .map(|m| estimate_tokens(&super::request::message_text(m)) as u64 + 4)
+            .sum()
     }
 
     /// Reserves the request's worst-case cost on the caller's daily budget before any
@@ -83,8 +127,7 @@ impl ChatGateway {
     /// price of the dearest model it may be answered by.
     pub(super) fn worst_case_cost(&self, request: &ChatRequest) -> f64 {
         let settings = &self.parts.settings;
-        let messages = serde_json::to_string(request.messages()).unwrap_or_default();
-        let mut prompt = estimate_tokens(&messages) as u64 + 4 * request.messages().len() as u64;
+        let mut prompt = self.prompt_estimate(request);
         if settings.retrieval_enabled && request.retrieval {
             prompt += settings.retrieval_token_budget as u64;
         }

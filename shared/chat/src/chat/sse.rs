@@ -185,6 +185,24 @@ impl Relay {
     }
 }
 
+/// A stream the caller abandoned (the body was dropped before it ended): what the model
+/// produced until then was paid for, so it is recorded and settled.
+impl Drop for State {
+    fn drop(&mut self) {
+        if self.done || !self.first_sent {
+            return;
+        }
+        let (after, model, produced) = (
+            self.relay.after.clone(),
+            self.relay.model.clone(),
+            self.assembler.produced(),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { after.settle_unfinished(&model, &produced).await });
+        }
+    }
+}
+
 impl State {
     /// No chunk within the idle timeout: the upstream stalled. Its breaker counts a
     /// failure; the next model continues the answer, or the stream ends here (which frees
@@ -210,6 +228,11 @@ impl State {
             return None;
         }
         self.done = true;
+        let produced = self.assembler.produced();
+        self.relay
+            .after
+            .settle_unfinished(&self.relay.model, &produced)
+            .await;
         Some(error_event(&message))
     }
 
@@ -227,7 +250,8 @@ impl State {
         };
         tracing::info!(from = %self.relay.model, to = %resumed.model, "the answer is continued by the next model");
         super::count_fallback(&self.relay.model, &resumed.model);
-        self.continued_tokens += super::retrieval::estimate_tokens(&partial) as u64;
+        // The whole partial answer so far (earlier continuations included).
+        self.continued_tokens = super::retrieval::estimate_tokens(&partial) as u64;
         self.relay
             .degraded
             .push(format!("{}:{}", super::degraded::CONTINUED, resumed.model));

@@ -17,7 +17,8 @@ impl ChatGateway {
         let include_usage = request.include_usage;
         let deadline = self.answer_deadline();
         let reservation = self.reserve(owner, request).await?;
-        let after = self.after_answer(owner, session, &initial, reservation);
+        let prompt = self.prompt_estimate(request);
+        let after = self.after_answer(owner, session, &initial, reservation, prompt);
         let cacheable = self.cacheable(request) && initial.is_empty();
         let key = self.cache_key(request);
         if cacheable {
@@ -96,7 +97,10 @@ impl ChatGateway {
                 });
             }
             Routed::Answered { .. } => unreachable!("a stream route opens streams"),
-            Routed::Refused { status, message } => return Err(refusal(status, &message)),
+            Routed::Refused { status, message } => {
+                after.release().await;
+                return Err(refusal(status, &message));
+            }
             Routed::Exhausted { last_error } => last_error,
         };
         let reason = format!("the model provider failed: {last_error}");
@@ -126,7 +130,9 @@ impl ChatGateway {
         body: &Value,
     ) -> Option<continuation::Continuation> {
         let settings = &self.parts.settings;
-        if !settings.llm_stream_continuation {
+        // One choice only: the next model cannot continue several answers at once.
+        let choices = body["n"].as_u64().unwrap_or(1);
+        if !settings.llm_stream_continuation || choices > 1 {
             return None;
         }
         let chain = self.chain(requested);

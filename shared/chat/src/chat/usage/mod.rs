@@ -283,15 +283,17 @@ impl UsageRecorder {
                 }
             }
         }
-        // This instance alone: all of the budget, or its share while the ledger is down.
-        let share = if self.ledger.is_some() {
-            known + (budget - known).max(0.0) / f64::from(self.instances)
-        } else {
-            budget
-        };
         {
             let mut spend = self.spend.lock().expect("spend lock");
             let entry = Spend::of_day(&mut spend, key, today);
+            // This instance alone: all of the budget, or, while the shared ledger is
+            // down, its share of what was left at the last stored total (its own spend
+            // since then counts against that share, so the share does not grow with it).
+            let share = if self.ledger.is_some() {
+                entry.stored + (budget - entry.stored).max(0.0) / f64::from(self.instances)
+            } else {
+                budget
+            };
             let spent = entry.total();
             if !budget::admits(spent, entry.reserved, entry.in_flight, worst_case, share) {
                 return Err(over_budget(share, spent, entry.reserved, worst_case));

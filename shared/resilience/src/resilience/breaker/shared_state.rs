@@ -86,7 +86,10 @@ impl CircuitBreaker {
     /// `Some(true)` if this instance got the probe lock, `Some(false)` if another has it,
     /// `None` if Redis did not answer.
     pub(super) async fn claim_probe(&self, shared: &Shared) -> Option<bool> {
-        let ttl = self.inner.config.open_for.max(Duration::from_secs(1));
+        // As long as the shortest cool-down: a trial that was cancelled (its caller
+        // left) never deletes the lock, and must not hold every instance off for the
+        // longest cool-down.
+        let ttl = self.inner.config.open_min.max(Duration::from_secs(1));
         let now = self.inner.clock.now_millis();
         let claim = shared
             .redis
