@@ -25,6 +25,8 @@ test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, ev
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
 	cfn-lint infra/template.yaml
+	python3 scripts/check-iam.py --self-test
+	python3 scripts/check-iam.py
 	$(MAKE) test-rust
 	$(MAKE) smoke
 	$(MAKE) sdk
@@ -64,13 +66,15 @@ load-test: ## HTTP load test of the health function in release mode (needs wrk)
 lint-functions: ## Clippy on each function alone, with only the features it enables (what it is deployed as)
 	for function in health ingest; do cargo clippy -p $$function --bins -- -D warnings || exit 1; done
 
-lint: ## The layering check, fmt, clippy and cfn-lint of the SAM template
+lint: ## The layering check, fmt, clippy, cfn-lint of the SAM template and its least-privilege check
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
 	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
 	cfn-lint infra/template.yaml
+	python3 scripts/check-iam.py --self-test
+	python3 scripts/check-iam.py
 
 fmt: ## Format the code
 	cargo fmt --all
