@@ -69,6 +69,18 @@ async fn get_status(address: &str, path: &str, headers: &str) -> u16 {
     answer[9..12].parse().unwrap_or_else(|_| panic!("{answer}"))
 }
 
+/// Slow clients (half-sent heads) holding every slot of [`limits`].
+async fn fill_the_cap(address: &str) -> Vec<TcpStream> {
+    let mut slow = Vec::new();
+    for _ in 0..limits().max_connections {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow
+}
+
 fn limits() -> ServerLimits {
     ServerLimits {
         header_timeout: Duration::from_millis(500),
@@ -110,13 +122,7 @@ async fn a_half_sent_body_gets_408_and_its_connection_is_closed() {
 async fn connections_over_the_cap_get_503_and_the_server_recovers() {
     let address = start(limits()).await;
     // Four slow clients take every slot...
-    let mut slow = Vec::new();
-    for _ in 0..4 {
-        let mut stream = TcpStream::connect(&address).await.unwrap();
-        stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
-        slow.push(stream);
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = fill_the_cap(&address).await;
     // ...so the next is told at once to come back, in JSON, and closed.
     let answer = send_and_read(&address, b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
@@ -139,13 +145,7 @@ async fn connections_over_the_cap_get_503_and_the_server_recovers() {
 #[tokio::test]
 async fn a_client_over_the_cap_sending_a_body_reads_the_503() {
     let address = start(limits()).await;
-    let mut slow = Vec::new();
-    for _ in 0..4 {
-        let mut stream = TcpStream::connect(&address).await.unwrap();
-        stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
-        slow.push(stream);
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = fill_the_cap(&address).await;
     let mut stream = TcpStream::connect(&address).await.unwrap();
     let head = b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 40000\r\n\r\n";
     stream.write_all(head).await.unwrap();

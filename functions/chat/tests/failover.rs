@@ -113,13 +113,20 @@ async fn a_slow_first_token_fails_over_to_the_next_model() {
         "not retried on the slow model"
     );
     assert_eq!(fake.calls_for("gpt-4o-backup"), 1);
-    let state = ctx
-        .breakers
-        .states()
-        .into_iter()
-        .find(|(name, _)| name == "llm:openai:gpt-4o-mini")
-        .map(|(_, state)| state.as_str());
-    assert_eq!(state, Some("open"), "the expiry counts against the breaker");
+    assert_eq!(
+        breaker_state(&ctx, "llm:openai:gpt-4o-mini"),
+        Some("open"),
+        "the expiry counts against the breaker"
+    );
+}
+
+/// `GET /v1/usage` of the test key, today.
+async fn usage_of(router: &axum::Router) -> chatkb_testing::TestResponse {
+    let request = http::Request::get("/v1/usage")
+        .header("x-api-key", KEY)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    call(router, request).await
 }
 
 fn refuse(code: &str, message: &str, model: &str) -> Behaviour {
@@ -348,14 +355,7 @@ async fn a_stream_cut_or_stalled_mid_answer_is_continued_by_the_next_model() {
             billed >= shared::chat::retrieval::estimate_tokens(partial) as u64,
             "the partial answer's tokens count as completion: {usage}"
         );
-        let res = call(
-            &router,
-            http::Request::get("/v1/usage")
-                .header("x-api-key", KEY)
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let res = usage_of(&router).await;
         assert_eq!(
             res.json["requests"], 2,
             "billed once per answer: {}",
@@ -388,14 +388,7 @@ async fn a_refused_continuation_or_continuation_off_ends_with_the_original_error
     assert!(!res.text.contains("[DONE]"));
     assert_eq!(fake.calls_for("gpt-4o-backup"), 1, "asked, and refused");
     // What the cut model produced was paid for: recorded, estimated, not free.
-    let usage = call(
-        &router,
-        http::Request::get("/v1/usage")
-            .header("x-api-key", KEY)
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let usage = usage_of(&router).await;
     assert_eq!(usage.json["requests"], 1, "{}", usage.text);
     assert!(
         usage.json["completion_tokens"].as_u64().unwrap() > 0,

@@ -653,3 +653,44 @@ async fn a_database_that_stops_answering_is_not_waited_for_once_its_breaker_open
     assert_eq!(ready.status, 503, "{}", ready.text);
     assert_eq!(ready.json["failing"], json!(["database"]));
 }
+
+/// Issue 14, finding 5, as the function is wired: with the embeddings endpoint failing,
+/// search answered keyword-only only after each query's timeout and retries. The
+/// function's embedder is behind the `embeddings` breaker: once it is open, searches
+/// are keyword-only without calling the endpoint at all.
+#[tokio::test]
+async fn search_stops_calling_a_failing_embeddings_endpoint_once_its_breaker_opens() {
+    use chatkb_testing::fake_openai::{FakeOpenAi, Mode};
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, ctx) = router_for(
+        &db,
+        &[
+            ("EMBEDDINGS_BASE_URL", fake.base_url.as_str()),
+            ("EMBEDDINGS_DIMENSIONS", "64"),
+            ("BREAKER_FAILURE_THRESHOLD", "2"),
+            ("RETRY_MAX_ATTEMPTS", "1"),
+        ],
+    );
+    fake.set_mode(Mode::Fail);
+    for query in ["wings", "flutter"] {
+        let res = call(
+            &router,
+            request("GET", &format!("/search?q={query}"), None, ""),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["mode"], "keyword");
+    }
+    let open = ctx
+        .breakers
+        .states()
+        .into_iter()
+        .any(|(name, state)| name == "embeddings" && state.as_str() == "open");
+    assert!(open, "{:?}", ctx.breakers.states());
+    let calls = fake.embedding_requests();
+    let res = call(&router, request("GET", "/search?q=boundary", None, "")).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["mode"], "keyword");
+    assert_eq!(fake.embedding_requests(), calls, "not called while open");
+}
