@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: bench-backup help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 	cargo bench -p shared --bench kb
 	cargo bench -p chat --bench gateway
 	scripts/load-test.sh
+	scripts/backup-bench.sh
+
+bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
+	scripts/backup-bench.sh
 
 eval: ## Retrieval quality and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects
 	cargo run -p shared --example relevance_eval
@@ -64,7 +68,7 @@ load-test: ## HTTP load test of the health function in release mode (needs wrk)
 	scripts/load-test.sh
 
 lint-functions: ## Clippy on each function alone, with only the features it enables (what it is deployed as)
-	for function in health ingest; do cargo clippy -p $$function --bins -- -D warnings || exit 1; done
+	for function in health ingest backup; do cargo clippy -p $$function --bins -- -D warnings || exit 1; done
 
 lint: ## The layering check, fmt, clippy, cfn-lint of the SAM template and its least-privilege check
 	python3 scripts/check-architecture.py

@@ -26,6 +26,7 @@ CRATES = {
     "chatkb-kb": ("shared/kb", 3),
     "chatkb-chat": ("shared/chat", 4),
     "chatkb-health": ("shared/health", 4),
+    "chatkb-backup": ("shared/backup", 4),
     "chatkb-edge": ("shared/edge", 5),
     "shared": ("shared", 6),
 }
@@ -48,6 +49,7 @@ LAYERS = {
     "chat": ("capabilities", 4),
     "health": ("capabilities", 4),
     "history": ("capabilities", 4),
+    "backup": ("capabilities", 4),
     "error": ("edge", 5),
     "auth": ("edge", 5),
     "http": ("edge", 5),

@@ -108,10 +108,25 @@ def check_statement(where: str, statement: dict) -> list[str]:
     return problems
 
 
+def conditional_branches(policies) -> list[tuple[str, object]]:
+    """The policies with each `!If [condition, a, b]` opened into both branches
+    (`AWS::NoValue` dropped), so a conditional policy is checked like any other."""
+    found = []
+    for i, policy in enumerate(as_list(policies)):
+        branches = policy.get("Fn::If") if isinstance(policy, dict) and len(policy) == 1 else None
+        if isinstance(branches, list) and len(branches) == 3:
+            for k, branch in enumerate(branches[1:]):
+                if branch != {"Ref": "AWS::NoValue"}:
+                    found.append((f"[{i}].If[{k}]", branch))
+        else:
+            found.append((f"[{i}]", policy))
+    return found
+
+
 def check_policies(function: str, policies) -> list[str]:
     problems = []
-    for i, policy in enumerate(as_list(policies)):
-        where = f"{function}.Policies[{i}]"
+    for index, policy in conditional_branches(policies):
+        where = f"{function}.Policies{index}"
         if isinstance(policy, str):
             if policy not in MANAGED_ALLOWED:
                 problems.append(f"{where}: managed policy `{policy}` is not scoped to this stack's resources")
@@ -177,6 +192,11 @@ Resources:
             - {Effect: Allow, Action: "dynamodb:*", Resource: !GetAtt Table.Arn}
             - {Effect: Allow, Action: ["s3:GetObject"], Resource: "*"}
             - {Effect: Allow, Action: ["s3:GetObject"], Resource: "arn:aws:s3:::*"}
+        - !If
+          - SomeCondition
+          - Statement:
+              - {Effect: Allow, Action: ["elasticache:DeleteSnapshot"], Resource: "*"}
+          - !Ref AWS::NoValue
 """
 
 
@@ -188,6 +208,7 @@ def self_test() -> int:
         "Bad.Policies[2].Statement[0]: action `dynamodb:*`",
         "Bad.Policies[2].Statement[1]: resource `*`",
         "Bad.Policies[2].Statement[2]: resource `arn:aws:s3:::*`",
+        "Bad.Policies[3].If[0].Statement[0]: resource `*`",
     ]
     missed = [e for e in expected if not any(p.startswith(e) for p in problems)]
     wrong = [p for p in problems if p.startswith("Good")]

@@ -153,7 +153,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="readme-check-"))
     log = work / "make-run.log"
     env = dict(os.environ)
-    env.update(PORT_LAMBDA=port, DATABASE_URL=f"sqlite://{work}/app.db")
+    env.update(PORT_LAMBDA=port, DATABASE_URL=f"sqlite://{work}/app.db", BACKUP_URL=f"file://{work}/backups")
     env.pop("PORT", None)
     target = Path(env.get("CARGO_TARGET_DIR", ROOT / "target"))
     with open(log, "w") as out:

@@ -18,7 +18,12 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
 # moto's S3/DynamoDB emulator (the tests start their own servers from it).
-python3 -c "import moto.server" 2>/dev/null || python3 -m pip install --quiet "moto[server]"
+# 5.2.6 or newer: older 5.x answers CompleteMultipartUpload with the wrong XML root, which
+# the Rust SDK rejects (getmoto/moto#10055), and the backup tests upload in parts.
+python3 - 2>/dev/null <<'PY' || python3 -m pip install --quiet "moto[server]>=5.2.6"
+import moto.server, moto
+assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 2, 6)
+PY
 # The official OpenAI SDK, a real client of the chat function in the SDK checks.
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
 

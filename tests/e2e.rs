@@ -26,9 +26,12 @@ fn json_lines(function: &Function) -> Vec<Value> {
 async fn all_functions_serve_json_over_http_on_the_embedded_default() {
     let db = TestDatabase::sqlite();
     let keys = format!("e2e:{}", shared::auth::hash_key("e2e-key"));
+    let backups = tempfile::tempdir().unwrap();
+    let backup_url = format!("file://{}", backups.path().display());
     let vars = [
         ("DATABASE_URL", db.url.as_str()),
         ("API_KEYS", keys.as_str()),
+        ("BACKUP_URL", backup_url.as_str()),
     ];
     let health = Function::start("health", &vars).await;
     let chat = Function::start("chat", &vars).await;
@@ -51,9 +54,9 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status().as_u16(), 501);
+    assert_eq!(res.status().as_u16(), 200);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_implemented");
+    assert_eq!(body["backups"], serde_json::json!([]), "{body}");
     let (status, body, _) = get(&chat.url("/v1/models")).await;
     assert_eq!(status, 401, "chat needs a key: {body}");
 

@@ -42,6 +42,9 @@ pub struct AppContext {
     /// The knowledge base (ingest, and chat's retrieval), built on first use and shared.
     #[cfg(feature = "kb")]
     knowledge_base: std::sync::OnceLock<Arc<KnowledgeBase>>,
+    /// The backup capability, built on first use and shared by routes and events.
+    #[cfg(feature = "backup")]
+    backups: std::sync::OnceLock<Arc<crate::backup::Backups>>,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
 }
@@ -129,6 +132,8 @@ impl AppContext {
             sessions,
             #[cfg(feature = "kb")]
             knowledge_base: std::sync::OnceLock::new(),
+            #[cfg(feature = "backup")]
+            backups: std::sync::OnceLock::new(),
             started: Instant::now(),
             started_at: Utc::now(),
         }))
@@ -177,6 +182,14 @@ impl AppContext {
     pub fn knowledge_base(&self) -> Arc<KnowledgeBase> {
         self.knowledge_base
             .get_or_init(|| Arc::new(crate::services::knowledge_base(self)))
+            .clone()
+    }
+
+    /// The instance's backups: one lock, so a backup and a restore never overlap in it.
+    #[cfg(feature = "backup")]
+    pub fn backups(&self) -> Arc<crate::backup::Backups> {
+        self.backups
+            .get_or_init(|| Arc::new(crate::services::backups(self)))
             .clone()
     }
 

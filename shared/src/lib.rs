@@ -10,6 +10,8 @@ pub mod probes;
 pub mod services;
 
 pub use chatkb_adapters::store;
+#[cfg(feature = "backup")]
+pub use chatkb_backup::backup;
 #[cfg(feature = "chat")]
 pub use chatkb_chat::chat;
 pub use chatkb_core::{observability, secret};

@@ -171,3 +171,24 @@ pub fn embedder(settings: &KbSettings, retry: &RetryPolicy) -> Arc<dyn Embedder>
         None => Arc::new(OfflineEmbedder::new(settings.embeddings_dimensions)),
     }
 }
+
+/// The backup function's capability: the database, the store `BACKUP_URL` names, the
+/// DynamoDB stores to export and the ElastiCache group to snapshot.
+#[cfg(feature = "backup")]
+pub fn backups(ctx: &crate::app::AppContext) -> crate::backup::Backups {
+    use crate::backup::{BackupParts, Backups};
+    use crate::store::elasticache::{CacheSnapshots, ElastiCacheSnapshots};
+    let settings = ctx.settings.backup.clone();
+    let snapshots = settings.replication_group.as_deref().map(|group| {
+        std::sync::Arc::new(ElastiCacheSnapshots::new(group)) as std::sync::Arc<dyn CacheSnapshots>
+    });
+    Backups::new(BackupParts {
+        database: ctx.database.clone(),
+        database_label: ctx.settings.database_url.to_string(),
+        blobs: settings.url.open(),
+        dynamo: crate::store::dynamo::LazyDynamo::default(),
+        snapshots,
+        clock: std::sync::Arc::new(chrono::Utc::now),
+        settings,
+    })
+}

@@ -1,17 +1,155 @@
-//! Backup function (B1-B5). Until its issue lands, every route answers a JSON 501
-//! rather than a fake success; like every route that reads or writes data, only to a
-//! caller with an API key.
+//! Backup function (B1-B5): thin adapters over `shared::backup` for HTTP (behind API
+//! keys), the daily EventBridge schedule, on-demand events (`{"action": ...}`) and the
+//! operator's command line (`backup run|list|verify|restore|prune`, in `cli`).
 
 use std::sync::Arc;
 
-use axum::Router;
-use shared::http::not_implemented;
-use shared::AppContext;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::backup::{Backups, Quiet};
+use shared::{ApiError, AppContext};
+
+pub mod cli;
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     let routes = Router::new()
-        .route("/backups", not_implemented("backups"))
-        .route("/backups/{id}", not_implemented("backups"))
-        .route("/backups/{id}/restore", not_implemented("restore"));
+        .route("/backups", post(create).get(list))
+        .route("/backups/{id}", get(show))
+        .route("/backups/{id}/verify", post(verify))
+        .route("/backups/{id}/restore", post(restore))
+        .with_state(ctx.backups());
     ctx.protected_app(routes, true)
+}
+
+/// `POST /backups`: a backup now, then retention. Answers when the manifest is written.
+async fn create(
+    State(backups): State<Arc<Backups>>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let _: NoOptions = options(&body)?;
+    let manifest = backups.run("api", &Quiet).await?;
+    let retention = backups.prune().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "backup": manifest, "retention": retention })),
+    ))
+}
+
+async fn list(State(backups): State<Arc<Backups>>) -> Result<Json<Value>, ApiError> {
+    let found = backups.list().await?;
+    Ok(Json(
+        json!({ "location": backups.location(), "backups": found }),
+    ))
+}
+
+async fn show(
+    State(backups): State<Arc<Backups>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(backups.manifest(&id).await?)))
+}
+
+async fn verify(
+    State(backups): State<Arc<Backups>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let _: NoOptions = options(&body)?;
+    let report = backups.verify(&id, &Quiet).await?;
+    Ok(Json(json!({ "status": "ok", "verified": report })))
+}
+
+async fn restore(
+    State(backups): State<Arc<Backups>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let RestoreOptions { force } = options(&body)?;
+    let report = backups.restore(&id, force, &Quiet).await?;
+    Ok(Json(json!({ "status": "restored", "restored": report })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreOptions {
+    /// Replace the rows of a target that is not empty.
+    #[serde(default)]
+    force: bool,
+}
+
+/// A JSON object of options; an empty body means the defaults.
+fn options<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid options: {e}")))
+}
+
+/// An on-demand invocation (`cargo lambda invoke backup --data-ascii '{"action":"list"}'`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Invocation {
+    action: Action,
+    /// The backup to verify or restore; `latest` (the default) is the newest good one.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Action {
+    Backup,
+    List,
+    Verify,
+    Restore,
+    Prune,
+}
+
+/// The EventBridge schedule takes a backup and applies retention; other events name
+/// an action. A failure fails the invocation (so Lambda's retries and alarms see it).
+pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
+    let backups = ctx.backups();
+    Arc::new(move |event| {
+        let backups = backups.clone();
+        Box::pin(async move {
+            let progress = shared::backup::LogProgress { operation: "event" };
+            if shared::runtime::is_scheduled_event(&event) {
+                let manifest = backups.run("schedule", &progress).await?;
+                let retention = backups.prune().await?;
+                return Ok(json!({ "backup": manifest, "retention": retention }));
+            }
+            let call: Invocation = serde_json::from_value(event).map_err(|e| {
+                format!("expected a scheduled event or {{\"action\": \"backup|list|verify|restore|prune\"}}: {e}")
+            })?;
+            let id = call.id.as_deref().unwrap_or("latest");
+            Ok(match call.action {
+                Action::Backup => {
+                    let manifest = backups.run("event", &progress).await?;
+                    let retention = backups.prune().await?;
+                    json!({ "backup": manifest, "retention": retention })
+                }
+                Action::List => {
+                    json!({ "location": backups.location(), "backups": backups.list().await? })
+                }
+                Action::Verify => json!({ "verified": backups.verify(id, &progress).await? }),
+                Action::Restore => {
+                    json!({ "restored": backups.restore(id, call.force, &progress).await? })
+                }
+                Action::Prune => json!({ "retention": backups.prune().await? }),
+            })
+        })
+    })
 }

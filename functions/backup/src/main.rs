@@ -1,6 +1,10 @@
-//! The `backup` function binary: everything it does lives in its library and `shared`.
+//! The `backup` function binary: the Lambda function or standalone server, or with a
+//! command (`backup run|list|verify|restore|prune`) the operator's command line.
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::app::start("backup", backup::router, None).await
+    if let Some(code) = backup::cli::run_if_asked().await {
+        std::process::exit(code);
+    }
+    shared::app::start("backup", backup::router, Some(backup::on_event)).await
 }

@@ -170,6 +170,36 @@ impl From<crate::kb::KbError> for ApiError {
     }
 }
 
+/// Backups: an unknown or malformed id (404, 400), a state that forbids the operation
+/// (409: running, incomplete, a non-empty target), a backup that cannot be used (422,
+/// naming the file), and a store that fails (503).
+#[cfg(feature = "backup")]
+impl From<crate::backup::BackupError> for ApiError {
+    fn from(e: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError as B;
+        use crate::store::blobs::BlobError;
+        match e {
+            B::NotFound(_) | B::NoneYet => ApiError::NotFound(e.to_string()),
+            B::BadId(m) => ApiError::BadRequest(m),
+            B::Incomplete(_) | B::Busy(_) | B::NotEmpty(_) => ApiError::Conflict(e.to_string()),
+            B::Incompatible(_) | B::Corrupt { .. } | B::Mismatch(_) | B::Load(..) => {
+                ApiError::Unprocessable(e.to_string())
+            }
+            B::Store(err) => err.into(),
+            B::Blob(BlobError::BadKey(m)) => ApiError::BadRequest(m),
+            B::Blob(err) => {
+                tracing::error!(error = %err, "backup store failed");
+                ApiError::unavailable(format!("the backup store is unavailable: {err}"))
+            }
+            B::Snapshot(_) | B::Dynamo(_) => {
+                tracing::error!(error = %e, "backup dependency failed");
+                ApiError::unavailable(e.to_string())
+            }
+            B::Internal(m) => ApiError::Internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
 /// The gateway's refusals: the caller's request (400, 404, 413), the provider's refusal
 /// with its status kept, and a spent budget (429 until midnight UTC).
 #[cfg(feature = "chat")]

@@ -9,6 +9,8 @@ pub mod runtime;
 pub mod server;
 
 use chatkb_adapters::store;
+#[cfg(feature = "backup")]
+use chatkb_backup::backup;
 #[cfg(feature = "chat")]
 use chatkb_chat::chat;
 use chatkb_core::observability;

@@ -361,10 +361,13 @@ pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Va
     let dependencies = check_dependencies(source).await;
     let ctx = source.view();
     let status = overall(&dependencies);
-    let last = if status == OverallStatus::Down {
-        None
+    let (last, backup) = if status == OverallStatus::Down {
+        (None, None)
     } else {
-        last_deep_check(ctx.database).await.ok().flatten()
+        (
+            last_deep_check(ctx.database).await.ok().flatten(),
+            Some(backup_view(ctx.database).await),
+        )
     };
     serde_json::json!({
         "status": status,
@@ -388,7 +391,28 @@ pub async fn detailed<M: Monitored + ?Sized>(source: &M, cold_start: bool) -> Va
             "checked_at": d.checked_at,
             "status": d.status,
         })),
+        "backup": backup,
     })
+}
+
+/// A good backup older than this is stale (the daily schedule missed a run).
+pub const BACKUP_STALE_AFTER: Duration = Duration::from_secs(26 * 3600);
+
+/// The age of the last good backup (B1): `last_good` is null before the first one.
+async fn backup_view(db: &Database) -> Value {
+    match history(db).last_backup().await {
+        Ok(Some((id, finished_at))) => {
+            let age = (chrono::Utc::now() - finished_at).num_seconds().max(0);
+            serde_json::json!({
+                "last_good": id,
+                "finished_at": finished_at,
+                "age_seconds": age,
+                "stale": age as u64 > BACKUP_STALE_AFTER.as_secs(),
+            })
+        }
+        Ok(None) => serde_json::json!({ "last_good": null, "stale": true }),
+        Err(err) => serde_json::json!({ "error": err.to_string() }),
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,8 @@ pub struct Settings {
     /// The chat gateway's section.
     #[cfg(feature = "chat")]
     pub chat: ChatSettings,
+    #[cfg(feature = "backup")]
+    pub backup: crate::backup::BackupSettings,
 }
 
 /// Daily budgets per API key.
@@ -239,9 +241,7 @@ impl Settings {
         let redis_retry = r.millis("REDIS_RETRY_MS", 1000, 10, 600_000);
         let auth_failures_per_minute = r.int("AUTH_FAILURES_PER_MINUTE", 20u32, 1, 1_000_000);
         let server = read_server(&mut r);
-
         let api_keys = read_api_keys(&mut r);
-
         let cors_origins = read_cors_origins(&mut r);
 
         let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
@@ -286,6 +286,8 @@ impl Settings {
         let kb = read_kb(&mut r);
         #[cfg(feature = "chat")]
         let chat = read_chat(&mut r);
+        #[cfg(feature = "backup")]
+        let backup = read_backup(&mut r);
 
         match (r.problems.is_empty(), database_url) {
             (true, Some(database_url)) => Ok(Settings {
@@ -319,6 +321,8 @@ impl Settings {
                 kb,
                 #[cfg(feature = "chat")]
                 chat,
+                #[cfg(feature = "backup")]
+                backup,
             }),
             _ => Err(ConfigError {
                 problems: r.problems,
@@ -516,9 +520,9 @@ fn read_budget(r: &mut Reader<'_>) -> BudgetSettings {
     }
 }
 
-#[cfg(any(feature = "kb", feature = "chat"))]
+#[cfg(any(feature = "kb", feature = "chat", feature = "backup"))]
 mod sections;
-#[cfg(any(feature = "kb", feature = "chat"))]
+#[cfg(any(feature = "kb", feature = "chat", feature = "backup"))]
 use sections::*;
 
 #[cfg(test)]

@@ -160,3 +160,55 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         budget_default_max_tokens: r.int("BUDGET_DEFAULT_MAX_TOKENS", 4096u64, 1, 10_000_000),
     }
 }
+
+/// The backup function's variables (`BACKUP_URL`, `BACKUP_RETENTION_DAYS`,
+/// `BACKUP_BATCH_ROWS`, `ELASTICACHE_REPLICATION_GROUP_ID`, and the DynamoDB tables it
+/// exports: `SESSIONS_TABLE`, `IDEMPOTENCY_TABLE`).
+#[cfg(feature = "backup")]
+pub(super) fn read_backup(r: &mut Reader<'_>) -> crate::backup::BackupSettings {
+    use crate::backup::{BackupSettings, BackupUrl, DynamoTable};
+    let url = match BackupUrl::parse(r.get("BACKUP_URL").unwrap_or(BackupUrl::DEFAULT)) {
+        Ok(url) => url,
+        Err(problem) => {
+            r.fail("BACKUP_URL", problem);
+            BackupUrl::Folder(".data/backups".into())
+        }
+    };
+    let days = r.int(
+        "BACKUP_RETENTION_DAYS",
+        BackupSettings::DEFAULT_RETENTION_DAYS,
+        1,
+        3650,
+    );
+    let batch_rows = r.int(
+        "BACKUP_BATCH_ROWS",
+        BackupSettings::DEFAULT_BATCH_ROWS,
+        10,
+        100_000,
+    );
+    let replication_group = r
+        .get("ELASTICACHE_REPLICATION_GROUP_ID")
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let dynamo_tables = [
+        ("sessions", "SESSIONS_TABLE"),
+        ("idempotency", "IDEMPOTENCY_TABLE"),
+    ]
+    .into_iter()
+    .filter_map(|(store, variable)| {
+        r.get(variable)
+            .filter(|v| !v.is_empty())
+            .map(|table| DynamoTable {
+                store: store.to_string(),
+                table: table.to_string(),
+            })
+    })
+    .collect();
+    BackupSettings {
+        url,
+        retention: Duration::from_secs(days * 86_400),
+        batch_rows,
+        replication_group,
+        dynamo_tables,
+    }
+}

@@ -309,3 +309,50 @@ fn the_relevance_floor_is_measured_for_the_offline_embedder_and_set_for_others()
     .unwrap_err();
     assert_eq!(err.variables(), vec!["RETRIEVAL_MIN_SIMILARITY"]);
 }
+
+#[test]
+fn backup_settings_default_to_a_local_folder_and_bad_values_name_their_variable() {
+    use crate::backup::BackupUrl;
+    let s = Settings::from_vars("backup", &vars(&[])).unwrap();
+    assert_eq!(s.backup.url, BackupUrl::Folder(".data/backups".into()));
+    assert_eq!(s.backup.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.backup.batch_rows, 1000);
+    assert!(s.backup.replication_group.is_none());
+    assert!(s.backup.dynamo_tables.is_empty());
+
+    let s = Settings::from_vars(
+        "backup",
+        &vars(&[
+            ("BACKUP_URL", "s3://acme-backups/chatkb"),
+            ("BACKUP_RETENTION_DAYS", "30"),
+            ("ELASTICACHE_REPLICATION_GROUP_ID", "chatkb-redis"),
+            ("SESSIONS_TABLE", "chatkb-sessions-prod"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.backup.url,
+        BackupUrl::S3 {
+            bucket: "acme-backups".into(),
+            prefix: "chatkb".into()
+        }
+    );
+    assert_eq!(s.backup.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(s.backup.replication_group.as_deref(), Some("chatkb-redis"));
+    assert_eq!(s.backup.dynamo_tables.len(), 1);
+    assert_eq!(s.backup.dynamo_tables[0].store, "sessions");
+
+    let err = Settings::from_vars(
+        "backup",
+        &vars(&[
+            ("BACKUP_URL", "ftp://x"),
+            ("BACKUP_RETENTION_DAYS", "0"),
+            ("BACKUP_BATCH_ROWS", "many"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.variables(),
+        vec!["BACKUP_URL", "BACKUP_RETENTION_DAYS", "BACKUP_BATCH_ROWS"]
+    );
+}

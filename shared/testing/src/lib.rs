@@ -10,7 +10,8 @@ use shared::store::Database;
 
 /// Every table the migrations create, the same on both backends, in name order (what
 /// `Database::table_names` and the deep check report).
-pub const MIGRATED_TABLES: [&str; 8] = [
+pub const MIGRATED_TABLES: [&str; 9] = [
+    "backup_runs",
     "chat_messages",
     "chunks",
     "documents",

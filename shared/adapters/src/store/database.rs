@@ -33,6 +33,7 @@ macro_rules! migrations {
             4 "0004_idempotency.sql" "idempotency",
             5 "0005_usage.sql" "usage",
             6 "0006_vector_index.sql" "vector index",
+            7 "0007_backup_runs.sql" "backup runs",
         )
     };
     ($dialect:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {

@@ -2,9 +2,13 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "blobs")]
+pub mod blobs;
 pub mod database;
 #[cfg(feature = "dynamodb")]
 pub mod dynamo;
+#[cfg(feature = "elasticache")]
+pub mod elasticache;
 #[cfg(feature = "s3")]
 pub mod objects;
 pub mod redis;

@@ -51,6 +51,10 @@ pub mod names {
     pub const GATEWAY_OVERHEAD_SECONDS: &str = "gateway_overhead_seconds";
     pub const BUDGET_LEDGER_FALLBACKS_TOTAL: &str = "budget_ledger_fallbacks_total";
     pub const LLM_STREAM_MALFORMED_CHUNKS_TOTAL: &str = "llm_stream_malformed_chunks_total";
+    pub const BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "backup_last_success_timestamp_seconds";
+    pub const BACKUP_BYTES: &str = "backup_bytes";
+    pub const BACKUP_DURATION_SECONDS: &str = "backup_duration_seconds";
+    pub const BACKUP_FAILURES_TOTAL: &str = "backup_failures_total";
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s, covering cache hits up to slow LLM calls.
@@ -269,6 +273,26 @@ fn describe_gateway() {
         BUDGET_LEDGER_FALLBACKS_TOTAL,
         Unit::Count,
         "Budget reservations decided by one instance on its share because the shared ledger (Redis) was unreachable."
+    );
+    describe_gauge!(
+        BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "When the last good backup finished (Unix time); alarm when it is older than 26 h."
+    );
+    describe_gauge!(
+        BACKUP_BYTES,
+        Unit::Bytes,
+        "Compressed size of the last good backup."
+    );
+    describe_histogram!(
+        BACKUP_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to take a backup, by outcome (ok, failed)."
+    );
+    describe_counter!(
+        BACKUP_FAILURES_TOTAL,
+        Unit::Count,
+        "Backup, verify, restore and snapshot failures, by operation."
     );
     describe_histogram!(
         GATEWAY_OVERHEAD_SECONDS,

@@ -20,6 +20,9 @@ pub trait HealthHistory: Send + Sync {
     /// The most recent check, if any.
     async fn last(&self) -> Result<Option<DeepCheck>, StoreError>;
     async fn count(&self) -> Result<i64, StoreError>;
+    /// The newest good backup the backup function recorded (`backup_runs`): id and
+    /// when it finished.
+    async fn last_backup(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError>;
 }
 
 /// The history on the function's SQL database, in its dialect.

@@ -47,4 +47,12 @@ impl HealthHistory for PostgresHealthHistory<'_> {
             .fetch_one(self.0.postgres().await?)
             .await?)
     }
+
+    async fn last_backup(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, finished_at FROM backup_runs ORDER BY finished_at DESC LIMIT 1",
+        )
+        .fetch_optional(self.0.postgres().await?)
+        .await?)
+    }
 }

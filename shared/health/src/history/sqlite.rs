@@ -45,4 +45,17 @@ impl HealthHistory for SqliteHealthHistory<'_> {
             .fetch_one(self.0.sqlite().await?)
             .await?)
     }
+
+    async fn last_backup(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, finished_at FROM backup_runs ORDER BY finished_at DESC LIMIT 1",
+        )
+        .fetch_optional(self.0.sqlite().await?)
+        .await?;
+        Ok(row.and_then(|(id, at)| {
+            DateTime::parse_from_rfc3339(&at)
+                .ok()
+                .map(|at| (id, at.to_utc()))
+        }))
+    }
 }

@@ -1,0 +1,243 @@
+//! Backups of SQLite: `json_object` rows in one read transaction (a WAL snapshot, so
+//! writers carry on), BLOBs as hex; loaded back through `json_each`.
+
+use async_trait::async_trait;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+
+use super::{json_array, quoted, quoted_list, ReadBack, SqlBackup, SqlSnapshot, TableSpec, TABLES};
+use crate::backup::archive::LinesReader;
+use crate::backup::manifest::FileEntry;
+use crate::backup::BackupError;
+use crate::store::{Database, StoreError};
+
+pub(crate) struct SqliteBackup<'a>(pub &'a Database);
+
+/// A column and whether it holds bytes (carried as hex text).
+async fn column_types(
+    conn: &mut SqliteConnection,
+    table: &str,
+) -> Result<Vec<(String, bool)>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, upper(type) FROM pragma_table_info(?) ORDER BY cid")
+            .bind(table)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, kind)| (name, kind == "BLOB"))
+        .collect())
+}
+
+fn json_path(column: &str) -> String {
+    format!(
+        "'$.\"{}\"'",
+        column.replace('\'', "''").replace('"', "\\\"")
+    )
+}
+
+async fn dump_batch(
+    conn: &mut SqliteConnection,
+    table: &TableSpec,
+    columns: &[String],
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let types = column_types(conn, table.name).await?;
+    let fields = columns
+        .iter()
+        .map(|c| {
+            let blob = types.iter().any(|(name, blob)| name == c && *blob);
+            let value = if blob {
+                format!(
+                    "CASE WHEN {0} IS NULL THEN NULL ELSE lower(hex({0})) END",
+                    quoted(c)
+                )
+            } else {
+                // REAL as its exact text (json_object keeps only 15 digits).
+                format!(
+                    "CASE WHEN typeof({0}) = 'real' THEN json(printf('%!.17g', {0})) ELSE {0} END",
+                    quoted(c)
+                )
+            };
+            format!("'{}', {value}", c.replace('\'', "''"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = quoted_list(table.key);
+    let filter = match after {
+        Some(_) => format!(
+            "WHERE ({key}) > ({})",
+            table
+                .key
+                .iter()
+                .map(|k| format!("json_extract(?1, {})", json_path(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT json_object({fields}) FROM {} {filter} ORDER BY {key} LIMIT {limit}",
+        quoted(table.name)
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    Ok(query.fetch_all(conn).await?)
+}
+
+struct LiteSnapshot(Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl SqlSnapshot for LiteSnapshot {
+    async fn batch(
+        &mut self,
+        table: &TableSpec,
+        columns: &[String],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        dump_batch(&mut self.0, table, columns, after, limit).await
+    }
+
+    async fn count(&mut self, table: &TableSpec) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM {}", quoted(table.name));
+        let count: i64 = sqlx::query_scalar(&sql).fetch_one(&mut *self.0).await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.commit().await?;
+        Ok(())
+    }
+}
+
+/// The keyword index is derived from chunks and their documents' titles: rebuilt, not
+/// backed up.
+async fn rebuild_keyword_index(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM chunks_fts")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO chunks_fts (chunk_id, title, text) \
+         SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl SqlBackup for SqliteBackup<'_> {
+    fn dialect(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migration_version(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(self.0.sqlite().await?)
+        .await?)
+    }
+
+    async fn tables(&self) -> Result<Vec<String>, StoreError> {
+        self.0.table_names().await
+    }
+
+    async fn columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.0.sqlite().await?.acquire().await?;
+        Ok(column_types(&mut conn, table.name)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|c| !table.skip.contains(&c.as_str()))
+            .collect())
+    }
+
+    async fn snapshot(&self) -> Result<Box<dyn SqlSnapshot>, StoreError> {
+        let mut tx = self.0.sqlite().await?.begin().await?;
+        // The snapshot starts at the first read: take it now, before any table.
+        sqlx::query("SELECT COUNT(*) FROM sqlite_schema")
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(LiteSnapshot(tx)))
+    }
+
+    async fn non_empty(&self) -> Result<Vec<String>, StoreError> {
+        let pool = self.0.sqlite().await?;
+        let mut found = Vec::new();
+        for table in TABLES {
+            let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", quoted(table.name));
+            if sqlx::query_scalar::<_, bool>(&sql).fetch_one(pool).await? {
+                found.push(table.name.to_string());
+            }
+        }
+        Ok(found)
+    }
+
+    async fn restore_table(
+        &self,
+        table: &TableSpec,
+        entry: &FileEntry,
+        lines: &mut LinesReader,
+        batch_rows: usize,
+    ) -> Result<u64, BackupError> {
+        let mut tx = self
+            .0
+            .sqlite()
+            .await?
+            .begin()
+            .await
+            .map_err(StoreError::from)?;
+        let name = quoted(table.name);
+        sqlx::query(&format!("DELETE FROM {name}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let types = column_types(&mut tx, table.name).await?;
+        let values = entry
+            .columns
+            .iter()
+            .map(|c| {
+                let value = format!("json_extract(value, {})", json_path(c));
+                if types.iter().any(|(name, blob)| name == c && *blob) {
+                    format!("unhex({value})")
+                } else {
+                    value
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let insert = format!(
+            "INSERT INTO {name} ({}) SELECT {values} FROM json_each(?)",
+            quoted_list(&entry.columns)
+        );
+        while let Some(batch) = lines.next_batch(batch_rows).await? {
+            sqlx::query(&insert)
+                .bind(json_array(&batch))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| BackupError::Load(entry.file.clone(), e.to_string()))?;
+        }
+        lines.check(entry)?;
+        if table.name == "chunks" {
+            rebuild_keyword_index(&mut tx).await?;
+        }
+        let mut back = ReadBack::default();
+        let mut after: Option<String> = None;
+        loop {
+            let batch =
+                dump_batch(&mut tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
+            back.add(&batch);
+            match batch.last() {
+                Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        let rows = back.check(entry)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(rows)
+    }
+}
