@@ -24,9 +24,10 @@ test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, ev
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
-	cfn-lint infra/template.yaml
+	cfn-lint infra/*.yaml
 	python3 scripts/check-iam.py --self-test
 	python3 scripts/check-iam.py
+	scripts/check-prometheus.sh
 	$(MAKE) test-rust
 	$(MAKE) smoke
 	$(MAKE) sdk
@@ -70,15 +71,16 @@ load-test: ## HTTP load test of the health function in release mode (needs wrk)
 lint-functions: ## Clippy on each function alone, with only the features it enables (what it is deployed as)
 	for function in health ingest backup; do cargo clippy -p $$function --bins -- -D warnings || exit 1; done
 
-lint: ## The layering check, fmt, clippy, cfn-lint of the SAM template and its least-privilege check
+lint: ## The layering check, fmt, clippy, cfn-lint of the SAM templates, their least-privilege check, the Prometheus rules
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
 	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
-	cfn-lint infra/template.yaml
+	cfn-lint infra/*.yaml
 	python3 scripts/check-iam.py --self-test
 	python3 scripts/check-iam.py
+	scripts/check-prometheus.sh
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -32,6 +32,7 @@ async fn all_functions_serve_json_over_http_on_the_embedded_default() {
         ("DATABASE_URL", db.url.as_str()),
         ("API_KEYS", keys.as_str()),
         ("BACKUP_URL", backup_url.as_str()),
+        ("BACKUP_OPERATOR_KEYS", "e2e"),
     ];
     let health = Function::start("health", &vars).await;
     let chat = Function::start("chat", &vars).await;

@@ -71,6 +71,9 @@ impl AppContext {
     pub fn new(settings: Settings) -> Result<Arc<Self>, StoreError> {
         // Metrics recorded before the recorder exists are lost, so install it first.
         obs_metrics::install();
+        if settings.metrics_export == obs_metrics::MetricsExport::Emf {
+            obs_metrics::enable_emf(&settings.metrics_namespace, &settings.function);
+        }
         crate::store::tls::install_crypto_provider();
         let database = Database::connect_lazy_with(
             settings.database_url.expose(),

@@ -1,6 +1,7 @@
-//! `/health/live` and `/health/ready` on every function (H1), outside API-key checks: a
-//! load balancer in front of a chat or ingest container asks the container itself.
-//! Readiness fails only on what that function cannot serve without.
+//! `/health/live`, `/health/ready` and `/health/metrics` on every function (H1, X3),
+//! outside API-key checks: a load balancer in front of a chat or ingest container asks
+//! the container itself, and Prometheus scrapes each function's own metrics (they are per
+//! process). Readiness fails only on what that function cannot serve without.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub fn routes(ctx: Arc<AppContext>, database_required: bool) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/health/metrics", get(crate::http::exposition))
         .with_state((ctx, database_required))
 }
 

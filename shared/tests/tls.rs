@@ -95,3 +95,29 @@ async fn the_aws_client_runs_the_handshake_and_refuses_an_untrusted_certificate(
     let outcome = outcomes.recv().await.expect("the client connected");
     assert!(outcome.is_err(), "{outcome:?}");
 }
+
+/// `rediss://` (ElastiCache with TLS in transit) is spoken, on the same TLS stack: the
+/// handshake runs and a certificate nobody trusts is refused, as a real one would be
+/// accepted.
+#[tokio::test]
+async fn a_rediss_url_runs_the_tls_handshake_and_refuses_an_untrusted_certificate() {
+    let (_cert, port, mut outcomes) = tls_server().await;
+    let url = shared::config::RedisUrl::parse(&format!("rediss://:token@localhost:{port}/0"))
+        .expect("rediss:// is accepted");
+    let redis = shared::store::RedisHandle::with_pause(
+        &url,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(10),
+    )
+    .unwrap();
+    let err = redis.ping().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let outcome = outcomes
+        .recv()
+        .await
+        .expect("the client connected over TLS");
+    assert!(
+        outcome.is_err(),
+        "the untrusted certificate must be refused: {outcome:?}"
+    );
+}

@@ -18,13 +18,36 @@ use shared::{ApiError, AppContext};
 pub mod cli;
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
+    let operators: Arc<[String]> = ctx.settings.backup.operator_keys.clone().into();
     let routes = Router::new()
         .route("/backups", post(create).get(list))
         .route("/backups/{id}", get(show))
         .route("/backups/{id}/verify", post(verify))
         .route("/backups/{id}/restore", post(restore))
+        .route_layer(axum::middleware::from_fn_with_state(
+            operators,
+            operators_only,
+        ))
         .with_state(ctx.backups());
     ctx.protected_app(routes, true)
+}
+
+/// Backups hold every row and a restore replaces the database: only the keys named in
+/// `BACKUP_OPERATOR_KEYS` may use these routes (403 for any other valid key). The
+/// schedule, events and the command line are governed by IAM and shell access instead.
+async fn operators_only(
+    State(operators): State<Arc<[String]>>,
+    key: shared::auth::ApiKeyName,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    if operators.iter().any(|name| **name == *key.0) {
+        return Ok(next.run(request).await);
+    }
+    Err(ApiError::Forbidden(format!(
+        "the API key `{}` may not use backups: add its name to BACKUP_OPERATOR_KEYS",
+        key.0
+    )))
 }
 
 /// `POST /backups`: a backup now, then retention. Answers when the manifest is written.

@@ -26,13 +26,18 @@ async fn the_routes_back_up_list_show_verify_and_restore_with_json_errors() {
     let db = TestDatabase::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    let keys = format!("ops:{}", hash_key("local-dev-key"));
+    let keys = format!(
+        "ops:{},chat-client:{}",
+        hash_key("local-dev-key"),
+        hash_key("client-key")
+    );
     let ctx = context(
         "backup",
         &[
             ("DATABASE_URL", &db.url),
             ("API_KEYS", &keys),
             ("BACKUP_URL", &url),
+            ("BACKUP_OPERATOR_KEYS", "ops"),
         ],
     );
     support::seed(&db.database(), 20).await;
@@ -47,6 +52,19 @@ async fn the_routes_back_up_list_show_verify_and_restore_with_json_errors() {
     ] {
         let res = call(&router, request(method, uri, "", false)).await;
         assert_eq!(res.status, 401, "{method} {uri}: {}", res.text);
+    }
+    // A valid key that is not an operator's may not touch backups.
+    for (method, uri) in [("GET", "/backups"), ("POST", "/backups/latest/restore")] {
+        let other = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-api-key", "client-key")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = call(&router, other).await;
+        assert_eq!(res.status, 403, "{method} {uri}: {}", res.text);
+        assert_eq!(res.json["error"]["code"], "forbidden");
+        assert!(res.text.contains("BACKUP_OPERATOR_KEYS"), "{}", res.text);
     }
     let res = call(&router, load_event("backup-get-latest.json")).await;
     assert_eq!(res.status, 404, "{}", res.text);
@@ -127,8 +145,10 @@ async fn the_routes_back_up_list_show_verify_and_restore_with_json_errors() {
     }
 
     // What operators watch: the metrics and the age of the last good backup.
-    // (Each function exports its own metrics: Prometheus scrapes them per process.)
-    let exposition = shared::observability::metrics::render();
+    // Each function serves its own metrics, without a key, for Prometheus to scrape.
+    let res = call(&router, request("GET", "/health/metrics", "", false)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let exposition = res.text;
     assert!(
         exposition.contains("backup_last_success_timestamp_seconds"),
         "{exposition}"

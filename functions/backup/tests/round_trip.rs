@@ -179,6 +179,11 @@ async fn a_backup_taken_while_writes_continue_is_consistent() {
                 let mut id = 10_000;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     support::execute(&db, &support::document_sql(db.kind(), id, 1 + id % 5)).await;
+                    // And an older document grows by a chunk, with its count, in one
+                    // transaction: a backup reading documents and chunks at different
+                    // moments would hold a count that disagrees with the chunks.
+                    support::execute(&db, &support::grow_document_sql(db.kind(), id % 40, id))
+                        .await;
                     written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     id += 1;
                 }
@@ -305,4 +310,118 @@ async fn retention_with_moved_time_keeps_the_newest_good_backup() {
         .collect();
     assert_eq!(left, vec![third]);
     assert!(!dir.path().join(first.as_str()).exists());
+}
+
+/// A manifest that cannot be read marks the backup damaged: never used, never deleted by
+/// retention, and named by verify.
+#[tokio::test]
+async fn a_damaged_manifest_is_named_kept_and_never_used() {
+    let source = TestDatabase::sqlite();
+    let db = source.database();
+    seed(&db, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let taker = backups(&db, dir.path(), 100, now());
+    let older = taker.run("test", &Quiet).await.unwrap().id;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let newer = taker.run("test", &Quiet).await.unwrap().id;
+    let manifest = dir.path().join(newer.as_str()).join("manifest.json");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.replace_range(0..1, "[");
+    std::fs::write(&manifest, text).unwrap();
+
+    let listed = taker.list().await.unwrap();
+    assert_eq!(listed[0].id, newer);
+    assert_eq!(listed[0].status, "damaged");
+    let problem = listed[0].problem.clone().unwrap();
+    assert!(problem.starts_with("manifest.json: "), "{problem}");
+    // `latest` is the newest good one; the damaged one is named when asked for.
+    assert_eq!(taker.verify("latest", &Quiet).await.unwrap().id, older);
+    let err = taker.verify(newer.as_str(), &Quiet).await.unwrap_err();
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+    let err = taker
+        .restore(newer.as_str(), true, &Quiet)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackupError::Corrupt { .. }), "{err}");
+    // Long past retention: the damaged one stays for an operator, and so does the
+    // newest good one.
+    let later = Arc::new(|| Utc::now() + chrono::Duration::days(60))
+        as Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+    let report = backups(&db, dir.path(), 100, later).prune().await.unwrap();
+    assert!(report.kept.contains(&newer), "{report:?}");
+    assert!(report.kept.contains(&older), "{report:?}");
+}
+
+/// A target whose newer schema needs a value the backup cannot give is refused before
+/// anything is written; a restore that fails while loading rolls everything back.
+#[tokio::test]
+async fn a_restore_that_cannot_complete_leaves_the_target_as_it_was() {
+    for source in TestDatabase::both().await {
+        let db = source.database();
+        seed(&db, 20).await;
+        let dir = tempfile::tempdir().unwrap();
+        backups(&db, dir.path(), 50, now())
+            .run("test", &Quiet)
+            .await
+            .unwrap();
+
+        let target_db = empty_like(&source).await;
+        let target = target_db.database();
+        seed(&target, 2).await;
+        let restorer = backups(&target, dir.path(), 50, now());
+        // A newer migration's NOT NULL column without a default, and a nullable one.
+        support::execute(&target, "ALTER TABLE events ADD COLUMN region TEXT").await;
+        support::execute(
+            &target,
+            "ALTER TABLE chunks ADD COLUMN lang TEXT NOT NULL DEFAULT 'en'",
+        )
+        .await;
+        if source.kind == shared::store::DatabaseKind::Postgres {
+            support::execute(&target, "ALTER TABLE chunks ALTER COLUMN lang DROP DEFAULT").await;
+            let before = fingerprint(&target).await;
+            let err = restorer.restore("latest", true, &Quiet).await.unwrap_err();
+            assert!(
+                matches!(err, BackupError::Incompatible(ref m) if m.contains("lang")),
+                "{err}"
+            );
+            assert_eq!(fingerprint(&target).await, before);
+            support::execute(
+                &target,
+                "ALTER TABLE chunks ALTER COLUMN lang SET DEFAULT 'en'",
+            )
+            .await;
+        }
+        // A row the target refuses, in the last table loaded: nothing changes at all,
+        // not even the tables loaded before it.
+        let (refuse, allow) = match source.kind {
+            shared::store::DatabaseKind::Sqlite => (
+                "CREATE TRIGGER refuse_checks BEFORE INSERT ON health_checks BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                "DROP TRIGGER refuse_checks",
+            ),
+            shared::store::DatabaseKind::Postgres => (
+                "ALTER TABLE health_checks ADD CONSTRAINT refuse_checks CHECK (status <> 'ok') NOT VALID",
+                "ALTER TABLE health_checks DROP CONSTRAINT refuse_checks",
+            ),
+        };
+        support::execute(&target, refuse).await;
+        let before = fingerprint(&target).await;
+        let err = restorer.restore("latest", true, &Quiet).await.unwrap_err();
+        assert!(
+            matches!(err, BackupError::Load(ref file, _) if file == "db/health_checks.jsonl.gz"),
+            "{err}"
+        );
+        assert_eq!(
+            fingerprint(&target).await,
+            before,
+            "{:?}: the target changed",
+            source.kind
+        );
+        // Without the obstacle, the newer schema takes the backup (defaults fill the rest).
+        support::execute(&target, allow).await;
+        restorer.restore("latest", true, &Quiet).await.unwrap();
+        assert_eq!(
+            fingerprint(&target).await["documents"],
+            fingerprint(&db).await["documents"]
+        );
+    }
 }

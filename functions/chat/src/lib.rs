@@ -138,6 +138,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
     let overhead = started.elapsed().saturating_sub(meta.provider_wait);
     metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS).record(overhead.as_secs_f64());
+    shared::observability::metrics::emf(
+        &[(
+            names::GATEWAY_OVERHEAD_SECONDS,
+            overhead.as_secs_f64(),
+            "Seconds",
+        )],
+        &[],
+    );
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
         headers.insert("x-overhead-ms", v);

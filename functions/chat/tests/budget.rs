@@ -86,6 +86,12 @@ async fn twenty_concurrent_requests_on_a_budget_that_fits_one_admit_exactly_one(
             "{message}"
         );
         assert!(refused.headers.contains_key("retry-after"));
+        // What the "key over budget" alarms watch.
+        let exposition = shared::observability::metrics::render();
+        assert!(
+            exposition.contains("budget_rejections_total{reason=\"reserved\"}"),
+            "{exposition}"
+        );
         if budget == "0.30" {
             // Settled with its actual cost (cents), the first answer leaves room for
             // another: the reservation did not stay behind.

@@ -17,7 +17,6 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
     let routes = Router::new()
         .route("/health", get(health))
         .route("/health/detailed", get(detailed))
-        .route("/health/metrics", get(shared::http::exposition))
         .with_state(ctx.clone())
         .merge(shared::probes::routes(ctx.clone(), true));
     shared::http::app(routes, &ctx.settings)

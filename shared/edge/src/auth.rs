@@ -168,8 +168,12 @@ pub async fn require_api_key(
         return Err(ApiError::Unauthorized("invalid API key".into()));
     };
     let name = ApiKeyName(Arc::from(name));
-    request.extensions_mut().insert(name);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(name.clone());
+    let mut response = next.run(request).await;
+    // For the request log: which key (by name, never the key) made the request, so an
+    // operator rotating a key sees who still uses the old one.
+    response.extensions_mut().insert(name);
+    Ok(response)
 }
 
 #[cfg(test)]

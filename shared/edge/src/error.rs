@@ -17,6 +17,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A valid key that may not do this (backups: `BACKUP_OPERATOR_KEYS`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -67,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -186,7 +190,8 @@ impl From<crate::backup::BackupError> for ApiError {
                 ApiError::Unprocessable(e.to_string())
             }
             B::Store(err) => err.into(),
-            B::Blob(BlobError::BadKey(m)) => ApiError::BadRequest(m),
+            // Ids are checked before any key is built: a bad key comes from a manifest.
+            B::Blob(BlobError::BadKey(m)) => ApiError::Unprocessable(m),
             B::Blob(err) => {
                 tracing::error!(error = %err, "backup store failed");
                 ApiError::unavailable(format!("the backup store is unavailable: {err}"))

@@ -162,7 +162,7 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
 }
 
 /// The backup function's variables (`BACKUP_URL`, `BACKUP_RETENTION_DAYS`,
-/// `BACKUP_BATCH_ROWS`, `ELASTICACHE_REPLICATION_GROUP_ID`, and the DynamoDB tables it
+/// `BACKUP_BATCH_ROWS`, `BACKUP_OPERATOR_KEYS`, `ELASTICACHE_REPLICATION_GROUP_ID`, and the DynamoDB tables it
 /// exports: `SESSIONS_TABLE`, `IDEMPOTENCY_TABLE`).
 #[cfg(feature = "backup")]
 pub(super) fn read_backup(r: &mut Reader<'_>) -> crate::backup::BackupSettings {
@@ -204,11 +204,23 @@ pub(super) fn read_backup(r: &mut Reader<'_>) -> crate::backup::BackupSettings {
             })
     })
     .collect();
+    let operator_keys = r
+        .get("BACKUP_OPERATOR_KEYS")
+        .map(|names| {
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     BackupSettings {
         url,
         retention: Duration::from_secs(days * 86_400),
         batch_rows,
         replication_group,
         dynamo_tables,
+        operator_keys,
     }
 }

@@ -319,6 +319,10 @@ fn backup_settings_default_to_a_local_folder_and_bad_values_name_their_variable(
     assert_eq!(s.backup.batch_rows, 1000);
     assert!(s.backup.replication_group.is_none());
     assert!(s.backup.dynamo_tables.is_empty());
+    assert!(
+        s.backup.operator_keys.is_empty(),
+        "no key may restore by default"
+    );
 
     let s = Settings::from_vars(
         "backup",
@@ -327,9 +331,11 @@ fn backup_settings_default_to_a_local_folder_and_bad_values_name_their_variable(
             ("BACKUP_RETENTION_DAYS", "30"),
             ("ELASTICACHE_REPLICATION_GROUP_ID", "chatkb-redis"),
             ("SESSIONS_TABLE", "chatkb-sessions-prod"),
+            ("BACKUP_OPERATOR_KEYS", "ops, oncall"),
         ]),
     )
     .unwrap();
+    assert_eq!(s.backup.operator_keys, ["ops", "oncall"]);
     assert_eq!(
         s.backup.url,
         BackupUrl::S3 {

@@ -28,6 +28,7 @@ pub fn backups(
         batch_rows,
         replication_group: None,
         dynamo_tables: Vec::new(),
+        operator_keys: Vec::new(),
     };
     Backups::new(BackupParts {
         database: db.clone(),
@@ -145,6 +146,21 @@ pub fn document_sql_with(kind: DatabaseKind, id: usize, chunks: usize, dims: usi
     sql
 }
 
+/// One more chunk for document `id`, and its count, in one transaction.
+pub fn grow_document_sql(kind: DatabaseKind, id: usize, n: usize) -> String {
+    let (title_name, title_value) = match kind {
+        DatabaseKind::Postgres => (", title", ", 'grown'"),
+        DatabaseKind::Sqlite => ("", ""),
+    };
+    format!(
+        "BEGIN; INSERT INTO chunks (id, document_id, idx{title_name}, text, model, dims, embedding) \
+         VALUES ('doc-{id}#grow-{n}', 'doc-{id}', {}{title_value}, 'grown chunk {n}', 'offline', 8, {}); \
+         UPDATE documents SET chunk_count = chunk_count + 1 WHERE id = 'doc-{id}'; COMMIT;",
+        1000 + n,
+        embedding(kind, n, 8)
+    )
+}
+
 /// Thousands of rows across every table.
 pub async fn seed(db: &Database, documents: usize) {
     seed_sized(db, documents, 8).await
@@ -205,6 +221,24 @@ pub async fn seed_sized(db: &Database, documents: usize, dims: usize) {
                 1_900_000_000_000i64 + i as i64
             ));
         }
+    }
+    // Floats at the edges (PostgreSQL also NaN and the infinities; SQLite stores no NaN).
+    let extremes: &[&str] = match kind {
+        DatabaseKind::Postgres => &[
+            "'NaN'",
+            "'Infinity'",
+            "'-Infinity'",
+            "-0.0",
+            "1e308",
+            "5e-324",
+        ],
+        DatabaseKind::Sqlite => &["-0.0", "1e308", "5e-324"],
+    };
+    for (i, value) in extremes.iter().enumerate() {
+        sql.push_str(&format!(
+            "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) \
+             VALUES ('extreme-{i}', 'm', 0, 0, FALSE, {value}, '2026-12-05', '2026-12-05T10:00:00Z');"
+        ));
     }
     for i in 0..20 {
         sql.push_str(&format!(

@@ -75,10 +75,17 @@ impl LinesWriter {
             &mut self.gzip,
             GzEncoder::new(Vec::new(), Default::default()),
         );
-        let out = gzip
-            .finish()
-            .map_err(|e| BackupError::Internal(format!("compressing {}: {e}", self.file)))?;
-        self.send(out).await?;
+        let sent = match gzip.finish() {
+            Ok(out) => self.send(out).await,
+            Err(e) => Err(BackupError::Internal(format!(
+                "compressing {}: {e}",
+                self.file
+            ))),
+        };
+        if let Err(err) = sent {
+            self.abort_blob().await;
+            return Err(err);
+        }
         let bytes = self.blob.take().expect("writer open").finish().await?;
         Ok(FileEntry {
             name: self.name.clone(),
@@ -94,6 +101,10 @@ impl LinesWriter {
 
     /// Drops the partial file.
     pub(crate) async fn abort(mut self) {
+        self.abort_blob().await;
+    }
+
+    async fn abort_blob(&mut self) {
         if let Some(blob) = self.blob.take() {
             blob.abort().await;
         }
@@ -106,8 +117,9 @@ pub(crate) struct LinesReader {
     gunzip: GzDecoder<Vec<u8>>,
     file_hash: Sha256,
     content_hash: Sha256,
-    /// Decompressed bytes not yet split into lines.
+    /// Decompressed bytes; those before `start` are already split into lines.
     pending: Vec<u8>,
+    start: usize,
     rows: u64,
     bytes: u64,
     done: bool,
@@ -122,6 +134,7 @@ impl LinesReader {
             file_hash: Sha256::new(),
             content_hash: Sha256::new(),
             pending: Vec::new(),
+            start: 0,
             rows: 0,
             bytes: 0,
             done: false,
@@ -144,13 +157,16 @@ impl LinesReader {
         let mut lines = Vec::new();
         loop {
             while lines.len() < max_rows {
-                let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
+                let rest = &self.pending[self.start..];
+                let Some(end) = rest.iter().position(|&b| b == b'\n') else {
                     break;
                 };
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                self.content_hash.update(&line);
-                let text = String::from_utf8(line[..line.len() - 1].to_vec())
-                    .map_err(|_| self.corrupt(format!("line {} is not UTF-8", self.rows + 1)))?;
+                let line = &rest[..=end];
+                self.content_hash.update(line);
+                let text = std::str::from_utf8(&line[..end])
+                    .map_err(|_| self.corrupt(format!("line {} is not UTF-8", self.rows + 1)))?
+                    .to_string();
+                self.start += end + 1;
                 self.rows += 1;
                 lines.push(text);
             }
@@ -172,11 +188,14 @@ impl LinesReader {
                     self.done = true;
                 }
             }
+            // Drop the lines already taken once per chunk, not once per line.
+            self.pending.drain(..self.start);
+            self.start = 0;
             let decoded = std::mem::take(self.gunzip.get_mut());
             self.pending.extend_from_slice(&decoded);
         }
         if lines.is_empty() && self.done {
-            if !self.pending.is_empty() {
+            if self.start < self.pending.len() {
                 return Err(self.corrupt("the last line is cut off"));
             }
             return Ok(None);

@@ -88,6 +88,9 @@ pub struct BackupSettings {
     pub replication_group: Option<String>,
     /// DynamoDB stores to export (`SESSIONS_TABLE`, `IDEMPOTENCY_TABLE`).
     pub dynamo_tables: Vec<DynamoTable>,
+    /// Names of the API keys allowed to use the backup routes (`BACKUP_OPERATOR_KEYS`):
+    /// a restore replaces the database, so a chat client's key may not. Empty: no key.
+    pub operator_keys: Vec<String>,
 }
 
 impl BackupSettings {
@@ -153,7 +156,8 @@ pub struct BackupParts {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupSummary {
     pub id: BackupId,
-    /// `complete` (it has a manifest) or `incomplete`.
+    /// `complete` (it has a manifest), `incomplete` (none: a run that failed or is
+    /// running) or `damaged` (a manifest that cannot be read: kept, never used).
     pub status: &'static str,
     pub started_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +168,9 @@ pub struct BackupSummary {
     pub files: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Why a `damaged` backup (its manifest exists but cannot be read) is not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl BackupSummary {
@@ -234,11 +241,18 @@ impl Backups {
         let mut found = Vec::with_capacity(groups.len());
         for (id, (bytes, files, has_manifest)) in groups.into_iter().rev() {
             let manifest = match has_manifest {
-                true => self.read_manifest(&id).await.ok(),
-                false => None,
+                false => Ok(None),
+                true => match self.read_manifest(&id).await {
+                    Ok(manifest) => Ok(Some(manifest)),
+                    // Present but unreadable: damaged, never taken for incomplete (which
+                    // retention deletes). A store that fails fails the whole listing.
+                    Err(BackupError::Corrupt { detail, .. }) => Err(detail),
+                    Err(BackupError::Incomplete(_)) => Ok(None),
+                    Err(other) => return Err(other),
+                },
             };
             found.push(match manifest {
-                Some(m) => BackupSummary {
+                Ok(Some(m)) => BackupSummary {
                     id,
                     status: "complete",
                     started_at: m.started_at,
@@ -247,16 +261,22 @@ impl Backups {
                     rows: Some(m.rows()),
                     files,
                     snapshot: m.elasticache_snapshot.map(|s| s.name),
+                    problem: None,
                 },
-                None => BackupSummary {
+                other => BackupSummary {
                     started_at: id.started_at(),
                     id,
-                    status: "incomplete",
+                    status: if other.is_ok() {
+                        "incomplete"
+                    } else {
+                        "damaged"
+                    },
                     finished_at: None,
                     bytes,
                     rows: None,
                     files,
                     snapshot: None,
+                    problem: other.err().map(|detail| format!("manifest.json: {detail}")),
                 },
             });
         }
@@ -306,6 +326,17 @@ impl Backups {
         }
         raw.parse().map_err(BackupError::BadId)
     }
+}
+
+/// Counts a failed backup, verify, restore, snapshot or retention, for Prometheus and
+/// (on AWS) CloudWatch.
+pub(crate) fn count_failure(operation: &'static str) {
+    use crate::observability::metrics::{emf, names};
+    metrics::counter!(names::BACKUP_FAILURES_TOTAL, "operation" => operation).increment(1);
+    emf(
+        &[(names::BACKUP_FAILURES_TOTAL, 1.0, "Count")],
+        &[("operation", operation)],
+    );
 }
 
 #[cfg(test)]

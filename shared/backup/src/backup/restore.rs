@@ -8,9 +8,8 @@ use serde::Serialize;
 use super::archive::LinesReader;
 use super::manifest::{BackupId, FileEntry, Manifest};
 use super::progress::Progress;
-use super::sql::{self, SqlBackup, TABLES};
+use super::sql::{self, FileOpener, SqlBackup, TABLES};
 use super::{BackupError, Backups};
-use crate::observability::metrics::names;
 use crate::store::blobs::BlobError;
 
 /// What verify found: every file whole.
@@ -43,10 +42,23 @@ fn failure_counted<T>(
     result: Result<T, BackupError>,
 ) -> Result<T, BackupError> {
     if let Err(err) = &result {
-        metrics::counter!(names::BACKUP_FAILURES_TOTAL, "operation" => operation).increment(1);
+        super::count_failure(operation);
         tracing::error!(operation, error = %err, "backup operation failed");
     }
     result
+}
+
+/// Opens the files of the backup being restored.
+struct Opener<'a> {
+    backups: &'a Backups,
+    id: &'a BackupId,
+}
+
+#[async_trait::async_trait]
+impl FileOpener for Opener<'_> {
+    async fn open(&self, entry: &FileEntry) -> Result<LinesReader, BackupError> {
+        self.backups.open(self.id, entry).await
+    }
 }
 
 impl Backups {
@@ -159,23 +171,28 @@ impl Backups {
         self.check_target(&manifest, sql.as_ref(), force).await?;
         // Every file whole before anything is written.
         self.check_files(&manifest, progress).await?;
-        let mut tables = Vec::new();
-        for table in TABLES {
-            let Some(entry) = manifest.tables.iter().find(|e| e.name == table.name) else {
-                continue;
-            };
-            let began = Instant::now();
-            progress.start(&entry.file, Some(entry.rows));
-            let mut lines = self.open(&manifest.id, entry).await?;
-            let rows = sql
-                .restore_table(table, entry, &mut lines, self.parts.settings.batch_rows)
-                .await?;
-            progress.finish(&entry.file, rows, entry.bytes, began.elapsed());
-            tables.push(RestoredTable {
+        let plan: Vec<_> = TABLES
+            .iter()
+            .filter_map(|table| {
+                let entry = manifest.tables.iter().find(|e| e.name == table.name)?;
+                Some((table, entry))
+            })
+            .collect();
+        let opener = Opener {
+            backups: self,
+            id: &manifest.id,
+        };
+        let rows = sql
+            .restore_all(&plan, &opener, self.parts.settings.batch_rows, progress)
+            .await?;
+        let tables = plan
+            .iter()
+            .zip(rows)
+            .map(|((_, entry), rows)| RestoredTable {
                 name: entry.name.clone(),
                 rows,
-            });
-        }
+            })
+            .collect();
         let mut dynamodb = Vec::new();
         for entry in &manifest.dynamodb {
             let table = self.dynamo_target(entry)?;
@@ -246,6 +263,14 @@ impl Backups {
                 return Err(BackupError::Incompatible(format!(
                     "table {} here has no column {missing}",
                     entry.name
+                )));
+            }
+            // A newer schema's column that needs a value the backup cannot give.
+            let required = sql.required_columns(table).await?;
+            if let Some(unfilled) = required.iter().find(|c| !entry.columns.contains(c)) {
+                return Err(BackupError::Incompatible(format!(
+                    "table {} here needs a value for column {unfilled}, which backup {} does not hold",
+                    entry.name, manifest.id
                 )));
             }
         }

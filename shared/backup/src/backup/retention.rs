@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::manifest::{self, BackupId};
 use super::{BackupError, BackupSummary, Backups};
-use crate::observability::metrics::names;
 
 /// An incomplete backup this old is a failed run, not one still running.
 const INCOMPLETE_AFTER: chrono::Duration = chrono::Duration::hours(24);
@@ -24,7 +23,7 @@ pub struct RetentionReport {
 
 /// The backups to delete at `now` (`backups` newest first): good ones past the
 /// retention but the newest good one, and incomplete ones older than a day or the
-/// retention, whichever is shorter.
+/// retention, whichever is shorter. Damaged ones are never deleted.
 pub fn plan_retention(
     backups: &[BackupSummary],
     now: DateTime<Utc>,
@@ -36,10 +35,12 @@ pub fn plan_retention(
         .iter()
         .filter(|b| {
             let age = now - b.started_at;
-            if b.is_good() {
-                age > retention && Some(&b.id) != newest_good
-            } else {
-                age > retention.min(INCOMPLETE_AFTER)
+            match b.status {
+                "complete" => age > retention && Some(&b.id) != newest_good,
+                "incomplete" => age > retention.min(INCOMPLETE_AFTER),
+                // A damaged manifest may be a newer format or a flipped byte: an operator
+                // decides, retention never does.
+                _ => false,
             }
         })
         .map(|b| b.id.clone())
@@ -90,8 +91,7 @@ impl Backups {
             .and_then(|b| b.snapshot.clone());
         self.prune_snapshots(now, keep_snapshot, &mut report).await;
         if !report.errors.is_empty() {
-            metrics::counter!(names::BACKUP_FAILURES_TOTAL, "operation" => "retention")
-                .increment(1);
+            super::count_failure("retention");
         }
         tracing::info!(
             deleted = ?report.deleted,

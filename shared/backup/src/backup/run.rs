@@ -30,6 +30,18 @@ impl Backups {
                 metrics::gauge!(names::BACKUP_BYTES).set(manifest.bytes as f64);
                 metrics::gauge!(names::BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS)
                     .set(manifest.finished_at.timestamp() as f64);
+                crate::observability::metrics::emf(
+                    &[
+                        (
+                            names::BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS,
+                            manifest.finished_at.timestamp() as f64,
+                            "Seconds",
+                        ),
+                        (names::BACKUP_BYTES, manifest.bytes as f64, "Bytes"),
+                        (names::BACKUP_DURATION_SECONDS, seconds, "Seconds"),
+                    ],
+                    &[],
+                );
                 tracing::info!(
                     backup = %manifest.id,
                     rows = manifest.rows(),
@@ -42,8 +54,7 @@ impl Backups {
             Err(err) => {
                 metrics::histogram!(names::BACKUP_DURATION_SECONDS, "outcome" => "failed")
                     .record(seconds);
-                metrics::counter!(names::BACKUP_FAILURES_TOTAL, "operation" => "backup")
-                    .increment(1);
+                super::count_failure("backup");
                 tracing::error!(error = %err, "backup failed");
             }
         }
@@ -120,16 +131,16 @@ impl Backups {
         let mut snapshot = sql.snapshot().await?;
         let mut tables = Vec::with_capacity(TABLES.len());
         for table in TABLES {
-            let columns = sql.columns(table).await?;
             let file = format!("db/{}.jsonl.gz", table.name);
             let key = format!("{id}/{file}");
             let mut out = LinesWriter::new(self.parts.blobs.writer(&key).await?, table.name, &file);
             written.push(key);
-            let rows = snapshot.count(table).await?;
-            progress.start(&file, Some(rows));
             let started = Instant::now();
-            if let Err(err) = self
-                .copy_table(
+            let copied = async {
+                let columns = snapshot.columns(table).await?;
+                let rows = snapshot.count(table).await?;
+                progress.start(&file, Some(rows));
+                self.copy_table(
                     snapshot.as_mut(),
                     table,
                     &columns,
@@ -137,11 +148,17 @@ impl Backups {
                     progress,
                     &file,
                 )
-                .await
-            {
-                out.abort().await;
-                return Err(err);
+                .await?;
+                Ok::<_, BackupError>(columns)
             }
+            .await;
+            let columns = match copied {
+                Ok(columns) => columns,
+                Err(err) => {
+                    out.abort().await;
+                    return Err(err);
+                }
+            };
             let entry = out.finish(columns).await?;
             progress.finish(&file, entry.rows, entry.bytes, started.elapsed());
             tables.push(entry);
@@ -206,8 +223,7 @@ impl Backups {
                 status: info.status,
             },
             Err(err) => {
-                metrics::counter!(names::BACKUP_FAILURES_TOTAL, "operation" => "snapshot")
-                    .increment(1);
+                super::count_failure("snapshot");
                 tracing::error!(backup = %id, error = %err, "ElastiCache snapshot failed");
                 SnapshotRecord {
                     source: snapshots.source(),

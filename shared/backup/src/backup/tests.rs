@@ -21,6 +21,7 @@ fn summary(id: &str, good: bool) -> BackupSummary {
         rows: None,
         files: 1,
         snapshot: None,
+        problem: None,
     }
 }
 
@@ -57,6 +58,11 @@ fn retention_deletes_old_backups_but_never_the_newest_good_one() {
         "{ids:?}"
     );
     assert_eq!(ids.len(), 3);
+
+    // A backup whose manifest cannot be read is never deleted.
+    let mut damaged = summary("20261001-020000-ffffff", true);
+    damaged.status = "damaged";
+    assert!(plan_retention(&[damaged], later, week).is_empty());
 
     // An incomplete backup of an hour ago may still be running.
     let running = [summary("20261205-110000-eeeeee", false)];

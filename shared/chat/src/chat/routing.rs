@@ -93,6 +93,7 @@ pub(super) fn step_down(chain: &[String], i: usize, e: &AttemptError) -> String 
 }
 
 pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
+    let mut tokens = 0;
     for (kind, field) in [
         ("prompt", "prompt_tokens"),
         ("completion", "completion_tokens"),
@@ -100,7 +101,14 @@ pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
         if let Some(n) = completion["usage"][field].as_u64() {
             metrics::counter!(names::LLM_TOKENS_TOTAL, "model" => model.to_string(), "kind" => kind)
                 .increment(n);
+            tokens += n;
         }
+    }
+    if tokens > 0 {
+        crate::observability::metrics::emf(
+            &[(names::LLM_TOKENS_TOTAL, tokens as f64, "Count")],
+            &[("model", model)],
+        );
     }
 }
 

@@ -51,6 +51,7 @@ pub mod names {
     pub const GATEWAY_OVERHEAD_SECONDS: &str = "gateway_overhead_seconds";
     pub const BUDGET_LEDGER_FALLBACKS_TOTAL: &str = "budget_ledger_fallbacks_total";
     pub const LLM_STREAM_MALFORMED_CHUNKS_TOTAL: &str = "llm_stream_malformed_chunks_total";
+    pub const BUDGET_REJECTIONS_TOTAL: &str = "budget_rejections_total";
     pub const BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "backup_last_success_timestamp_seconds";
     pub const BACKUP_BYTES: &str = "backup_bytes";
     pub const BACKUP_DURATION_SECONDS: &str = "backup_duration_seconds";
@@ -68,6 +69,48 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Where business metrics go as EMF besides Prometheus: (namespace, function), set once
+/// at cold start when `METRICS_EXPORT=emf` (AWS). Unset, [`emf`] does nothing.
+static EMF: OnceLock<(String, String)> = OnceLock::new();
+
+/// Turns on EMF lines for the metrics the alarms and the dashboard read (tokens, cost,
+/// gateway overhead, cache hits, breaker states, budget refusals, backups): CloudWatch
+/// sees only what a function writes as EMF, not its Prometheus registry.
+pub fn enable_emf(namespace: &str, function: &str) {
+    let _ = EMF.set((namespace.to_string(), function.to_string()));
+}
+
+/// One EMF line for `metrics` (name, value, CloudWatch unit) with the dimensions
+/// `function` and `function` + `dimensions`, when EMF is on; nothing otherwise.
+pub fn emf(metrics: &[(&str, f64, &str)], dimensions: &[(&str, &str)]) {
+    if let Some((namespace, function)) = EMF.get() {
+        emf_record(namespace, function, metrics, dimensions).emit();
+    }
+}
+
+/// The record [`emf`] writes: dimension sets `[function]` and `[function, ...]`.
+pub fn emf_record(
+    namespace: &str,
+    function: &str,
+    metrics: &[(&str, f64, &str)],
+    dimensions: &[(&str, &str)],
+) -> EmfRecord {
+    let mut record = EmfRecord::new(namespace).dimension_set(&["function"]);
+    if !dimensions.is_empty() {
+        let mut all = vec!["function"];
+        all.extend(dimensions.iter().map(|(name, _)| *name));
+        record = record.dimension_set(&all);
+    }
+    record = record.dimension("function", function);
+    for (name, value) in dimensions {
+        record = record.dimension(name, value);
+    }
+    for (name, value, unit) in metrics {
+        record = record.metric(name, *value, unit);
+    }
+    record
+}
 
 /// How often histogram samples are folded into their buckets. The recorder keeps every
 /// sample until then, so without upkeep an instance nobody scrapes (every Lambda
@@ -274,6 +317,11 @@ fn describe_gateway() {
         Unit::Count,
         "Budget reservations decided by one instance on its share because the shared ledger (Redis) was unreachable."
     );
+    describe_counter!(
+        BUDGET_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Chat requests refused (429) by a key's daily budget, by reason (spent, or reserved by requests in flight)."
+    );
     describe_gauge!(
         BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS,
         Unit::Seconds,
@@ -450,6 +498,42 @@ mod tests {
                 "{name} has no HELP line (promtool rejects it)"
             );
         }
+    }
+
+    #[test]
+    fn business_metrics_reach_cloudwatch_per_function_and_per_dimension() {
+        let record = emf_record(
+            "ChatKb-prod",
+            "chat",
+            &[(names::LLM_TOKENS_TOTAL, 1234.0, "Count")],
+            &[("model", "gpt-4o-mini")],
+        )
+        .to_json();
+        assert_eq!(record["function"], "chat");
+        assert_eq!(record["model"], "gpt-4o-mini");
+        assert_eq!(record["llm_tokens_total"], 1234.0);
+        let spec = &record["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(spec["Namespace"], "ChatKb-prod");
+        assert_eq!(
+            spec["Dimensions"],
+            json!([["function"], ["function", "model"]])
+        );
+        assert_eq!(spec["Metrics"][0]["Name"], "llm_tokens_total");
+        assert_eq!(spec["Metrics"][0]["Unit"], "Count");
+        // Without extra dimensions, only the per-function set.
+        let plain = emf_record(
+            "ns",
+            "chat",
+            &[(names::GATEWAY_OVERHEAD_SECONDS, 0.0002, "Seconds")],
+            &[],
+        )
+        .to_json();
+        assert_eq!(
+            plain["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["function"]])
+        );
+        // Off unless enabled: nothing is written (no panic, no line).
+        emf(&[(names::BACKUP_BYTES, 1.0, "Bytes")], &[]);
     }
 
     #[test]

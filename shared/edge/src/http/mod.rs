@@ -173,6 +173,10 @@ async fn observe_request(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    let key = response
+        .extensions()
+        .get::<crate::auth::ApiKeyName>()
+        .map(|k| k.0.clone());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     let status_label = status.to_string();
@@ -196,6 +200,7 @@ async fn observe_request(
                 function = %function,
                 method = %method,
                 route = %route,
+                key = key.as_deref(),
                 status,
                 duration_ms,
                 cold_start,

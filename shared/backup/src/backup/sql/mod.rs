@@ -86,6 +86,9 @@ pub const NOT_BACKED_UP: &[(&str, &str)] = &[
 /// One consistent read of the whole database.
 #[async_trait]
 pub(crate) trait SqlSnapshot: Send {
+    /// The table's columns that a backup holds, in table order, read on the snapshot's
+    /// own connection (a pool of one connection is enough).
+    async fn columns(&mut self, table: &TableSpec) -> Result<Vec<String>, StoreError>;
     /// Up to `limit` rows as JSON objects, after the row `after` (a line of the previous
     /// batch) in key order.
     async fn batch(
@@ -100,6 +103,12 @@ pub(crate) trait SqlSnapshot: Send {
     async fn close(self: Box<Self>) -> Result<(), StoreError>;
 }
 
+/// Opens a file of the backup being restored.
+#[async_trait]
+pub(crate) trait FileOpener: Send + Sync {
+    async fn open(&self, entry: &FileEntry) -> Result<LinesReader, BackupError>;
+}
+
 /// The database a backup reads from or restores into, in its dialect.
 #[async_trait]
 pub(crate) trait SqlBackup: Send + Sync {
@@ -109,19 +118,33 @@ pub(crate) trait SqlBackup: Send + Sync {
     async fn tables(&self) -> Result<Vec<String>, StoreError>;
     /// The table's columns that a backup holds, in table order.
     async fn columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError>;
+    /// Columns that need a value: NOT NULL, with no default, not generated.
+    async fn required_columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError>;
     async fn snapshot(&self) -> Result<Box<dyn SqlSnapshot>, StoreError>;
     /// Tables of the backup that hold rows.
     async fn non_empty(&self) -> Result<Vec<String>, StoreError>;
-    /// Replaces the table's rows with the file's, in one transaction: load, check the
-    /// file's hashes, fix sequences and derived indexes, then read the table back and
-    /// compare with the manifest. Anything wrong rolls the table back.
-    async fn restore_table(
+    /// Replaces every table's rows with the backup's, in **one transaction**: the tables
+    /// emptied (children first), each file loaded in dependency order and its hashes
+    /// checked, derived indexes rebuilt, every table read back and compared with the
+    /// manifest, sequences moved past the restored rows; then commit. Anything wrong
+    /// rolls everything back. Returns the rows restored per table.
+    async fn restore_all(
         &self,
-        table: &TableSpec,
-        entry: &FileEntry,
-        lines: &mut LinesReader,
+        plan: &[(&'static TableSpec, &FileEntry)],
+        files: &dyn FileOpener,
         batch_rows: usize,
-    ) -> Result<u64, BackupError>;
+        progress: &dyn super::progress::Progress,
+    ) -> Result<Vec<u64>, BackupError>;
+}
+
+/// A row the database refused while loading: the backup does not fit (422); a database
+/// that stopped answering is an outage (503).
+pub(crate) fn load_error(entry: &FileEntry, err: sqlx::Error) -> BackupError {
+    let err = StoreError::from(err);
+    if err.is_unavailable() {
+        return err.into();
+    }
+    BackupError::Load(entry.file.clone(), err.to_string())
 }
 
 pub(crate) fn for_database(db: &Database) -> Box<dyn SqlBackup + '_> {

@@ -4,9 +4,12 @@
 use async_trait::async_trait;
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::{json_array, quoted, quoted_list, ReadBack, SqlBackup, SqlSnapshot, TableSpec, TABLES};
-use crate::backup::archive::LinesReader;
+use super::{
+    json_array, load_error, quoted, quoted_list, FileOpener, ReadBack, SqlBackup, SqlSnapshot,
+    TableSpec, TABLES,
+};
 use crate::backup::manifest::FileEntry;
+use crate::backup::progress::Progress;
 use crate::backup::BackupError;
 use crate::store::{Database, StoreError};
 
@@ -30,8 +33,14 @@ async fn dump_batch(
         ),
         None => String::new(),
     };
+    let outer_key = table
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quoted(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
-        "SELECT row_to_json(t)::text FROM (SELECT {} FROM {name} {filter} ORDER BY {key} LIMIT {limit}) t",
+        "SELECT row_to_json(t)::text FROM (SELECT {} FROM {name} {filter} ORDER BY {key} LIMIT {limit}) t ORDER BY {outer_key}",
         quoted_list(columns)
     );
     let mut query = sqlx::query_scalar::<_, String>(&sql);
@@ -41,10 +50,38 @@ async fn dump_batch(
     Ok(query.fetch_all(conn).await?)
 }
 
+async fn table_columns(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+    required_only: bool,
+) -> Result<Vec<String>, StoreError> {
+    let required = if required_only {
+        "AND is_nullable = 'NO' AND column_default IS NULL AND identity_generation IS NULL"
+    } else {
+        ""
+    };
+    let columns: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 AND is_generated = 'NEVER' {required} \
+         ORDER BY ordinal_position"
+    ))
+    .bind(table.name)
+    .fetch_all(conn)
+    .await?;
+    Ok(columns
+        .into_iter()
+        .filter(|c| !table.skip.contains(&c.as_str()))
+        .collect())
+}
+
 struct PgSnapshot(Transaction<'static, Postgres>);
 
 #[async_trait]
 impl SqlSnapshot for PgSnapshot {
+    async fn columns(&mut self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
+        table_columns(&mut self.0, table, false).await
+    }
+
     async fn batch(
         &mut self,
         table: &TableSpec,
@@ -86,18 +123,13 @@ impl SqlBackup for PostgresBackup<'_> {
     }
 
     async fn columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
-        let columns: Vec<String> = sqlx::query_scalar(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 AND is_generated = 'NEVER' \
-             ORDER BY ordinal_position",
-        )
-        .bind(table.name)
-        .fetch_all(self.0.postgres().await?)
-        .await?;
-        Ok(columns
-            .into_iter()
-            .filter(|c| !table.skip.contains(&c.as_str()))
-            .collect())
+        let mut conn = self.0.postgres().await?.acquire().await?;
+        table_columns(&mut conn, table, false).await
+    }
+
+    async fn required_columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.0.postgres().await?.acquire().await?;
+        table_columns(&mut conn, table, true).await
     }
 
     async fn snapshot(&self) -> Result<Box<dyn SqlSnapshot>, StoreError> {
@@ -125,13 +157,13 @@ impl SqlBackup for PostgresBackup<'_> {
         Ok(found)
     }
 
-    async fn restore_table(
+    async fn restore_all(
         &self,
-        table: &TableSpec,
-        entry: &FileEntry,
-        lines: &mut LinesReader,
+        plan: &[(&'static TableSpec, &FileEntry)],
+        files: &dyn FileOpener,
         batch_rows: usize,
-    ) -> Result<u64, BackupError> {
+        progress: &dyn Progress,
+    ) -> Result<Vec<u64>, BackupError> {
         let mut tx = self
             .0
             .postgres()
@@ -145,47 +177,86 @@ impl SqlBackup for PostgresBackup<'_> {
                 .await
                 .map_err(StoreError::from)?;
         }
-        let name = quoted(table.name);
-        sqlx::query(&format!("DELETE FROM {name}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let columns = quoted_list(&entry.columns);
-        let insert = format!(
-            "INSERT INTO {name} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{name}, $1::json)"
-        );
-        while let Some(batch) = lines.next_batch(batch_rows).await? {
-            sqlx::query(&insert)
-                .bind(json_array(&batch))
+        // Children first (chunks before documents).
+        for (table, _) in plan.iter().rev() {
+            sqlx::query(&format!("DELETE FROM {}", quoted(table.name)))
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| BackupError::Load(entry.file.clone(), e.to_string()))?;
+                .map_err(StoreError::from)?;
         }
-        lines.check(entry)?;
-        if let Some(serial) = table.serial {
-            let column = quoted(serial);
+        let mut restored = Vec::with_capacity(plan.len());
+        for (table, entry) in plan {
+            let started = std::time::Instant::now();
+            progress.start(&entry.file, Some(entry.rows));
+            let mut lines = files.open(entry).await?;
+            load_table(&mut tx, table, entry, &mut lines, batch_rows).await?;
+            restored.push(read_back(&mut tx, table, entry, batch_rows).await?);
+            progress.finish(&entry.file, entry.rows, entry.bytes, started.elapsed());
+        }
+        // Sequences are not transactional: moved only once everything checked out, and
+        // never backwards, so even a failed commit leaves no duplicate key behind.
+        for (table, _) in plan {
+            let Some(serial) = table.serial else { continue };
+            let sequence: Option<String> =
+                sqlx::query_scalar("SELECT pg_get_serial_sequence($1, $2)")
+                    .bind(table.name)
+                    .bind(serial)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+            let Some(sequence) = sequence else { continue };
             sqlx::query(&format!(
-                "SELECT setval(pg_get_serial_sequence($1, $2), COALESCE(MAX({column}), 1), MAX({column}) IS NOT NULL) FROM {name}"
+                "SELECT setval($1::regclass, GREATEST((SELECT COALESCE(MAX({}), 1) FROM {}), (SELECT last_value FROM {sequence})))",
+                quoted(serial),
+                quoted(table.name)
             ))
-            .bind(table.name)
-            .bind(serial)
+            .bind(&sequence)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
         }
-        let mut back = ReadBack::default();
-        let mut after: Option<String> = None;
-        loop {
-            let batch =
-                dump_batch(&mut tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
-            back.add(&batch);
-            match batch.last() {
-                Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
-                _ => break,
-            }
-        }
-        let rows = back.check(entry)?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(rows)
+        Ok(restored)
+    }
+}
+
+async fn load_table(
+    tx: &mut PgConnection,
+    table: &TableSpec,
+    entry: &FileEntry,
+    lines: &mut crate::backup::archive::LinesReader,
+    batch_rows: usize,
+) -> Result<(), BackupError> {
+    let name = quoted(table.name);
+    let columns = quoted_list(&entry.columns);
+    let insert = format!(
+        "INSERT INTO {name} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{name}, $1::json)"
+    );
+    while let Some(batch) = lines.next_batch(batch_rows).await? {
+        sqlx::query(&insert)
+            .bind(json_array(&batch))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| load_error(entry, e))?;
+    }
+    lines.check(entry)
+}
+
+/// The table as loaded, hashed as the backup hashed it, compared with the manifest.
+async fn read_back(
+    tx: &mut PgConnection,
+    table: &TableSpec,
+    entry: &FileEntry,
+    batch_rows: usize,
+) -> Result<u64, BackupError> {
+    let mut back = ReadBack::default();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = dump_batch(tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
+        back.add(&batch);
+        match batch.last() {
+            Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
+            _ => return back.check(entry),
+        }
     }
 }

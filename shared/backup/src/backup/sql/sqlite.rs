@@ -4,9 +4,13 @@
 use async_trait::async_trait;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use super::{json_array, quoted, quoted_list, ReadBack, SqlBackup, SqlSnapshot, TableSpec, TABLES};
+use super::{
+    json_array, load_error, quoted, quoted_list, FileOpener, ReadBack, SqlBackup, SqlSnapshot,
+    TableSpec, TABLES,
+};
 use crate::backup::archive::LinesReader;
 use crate::backup::manifest::FileEntry;
+use crate::backup::progress::Progress;
 use crate::backup::BackupError;
 use crate::store::{Database, StoreError};
 
@@ -25,6 +29,30 @@ async fn column_types(
     Ok(rows
         .into_iter()
         .map(|(name, kind)| (name, kind == "BLOB"))
+        .collect())
+}
+
+/// The table's columns a backup holds (all, or only those that need a value: NOT NULL
+/// without a default, outside the primary key).
+async fn table_columns(
+    conn: &mut SqliteConnection,
+    table: &TableSpec,
+    required_only: bool,
+) -> Result<Vec<String>, StoreError> {
+    let filter = if required_only {
+        "WHERE \"notnull\" = 1 AND dflt_value IS NULL AND pk = 0"
+    } else {
+        ""
+    };
+    let columns: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM pragma_table_info(?) {filter} ORDER BY cid"
+    ))
+    .bind(table.name)
+    .fetch_all(conn)
+    .await?;
+    Ok(columns
+        .into_iter()
+        .filter(|c| !table.skip.contains(&c.as_str()))
         .collect())
 }
 
@@ -91,6 +119,10 @@ struct LiteSnapshot(Transaction<'static, Sqlite>);
 
 #[async_trait]
 impl SqlSnapshot for LiteSnapshot {
+    async fn columns(&mut self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
+        table_columns(&mut self.0, table, false).await
+    }
+
     async fn batch(
         &mut self,
         table: &TableSpec,
@@ -148,12 +180,12 @@ impl SqlBackup for SqliteBackup<'_> {
 
     async fn columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
         let mut conn = self.0.sqlite().await?.acquire().await?;
-        Ok(column_types(&mut conn, table.name)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|c| !table.skip.contains(&c.as_str()))
-            .collect())
+        table_columns(&mut conn, table, false).await
+    }
+
+    async fn required_columns(&self, table: &TableSpec) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.0.sqlite().await?.acquire().await?;
+        table_columns(&mut conn, table, true).await
     }
 
     async fn snapshot(&self) -> Result<Box<dyn SqlSnapshot>, StoreError> {
@@ -177,13 +209,13 @@ impl SqlBackup for SqliteBackup<'_> {
         Ok(found)
     }
 
-    async fn restore_table(
+    async fn restore_all(
         &self,
-        table: &TableSpec,
-        entry: &FileEntry,
-        lines: &mut LinesReader,
+        plan: &[(&'static TableSpec, &FileEntry)],
+        files: &dyn FileOpener,
         batch_rows: usize,
-    ) -> Result<u64, BackupError> {
+        progress: &dyn Progress,
+    ) -> Result<Vec<u64>, BackupError> {
         let mut tx = self
             .0
             .sqlite()
@@ -191,53 +223,81 @@ impl SqlBackup for SqliteBackup<'_> {
             .begin()
             .await
             .map_err(StoreError::from)?;
-        let name = quoted(table.name);
-        sqlx::query(&format!("DELETE FROM {name}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let types = column_types(&mut tx, table.name).await?;
-        let values = entry
-            .columns
-            .iter()
-            .map(|c| {
-                let value = format!("json_extract(value, {})", json_path(c));
-                if types.iter().any(|(name, blob)| name == c && *blob) {
-                    format!("unhex({value})")
-                } else {
-                    value
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let insert = format!(
-            "INSERT INTO {name} ({}) SELECT {values} FROM json_each(?)",
-            quoted_list(&entry.columns)
-        );
-        while let Some(batch) = lines.next_batch(batch_rows).await? {
-            sqlx::query(&insert)
-                .bind(json_array(&batch))
+        // Children first (chunks before documents).
+        for (table, _) in plan.iter().rev() {
+            sqlx::query(&format!("DELETE FROM {}", quoted(table.name)))
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| BackupError::Load(entry.file.clone(), e.to_string()))?;
+                .map_err(StoreError::from)?;
         }
-        lines.check(entry)?;
-        if table.name == "chunks" {
-            rebuild_keyword_index(&mut tx).await?;
-        }
-        let mut back = ReadBack::default();
-        let mut after: Option<String> = None;
-        loop {
-            let batch =
-                dump_batch(&mut tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
-            back.add(&batch);
-            match batch.last() {
-                Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
-                _ => break,
+        let mut restored = Vec::with_capacity(plan.len());
+        for (table, entry) in plan {
+            let started = std::time::Instant::now();
+            progress.start(&entry.file, Some(entry.rows));
+            let mut lines = files.open(entry).await?;
+            load_table(&mut tx, table, entry, &mut lines, batch_rows).await?;
+            if table.name == "chunks" {
+                rebuild_keyword_index(&mut tx).await?;
             }
+            restored.push(read_back(&mut tx, table, entry, batch_rows).await?);
+            progress.finish(&entry.file, entry.rows, entry.bytes, started.elapsed());
         }
-        let rows = back.check(entry)?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(rows)
+        Ok(restored)
+    }
+}
+
+async fn load_table(
+    tx: &mut SqliteConnection,
+    table: &TableSpec,
+    entry: &FileEntry,
+    lines: &mut LinesReader,
+    batch_rows: usize,
+) -> Result<(), BackupError> {
+    let types = column_types(tx, table.name).await?;
+    let values = entry
+        .columns
+        .iter()
+        .map(|c| {
+            let value = format!("json_extract(value, {})", json_path(c));
+            if types.iter().any(|(name, blob)| name == c && *blob) {
+                format!("unhex({value})")
+            } else {
+                value
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO {} ({}) SELECT {values} FROM json_each(?)",
+        quoted(table.name),
+        quoted_list(&entry.columns)
+    );
+    while let Some(batch) = lines.next_batch(batch_rows).await? {
+        sqlx::query(&insert)
+            .bind(json_array(&batch))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| load_error(entry, e))?;
+    }
+    lines.check(entry)
+}
+
+/// The table as loaded, hashed as the backup hashed it, compared with the manifest.
+async fn read_back(
+    tx: &mut SqliteConnection,
+    table: &TableSpec,
+    entry: &FileEntry,
+    batch_rows: usize,
+) -> Result<u64, BackupError> {
+    let mut back = ReadBack::default();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = dump_batch(tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
+        back.add(&batch);
+        match batch.last() {
+            Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
+            _ => return back.check(entry),
+        }
     }
 }

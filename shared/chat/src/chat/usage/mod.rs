@@ -417,6 +417,10 @@ impl UsageRecorder {
         if record.cost_usd > 0.0 {
             metrics::gauge!(names::LLM_COST_USD_TOTAL, "model" => record.model.clone())
                 .increment(record.cost_usd);
+            crate::observability::metrics::emf(
+                &[(names::LLM_COST_USD_TOTAL, record.cost_usd, "None")],
+                &[("model", &record.model)],
+            );
         }
         {
             let day = record.at.date_naive();
@@ -478,7 +482,14 @@ fn over_budget(budget: f64, spent: f64, reserved: f64, worst_case: f64) -> ChatE
         .and_hms_opt(0, 0, 0)
         .map(|midnight| (midnight.and_utc() - Utc::now()).num_seconds().max(1) as u64)
         .unwrap_or(3600);
-    if spent >= budget {
+    let spent_out = spent >= budget;
+    let reason = if spent_out { "spent" } else { "reserved" };
+    metrics::counter!(names::BUDGET_REJECTIONS_TOTAL, "reason" => reason).increment(1);
+    crate::observability::metrics::emf(
+        &[(names::BUDGET_REJECTIONS_TOTAL, 1.0, "Count")],
+        &[("reason", reason)],
+    );
+    if spent_out {
         return ChatError::OverBudget {
             message: format!(
                 "the daily budget of ${budget:.2} for this API key is spent (${spent:.4} today); it resets at 00:00 UTC"

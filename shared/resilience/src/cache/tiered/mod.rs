@@ -224,6 +224,7 @@ impl TieredCache {
             _ => self.inner.l2_hits.fetch_add(1, Ordering::Relaxed),
         };
         metrics::counter!(names::CACHE_HITS_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+        crate::observability::metrics::emf(&[(names::CACHE_HITS_TOTAL, 1.0, "Count")], &[]);
         self.publish_counts_when_due();
     }
 
@@ -232,6 +233,7 @@ impl TieredCache {
             self.inner.misses.fetch_add(1, Ordering::Relaxed);
         }
         metrics::counter!(names::CACHE_MISSES_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+        crate::observability::metrics::emf(&[(names::CACHE_MISSES_TOTAL, 1.0, "Count")], &[]);
         self.publish_counts_when_due();
     }
 

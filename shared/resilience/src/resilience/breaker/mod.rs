@@ -246,6 +246,14 @@ impl CircuitBreaker {
     fn export_state(&self, state: BreakerState) {
         metrics::gauge!(crate::observability::metrics::names::BREAKER_STATE, "breaker" => self.inner.name.clone())
             .set(state.metric_value());
+        crate::observability::metrics::emf(
+            &[(
+                crate::observability::metrics::names::BREAKER_STATE,
+                state.metric_value(),
+                "None",
+            )],
+            &[("breaker", &self.inner.name)],
+        );
     }
 
     fn transition(&self, local: &mut Local, to: BreakerState, why: &str) {
@@ -307,6 +315,16 @@ impl CircuitBreaker {
     fn rejected(&self, local: &Local) -> BreakerOpen {
         metrics::counter!(crate::observability::metrics::names::BREAKER_REJECTIONS_TOTAL, "breaker" => self.inner.name.clone())
             .increment(1);
+        // While it stays open, each refused call reports the state again (a transition
+        // alone would leave CloudWatch without data points after the first minute).
+        crate::observability::metrics::emf(
+            &[(
+                crate::observability::metrics::names::BREAKER_STATE,
+                local.state.metric_value(),
+                "None",
+            )],
+            &[("breaker", &self.inner.name)],
+        );
         let now = self.inner.clock.now_millis();
         let retry_after = match local.state {
             BreakerState::Open => {
