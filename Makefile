@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: bench-backup help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: api-check bench-backup help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
 
-test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, every test, the Lambda-mode smoke test, the SDK checks and the README's commands
+test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, the alert rules, every test, the Lambda-mode smoke test, the API contract, the SDK checks and the README's commands
 	scripts/test-setup.sh
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
@@ -30,8 +30,12 @@ test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, ev
 	scripts/check-prometheus.sh
 	$(MAKE) test-rust
 	$(MAKE) smoke
+	$(MAKE) api-check
 	$(MAKE) sdk
 	$(MAKE) readme-check
+
+api-check: ## The routers against docs/openapi.yaml both ways, then schemathesis against every function
+	scripts/api-check.sh
 
 test-rust: ## cargo tests only (unit, handler, store and end-to-end)
 	cargo build --workspace --bins

@@ -24,6 +24,9 @@ python3 - 2>/dev/null <<'PY' || python3 -m pip install --quiet "moto[server]>=5.
 import moto.server, moto
 assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 2, 6)
 PY
+# The API contract: the spec's validator and the schema-based fuzzer (scripts/api-check.sh).
+python3 -c "import openapi_spec_validator" 2>/dev/null || python3 -m pip install --quiet openapi-spec-validator
+command -v schemathesis >/dev/null 2>&1 || python3 -m pip install --quiet "schemathesis>=4.32,<5"
 # The official OpenAI SDK, a real client of the chat function in the SDK checks.
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
 

@@ -110,12 +110,20 @@ struct RestoreOptions {
     force: bool,
 }
 
-/// A JSON object of options; an empty body means the defaults.
+/// A JSON object of options; an empty body means the defaults. Only an object: serde
+/// would also read a struct from an array (`[true]` as `{"force": true}`).
 fn options<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object of options, like {\"force\": true}".into(),
+        ));
+    }
+    serde_json::from_value(value)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid options: {e}")))
 }
 

@@ -121,6 +121,9 @@ async fn the_routes_back_up_list_show_verify_and_restore_with_json_errors() {
     assert_eq!(res.status, 400, "{}", res.text);
     let res = call(&router, request("POST", &restore, "[1", true)).await;
     assert_eq!(res.status, 400, "{}", res.text);
+    // An array is not options (serde would read `[true]` as `{"force": true}`).
+    let res = call(&router, request("POST", &restore, "[true]", true)).await;
+    assert_eq!(res.status, 400, "{}", res.text);
     let res = call(&router, load_event("backup-restore.json")).await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.json["status"], "restored");

@@ -83,8 +83,9 @@ async fn usage(
         )));
     }
     let today = chrono::Utc::now().date_naive();
-    let from = day(query.from.as_deref(), "from", today)?;
     let to = day(query.to.as_deref(), "to", today)?;
+    // Without `from`, the day of `to` when that is in the past.
+    let from = day(query.from.as_deref(), "from", today.min(to))?;
     if from > to {
         return Err(ApiError::BadRequest("`from` is after `to`".into()));
     }
@@ -186,14 +187,15 @@ async fn answer(
         ));
     }
     let mut request = chat.gateway.parse(body, wants_no_cache(headers))?;
-    if request.session_id.is_none() {
-        if let Some(id) = headers.get("x-session-id") {
-            let id = id.to_str().unwrap_or_default();
-            if !valid_session_id(id) {
-                return Err(ApiError::BadRequest(
-                    "x-session-id must be 1-128 of A-Z a-z 0-9 - _ . :".into(),
-                ));
-            }
+    // A malformed header is refused even when the body names the session too.
+    if let Some(id) = headers.get("x-session-id") {
+        let id = id.to_str().unwrap_or_default();
+        if !valid_session_id(id) {
+            return Err(ApiError::BadRequest(
+                "x-session-id must be 1-128 of A-Z a-z 0-9 - _ . :".into(),
+            ));
+        }
+        if request.session_id.is_none() {
             request.session_id = Some(id.to_string());
         }
     }

@@ -637,6 +637,11 @@ async fn session_history_is_kept_per_key_and_bounded(extra: &[(&str, &str)]) {
     )
     .await;
     assert_eq!(res.status, 400, "{}", res.text);
+    // Refused too when the body names a (valid) session as well.
+    let mut both = ask("bad header, good body");
+    both["session_id"] = json!("conv-2");
+    let res = call(&router, post_with(both, &[("x-session-id", "not ok!")])).await;
+    assert_eq!(res.status, 400, "{}", res.text);
 }
 
 #[tokio::test]
@@ -1068,6 +1073,18 @@ async fn usage_and_cost_are_recorded_per_key_and_the_daily_budget_refuses_with_4
         )
         .await;
         assert_eq!(res.status, 400);
+        // `to` in the past without `from`: that day alone, not "`from` is after `to`".
+        let res = call(
+            &router,
+            http::Request::get("/v1/usage?to=2020-01-01")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["from"], "2020-01-01");
+        assert_eq!(res.json["requests"], 0);
         let res = call(
             &router,
             http::Request::get("/v1/usage?from=2026-01-01&to=2099-12-31")

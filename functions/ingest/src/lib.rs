@@ -263,7 +263,7 @@ async fn search(
             "the query parameter `q` is required".into(),
         ));
     }
-    if q.len() > 2000 {
+    if q.chars().count() > 2000 {
         return Err(ApiError::BadRequest(
             "`q` is longer than 2000 characters".into(),
         ));

@@ -281,6 +281,10 @@ async fn every_bad_input_gets_its_status_and_nothing_is_written() {
         (request("DELETE", "/documents/missing", None, ""), 404),
         (request("GET", "/search", None, ""), 400),
         (request("GET", "/search?q=x&k=500", None, ""), 400),
+        (
+            request("GET", &format!("/search?q={}", "x".repeat(2001)), None, ""),
+            400,
+        ),
         (request("GET", "/search?q=x&filter=nocolon", None, ""), 400),
         (request("GET", "/events?limit=0", None, ""), 400),
         (request("PUT", "/documents", Some("text/plain"), "x"), 405),
@@ -295,6 +299,14 @@ async fn every_bad_input_gets_its_status_and_nothing_is_written() {
             res.text
         );
     }
+    // The limit is 2000 characters, not bytes: 1001 two-byte characters are fine.
+    let accented = "%C3%A9".repeat(1001);
+    let res = call(
+        &router,
+        request("GET", &format!("/search?q={accented}"), None, ""),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text);
     let kb = ctx.knowledge_base();
     assert!(
         kb.store().documents(None, 10).await.unwrap().is_empty(),

@@ -19,11 +19,14 @@ pub const SNAPSHOT_PREFIX: &str = "chatkb-backup-";
 pub struct BackupId(String);
 
 impl BackupId {
+    /// The suffix is the millisecond and 12 random bits, so backups taken within one
+    /// second still sort by time.
     pub fn new(at: DateTime<Utc>) -> Self {
         BackupId(format!(
-            "{}-{:06x}",
+            "{}-{:03}{:03x}",
             at.format("%Y%m%d-%H%M%S"),
-            fastrand::u32(..0x100_0000)
+            at.timestamp_subsec_millis().min(999),
+            fastrand::u32(..0x1000)
         ))
     }
 

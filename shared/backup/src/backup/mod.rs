@@ -138,6 +138,23 @@ pub enum BackupError {
     Internal(String),
 }
 
+impl BackupError {
+    /// The caller asked for something that cannot be done as asked (an unknown or bad
+    /// id, a target with rows, another run in progress): not a failure of the backups,
+    /// so neither counted in `backup_failures_total` nor logged as an error.
+    pub fn is_callers(&self) -> bool {
+        matches!(
+            self,
+            BackupError::NotFound(_)
+                | BackupError::BadId(_)
+                | BackupError::NoneYet
+                | BackupError::Busy(_)
+                | BackupError::NotEmpty(_)
+                | BackupError::Incomplete(_)
+        )
+    }
+}
+
 /// What the capability is built from.
 pub struct BackupParts {
     pub database: Database,

@@ -41,9 +41,15 @@ fn failure_counted<T>(
     operation: &'static str,
     result: Result<T, BackupError>,
 ) -> Result<T, BackupError> {
-    if let Err(err) = &result {
-        super::count_failure(operation);
-        tracing::error!(operation, error = %err, "backup operation failed");
+    match &result {
+        Err(err) if err.is_callers() => {
+            tracing::info!(operation, error = %err, "backup operation refused")
+        }
+        Err(err) => {
+            super::count_failure(operation);
+            tracing::error!(operation, error = %err, "backup operation failed");
+        }
+        Ok(_) => {}
     }
     result
 }
