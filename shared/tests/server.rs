@@ -116,6 +116,14 @@ async fn a_half_sent_body_gets_408_and_its_connection_is_closed() {
     .expect("a half-sent body kept its connection open");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    // Like every other answer: the request id (header and body) and the security headers.
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: "), "{answer}");
+    assert!(answer.contains("\"request_id\":\""), "{answer}");
+    assert!(
+        lower.contains("x-content-type-options: nosniff"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]

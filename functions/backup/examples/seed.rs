@@ -22,5 +22,5 @@ async fn main() {
     )
     .expect("database");
     support::seed_sized(&db, documents, dims).await;
-    println!("seeded {documents} documents ({} chunks of {dims} dimensions) and 5,020 rows in the other tables", documents * 4);
+    println!("seeded {documents} documents ({} chunks of {dims} dimensions) and about 5,020 rows in the other tables", documents * 4);
 }

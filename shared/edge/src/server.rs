@@ -155,13 +155,31 @@ async fn body_deadline(
     if !timed_out.load(Ordering::Relaxed) {
         return response;
     }
-    let mut response = crate::error::error_response(
-        http::StatusCode::REQUEST_TIMEOUT,
-        format!(
-            "the request body did not arrive within {} ms",
-            limit.as_millis()
-        ),
+    let message = format!(
+        "the request body did not arrive within {} ms",
+        limit.as_millis()
     );
+    let timeout = || crate::error::error_response(http::StatusCode::REQUEST_TIMEOUT, message);
+    // The app's layers already ran on the answer being replaced: keep what they set (the
+    // request id, security headers, CORS), and the request id in the body too.
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut replacement = match request_id {
+        Some(id) => crate::http::request_id::within(id, timeout),
+        None => timeout(),
+    };
+    for (name, value) in response.headers() {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            replacement
+                .headers_mut()
+                .entry(name)
+                .or_insert(value.clone());
+        }
+    }
+    let mut response = replacement;
     response.headers_mut().insert(
         http::header::CONNECTION,
         http::HeaderValue::from_static("close"),

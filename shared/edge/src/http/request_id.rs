@@ -12,6 +12,12 @@ tokio::task_local! {
     static REQUEST_ID: String;
 }
 
+/// Runs `f` as part of the request `id` (for a response built outside the request's
+/// own task, such as the standalone server's 408).
+pub fn within<R>(id: String, f: impl FnOnce() -> R) -> R {
+    REQUEST_ID.sync_scope(id, f)
+}
+
 /// The id of the request being handled on this task, if any.
 pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
