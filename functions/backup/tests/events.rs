@@ -221,6 +221,8 @@ async fn the_command_line_runs_lists_and_verifies_and_refuses_bad_usage() {
             .env("DATABASE_URL", &db.url)
             .env("BACKUP_URL", &url)
             .env("LOG_LEVEL", "info")
+            .env("METRICS_EXPORT", "emf")
+            .env("METRICS_NAMESPACE", "ChatKb-test")
             .output()
             .unwrap()
     };
@@ -237,6 +239,18 @@ async fn the_command_line_runs_lists_and_verifies_and_refuses_bad_usage() {
         .filter(|l| l.contains("\"table done\""))
         .count();
     assert_eq!(tables, 7, "{stdout}");
+    // On AWS (EMF) the backup's metrics reach CloudWatch: one EMF line for the good
+    // backup, with the function as its dimension (what the stale-backup alarm reads).
+    let emf: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l.get("backup_last_success_timestamp_seconds").is_some())
+        .unwrap_or_else(|| panic!("no EMF line for the backup: {stdout}"));
+    assert_eq!(emf["function"], "backup");
+    let spec = &emf["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(spec["Namespace"], "ChatKb-test");
+    assert_eq!(spec["Dimensions"][0], serde_json::json!(["function"]));
+    assert!(emf["backup_bytes"].as_f64().unwrap() > 0.0, "{emf}");
     let start = stdout.find("{\n").unwrap();
     let result: serde_json::Value = serde_json::from_str(&stdout[start..]).unwrap();
     let id = result["backup"].as_str().unwrap().to_string();

@@ -323,11 +323,19 @@ impl Backups {
     /// The manifest of a backup; `latest` names the newest good one.
     pub async fn manifest(&self, id: &str) -> Result<Manifest, BackupError> {
         let id = self.resolve(id).await?;
-        let listed = self.parts.blobs.list().await?;
-        if !listed.iter().any(|b| b.key.starts_with(&format!("{id}/"))) {
-            return Err(BackupError::NotFound(id.to_string()));
+        match self.read_manifest(&id).await {
+            // No manifest: an incomplete backup, or none at all (only then a listing).
+            Err(BackupError::Incomplete(_)) => {
+                let prefix = format!("{id}/");
+                let listed = self.parts.blobs.list().await?;
+                if listed.iter().any(|b| b.key.starts_with(&prefix)) {
+                    Err(BackupError::Incomplete(id.to_string()))
+                } else {
+                    Err(BackupError::NotFound(id.to_string()))
+                }
+            }
+            other => other,
         }
-        self.read_manifest(&id).await
     }
 
     /// A backup id from a caller: an id, or `latest` for the newest good backup.

@@ -2,7 +2,7 @@
 //! reports the age of the last one from the database it already reads.
 
 use super::manifest::Manifest;
-use crate::store::{Database, Pool, StoreError};
+use crate::store::{Database, DatabaseKind, StoreError};
 
 /// Rows older than this are pruned as new ones are written.
 const KEEP_DAYS: i64 = 90;
@@ -18,9 +18,9 @@ pub(crate) async fn record(
         manifest.bytes as i64,
         manifest.rows() as i64,
     );
-    match db.pool().await? {
-        Pool::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
+    match db.kind() {
+        DatabaseKind::Sqlite => {
+            let mut tx = db.sqlite().await?.begin().await?;
             sqlx::query("INSERT INTO backup_runs (id, finished_at, bytes, row_count, location) VALUES (?, ?, ?, ?, ?)")
                 .bind(id)
                 .bind(manifest.finished_at.to_rfc3339())
@@ -35,8 +35,8 @@ pub(crate) async fn record(
                 .await?;
             tx.commit().await?;
         }
-        Pool::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
+        DatabaseKind::Postgres => {
+            let mut tx = db.postgres().await?.begin().await?;
             sqlx::query("INSERT INTO backup_runs (id, finished_at, bytes, row_count, location) VALUES ($1, $2, $3, $4, $5)")
                 .bind(id)
                 .bind(manifest.finished_at)

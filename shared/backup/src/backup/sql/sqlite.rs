@@ -1,6 +1,8 @@
 //! Backups of SQLite: `json_object` rows in one read transaction (a WAL snapshot, so
 //! writers carry on), BLOBs as hex; loaded back through `json_each`.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
@@ -63,13 +65,15 @@ fn json_path(column: &str) -> String {
     )
 }
 
-async fn dump_batch(
+/// The statement that reads one batch of `table` (`after`: past a row of the previous
+/// batch); built once per table and shape, since it needs the column types.
+async fn dump_sql(
     conn: &mut SqliteConnection,
     table: &TableSpec,
     columns: &[String],
-    after: Option<&str>,
+    after: bool,
     limit: usize,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<String, StoreError> {
     let types = column_types(conn, table.name).await?;
     let fields = columns
         .iter()
@@ -93,7 +97,7 @@ async fn dump_batch(
         .join(", ");
     let key = quoted_list(table.key);
     let filter = match after {
-        Some(_) => format!(
+        true => format!(
             "WHERE ({key}) > ({})",
             table
                 .key
@@ -102,20 +106,31 @@ async fn dump_batch(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None => String::new(),
+        false => String::new(),
     };
-    let sql = format!(
+    Ok(format!(
         "SELECT json_object({fields}) FROM {} {filter} ORDER BY {key} LIMIT {limit}",
         quoted(table.name)
-    );
-    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    ))
+}
+
+async fn dump_batch(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    after: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let mut query = sqlx::query_scalar::<_, String>(sql);
     if let Some(after) = after {
         query = query.bind(after);
     }
     Ok(query.fetch_all(conn).await?)
 }
 
-struct LiteSnapshot(Transaction<'static, Sqlite>);
+/// The read transaction, and the batch statements built so far (by table, shape, size).
+struct LiteSnapshot(
+    Transaction<'static, Sqlite>,
+    HashMap<(&'static str, bool, usize), String>,
+);
 
 #[async_trait]
 impl SqlSnapshot for LiteSnapshot {
@@ -130,7 +145,12 @@ impl SqlSnapshot for LiteSnapshot {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        dump_batch(&mut self.0, table, columns, after, limit).await
+        let shape = (table.name, after.is_some(), limit);
+        if !self.1.contains_key(&shape) {
+            let sql = dump_sql(&mut self.0, table, columns, after.is_some(), limit).await?;
+            self.1.insert(shape, sql);
+        }
+        dump_batch(&mut self.0, &self.1[&shape], after).await
     }
 
     async fn count(&mut self, table: &TableSpec) -> Result<u64, StoreError> {
@@ -194,7 +214,7 @@ impl SqlBackup for SqliteBackup<'_> {
         sqlx::query("SELECT COUNT(*) FROM sqlite_schema")
             .execute(&mut *tx)
             .await?;
-        Ok(Box::new(LiteSnapshot(tx)))
+        Ok(Box::new(LiteSnapshot(tx, HashMap::new())))
     }
 
     async fn non_empty(&self) -> Result<Vec<String>, StoreError> {
@@ -290,10 +310,13 @@ async fn read_back(
     entry: &FileEntry,
     batch_rows: usize,
 ) -> Result<u64, BackupError> {
+    let first = dump_sql(tx, table, &entry.columns, false, batch_rows).await?;
+    let next = dump_sql(tx, table, &entry.columns, true, batch_rows).await?;
     let mut back = ReadBack::default();
     let mut after: Option<String> = None;
     loop {
-        let batch = dump_batch(tx, table, &entry.columns, after.as_deref(), batch_rows).await?;
+        let sql = if after.is_some() { &next } else { &first };
+        let batch = dump_batch(tx, sql, after.as_deref()).await?;
         back.add(&batch);
         match batch.last() {
             Some(last) if batch.len() == batch_rows => after = Some(last.clone()),
