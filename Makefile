@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: api-check bench-backup help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: api-check bench-backup bench-gateway help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,13 +18,14 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
 
-test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint, the alert rules, every test, the Lambda-mode smoke test, the API contract, the SDK checks and the README's commands
+test: ## Installs and starts what the tests need, then fmt, clippy, cfn-lint and sam validate, the alert rules, every test, the Lambda-mode smoke test, the API contract, the SDK checks and the README's commands
 	scripts/test-setup.sh
 	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
 	cfn-lint infra/*.yaml
+	SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true sam validate --lint --region us-east-1 --template-file infra/template.yaml
 	python3 scripts/check-iam.py --self-test
 	python3 scripts/check-iam.py
 	scripts/check-prometheus.sh
@@ -61,7 +62,11 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 	cargo bench -p shared --bench kb
 	cargo bench -p chat --bench gateway
 	scripts/load-test.sh
+	scripts/gateway-bench.sh
 	scripts/backup-bench.sh
+
+bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU per request, added latency, traces off and on
+	scripts/gateway-bench.sh
 
 bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
 	scripts/backup-bench.sh
@@ -81,7 +86,9 @@ lint: ## The layering check, fmt, clippy, cfn-lint of the SAM templates, their l
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) lint-functions
 	command -v cfn-lint >/dev/null || python3 -m pip install --quiet cfn-lint
+	command -v sam >/dev/null || python3 -m pip install --quiet aws-sam-cli
 	cfn-lint infra/*.yaml
+	SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true sam validate --lint --region us-east-1 --template-file infra/template.yaml
 	python3 scripts/check-iam.py --self-test
 	python3 scripts/check-iam.py
 	scripts/check-prometheus.sh

@@ -17,6 +17,9 @@ if ! command -v promtool >/dev/null 2>&1; then
     || echo "warning: promtool could not be installed; the smoke test skips its exposition check"
 fi
 command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
+# `sam validate --lint` (the template's SAM transform, offline: a region, no credentials).
+# Installed before moto: it may bring an older moto along, which the check below replaces.
+command -v sam >/dev/null 2>&1 || python3 -m pip install --quiet aws-sam-cli
 # moto's S3/DynamoDB emulator (the tests start their own servers from it).
 # 5.2.6 or newer: older 5.x answers CompleteMultipartUpload with the wrong XML root, which
 # the Rust SDK rejects (getmoto/moto#10055), and the backup tests upload in parts.

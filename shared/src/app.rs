@@ -148,12 +148,14 @@ impl AppContext {
         let settings = match Settings::from_env(function) {
             Ok(settings) => settings,
             Err(err) => {
-                logging::init("info");
+                logging::init("info", &Default::default());
                 tracing::error!(function, variables = ?err.variables(), "{err}");
                 return Err(err.into());
             }
         };
-        logging::init(&settings.log_level);
+        // Before the trace exporter's HTTP client is built (an https:// collector).
+        crate::store::tls::install_crypto_provider();
+        logging::init(&settings.log_level, &settings.traces);
         let ctx = Self::new(settings)?;
         metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
         metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
@@ -283,11 +285,20 @@ pub async fn start(
                 let problem = problem.clone();
                 Box::pin(async move { Err(problem.into()) })
             });
-            return crate::runtime::serve(router, 0, Default::default(), Some(on_event)).await;
+            return crate::runtime::serve(router, 0, Default::default(), Some(on_event), None)
+                .await;
         }
         Err(err) => return Err(err.into()),
     };
     let router = routes(ctx.clone());
     let on_event = on_event.map(|make| make(ctx.clone()));
-    crate::runtime::serve(router, ctx.settings.port, ctx.settings.server, on_event).await
+    let settings = &ctx.settings;
+    crate::runtime::serve(
+        router,
+        settings.port,
+        settings.server,
+        on_event,
+        settings.schedule_every,
+    )
+    .await
 }

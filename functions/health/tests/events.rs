@@ -324,3 +324,37 @@ fn check_config_names_every_bad_variable_and_exits_non_zero() {
     );
     assert!(String::from_utf8_lossy(&good.stdout).contains("valid"));
 }
+
+/// Containers have no EventBridge: the standalone server runs the deep check itself,
+/// every `SCHEDULE_EVERY_SECS` (five minutes by default, as the template's schedule).
+#[tokio::test]
+async fn the_standalone_server_runs_its_scheduled_deep_check_itself() {
+    let db = TestDatabase::sqlite();
+    let port = chatkb_testing::free_port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_health"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env("SCHEDULE_EVERY_SECS", "1")
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the health binary starts");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/health/detailed");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Ok(response) = client.get(&url).send().await else {
+            continue;
+        };
+        last = response.json().await.unwrap_or_default();
+        if last["last_deep_check"]["status"] == "ok" {
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(last["last_deep_check"]["status"], "ok", "{last}");
+}

@@ -103,6 +103,8 @@ struct Shared {
     embedded_texts: AtomicUsize,
     by_model: Mutex<HashMap<String, usize>>,
     last_request: Mutex<Value>,
+    /// The `traceparent` header of the last chat call (trace propagation tests).
+    last_traceparent: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -233,8 +235,16 @@ fn answer_for(model: &str, messages: &[Value]) -> String {
     )
 }
 
-async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.chat_completions.fetch_add(1, Ordering::SeqCst);
+    *shared.last_traceparent.lock().expect("last traceparent") = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error_response(StatusCode::BAD_REQUEST, None);
     };
@@ -687,6 +697,15 @@ impl FakeOpenAi {
             .last_request
             .lock()
             .expect("last request")
+            .clone()
+    }
+
+    /// The `traceparent` header the last chat call came with, if any.
+    pub fn last_traceparent(&self) -> Option<String> {
+        self.shared
+            .last_traceparent
+            .lock()
+            .expect("last traceparent")
             .clone()
     }
 

@@ -78,7 +78,13 @@ async fn execute(
     http: openai_http::Client,
     factory: HttpRequestFactory,
 ) -> Result<openai_http::Response, OpenAIError> {
-    let request = factory.build().await?;
+    let mut request = factory.build().await?;
+    // The model call's span as the provider's parent, when traces are exported.
+    for (name, value) in crate::observability::traces::outgoing_headers() {
+        if let Ok(value) = openai_http::header::HeaderValue::from_str(&value) {
+            request.headers_mut().insert(name, value);
+        }
+    }
     let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
     let status = response.status();
     if status.is_success() {

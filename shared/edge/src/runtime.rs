@@ -55,13 +55,16 @@ pub fn is_scheduled_event(event: &Value) -> bool {
 
 pub use crate::server::ServerLimits;
 
-/// Serves `router` until shutdown. `on_schedule` handles scheduled events under Lambda;
-/// `limits` bound the standalone server's connections.
+/// Serves `router` until shutdown. `on_schedule` handles scheduled events: under Lambda
+/// those EventBridge sends, in standalone mode one every `schedule_every` (containers have
+/// no EventBridge: the deep check, index upkeep and backups run in-process). `limits`
+/// bound the standalone server's connections.
 pub async fn serve(
     router: Router,
     port: u16,
     limits: ServerLimits,
     on_schedule: Option<EventHandler>,
+    schedule_every: Option<std::time::Duration>,
 ) -> Result<(), BoxError> {
     if in_lambda() && lambda_response_streaming() {
         if on_schedule.is_some() {
@@ -71,7 +74,37 @@ pub async fn serve(
     } else if in_lambda() {
         serve_lambda(router, on_schedule).await
     } else {
-        serve_http(router, port, limits).await
+        let schedule = on_schedule
+            .zip(schedule_every)
+            .map(|(handler, every)| tokio::spawn(run_schedule(handler, every)));
+        let served = serve_http(router, port, limits).await;
+        if let Some(schedule) = schedule {
+            schedule.abort();
+        }
+        served
+    }
+}
+
+/// The standalone server's schedule: the function's scheduled event every `every`, the
+/// first one `every` after start; a run that takes longer delays the next, never overlaps it.
+pub async fn run_schedule(handler: EventHandler, every: std::time::Duration) {
+    use tokio::time::{interval_at, Instant, MissedTickBehavior};
+    let mut ticks = interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let event = serde_json::json!({
+            "source": "aws.events",
+            "detail-type": "Scheduled Event",
+            "detail": {},
+        });
+        match handler(event).await {
+            Ok(_) => tracing::info!(
+                every_secs = every.as_secs(),
+                "scheduled run done (SCHEDULE_EVERY_SECS)"
+            ),
+            Err(err) => tracing::error!(error = %err, "scheduled run failed"),
+        }
     }
 }
 
@@ -80,6 +113,7 @@ async fn serve_http(router: Router, port: u16, limits: ServerLimits) -> Result<(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "listening (standalone HTTP mode)");
     crate::server::serve(listener, router, limits, shutdown_signal()).await?;
+    tokio::task::spawn_blocking(crate::observability::traces::shutdown).await?;
     Ok(())
 }
 
@@ -109,7 +143,14 @@ async fn serve_lambda(router: Router, on_event: Option<EventHandler>) -> Result<
     lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<Value>| {
         let router = router.clone();
         let on_event = on_event.clone();
-        async move { dispatch(router, on_event, event).await }
+        async move {
+            let result = dispatch(router, on_event, event).await;
+            // Lambda may freeze the process once the invocation returns: send its spans.
+            if crate::observability::traces::enabled() {
+                let _ = tokio::task::spawn_blocking(crate::observability::traces::flush).await;
+            }
+            result
+        }
     }))
     .await
 }

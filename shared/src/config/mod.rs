@@ -46,8 +46,13 @@ pub struct Settings {
     pub auth_failures_per_minute: u32,
     /// The standalone server's timeouts and connection cap.
     pub server: crate::runtime::ServerLimits,
+    /// How often the standalone server runs the function's scheduled work (deep check,
+    /// index upkeep, backup) itself (`SCHEDULE_EVERY_SECS`); `None`: never.
+    pub schedule_every: Option<Duration>,
     pub cors_origins: Vec<String>,
     pub log_level: String,
+    /// OTLP trace export (the standard `OTEL_*` variables); off without an endpoint.
+    pub traces: crate::observability::traces::TraceSettings,
     pub max_body_bytes: usize,
     pub health_timeout: Duration,
     pub metrics_export: MetricsExport,
@@ -241,16 +246,13 @@ impl Settings {
         let redis_retry = r.millis("REDIS_RETRY_MS", 1000, 10, 600_000);
         let auth_failures_per_minute = r.int("AUTH_FAILURES_PER_MINUTE", 20u32, 1, 1_000_000);
         let server = read_server(&mut r);
+        let schedule_every = read_schedule(&mut r, function);
         let api_keys = read_api_keys(&mut r);
         let cors_origins = read_cors_origins(&mut r);
 
-        let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
-        if crate::observability::logging::parse_filter(&log_level).is_err() {
-            r.fail(
-                "LOG_LEVEL",
-                format!("`{log_level}` is not a level (error, warn, info, debug, trace) or filter directive"),
-            );
-        }
+        let log_level = read_log_level(&mut r);
+
+        let traces = read_traces(&mut r, function);
 
         let max_body_bytes = r.int("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576);
         let health_timeout = r.millis("HEALTH_TIMEOUT_MS", 1000, 10, 30_000);
@@ -303,8 +305,10 @@ impl Settings {
                 api_keys,
                 auth_failures_per_minute,
                 server,
+                schedule_every,
                 cors_origins,
                 log_level,
+                traces,
                 max_body_bytes,
                 health_timeout,
                 metrics_export,
@@ -518,6 +522,41 @@ fn read_budget(r: &mut Reader<'_>) -> BudgetSettings {
         },
         instances: r.int("BUDGET_INSTANCES", 1u32, 1, 10_000),
     }
+}
+
+/// `LOG_LEVEL`: a level or `target=level` directives.
+fn read_log_level(r: &mut Reader<'_>) -> String {
+    let log_level = r.get("LOG_LEVEL").unwrap_or("info").to_string();
+    if crate::observability::logging::parse_filter(&log_level).is_err() {
+        r.fail(
+            "LOG_LEVEL",
+            format!("`{log_level}` is not a level (error, warn, info, debug, trace) or filter directive"),
+        );
+    }
+    log_level
+}
+
+/// `SCHEDULE_EVERY_SECS`, by default as the template's schedules: health and ingest every
+/// 5 minutes, backup daily, chat never.
+fn read_schedule(r: &mut Reader<'_>, function: &str) -> Option<Duration> {
+    let default = match function {
+        "health" | "ingest" => 300,
+        "backup" => 86_400,
+        _ => 0,
+    };
+    Some(r.secs("SCHEDULE_EVERY_SECS", default, 0, 604_800)).filter(|every| !every.is_zero())
+}
+
+/// The standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`...).
+fn read_traces(r: &mut Reader<'_>, function: &str) -> crate::observability::traces::TraceSettings {
+    let vars = r.vars;
+    let read = crate::observability::traces::TraceSettings::read(function, |name| {
+        vars.get(name).map(|v| v.trim().to_string())
+    });
+    read.unwrap_or_else(|(variable, problem)| {
+        r.fail(variable, problem);
+        Default::default()
+    })
 }
 
 #[cfg(any(feature = "kb", feature = "chat", feature = "backup"))]

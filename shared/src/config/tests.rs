@@ -362,3 +362,49 @@ fn backup_settings_default_to_a_local_folder_and_bad_values_name_their_variable(
         vec!["BACKUP_URL", "BACKUP_RETENTION_DAYS", "BACKUP_BATCH_ROWS"]
     );
 }
+
+#[test]
+fn traces_are_off_by_default_and_their_variables_are_checked_with_the_rest() {
+    let s = Settings::from_vars("chat", &vars(&[])).unwrap();
+    assert_eq!(s.traces.endpoint, None);
+    let s = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_SERVICE_NAME", "gateway"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.traces.endpoint.as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(s.traces.service_name, "gateway");
+    let err = Settings::from_vars(
+        "chat",
+        &vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("PORT", "nope"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(err.variables(), vec!["PORT", "OTEL_EXPORTER_OTLP_ENDPOINT"]);
+}
+
+#[test]
+fn the_standalone_schedule_follows_the_templates_and_can_be_turned_off() {
+    let every = |function: &str, pairs: &[(&str, &str)]| {
+        Settings::from_vars(function, &vars(pairs))
+            .unwrap()
+            .schedule_every
+    };
+    assert_eq!(every("health", &[]), Some(Duration::from_secs(300)));
+    assert_eq!(every("ingest", &[]), Some(Duration::from_secs(300)));
+    assert_eq!(every("backup", &[]), Some(Duration::from_secs(86_400)));
+    assert_eq!(every("chat", &[]), None);
+    assert_eq!(every("health", &[("SCHEDULE_EVERY_SECS", "0")]), None);
+    assert_eq!(
+        every("backup", &[("SCHEDULE_EVERY_SECS", "3600")]),
+        Some(Duration::from_secs(3600))
+    );
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
 use super::routing::first_content;
@@ -83,8 +84,9 @@ impl Continuation {
                 continue; // open: the next one
             };
             let body = self.request(&model, partial);
+            let span = super::telemetry::model_call_span(self.provider.name(), &model, &body);
             let opened = async {
-                let stream = self.provider.stream(&body).await?;
+                let stream = self.provider.stream(&body).instrument(span.clone()).await?;
                 let stream = skip_malformed(stream, &model, self.max_bad_chunks);
                 first_content(stream, self.timeout).await
             };
@@ -94,20 +96,23 @@ impl Continuation {
             };
             match opened {
                 Ok((first, rest)) => {
+                    let rest = super::telemetry::traced_stream(&first, rest, span);
                     return Some(Resumed {
                         model,
                         first,
                         rest,
                         permit,
                         breaker,
-                    })
+                    });
                 }
                 Err(err) if err.is_caller_error() => {
+                    super::telemetry::record_error(&span, &err);
                     breaker.record(permit, false).await;
                     tracing::warn!(model = %model, error = %err, "the next model refused to continue the answer; the stream ends with its error");
                     return None;
                 }
                 Err(err) => {
+                    super::telemetry::record_error(&span, &err);
                     breaker.record(permit, true).await;
                     tracing::warn!(model = %model, error = %err, "the next model could not continue the answer");
                 }

@@ -17,6 +17,7 @@ mod settings;
 mod settle;
 mod sse;
 mod streaming;
+mod telemetry;
 pub mod usage;
 
 pub use error::ChatError;
@@ -34,6 +35,7 @@ use serde_json::{json, Value};
 use crate::cache::{Namespace, TieredCache};
 use crate::kb::KnowledgeBase;
 use crate::observability::metrics::names;
+use crate::observability::traces::db_span;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
 use provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
@@ -41,6 +43,7 @@ use request::ChatRequest;
 use retrieval::Context;
 use session::SessionStore;
 use settle::with_session;
+use tracing::Instrument;
 use usage::{UsageRecord, UsageRecorder};
 // The gateway's steps, one file each, share their private helpers through here.
 use plain::*;
@@ -199,7 +202,12 @@ pub(super) async fn remember(
         message = json!({"role": "assistant", "content": ""});
     }
     messages.push(message);
-    match store.append(&session.owner, &session.id, &messages).await {
+    let span = db_span(store.db_system(), "INSERT", "chat_messages");
+    match store
+        .append(&session.owner, &session.id, &messages)
+        .instrument(span)
+        .await
+    {
         Ok(()) => true,
         Err(err) => {
             tracing::warn!(error = %err, "session history not saved");
@@ -255,6 +263,11 @@ impl ChatGateway {
             .parts
             .sessions
             .history(owner, &id, self.parts.settings.history_messages)
+            .instrument(db_span(
+                self.parts.sessions.db_system(),
+                "SELECT",
+                "chat_messages",
+            ))
             .await
         {
             Ok(history) => {

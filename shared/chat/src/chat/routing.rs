@@ -2,6 +2,7 @@
 //! each through its breaker and retries, and the answer when no model can give one.
 
 use super::*;
+use tracing::Instrument;
 
 /// An error of one provider attempt inside the retry loop.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +286,12 @@ impl ChatGateway {
         let breaker = self.breaker(provider, model);
         retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
-            let result = provider.complete(body).await;
+            let span = telemetry::model_call_span(provider.name(), model, body);
+            let result = provider.complete(body).instrument(span.clone()).await;
+            match &result {
+                Ok(completion) => telemetry::record_completion(&span, completion),
+                Err(error) => telemetry::record_error(&span, error),
+            }
             let failed = result.as_ref().is_err_and(|e| !e.is_caller_error());
             breaker.record(permit, failed).await;
             Ok(result?)
@@ -317,8 +323,9 @@ impl ChatGateway {
         let max_bad_chunks = settings.llm_stream_max_bad_chunks;
         retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
+            let span = telemetry::model_call_span(provider.name(), model, body);
             let first = async {
-                let stream = provider.stream(body).await?;
+                let stream = provider.stream(body).instrument(span.clone()).await?;
                 let stream = skip_malformed(stream, model, max_bad_chunks);
                 first_content(stream, timeout).await
             };
@@ -327,8 +334,12 @@ impl ChatGateway {
                 Err(_) => Err(ProviderError::FirstToken(first_token)),
             };
             match first {
-                Ok((chunk, stream)) => Ok((chunk, stream, permit, breaker.clone())),
+                Ok((chunk, stream)) => {
+                    let stream = telemetry::traced_stream(&chunk, stream, span);
+                    Ok((chunk, stream, permit, breaker.clone()))
+                }
                 Err(e) => {
+                    telemetry::record_error(&span, &e);
                     breaker.record(permit, !e.is_caller_error()).await;
                     Err(AttemptError::Provider(e))
                 }

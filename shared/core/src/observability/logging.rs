@@ -9,6 +9,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 use super::redact::redact;
+use super::traces::{TraceSettings, TARGET};
+use tracing_subscriber::filter::LevelFilter;
 
 /// Wraps any log destination so each formatted line is redacted before it is written.
 #[derive(Clone)]
@@ -105,13 +107,31 @@ pub fn parse_filter(log_level: &str) -> Result<Targets, String> {
     log_level.parse::<Targets>().map_err(|e| e.to_string())
 }
 
-/// Installs the global subscriber: JSON to stdout, filtered by `LOG_LEVEL`. Idempotent.
-pub fn init(log_level: &str) {
+/// Installs the global subscriber: JSON to stdout, filtered by `LOG_LEVEL`, and the
+/// OTLP exporter of the trace-only spans when `traces` names an endpoint. Idempotent.
+pub fn init(log_level: &str, traces: &TraceSettings) {
     let filter = parse_filter(log_level)
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let _ = Registry::default()
-        .with(json_layer(io::stdout).with_filter(filter))
-        .try_init();
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+        .with_target(TARGET, LevelFilter::OFF);
+    let logs = json_layer(io::stdout).with_filter(filter);
+    #[cfg(feature = "traces")]
+    {
+        let (exporter, problem) = match super::traces::layer(traces) {
+            Ok(exporter) => (exporter, None),
+            Err(problem) => (None, Some(problem)),
+        };
+        let _ = Registry::default().with(logs).with(exporter).try_init();
+        if let Some(problem) = problem {
+            tracing::error!("traces are off: {problem}");
+        }
+    }
+    #[cfg(not(feature = "traces"))]
+    {
+        let _ = Registry::default().with(logs).try_init();
+        if traces.endpoint.is_some() {
+            tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build has no `traces` feature: no spans are sent");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! Logs and metrics (X2, X3).
+//! Logs, metrics and traces (X2, X3, X7).
 
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod traces;
 
 /// Version of the running build, reported by health, logs and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,6 +16,8 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use crate::auth::ApiKeyName;
 use crate::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
 use crate::error::ApiError;
+use crate::observability::traces::db_span;
+use tracing::Instrument;
 
 /// `route` with idempotency keys honoured. Put it behind `protect`, which names the
 /// caller: keys belong to the API key that used them. A route layer: a method the route
@@ -58,7 +60,12 @@ async fn idempotent_call(
         Err(err) if is_over_limit(&err) => return Ok(StatusCode::PAYLOAD_TOO_LARGE.into_response()),
         Err(_) => return Ok(StatusCode::BAD_REQUEST.into_response()),
     };
-    match store.begin(&key, &idempotency::payload_hash(&body)).await {
+    let span = db_span(store.db_system(), "INSERT", "idempotency_records");
+    let begun = store
+        .begin(&key, &idempotency::payload_hash(&body))
+        .instrument(span)
+        .await;
+    match begun {
         Ok(Begin::Started) => {}
         Ok(Begin::InProgress) => {
             return Err(ApiError::Conflict(
@@ -123,7 +130,8 @@ async fn keep(
         headers: replay_headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
-    if let Err(err) = store.complete(&key, &stored).await {
+    let span = db_span(store.db_system(), "UPDATE", "idempotency_records");
+    if let Err(err) = store.complete(&key, &stored).instrument(span).await {
         tracing::warn!(error = %err, "idempotency record not completed");
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))

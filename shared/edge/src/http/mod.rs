@@ -7,6 +7,7 @@ pub mod idempotency;
 #[cfg(feature = "protected")]
 pub mod protected;
 pub mod request_id;
+mod trace;
 
 #[cfg(feature = "chat")]
 pub use idempotency::idempotent;
@@ -163,10 +164,14 @@ async fn observe_request(
         .extensions()
         .get::<lambda_runtime::Context>()
         .map(|c| c.request_id.clone());
-    let span =
-        tracing::info_span!("request", request_id = %request_id, function = %observe.function);
+    let server_span = trace::server_span(&request, &request_id, cold_start);
+    let span = tracing::info_span!(parent: &server_span, "request", request_id = %request_id, function = %observe.function);
 
-    let response = next.run(request).instrument(span).await;
+    let response = next
+        .run(request)
+        .instrument(span)
+        .instrument(server_span.clone())
+        .await;
 
     let route = response
         .extensions()
@@ -190,6 +195,9 @@ async fn observe_request(
             .increment(1);
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    trace::finish_server_span(&server_span, &method, &route, status);
+    let trace_id = crate::observability::traces::trace_id(&server_span);
+    drop(server_span);
     // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
     macro_rules! log_request {
         ($level:expr) => {
@@ -201,6 +209,7 @@ async fn observe_request(
                 method = %method,
                 route = %route,
                 key = key.as_deref(),
+                trace_id = trace_id.as_deref(),
                 status,
                 duration_ms,
                 cold_start,

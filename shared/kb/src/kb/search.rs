@@ -10,6 +10,8 @@ use super::store::{ChunkHit, QueryEmbedding, SearchFilter};
 use super::text::snippet;
 use super::{rank, KbError, KnowledgeBase};
 use crate::cache::Namespace;
+use crate::observability::traces::db_span;
+use tracing::Instrument;
 
 /// One search result.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -153,6 +155,7 @@ impl KnowledgeBase {
                 Some(v) => self
                     .store
                     .vector_search(v, self.embedder.model(), candidates, filter)
+                    .instrument(db_span(self.store.db_system(), "SELECT", "chunks"))
                     .await
                     .map(Some),
                 None => Ok(None),
@@ -166,7 +169,8 @@ impl KnowledgeBase {
         });
         let (keyword, by_vector) = tokio::join!(
             self.store
-                .keyword_search_scored(query, candidates, filter, scored_by),
+                .keyword_search_scored(query, candidates, filter, scored_by)
+                .instrument(db_span(self.store.db_system(), "SELECT", "chunks_fts")),
             vector_list
         );
         let (keyword, by_vector) = (keyword?, by_vector?);

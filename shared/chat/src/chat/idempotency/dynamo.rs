@@ -51,6 +51,10 @@ fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
 
 #[async_trait::async_trait]
 impl IdempotencyStore for DynamoIdempotencyStore {
+    fn db_system(&self) -> &'static str {
+        "aws.dynamodb"
+    }
+
     async fn begin(&self, key: &str, hash: &str) -> Result<Begin, StoreError> {
         let now_ms = now_millis();
         let now_s = now_ms / 1000;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::observability::traces::db_span;
 use crate::store::{Database, DatabaseKind, StoreError};
+use tracing::Instrument;
 
 mod dynamo;
 mod postgres;
@@ -63,6 +65,9 @@ pub fn payload_hash(body: &[u8]) -> String {
 /// Storage of idempotency records.
 #[async_trait::async_trait]
 pub trait IdempotencyStore: Send + Sync {
+    /// The backend's OpenTelemetry `db.system.name` (`sqlite`, `postgresql`,
+    /// `aws.dynamodb`), for the spans of its calls.
+    fn db_system(&self) -> &'static str;
     /// Takes `key` for a request with `hash`, unless a live record holds it.
     async fn begin(&self, key: &str, hash: &str) -> Result<Begin, StoreError>;
     async fn complete(&self, key: &str, response: &StoredResponse) -> Result<(), StoreError>;
@@ -165,7 +170,12 @@ pub fn record_stream(
                         headers: std::mem::take(&mut guard.headers),
                         body: text,
                     };
-                    guard.store.complete(&guard.key, &response).await
+                    let span = db_span(guard.store.db_system(), "UPDATE", "idempotency_records");
+                    guard
+                        .store
+                        .complete(&guard.key, &response)
+                        .instrument(span)
+                        .await
                 } else {
                     guard.store.release(&guard.key).await
                 };

@@ -25,6 +25,10 @@ type RecordRow = (String, String, Option<String>);
 
 #[async_trait::async_trait]
 impl IdempotencyStore for PostgresIdempotencyStore {
+    fn db_system(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn begin(&self, key: &str, hash: &str) -> Result<Begin, StoreError> {
         let now = now_millis();
         let expires = now + self.ttl.as_millis() as i64;

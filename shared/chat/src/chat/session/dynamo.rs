@@ -35,6 +35,10 @@ impl DynamoSessionStore {
 
 #[async_trait::async_trait]
 impl SessionStore for DynamoSessionStore {
+    fn db_system(&self) -> &'static str {
+        "aws.dynamodb"
+    }
+
     async fn history(
         &self,
         owner: &str,

@@ -20,6 +20,9 @@ pub use sqlite::SqliteSessionStore;
 /// Where session history lives.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
+    /// The backend's OpenTelemetry `db.system.name` (`sqlite`, `postgresql`,
+    /// `aws.dynamodb`), for the spans of its calls.
+    fn db_system(&self) -> &'static str;
     /// The newest `limit` messages of the session, oldest first.
     async fn history(
         &self,

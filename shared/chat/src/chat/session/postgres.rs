@@ -20,6 +20,10 @@ impl PostgresSessionStore {
 
 #[async_trait::async_trait]
 impl SessionStore for PostgresSessionStore {
+    fn db_system(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn history(
         &self,
         owner: &str,

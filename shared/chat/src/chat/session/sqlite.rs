@@ -20,6 +20,10 @@ impl SqliteSessionStore {
 
 #[async_trait::async_trait]
 impl SessionStore for SqliteSessionStore {
+    fn db_system(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn history(
         &self,
         owner: &str,

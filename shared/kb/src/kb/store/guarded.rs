@@ -36,6 +36,10 @@ impl GuardedStore {
 
 #[async_trait::async_trait]
 impl KnowledgeStore for GuardedStore {
+    fn db_system(&self) -> &'static str {
+        self.inner.db_system()
+    }
+
     async fn prepare(&self, dims: usize) -> Result<(), StoreError> {
         self.guard(|| self.inner.prepare(dims)).await
     }

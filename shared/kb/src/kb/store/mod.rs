@@ -165,6 +165,9 @@ pub struct DocumentWrite {
 /// Storage of documents, chunks and events.
 #[async_trait::async_trait]
 pub trait KnowledgeStore: Send + Sync {
+    /// The backend's OpenTelemetry `db.system.name` (`sqlite`, `postgresql`,
+    /// `aws.dynamodb`), for the spans of its calls.
+    fn db_system(&self) -> &'static str;
     /// Creates what depends on the embedding dimension (PostgreSQL: the HNSW index).
     async fn prepare(&self, dims: usize) -> Result<(), StoreError>;
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>, StoreError>;

@@ -99,6 +99,10 @@ impl PgKnowledgeStore {
 
 #[async_trait::async_trait]
 impl KnowledgeStore for PgKnowledgeStore {
+    fn db_system(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn prepare(&self, _dims: usize) -> Result<(), StoreError> {
         // The HNSW index is built by the maintainer once there are chunks (vector_index).
         Ok(())

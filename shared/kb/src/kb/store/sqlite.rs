@@ -141,6 +141,10 @@ macro_rules! sqlite_immediate {
 
 #[async_trait::async_trait]
 impl KnowledgeStore for SqliteKnowledgeStore {
+    fn db_system(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn prepare(&self, _dims: usize) -> Result<(), StoreError> {
         self.pool().await.map(|_| ())
     }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The chat gateway as a proxy (issues 16 and 17): the project's fake-openai as the
+# upstream on loopback, called directly and through the gateway, in one run. Release
+# builds, standalone mode, SQLite, retrieval off, every prompt unique, request logs on
+# (LOG_LEVEL=info, to a file), auth, rate limit and usage accounting on as shipped.
+# Each gateway configuration runs at 8 connections (throughput, CPU per request) and at
+# 1 (added latency):
+#   off     traces off (the default)
+#   traces  every span exported over OTLP/HTTP to a local receiver (scripts/bench/otlp-sink.py)
+#   built without traces   (BENCH_WITHOUT_TRACES=1) the binary built with
+#           --no-default-features, to see what the trace-only spans cost when off
+# BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise.
+# Usage: scripts/gateway-bench.sh [seconds per run]   (wrk on one thread; two cores shared)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+upstream_port=${BENCH_UPSTREAM_PORT:-9391}
+gateway_port=${BENCH_GATEWAY_PORT:-9392}
+sink_port=${BENCH_SINK_PORT:-9393}
+command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null; }
+bin=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d)
+configs=(off traces)
+if [[ ${BENCH_WITHOUT_TRACES:-0} == 1 ]]; then
+  cargo build --release -p chat --bin chat --no-default-features
+  cp "$bin/chat" "$work/chat-without-traces"
+  configs=(without-traces off traces)
+fi
+cargo build --release -p chat --bin chat -p fake-openai --bin fake-openai
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_for() { for _ in $(seq 1 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+
+"$bin/fake-openai" --port "$upstream_port" >"$work/fake.log" 2>&1 &
+pids+=($!)
+python3 scripts/bench/otlp-sink.py "$sink_port" &
+pids+=($!)
+wait_for "http://127.0.0.1:$upstream_port/_fake/calls"
+wait_for "http://127.0.0.1:$sink_port/"
+
+key=bench-key-0123456789
+key_hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
+
+# run <url> <connections> <pid whose CPU is counted> [key] -> one JSON line with cpu_us
+run() {
+  local url=$1 connections=$2 pid=$3 bench_key=${4:-}
+  local before after
+  before=$(cpu_ticks "$pid")
+  local line
+  line=$(BENCH_KEY="$bench_key" wrk -t1 -c"$connections" -d"${seconds}s" -s scripts/bench/unique-chat.lua "$url" | tail -1)
+  after=$(cpu_ticks "$pid")
+  python3 -c "
+import json, sys
+r = json.loads(sys.argv[1]); ticks = int(sys.argv[2]); hz = int(sys.argv[3])
+r['cpu_us'] = ticks / hz * 1e6 / max(r['requests'], 1)
+print(json.dumps(r))" "$line" "$((after - before))" "$ticks_per_second"
+}
+
+start_gateway() {
+  local program=$1; shift
+  rm -f "$work"/gw.db*
+  env -i PATH="$PATH" PORT="$gateway_port" DATABASE_URL="sqlite://$work/gw.db" LOG_LEVEL=info \
+    LLM_BASE_URL="http://127.0.0.1:$upstream_port/v1" LLM_MODEL=gpt-4o-mini RETRIEVAL_ENABLED=false \
+    API_KEYS="bench:$key_hash" RATE_LIMIT_PER_MINUTE=1000000 "$@" \
+    "$program" >"$work/gateway.log" 2>&1 &
+  gateway_pid=$!
+  pids+=("$gateway_pid")
+  wait_for "http://127.0.0.1:$gateway_port/health/live"
+  # Warm up: connections, the first SQLite pages, the usage writer.
+  BENCH_KEY="$key" wrk -t1 -c8 -d2s -s scripts/bench/unique-chat.lua "http://127.0.0.1:$gateway_port" >/dev/null
+}
+
+stop_gateway() { kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true; }
+
+fake_pid=${pids[0]}
+upstream=http://127.0.0.1:$upstream_port
+wrk -t1 -c8 -d2s -s scripts/bench/unique-chat.lua "$upstream" >/dev/null
+echo "== direct (the upstream alone, ${seconds}s per run)"
+direct8=$(run "$upstream" 8 "$fake_pid"); echo "8 connections: $direct8"
+direct1=$(run "$upstream" 1 "$fake_pid"); echo "1 connection:  $direct1"
+
+results=()
+for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
+for config in "${configs[@]}"; do
+  extra=()
+  program=$bin/chat
+  [[ $config == traces ]] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
+  [[ $config == without-traces ]] && program=$work/chat-without-traces
+  start_gateway "$program" "${extra[@]}"
+  echo "== gateway, $config"
+  g8=$(run "http://127.0.0.1:$gateway_port" 8 "$gateway_pid" "$key"); echo "8 connections: $g8"
+  g1=$(run "http://127.0.0.1:$gateway_port" 1 "$gateway_pid" "$key"); echo "1 connection:  $g1"
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$gateway_pid/status")
+  results+=("$config|$g8|$g1|$rss")
+  stop_gateway
+done
+done
+echo "== OTLP receiver: $(curl -s "http://127.0.0.1:$sink_port/")"
+
+python3 - "$direct8" "$direct1" "${results[@]}" <<'EOF'
+import json, sys
+d8, d1 = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print()
+print("| configuration | req/s at 8 conn. | share of direct | gateway CPU µs/request (8 conn.) | p50 / p99 at 1 conn. (ms) | added p50 / p99 (ms) | RSS after (MB) | errors |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| direct (fake-openai) | {d8['rps']:,.0f} | 100 % | {d8['cpu_us']:.0f} (upstream's own) | {d1['p50_ms']:.3f} / {d1['p99_ms']:.3f} | | | {d8['errors'] + d1['errors']} |")
+for entry in sys.argv[3:]:
+    name, g8, g1, rss = entry.split("|")
+    g8, g1 = json.loads(g8), json.loads(g1)
+    print(f"| gateway, {name} | {g8['rps']:,.0f} | {100 * g8['rps'] / d8['rps']:.1f} % | {g8['cpu_us']:.0f} "
+          f"| {g1['p50_ms']:.3f} / {g1['p99_ms']:.3f} | +{g1['p50_ms'] - d1['p50_ms']:.3f} / +{g1['p99_ms'] - d1['p99_ms']:.3f} "
+          f"| {int(rss) / 1024:.0f} | {g8['errors'] + g1['errors']} |")
+EOF
