@@ -9,7 +9,11 @@
 #   traces  every span exported over OTLP/HTTP to a local receiver (scripts/bench/otlp-sink.py)
 #   built without traces   (BENCH_WITHOUT_TRACES=1) the binary built with
 #           --no-default-features, to see what the trace-only spans cost when off
+#   previous build         (BENCH_BASELINE=<a chat binary>) another build, e.g. the last
+#           commit's, run the same way in the same run, for a before/after ratio
 # BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise.
+# Then memory: each binary at its maximum rate (32 connections) for BENCH_SOAK_SECS (120),
+# resident memory sampled every 10 s, and the database's bytes per request.
 # Usage: scripts/gateway-bench.sh [seconds per run]   (wrk on one thread; two cores shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +28,11 @@ configs=(off traces)
 if [[ ${BENCH_WITHOUT_TRACES:-0} == 1 ]]; then
   cargo build --release -p chat --bin chat --no-default-features
   cp "$bin/chat" "$work/chat-without-traces"
-  configs=(without-traces off traces)
+  configs=(without-traces "${configs[@]}")
+fi
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+  cp "$BENCH_BASELINE" "$work/chat-previous"
+  configs=(previous "${configs[@]}")
 fi
 cargo build --release -p chat --bin chat -p fake-openai --bin fake-openai
 pids=()
@@ -90,6 +98,7 @@ for config in "${configs[@]}"; do
   program=$bin/chat
   [[ $config == traces ]] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
   [[ $config == without-traces ]] && program=$work/chat-without-traces
+  [[ $config == previous ]] && program=$work/chat-previous
   start_gateway "$program" "${extra[@]}"
   echo "== gateway, $config"
   g8=$(run "http://127.0.0.1:$gateway_port" 8 "$gateway_pid" "$key"); echo "8 connections: $g8"
@@ -101,8 +110,37 @@ done
 done
 echo "== OTLP receiver: $(curl -s "http://127.0.0.1:$sink_port/")"
 
-python3 - "$direct8" "$direct1" "${results[@]}" <<'EOF'
+# Memory at the maximum rate: resident set every 10 s, and what the database grew by.
+soak_seconds=${BENCH_SOAK_SECS:-120}
+soaks=()
+soak_configs=(off)
+[[ -n ${BENCH_BASELINE:-} ]] && soak_configs=(previous off)
+for config in "${soak_configs[@]}"; do
+  program=$bin/chat
+  [[ $config == previous ]] && program=$work/chat-previous
+  start_gateway "$program"
+  idle=$(awk '/VmRSS/ {print $2}' "/proc/$gateway_pid/status")
+  BENCH_KEY="$key" wrk -t1 -c32 -d"${soak_seconds}s" -s scripts/bench/unique-chat.lua \
+    "http://127.0.0.1:$gateway_port" >"$work/soak.json" &
+  soak_wrk=$!
+  samples=()
+  for _ in $(seq 1 $((soak_seconds / 10))); do
+    sleep 10
+    samples+=("$(awk '/VmRSS/ {print $2}' "/proc/$gateway_pid/status")")
+  done
+  wait "$soak_wrk"
+  sleep 1 # the last usage flush
+  db_bytes=$(du -b "$work"/gw.db* | awk '{s += $1} END {print s}')
+  echo "== memory, $config: idle ${idle} KiB, every 10 s: ${samples[*]} KiB; $(tail -1 "$work/soak.json"); database ${db_bytes} bytes"
+  soaks+=("$config|$idle|${samples[*]}|$(tail -1 "$work/soak.json")|$db_bytes")
+  stop_gateway
+done
+
+python3 - "$direct8" "$direct1" "${results[@]}" "--" "${soaks[@]}" <<'EOF'
 import json, sys
+split = sys.argv.index("--")
+soaks = sys.argv[split + 1:]
+sys.argv = sys.argv[:split]
 d8, d1 = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print()
 print("| configuration | req/s at 8 conn. | share of direct | gateway CPU µs/request (8 conn.) | p50 / p99 at 1 conn. (ms) | added p50 / p99 (ms) | RSS after (MB) | errors |")
@@ -114,4 +152,14 @@ for entry in sys.argv[3:]:
     print(f"| gateway, {name} | {g8['rps']:,.0f} | {100 * g8['rps'] / d8['rps']:.1f} % | {g8['cpu_us']:.0f} "
           f"| {g1['p50_ms']:.3f} / {g1['p99_ms']:.3f} | +{g1['p50_ms'] - d1['p50_ms']:.3f} / +{g1['p99_ms'] - d1['p99_ms']:.3f} "
           f"| {int(rss) / 1024:.0f} | {g8['errors'] + g1['errors']} |")
+print()
+print("| binary | idle RSS (MB) | RSS after 10 s / 60 s / end (MB) | growth after the first minute (MB/min) | req/s at 32 conn. | database bytes per request |")
+print("|---|---|---|---|---|---|")
+for entry in soaks:
+    name, idle, samples, run, db = entry.split("|")
+    mb = [int(x) / 1024 for x in samples.split()]
+    run = json.loads(run)
+    growth = (mb[-1] - mb[5]) / ((len(mb) - 6) / 6) if len(mb) > 6 else float("nan")
+    at60 = f"{mb[5]:.0f}" if len(mb) > 5 else "-"
+    print(f"| {name} | {int(idle) / 1024:.0f} | {mb[0]:.0f} / {at60} / {mb[-1]:.0f} | {growth:+.1f} | {run['rps']:,.0f} | {int(db) / max(run['requests'], 1):.2f} |")
 EOF

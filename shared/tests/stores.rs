@@ -311,3 +311,64 @@ async fn health_is_ok_with_real_postgres_and_redis() {
     assert_eq!(detailed["dependencies"].as_array().unwrap().len(), 2);
     ctx.database.close().await;
 }
+
+/// Usage is kept per key, model and hour: a flush of 20,000 answers (more than one
+/// multi-row statement may bind, which lost answers before) is counted whole, and the
+/// table holds one row per key, model and hour, on both backends.
+#[tokio::test]
+async fn usage_grows_with_hours_not_answers_and_a_big_flush_loses_nothing() {
+    use shared::chat::usage::{sql_usage_store, BudgetPolicy, UsageRecord, UsageRecorder};
+    for test_db in TestDatabase::both().await {
+        let db = test_db.database();
+        db.ensure_ready().await.unwrap();
+        let recorder = UsageRecorder::new(
+            sql_usage_store(db.clone()),
+            Default::default(),
+            BudgetPolicy::default(),
+            true,
+        );
+        let start = chrono::Utc::now() - chrono::Duration::hours(2);
+        for i in 0..20_000u64 {
+            recorder
+                .record(UsageRecord {
+                    key: format!("key-{}", i % 2),
+                    model: format!("model-{}", (i / 2) % 2),
+                    prompt_tokens: 10,
+                    completion_tokens: 1 + i % 3,
+                    cached: i % 10 == 0,
+                    cost_usd: 0.001,
+                    // Spread over three hours, within today or yesterday.
+                    at: start + chrono::Duration::minutes((i % 3) as i64 * 60),
+                })
+                .await;
+        }
+        recorder.flush().await.unwrap();
+        // A second flush adds to the same rows.
+        recorder
+            .record(UsageRecord {
+                key: "key-0".into(),
+                model: "model-0".into(),
+                prompt_tokens: 10,
+                completion_tokens: 1,
+                cached: false,
+                cost_usd: 0.5,
+                at: start,
+            })
+            .await;
+        recorder.flush().await.unwrap();
+        let from = start.date_naive();
+        let to = chrono::Utc::now().date_naive();
+        let a = recorder.totals("key-0", from, to).await.unwrap();
+        let b = recorder.totals("key-1", from, to).await.unwrap();
+        assert_eq!(a.requests + b.requests, 20_001, "{:?}", test_db.kind);
+        assert_eq!(a.prompt_tokens + b.prompt_tokens, 200_010);
+        assert_eq!(a.cached_requests + b.cached_requests, 2_000);
+        assert!((a.cost_usd + b.cost_usd - 20.5).abs() < 1e-6, "{a:?} {b:?}");
+        let count = "SELECT COUNT(*) FROM usage_hourly";
+        let rows: i64 = match db.pool().await.unwrap() {
+            Pool::Sqlite(pool) => sqlx::query_scalar(count).fetch_one(pool).await.unwrap(),
+            Pool::Postgres(pool) => sqlx::query_scalar(count).fetch_one(pool).await.unwrap(),
+        };
+        assert_eq!(rows, 2 * 2 * 3, "{:?}", test_db.kind);
+    }
+}

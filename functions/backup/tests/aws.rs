@@ -233,7 +233,7 @@ async fn s3_dynamodb_and_elasticache_backups_against_the_aws_emulator() {
         keys.contains(&format!("prod/chatkb/{}/manifest.json", manifest.id).as_str()),
         "{keys:?}"
     );
-    assert_eq!(keys.len(), 7 + 2 + 1, "{keys:?}");
+    assert_eq!(keys.len(), 8 + 2 + 1, "{keys:?}");
     backups.verify("latest", &Quiet).await.unwrap();
 
     // Retention deletes our old snapshot, keeps the new one and anyone else's.

@@ -32,7 +32,7 @@ async fn round_trip(source: TestDatabase) {
         "a table no backup covers"
     );
     let manifest = taker.run("test", &Quiet).await.unwrap();
-    assert_eq!(manifest.source.migration_version, 7);
+    assert_eq!(manifest.source.migration_version, 8);
     let chunks = manifest.tables.iter().find(|t| t.name == "chunks").unwrap();
     assert_eq!(chunks.rows, 260 * 4);
     assert!(!chunks.columns.contains(&"segment".to_string()));
@@ -43,7 +43,7 @@ async fn round_trip(source: TestDatabase) {
     let target = fresh.database();
     let restorer = backups(&target, dir.path(), 300, now());
     let report = restorer.restore("latest", false, &Quiet).await.unwrap();
-    assert_eq!(report.tables.len(), 7);
+    assert_eq!(report.tables.len(), 8);
     let after = fingerprint(&target).await;
     for (table, rows) in &before {
         assert_eq!(rows.len(), after[table].len(), "{table}");

@@ -10,7 +10,7 @@ use shared::store::Database;
 
 /// Every table the migrations create, the same on both backends, in name order (what
 /// `Database::table_names` and the deep check report).
-pub const MIGRATED_TABLES: [&str; 9] = [
+pub const MIGRATED_TABLES: [&str; 10] = [
     "backup_runs",
     "chat_messages",
     "chunks",
@@ -18,6 +18,7 @@ pub const MIGRATED_TABLES: [&str; 9] = [
     "events",
     "health_checks",
     "idempotency_records",
+    "usage_hourly",
     "usage_records",
     "vector_indexes",
 ];

@@ -208,6 +208,20 @@ pub async fn seed_sized(db: &Database, documents: usize, dims: usize) {
             if i % 2 == 0 { "TRUE" } else { "FALSE" },
             0.1 + i as f64 * 1.3e-7
         ));
+        if i % 10 == 0 {
+            sql.push_str(&format!(
+                "INSERT INTO usage_hourly (key_name, model, day, hour, requests, cached_requests, prompt_tokens, completion_tokens, cost_usd) \
+                 VALUES ('key-{}', 'model-{i}', '2026-12-0{}', {}, {}, {}, {}, {}, {:?});",
+                i % 5,
+                1 + i % 5,
+                i % 24,
+                1 + i,
+                i / 2,
+                100 * i,
+                7 * i,
+                0.25 + i as f64 * 1.3e-7
+            ));
+        }
         if i % 3 == 0 {
             let response = if i % 2 == 0 {
                 "NULL".to_string()
@@ -263,6 +277,7 @@ pub async fn fingerprint(db: &Database) -> BTreeMap<String, Vec<String>> {
                 ("chat_messages", "*", "owner, session_id, seq"),
                 ("idempotency_records", "*", "key"),
                 ("usage_records", "*", "id"),
+                ("usage_hourly", "*", "key_name, day, hour, model"),
                 ("health_checks", "*", "id"),
             ] {
                 let sql = format!("SELECT t::text FROM (SELECT {columns} FROM {table}) t ORDER BY {}", key.split(", ").map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", "));
@@ -279,6 +294,7 @@ pub async fn fingerprint(db: &Database) -> BTreeMap<String, Vec<String>> {
                 ("chat_messages", "owner, session_id, seq"),
                 ("idempotency_records", "key"),
                 ("usage_records", "id"),
+                ("usage_hourly", "key_name, day, hour, model"),
                 ("health_checks", "id"),
             ] {
                 let columns: Vec<String> =

@@ -34,6 +34,7 @@ macro_rules! migrations {
             5 "0005_usage.sql" "usage",
             6 "0006_vector_index.sql" "vector index",
             7 "0007_backup_runs.sql" "backup runs",
+            8 "0008_usage_hourly.sql" "usage hourly",
         )
     };
     ($dialect:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {
@@ -394,6 +395,69 @@ mod tests {
                 assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), sql);
             }
         }
+    }
+
+    const RAW_USAGE: &str = "INSERT INTO usage_records (key_name, model, prompt_tokens, completion_tokens, cached, cost_usd, day, created_at) VALUES \
+        ('a', 'm', 10, 1, FALSE, 0.5, '2026-12-05', '2026-12-05T10:15:00Z'), \
+        ('a', 'm', 20, 2, TRUE, 0.0, '2026-12-05', '2026-12-05T10:59:59Z'), \
+        ('a', 'm', 30, 3, FALSE, 0.25, '2026-12-05', '2026-12-05T11:00:00Z')";
+    const HOURLY: &str = "SELECT key_name || ' ' || model || ' ' || day || ' ' || CAST(hour AS TEXT) || ' ' || \
+        CAST(requests AS TEXT) || ' ' || CAST(cached_requests AS TEXT) || ' ' || CAST(prompt_tokens AS TEXT) || ' ' || \
+        CAST(completion_tokens AS TEXT) || ' ' || CAST(cost_usd AS TEXT) FROM usage_hourly ORDER BY hour";
+    const FOLDED: [&str; 2] = [
+        "a m 2026-12-05 10 2 1 30 3 0.5",
+        "a m 2026-12-05 11 1 0 30 3 0.25",
+    ];
+
+    /// Migration 8 folds the answers of earlier versions into hours, on both dialects.
+    #[tokio::test]
+    async fn usage_rows_of_earlier_versions_are_folded_into_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        migrator(&SQLITE_MIGRATION_FILES[..7])
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(RAW_USAGE).execute(&pool).await.unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(HOURLY).fetch_all(&pool).await.unwrap();
+        assert_eq!(rows, FOLDED);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .expect("PostgreSQL for tests (TEST_DATABASE_URL)");
+        let name = format!("chatkb_migration_{}", std::process::id());
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let pool = sqlx::PgPool::connect(&format!("{base}/{name}"))
+            .await
+            .unwrap();
+        migrator(&POSTGRES_MIGRATION_FILES[..7])
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(RAW_USAGE).execute(&pool).await.unwrap();
+        POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(HOURLY).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name}"))
+            .execute(&mut admin)
+            .await;
+        assert_eq!(rows, FOLDED);
     }
 
     #[test]

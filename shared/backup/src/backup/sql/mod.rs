@@ -66,6 +66,12 @@ pub const TABLES: &[TableSpec] = &[
         skip: &[],
     },
     TableSpec {
+        name: "usage_hourly",
+        key: &["key_name", "day", "hour", "model"],
+        serial: None,
+        skip: &[],
+    },
+    TableSpec {
         name: "health_checks",
         key: &["id"],
         serial: Some("id"),

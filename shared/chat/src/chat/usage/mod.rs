@@ -19,10 +19,12 @@ use crate::observability::metrics::names;
 use crate::store::{Database, DatabaseKind, StoreError};
 
 mod budget;
+mod hourly;
 mod postgres;
 mod sqlite;
 
 pub use budget::{BudgetLedger, Reservation};
+pub use hourly::{per_hour, HourlyUsage};
 
 pub use postgres::PostgresUsageStore;
 pub use sqlite::SqliteUsageStore;
@@ -85,10 +87,10 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Where usage records are kept: one adapter per SQL dialect.
+/// Where usage is kept: one adapter per SQL dialect.
 #[async_trait::async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Writes a batch in one statement.
+    /// Adds a batch of answers to their hours' rows, in one transaction.
     async fn insert(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
     /// Sums a key's records from `from` to `to` (UTC days, inclusive).
     async fn totals(

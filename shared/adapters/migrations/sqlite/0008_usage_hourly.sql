@@ -1,0 +1,22 @@
+-- Usage per API key, model and UTC hour (issue 16): one row per key, model and hour
+-- instead of one per answer, so a busy instance's database does not grow with its traffic.
+-- The answers already in usage_records are folded in; the table stays for backups taken
+-- before this version, whose rows the totals still count.
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    key_name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    cached_requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY (key_name, day, hour, model)
+);
+INSERT INTO usage_hourly (key_name, model, day, hour, requests, cached_requests, prompt_tokens, completion_tokens, cost_usd)
+SELECT key_name, model, day, CAST(substr(created_at, 12, 2) AS INTEGER), COUNT(*),
+       SUM(CASE WHEN cached THEN 1 ELSE 0 END), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd)
+FROM usage_records
+GROUP BY key_name, model, day, CAST(substr(created_at, 12, 2) AS INTEGER);
+DELETE FROM usage_records;
