@@ -136,6 +136,16 @@ for config in "${soak_configs[@]}"; do
   stop_gateway
 done
 
+# Streams (time to the first token, gap between chunks; direct and through the gateway,
+# alternating, the upstream sending a chunk every 10 ms) and the cold start to a first answer.
+start_gateway "$bin/chat"
+stream_result=$(python3 scripts/bench/streams_and_cold_start.py streams "$upstream" \
+  "http://127.0.0.1:$gateway_port" "$key" "${BENCH_STREAMS:-60}")
+echo "== streams: $stream_result"
+stop_gateway
+cold_result=$(python3 scripts/bench/streams_and_cold_start.py cold-start "$bin/chat" "$upstream" "$key" 5)
+echo "== cold start to the first answer: $cold_result"
+
 python3 - "$direct8" "$direct1" "${results[@]}" "--" "${soaks[@]}" <<'EOF'
 import json, sys
 split = sys.argv.index("--")
@@ -162,4 +172,18 @@ for entry in soaks:
     growth = (mb[-1] - mb[5]) / ((len(mb) - 6) / 6) if len(mb) > 6 else float("nan")
     at60 = f"{mb[5]:.0f}" if len(mb) > 5 else "-"
     print(f"| {name} | {int(idle) / 1024:.0f} | {mb[0]:.0f} / {at60} / {mb[-1]:.0f} | {growth:+.1f} | {run['rps']:,.0f} | {int(db) / max(run['requests'], 1):.2f} |")
+EOF
+python3 - "$stream_result" "$cold_result" <<'EOF'
+import json, sys
+s, c = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print()
+print("| streams | first token p50 / p90 (ms) | mean gap between chunks (ms) |")
+print("|---|---|---|")
+for name in ("direct", "gateway"):
+    r = s[name]
+    print(f"| {name} ({r['streams']} streams) | {r['first_token_p50_ms']:.2f} / {r['first_token_p90_ms']:.2f} | {r['chunk_gap_mean_ms']:.2f} |")
+print(f"| added by the gateway | +{s['added_first_token_p50_ms']:.2f} (p50) | {s['added_chunk_gap_ms']:+.2f} |")
+print()
+print(f"Cold start to the first answered chat completion: median {c['median_ms']:.1f} ms "
+      f"({', '.join(f'{t:.1f}' for t in c['first_answer_ms'])})")
 EOF

@@ -186,6 +186,16 @@ async fn the_schedule_and_on_demand_events_run_and_a_bad_event_fails_the_invocat
         .unwrap();
     assert_eq!(done["backup"]["trigger"], "schedule");
     let id = done["backup"]["id"].as_str().unwrap().to_string();
+    // Outside Lambda the standalone schedule runs soon after each start: while the last
+    // good backup is recent, a scheduled run is skipped rather than another backup taken.
+    let again = invoke(load_event_json("backup-scheduled.json"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again["skipped"], "a good backup is recent enough",
+        "{again}"
+    );
+    assert_eq!(again["last_good"], id.as_str());
 
     let listed = invoke(load_event_json("backup-invoke-list.json"))
         .await

@@ -425,3 +425,33 @@ async fn a_restore_that_cannot_complete_leaves_the_target_as_it_was() {
         );
     }
 }
+
+/// A backup of an earlier version holds no `usage_hourly` (migration 0008 folded its
+/// answers into it): restored over a database that has hours, they are emptied, not
+/// kept beside the restored answers (which would count them twice).
+#[tokio::test]
+async fn a_forced_restore_empties_the_tables_the_backup_does_not_hold() {
+    for source in TestDatabase::both().await {
+        let db = source.database();
+        seed(&db, 3).await;
+        let dir = tempfile::tempdir().unwrap();
+        let taker = backups(&db, dir.path(), 100, now());
+        let id = taker.run("test", &Quiet).await.unwrap().id;
+        let path = dir.path().join(id.as_str()).join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        manifest["tables"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|t| t["name"] != "usage_hourly");
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        let before = fingerprint(&db).await;
+        assert!(!before["usage_hourly"].is_empty());
+
+        taker.restore(id.as_str(), true, &Quiet).await.unwrap();
+        let after = fingerprint(&db).await;
+        assert!(after["usage_hourly"].is_empty(), "{:?}", source.kind);
+        assert_eq!(after["usage_records"], before["usage_records"]);
+        assert_eq!(after["documents"], before["documents"]);
+    }
+}

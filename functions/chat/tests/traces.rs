@@ -36,6 +36,8 @@ struct Exported {
     span_id: String,
     parent_span_id: String,
     status_error: bool,
+    /// Nanoseconds from start to end.
+    duration_ns: u64,
     attributes: HashMap<String, String>,
 }
 
@@ -44,6 +46,8 @@ struct Receiver {
     spans: Mutex<Vec<Exported>>,
     /// Answers 503 while set: the collector is down.
     down: std::sync::atomic::AtomicBool,
+    /// Answers after 3 s while set: the collector hangs.
+    slow: std::sync::atomic::AtomicBool,
 }
 
 fn text(value: Option<AnyValue>) -> String {
@@ -59,6 +63,9 @@ fn text(value: Option<AnyValue>) -> String {
 async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> axum::http::StatusCode {
     if receiver.down.load(std::sync::atomic::Ordering::SeqCst) {
         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if receiver.slow.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
     let mut spans = receiver.spans.lock().unwrap();
@@ -79,6 +86,9 @@ async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> axum::ht
                 span_id: hex::encode(&span.span_id),
                 parent_span_id: hex::encode(&span.parent_span_id),
                 status_error: span.status.is_some_and(|s| s.code == 2),
+                duration_ns: span
+                    .end_time_unix_nano
+                    .saturating_sub(span.start_time_unix_nano),
                 attributes: span
                     .attributes
                     .into_iter()
@@ -252,23 +262,26 @@ async fn a_streamed_answer_keeps_its_model_span_open_until_the_last_chunk() {
     let receiver = receiver();
     let _serial = serial().await;
     let fake = FakeOpenAi::start().await;
+    // A chunk every 30 ms: the model call's span must last through them.
+    fake.set_behaviour(Behaviour {
+        chunk_delay_ms: 30,
+        ..Behaviour::default()
+    });
     let db = TestDatabase::sqlite();
     let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let mut body = ask("Stream me an answer");
     body["stream"] = json!(true);
-    let response = call(
-        &router,
-        post_with(
-            body,
-            &[("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))],
-        ),
-    )
-    .await;
+    let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
+    let headers = [
+        ("traceparent", traceparent.as_str()),
+        ("x-session-id", "trace-stream-1"),
+    ];
+    let response = call(&router, post_with(body, &headers)).await;
     assert_eq!(response.status, 200, "{}", response.text);
     assert!(response.text.contains("[DONE]"));
 
-    let spans = spans_of(&receiver, trace, 2).await;
+    let spans = spans_of(&receiver, trace, 3).await;
     let server = one(&spans, "POST /v1/chat/completions");
     let model = one(&spans, "chat gpt-4o-mini");
     assert_eq!(model.parent_span_id, server.span_id);
@@ -277,6 +290,18 @@ async fn a_streamed_answer_keeps_its_model_span_open_until_the_last_chunk() {
         .parse()
         .unwrap();
     assert!(output > 0, "the usage chunk at the end was seen: {model:?}");
+    // It ends with the last chunk, not when the stream opened (one chunk in).
+    let chunks = support::sse_chunks(&response.text).len() as u64;
+    assert!(chunks >= 3, "{}", response.text);
+    assert!(
+        model.duration_ns >= (chunks - 2) * 30_000_000,
+        "{chunks} chunks, a span of {} ms",
+        model.duration_ns / 1_000_000
+    );
+    // The session is written after the last chunk, while the body streams: still under
+    // the request, not a trace of its own.
+    let write = one(&spans, "INSERT chat_messages");
+    assert_eq!(write.parent_span_id, server.span_id);
 }
 
 #[tokio::test]
@@ -410,4 +435,38 @@ async fn failed_model_calls_are_marked_and_a_collector_that_is_down_costs_no_ans
     receiver
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Under Lambda each invocation sends its spans before it returns, but a collector that
+/// hangs does not hold the answer: the invocation waits `TRACE_FLUSH_WAIT` at most.
+#[tokio::test]
+async fn a_hanging_collector_delays_a_lambda_invocation_by_the_flush_bound_at_most() {
+    let receiver = receiver();
+    let _serial = serial().await;
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    receiver
+        .slow
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let event = lambda_runtime::LambdaEvent::new(
+        chatkb_testing::load_event_json("chat-models.json"),
+        lambda_runtime::Context::default(),
+    );
+    let started = std::time::Instant::now();
+    let answer = shared::runtime::dispatch(router, None, event)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    receiver
+        .slow
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(answer["statusCode"].as_u64().is_some(), "{answer}");
+    // The collector answers after 3 s; the invocation did not wait for it.
+    assert!(
+        took < Duration::from_secs(2),
+        "the invocation waited {took:?} for the collector"
+    );
+    // What could not be sent then is sent later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }

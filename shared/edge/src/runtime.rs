@@ -70,6 +70,7 @@ pub async fn serve(
         if on_schedule.is_some() {
             tracing::warn!("streaming responses: only HTTP events (function URL) are handled");
         }
+        let router = router.layer(axum::middleware::from_fn(send_spans_while_streaming));
         lambda_http::run_with_streaming_response_concurrent(router).await
     } else if in_lambda() {
         serve_lambda(router, on_schedule).await
@@ -85,11 +86,13 @@ pub async fn serve(
     }
 }
 
-/// The standalone server's schedule: the function's scheduled event every `every`, the
-/// first one `every` after start; a run that takes longer delays the next, never overlaps it.
+/// The standalone server's schedule: the function's scheduled event a minute after start
+/// (or `every`, if shorter), then every `every`; a run that takes longer delays the next,
+/// never overlaps it. (The backup function skips a run while its last backup is recent.)
 pub async fn run_schedule(handler: EventHandler, every: std::time::Duration) {
     use tokio::time::{interval_at, Instant, MissedTickBehavior};
-    let mut ticks = interval_at(Instant::now() + every, every);
+    let first = every.min(std::time::Duration::from_secs(60));
+    let mut ticks = interval_at(Instant::now() + first, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -106,6 +109,22 @@ pub async fn run_schedule(handler: EventHandler, every: std::time::Duration) {
             Err(err) => tracing::error!(error = %err, "scheduled run failed"),
         }
     }
+}
+
+/// A streamed invocation lasts as long as its body: once the headers are out, the spans
+/// ended so far (this request's server span, earlier streams' model calls) are sent in
+/// the background while it streams.
+async fn send_spans_while_streaming(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if crate::observability::traces::enabled() {
+        drop(tokio::task::spawn_blocking(
+            crate::observability::traces::flush,
+        ));
+    }
+    response
 }
 
 async fn serve_http(router: Router, port: u16, limits: ServerLimits) -> Result<(), BoxError> {
@@ -143,21 +162,45 @@ async fn serve_lambda(router: Router, on_event: Option<EventHandler>) -> Result<
     lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<Value>| {
         let router = router.clone();
         let on_event = on_event.clone();
-        async move {
-            let result = dispatch(router, on_event, event).await;
-            // Lambda may freeze the process once the invocation returns: send its spans.
-            if crate::observability::traces::enabled() {
-                let _ = tokio::task::spawn_blocking(crate::observability::traces::flush).await;
-            }
-            result
-        }
+        async move { dispatch(router, on_event, event).await }
     }))
     .await
 }
 
+/// Lambda may freeze the process once an invocation returns, so its spans are sent
+/// first, but never at the answer's expense: after `TRACE_FLUSH_WAIT` the invocation
+/// returns and the export goes on in the background (when the process next runs).
+async fn flush_traces_before_returning() {
+    if !crate::observability::traces::enabled() {
+        return;
+    }
+    let flush = tokio::task::spawn_blocking(crate::observability::traces::flush);
+    if tokio::time::timeout(TRACE_FLUSH_WAIT, flush).await.is_err() {
+        tracing::warn!(
+            wait_ms = TRACE_FLUSH_WAIT.as_millis() as u64,
+            "the trace collector is slow: spans are sent after the invocation"
+        );
+    }
+}
+
+/// The longest an invocation waits for its spans to be sent (a collector on the same
+/// host, such as the ADOT layer, takes about a millisecond).
+pub const TRACE_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Routes one Lambda event: HTTP events through the router, anything else (schedules,
-/// S3 notifications) to the function's event handler.
+/// S3 notifications) to the function's event handler; then sends the invocation's spans
+/// (at most `TRACE_FLUSH_WAIT`).
 pub async fn dispatch(
+    router: Router,
+    on_event: Option<EventHandler>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, BoxError> {
+    let result = route_event(router, on_event, event).await;
+    flush_traces_before_returning().await;
+    result
+}
+
+async fn route_event(
     router: Router,
     on_event: Option<EventHandler>,
     event: LambdaEvent<Value>,

@@ -86,10 +86,11 @@ impl Continuation {
             let body = self.request(&model, partial);
             let span = super::telemetry::model_call_span(self.provider.name(), &model, &body);
             let opened = async {
-                let stream = self.provider.stream(&body).instrument(span.clone()).await?;
+                let stream = self.provider.stream(&body).await?;
                 let stream = skip_malformed(stream, &model, self.max_bad_chunks);
                 first_content(stream, self.timeout).await
-            };
+            }
+            .instrument(span.clone());
             let opened = match tokio::time::timeout(self.first_token, opened).await {
                 Ok(opened) => opened,
                 Err(_) => Err(ProviderError::FirstToken(self.first_token)),

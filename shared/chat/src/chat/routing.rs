@@ -324,11 +324,13 @@ impl ChatGateway {
         retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;
             let span = telemetry::model_call_span(provider.name(), model, body);
+            // The span covers the wait for the first token too.
             let first = async {
-                let stream = provider.stream(body).instrument(span.clone()).await?;
+                let stream = provider.stream(body).await?;
                 let stream = skip_malformed(stream, model, max_bad_chunks);
                 first_content(stream, timeout).await
-            };
+            }
+            .instrument(span.clone());
             let first = match tokio::time::timeout(first_token, first).await {
                 Ok(first) => first,
                 Err(_) => Err(ProviderError::FirstToken(first_token)),

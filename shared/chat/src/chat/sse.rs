@@ -106,7 +106,7 @@ impl Relay {
             id: Value::Null,
             continued_tokens: 0,
         };
-        futures_util::stream::unfold(state, |mut s| async move {
+        let body = futures_util::stream::unfold(state, |mut s| async move {
             if s.done {
                 return None;
             }
@@ -181,7 +181,8 @@ impl Relay {
                 }
             }
         })
-        .boxed()
+        .boxed();
+        super::telemetry::in_current_span(body)
     }
 }
 

@@ -6,7 +6,7 @@
 use futures_util::StreamExt;
 use serde_json::Value;
 use tracing::field::Empty;
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 use super::provider::{ChunkStream, ProviderError};
 use crate::observability::redact::redact;
@@ -129,8 +129,28 @@ pub(super) fn record_error(span: &Span, error: &ProviderError) {
     span.record("otel.status_code", "error");
 }
 
+/// Polls a response body inside the span current when it was built (the request's),
+/// when traces are exported: what runs while the body streams (a continuation's model
+/// call, the session write, the idempotency record) stays in the request's trace.
+pub(crate) fn in_current_span<T: Send + 'static>(
+    stream: futures_util::stream::BoxStream<'static, T>,
+) -> futures_util::stream::BoxStream<'static, T> {
+    if !traces::enabled() {
+        return stream;
+    }
+    let span = Span::current();
+    Box::pin(futures_util::stream::unfold(
+        (stream, span),
+        |(mut stream, span)| async move {
+            let item = stream.next().instrument(span.clone()).await?;
+            Some((item, (stream, span)))
+        },
+    ))
+}
+
 /// Keeps the span open while the stream is read: each chunk's model, usage and finish
-/// reason are recorded, and the span ends when the stream is dropped (done or cut).
+/// reason are recorded, and the span ends when the stream is dropped (done or cut); it is
+/// entered while the stream is polled, so its end is the last chunk's arrival.
 pub(super) fn traced_stream(first: &Value, rest: ChunkStream, span: Span) -> ChunkStream {
     if span.is_disabled() {
         return rest;
@@ -140,7 +160,7 @@ pub(super) fn traced_stream(first: &Value, rest: ChunkStream, span: Span) -> Chu
     Box::pin(futures_util::stream::unfold(
         (rest, span, seen),
         |(mut rest, span, mut seen)| async move {
-            match rest.next().await {
+            match rest.next().instrument(span.clone()).await {
                 Some(Ok(chunk)) => {
                     record_answer_part(&span, &chunk, &mut seen);
                     Some((Ok(chunk), (rest, span, seen)))

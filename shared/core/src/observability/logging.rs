@@ -116,13 +116,19 @@ pub fn init(log_level: &str, traces: &TraceSettings) {
     let logs = json_layer(io::stdout).with_filter(filter);
     #[cfg(feature = "traces")]
     {
-        let (exporter, problem) = match super::traces::layer(traces) {
-            Ok(exporter) => (exporter, None),
-            Err(problem) => (None, Some(problem)),
-        };
-        let _ = Registry::default().with(logs).with(exporter).try_init();
-        if let Some(problem) = problem {
-            tracing::error!("traces are off: {problem}");
+        // Only a real exporter is added: a `None` layer would make every trace-only
+        // callsite "sometimes" interesting instead of never (a filter check per call).
+        match super::traces::layer(traces) {
+            Ok(Some(exporter)) => {
+                let _ = Registry::default().with(logs).with(exporter).try_init();
+            }
+            Ok(None) => {
+                let _ = Registry::default().with(logs).try_init();
+            }
+            Err(problem) => {
+                let _ = Registry::default().with(logs).try_init();
+                tracing::error!("traces are off: {problem}");
+            }
         }
     }
     #[cfg(not(feature = "traces"))]

@@ -177,8 +177,10 @@ impl SqlBackup for PostgresBackup<'_> {
                 .await
                 .map_err(StoreError::from)?;
         }
-        // Children first (chunks before documents).
-        for (table, _) in plan.iter().rev() {
+        // Every table, children first (chunks before documents): one that a backup of an
+        // earlier version does not hold (usage_hourly) would otherwise keep rows beside
+        // the restored ones, and a table the backup holds nothing of is empty after it.
+        for table in super::TABLES.iter().rev() {
             sqlx::query(&format!("DELETE FROM {}", quoted(table.name)))
                 .execute(&mut *tx)
                 .await

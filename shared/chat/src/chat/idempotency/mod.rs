@@ -154,37 +154,40 @@ pub fn record_stream(
         headers,
         finished: false,
     };
-    futures_util::stream::unfold((body, guard), |(mut body, mut guard)| async move {
-        match body.next().await {
-            Some(bytes) => {
-                guard.buffer.extend_from_slice(&bytes);
-                Some((bytes, (body, guard)))
-            }
-            None => {
-                guard.finished = true;
-                let text = String::from_utf8_lossy(&guard.buffer).into_owned();
-                let result = if text.ends_with("data: [DONE]\n\n") {
-                    let response = StoredResponse {
-                        status: 200,
-                        content_type: "text/event-stream".into(),
-                        headers: std::mem::take(&mut guard.headers),
-                        body: text,
-                    };
-                    let span = db_span(guard.store.db_system(), "UPDATE", "idempotency_records");
-                    guard
-                        .store
-                        .complete(&guard.key, &response)
-                        .instrument(span)
-                        .await
-                } else {
-                    guard.store.release(&guard.key).await
-                };
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "idempotency record not updated");
+    let recorded =
+        futures_util::stream::unfold((body, guard), |(mut body, mut guard)| async move {
+            match body.next().await {
+                Some(bytes) => {
+                    guard.buffer.extend_from_slice(&bytes);
+                    Some((bytes, (body, guard)))
                 }
-                None
+                None => {
+                    guard.finished = true;
+                    let text = String::from_utf8_lossy(&guard.buffer).into_owned();
+                    let result = if text.ends_with("data: [DONE]\n\n") {
+                        let response = StoredResponse {
+                            status: 200,
+                            content_type: "text/event-stream".into(),
+                            headers: std::mem::take(&mut guard.headers),
+                            body: text,
+                        };
+                        let span =
+                            db_span(guard.store.db_system(), "UPDATE", "idempotency_records");
+                        guard
+                            .store
+                            .complete(&guard.key, &response)
+                            .instrument(span)
+                            .await
+                    } else {
+                        guard.store.release(&guard.key).await
+                    };
+                    if let Err(err) = result {
+                        tracing::warn!(error = %err, "idempotency record not updated");
+                    }
+                    None
+                }
             }
-        }
-    })
-    .boxed()
+        })
+        .boxed();
+    super::telemetry::in_current_span(recorded)
 }

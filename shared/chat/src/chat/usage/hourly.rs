@@ -23,7 +23,9 @@ pub struct HourlyUsage {
     pub cost_usd: f64,
 }
 
-/// Sums a batch of answers per key, model and hour, in the order each group first appears.
+/// Sums a batch of answers per key, model and hour, in primary-key order (key, day, hour,
+/// model): two flushes upserting the same rows lock them in the same order, so they
+/// cannot deadlock each other.
 pub fn per_hour(batch: &[UsageRecord]) -> Vec<HourlyUsage> {
     use chrono::Timelike;
     let mut groups: Vec<HourlyUsage> = Vec::new();
@@ -53,6 +55,9 @@ pub fn per_hour(batch: &[UsageRecord]) -> Vec<HourlyUsage> {
         group.completion_tokens += r.completion_tokens as i64;
         group.cost_usd += r.cost_usd;
     }
+    groups.sort_by(|a, b| {
+        (&a.key, &a.day, a.hour, &a.model).cmp(&(&b.key, &b.day, b.hour, &b.model))
+    });
     groups
 }
 
@@ -103,9 +108,9 @@ mod tests {
             summary,
             vec![
                 ("a", "m", 10, 2, 1, 20, 0.5),
-                ("b", "m", 10, 1, 0, 10, 0.1),
-                ("a", "m", 11, 1, 0, 10, 0.25),
                 ("a", "other", 10, 1, 0, 10, 1.0),
+                ("a", "m", 11, 1, 0, 10, 0.25),
+                ("b", "m", 10, 1, 0, 10, 0.1),
             ]
         );
         assert!(groups.iter().all(|g| g.day == "2026-12-05"));
