@@ -4,9 +4,15 @@ process to its first HTTP answer (any status), on a fresh SQLite database each r
 
 Usage: scripts/cold-start.py BIN_DIR [runs]   e.g. scripts/cold-start.py target/release 10
 Prints, per function, the median and the range in milliseconds, and the binary's size.
+
+       scripts/cold-start.py --chat CHAT_BINARY UPSTREAM_URL KEY [runs]
+The chat function in front of an OpenAI-compatible upstream, to its first answered chat
+completion (a 200); prints JSON (what scripts/gateway-bench.sh reads).
 """
 
+import hashlib
 import http.client
+import json
 import os
 import socket
 import statistics
@@ -25,7 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def first_answer_ms(binary: str, path: str) -> float:
+def first_answer_ms(binary: str, path: str, request=None, extra_env=None) -> float:
+    """Process start to the first answer of `path` (any status), or to a 200 for
+    `request` = (method, body, headers)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         env = {
@@ -33,7 +41,9 @@ def first_answer_ms(binary: str, path: str) -> float:
             "PORT": str(port),
             "DATABASE_URL": f"sqlite://{data}/app.db",
             "LOG_LEVEL": "warn",
+            **(extra_env or {}),
         }
+        method, body, headers = request or ("GET", None, {})
         started = time.perf_counter()
         process = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -41,18 +51,41 @@ def first_answer_ms(binary: str, path: str) -> float:
             while time.perf_counter() < deadline:
                 try:
                     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    connection.request("GET", path)
-                    connection.getresponse().read()
-                    return (time.perf_counter() - started) * 1000
+                    connection.request(method, path, body, headers)
+                    response = connection.getresponse()
+                    response.read()
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if request and response.status != 200:
+                        raise RuntimeError(f"{binary}: {method} {path} answered {response.status}")
+                    return elapsed
                 except OSError:
-                    time.sleep(0.002)
+                    time.sleep(0.0005)
             raise RuntimeError(f"{binary} did not answer within 30 s")
         finally:
             process.kill()
             process.wait()
 
 
+def chat_first_answer(binary: str, upstream: str, key: str, runs: int) -> dict:
+    env = {
+        "LLM_BASE_URL": f"{upstream.rstrip('/')}/v1",
+        "LLM_MODEL": "gpt-4o-mini",
+        "RETRIEVAL_ENABLED": "false",
+        "API_KEYS": f"bench:{hashlib.sha256(key.encode()).hexdigest()}",
+    }
+    body = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                       "messages": [{"role": "user", "content": "cold start"}]})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    times = [first_answer_ms(binary, "/v1/chat/completions", ("POST", body, headers), env)
+             for _ in range(runs)]
+    return {"first_answer_ms": times, "median_ms": statistics.median(times)}
+
+
 def main() -> None:
+    if sys.argv[1] == "--chat":
+        runs = int(sys.argv[5]) if len(sys.argv) > 5 else 5
+        print(json.dumps(chat_first_answer(sys.argv[2], sys.argv[3], sys.argv[4], runs)))
+        return
     bin_dir = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     for function, path in PATHS.items():

@@ -139,11 +139,11 @@ done
 # Streams (time to the first token, gap between chunks; direct and through the gateway,
 # alternating, the upstream sending a chunk every 10 ms) and the cold start to a first answer.
 start_gateway "$bin/chat"
-stream_result=$(python3 scripts/bench/streams_and_cold_start.py streams "$upstream" \
+stream_result=$(python3 scripts/bench/streams.py streams "$upstream" \
   "http://127.0.0.1:$gateway_port" "$key" "${BENCH_STREAMS:-60}")
 echo "== streams: $stream_result"
 stop_gateway
-cold_result=$(python3 scripts/bench/streams_and_cold_start.py cold-start "$bin/chat" "$upstream" "$key" 5)
+cold_result=$(python3 scripts/cold-start.py --chat "$bin/chat" "$upstream" "$key" 5)
 echo "== cold start to the first answer: $cold_result"
 
 python3 - "$direct8" "$direct1" "${results[@]}" "--" "${soaks[@]}" <<'EOF'

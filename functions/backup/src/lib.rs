@@ -149,20 +149,6 @@ enum Action {
     Prune,
 }
 
-/// The newest complete backup, if it finished less than `age` ago.
-async fn good_backup_within(
-    backups: &shared::backup::Backups,
-    age: std::time::Duration,
-) -> Result<Option<String>, shared::backup::BackupError> {
-    let now = chrono::Utc::now();
-    let recent = backups.list().await?.into_iter().find(|b| {
-        b.status == "complete"
-            && b.finished_at
-                .is_some_and(|at| (now - at).to_std().is_ok_and(|elapsed| elapsed < age))
-    });
-    Ok(recent.map(|b| b.id.as_str().to_string()))
-}
-
 /// The EventBridge schedule takes a backup and applies retention; other events name
 /// an action. A failure fails the invocation (so Lambda's retries and alarms see it).
 pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
@@ -179,7 +165,7 @@ pub fn on_event(ctx: Arc<AppContext>) -> shared::runtime::EventHandler {
             let progress = shared::backup::LogProgress { operation: "event" };
             if shared::runtime::is_scheduled_event(&event) {
                 if let Some(every) = standalone_every {
-                    if let Some(recent) = good_backup_within(&backups, every * 9 / 10).await? {
+                    if let Some(recent) = backups.good_within(every * 9 / 10).await? {
                         return Ok(
                             json!({ "skipped": "a good backup is recent enough", "last_good": recent }),
                         );

@@ -123,12 +123,10 @@ fn receiver() -> Arc<Receiver> {
                     axum::serve(listener, app).await.unwrap();
                 });
             });
-            let vars: HashMap<String, String> = [(
-                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
-                format!("http://{address}"),
-            )]
-            .into();
-            let settings = traces::TraceSettings::read("chat", |n| vars.get(n).cloned()).unwrap();
+            let endpoint = format!("http://{address}");
+            let settings =
+                chatkb_testing::settings("chat", &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)])
+                    .traces;
             // As the functions' start does: the exporter's HTTPS client needs it.
             shared::store::tls::install_crypto_provider();
             logging::init("warn", &settings);
@@ -141,6 +139,21 @@ fn receiver() -> Arc<Receiver> {
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// What a test holds until it ends: its turn (tests share the receiver and the
+/// content-capture switch) and its database.
+type Held = (tokio::sync::MutexGuard<'static, ()>, TestDatabase);
+
+/// One test's world: the receiver, a fake provider, and a chat router in front of it on
+/// a fresh database.
+async fn world() -> (Arc<Receiver>, FakeOpenAi, axum::Router, Held) {
+    let receiver = receiver();
+    let turn = serial().await;
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    (receiver, fake, router, (turn, db))
 }
 
 /// Flushes the exporter and waits until the trace's server span (and `at_least` spans
@@ -176,11 +189,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 #[tokio::test]
 async fn a_chat_request_continues_the_callers_trace_through_the_model_and_the_database() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    let (receiver, fake, router, _held) = world().await;
     // Over a real connection, as callers reach it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -259,16 +268,12 @@ async fn a_chat_request_continues_the_callers_trace_through_the_model_and_the_da
 
 #[tokio::test]
 async fn a_streamed_answer_keeps_its_model_span_open_until_the_last_chunk() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
+    let (receiver, fake, router, _held) = world().await;
     // A chunk every 30 ms: the model call's span must last through them.
     fake.set_behaviour(Behaviour {
         chunk_delay_ms: 30,
         ..Behaviour::default()
     });
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let mut body = ask("Stream me an answer");
     body["stream"] = json!(true);
@@ -306,11 +311,7 @@ async fn a_streamed_answer_keeps_its_model_span_open_until_the_last_chunk() {
 
 #[tokio::test]
 async fn captured_content_is_redacted_and_a_malformed_traceparent_starts_a_new_trace() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    let (receiver, _fake, router, _held) = world().await;
     traces::set_capture_content(true);
     let response = call(
         &router,
@@ -366,11 +367,7 @@ async fn captured_content_is_redacted_and_a_malformed_traceparent_starts_a_new_t
 
 #[tokio::test]
 async fn under_lambda_the_x_ray_trace_is_the_parent() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    let (receiver, _fake, router, _held) = world().await;
     let mut context = lambda_runtime::Context::default();
     context.request_id = "8476a536-e9f4-11e8-9739-2dfe598c3fcd".into();
     context.xray_trace_id =
@@ -395,16 +392,12 @@ async fn under_lambda_the_x_ray_trace_is_the_parent() {
 
 #[tokio::test]
 async fn failed_model_calls_are_marked_and_a_collector_that_is_down_costs_no_answer() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
+    let (receiver, fake, router, _held) = world().await;
     fake.set_behaviour(Behaviour {
         models: vec!["gpt-4o-mini".into()],
         failure_rate: 1.0,
         ..Behaviour::default()
     });
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
     let trace = "11111111111111111111111111111111";
     let response = call(
         &router,
@@ -441,11 +434,7 @@ async fn failed_model_calls_are_marked_and_a_collector_that_is_down_costs_no_ans
 /// hangs does not hold the answer: the invocation waits `TRACE_FLUSH_WAIT` at most.
 #[tokio::test]
 async fn a_hanging_collector_delays_a_lambda_invocation_by_the_flush_bound_at_most() {
-    let receiver = receiver();
-    let _serial = serial().await;
-    let fake = FakeOpenAi::start().await;
-    let db = TestDatabase::sqlite();
-    let (router, _ctx) = chat_router(&db, Some(&fake), &[]);
+    let (receiver, _fake, router, _held) = world().await;
     receiver
         .slow
         .store(true, std::sync::atomic::Ordering::SeqCst);

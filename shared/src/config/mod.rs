@@ -547,17 +547,8 @@ fn read_schedule(r: &mut Reader<'_>, function: &str) -> Option<Duration> {
     Some(r.secs("SCHEDULE_EVERY_SECS", default, 0, 604_800)).filter(|every| !every.is_zero())
 }
 
-/// The standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`...).
-fn read_traces(r: &mut Reader<'_>, function: &str) -> crate::observability::traces::TraceSettings {
-    let vars = r.vars;
-    let read = crate::observability::traces::TraceSettings::read(function, |name| {
-        vars.get(name).map(|v| v.trim().to_string())
-    });
-    read.unwrap_or_else(|(variable, problem)| {
-        r.fail(variable, problem);
-        Default::default()
-    })
-}
+mod traces;
+use traces::read_traces;
 
 #[cfg(any(feature = "kb", feature = "chat", feature = "backup"))]
 mod sections;

@@ -363,6 +363,74 @@ fn backup_settings_default_to_a_local_folder_and_bad_values_name_their_variable(
     );
 }
 
+fn traces(
+    pairs: &[(&str, &str)],
+) -> Result<crate::observability::traces::TraceSettings, Vec<&'static str>> {
+    Settings::from_vars("chat", &vars(pairs))
+        .map(|s| s.traces)
+        .map_err(|e| e.variables())
+}
+
+#[test]
+fn traces_are_off_unless_an_endpoint_is_set() {
+    let settings = traces(&[]).unwrap();
+    assert_eq!(settings.endpoint, None);
+    assert_eq!(settings.service_name, "chatkb-chat");
+    assert!(!settings.capture_content);
+}
+
+#[test]
+fn the_base_traces_endpoint_gets_the_path_and_the_signal_endpoint_is_kept() {
+    let base = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
+    assert_eq!(
+        base.endpoint.as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    let signal = traces(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://x.example/otlp/traces",
+        ),
+        ("OTEL_SERVICE_NAME", "gateway-eu"),
+        ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
+    ])
+    .unwrap();
+    assert_eq!(
+        signal.endpoint.as_deref(),
+        Some("https://x.example/otlp/traces")
+    );
+    assert_eq!(signal.service_name, "gateway-eu");
+    assert!(signal.capture_content);
+    let disabled = traces(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .unwrap();
+    assert_eq!(disabled.endpoint, None);
+}
+
+#[test]
+fn bad_trace_variables_are_named() {
+    for (pairs, variable) in [
+        (
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")],
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (vec![("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED"),
+    ] {
+        assert_eq!(traces(&pairs).unwrap_err(), vec![variable], "{pairs:?}");
+    }
+}
+
 #[test]
 fn traces_are_off_by_default_and_their_variables_are_checked_with_the_rest() {
     let s = Settings::from_vars("chat", &vars(&[])).unwrap();

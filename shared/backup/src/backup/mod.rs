@@ -342,14 +342,30 @@ impl Backups {
     pub async fn resolve(&self, raw: &str) -> Result<BackupId, BackupError> {
         if raw == "latest" {
             return self
-                .list()
+                .newest_good()
                 .await?
-                .into_iter()
-                .find(BackupSummary::is_good)
                 .map(|b| b.id)
                 .ok_or(BackupError::NoneYet);
         }
         raw.parse().map_err(BackupError::BadId)
+    }
+
+    async fn newest_good(&self) -> Result<Option<BackupSummary>, BackupError> {
+        Ok(self.list().await?.into_iter().find(BackupSummary::is_good))
+    }
+
+    /// The newest good backup, if it finished less than `age` ago: the standalone
+    /// schedule, which runs soon after every start, skips a run then.
+    pub async fn good_within(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Option<BackupId>, BackupError> {
+        let now = self.now();
+        Ok(self.newest_good().await?.and_then(|b| {
+            let finished = b.finished_at?;
+            let elapsed = (now - finished).to_std().ok()?;
+            (elapsed < age).then_some(b.id)
+        }))
     }
 }
 

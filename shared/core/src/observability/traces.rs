@@ -15,7 +15,8 @@ pub const TARGET: &str = "chatkb::trace";
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static CAPTURE_CONTENT: AtomicBool = AtomicBool::new(false);
 
-/// What the standard `OTEL_*` variables ask for, validated with the other settings.
+/// What the standard `OTEL_*` variables ask for (read and validated with the other
+/// settings, `shared::config`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceSettings {
     /// The OTLP/HTTP traces URL (`.../v1/traces`); `None`: traces are off.
@@ -25,65 +26,6 @@ pub struct TraceSettings {
     /// Prompts and answers on model-call spans, redacted as in the logs
     /// (`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`); off by default.
     pub capture_content: bool,
-}
-
-impl TraceSettings {
-    /// Reads the `OTEL_*` variables through `get`; an error names the variable.
-    pub fn read(
-        function: &str,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, (&'static str, String)> {
-        let flag = |name: &'static str| -> Result<bool, (&'static str, String)> {
-            match get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-                None | Some("") | Some("false") | Some("0") | Some("no") | Some("off") => Ok(false),
-                Some("true") | Some("1") | Some("yes") | Some("on") => Ok(true),
-                Some(other) => Err((name, format!("expected true or false, got `{other}`"))),
-            }
-        };
-        let disabled = flag("OTEL_SDK_DISABLED")?;
-        let capture_content = flag("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")?;
-        let service_name = get("OTEL_SERVICE_NAME")
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| format!("chatkb-{function}"));
-        for name in [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(protocol) = get(name).filter(|p| p.trim() != "http/protobuf") {
-                return Err((
-                    name,
-                    format!("only `http/protobuf` is built in, got `{protocol}`"),
-                ));
-            }
-        }
-        let endpoint = match (
-            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|s| !s.is_empty()),
-            get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()),
-        ) {
-            // Used as given, as the specification says of the per-signal variable.
-            (Some(url), _) => Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)),
-            (None, Some(base)) => Some((
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("{}/v1/traces", base.trim_end_matches('/')),
-            )),
-            (None, None) => None,
-        };
-        if let Some((name, url)) = &endpoint {
-            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-            let host = url.split("://").nth(1).unwrap_or("");
-            if !scheme_ok || host.is_empty() || host.starts_with('/') || url.contains(' ') {
-                return Err((
-                    name,
-                    "expected an http:// or https:// URL of an OTLP/HTTP receiver".to_string(),
-                ));
-            }
-        }
-        Ok(Self {
-            endpoint: endpoint.filter(|_| !disabled).map(|(_, url)| url),
-            service_name,
-            capture_content,
-        })
-    }
 }
 
 /// Whether spans are being exported (the exporter was installed at start).
@@ -164,75 +106,6 @@ fn set_enabled(on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn read(pairs: &[(&str, &str)]) -> Result<TraceSettings, (&'static str, String)> {
-        let vars: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        TraceSettings::read("chat", |name| vars.get(name).cloned())
-    }
-
-    #[test]
-    fn off_unless_an_endpoint_is_set() {
-        let settings = read(&[]).unwrap();
-        assert_eq!(settings.endpoint, None);
-        assert_eq!(settings.service_name, "chatkb-chat");
-        assert!(!settings.capture_content);
-    }
-
-    #[test]
-    fn the_base_endpoint_gets_the_traces_path_and_the_signal_endpoint_is_kept() {
-        let base = read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
-        assert_eq!(
-            base.endpoint.as_deref(),
-            Some("http://collector:4318/v1/traces")
-        );
-        let signal = read(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "https://x.example/otlp/traces",
-            ),
-            ("OTEL_SERVICE_NAME", "gateway-eu"),
-            ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
-        ])
-        .unwrap();
-        assert_eq!(
-            signal.endpoint.as_deref(),
-            Some("https://x.example/otlp/traces")
-        );
-        assert_eq!(signal.service_name, "gateway-eu");
-        assert!(signal.capture_content);
-        let disabled = read(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ])
-        .unwrap();
-        assert_eq!(disabled.endpoint, None);
-    }
-
-    #[test]
-    fn bad_values_name_their_variable() {
-        for (pairs, variable) in [
-            (
-                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-            ),
-            (
-                vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")],
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            ),
-            (
-                vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ),
-            (vec![("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED"),
-        ] {
-            assert_eq!(read(&pairs).unwrap_err().0, variable, "{pairs:?}");
-        }
-    }
 
     #[test]
     fn without_an_exporter_nothing_is_propagated() {

@@ -1,24 +1,16 @@
 #!/usr/bin/env python3
-"""Two measurements for scripts/gateway-bench.sh (standard library only).
+"""Streamed answers for scripts/gateway-bench.sh (standard library only).
 
 streams UPSTREAM_URL GATEWAY_URL KEY [requests]
     Streamed answers one at a time, alternating direct and through the gateway, with the
     fake upstream sending a chunk every 10 ms: time to the first content chunk (p50, p90)
     and the mean gap between chunks, per path, and what the gateway adds. Prints JSON.
-
-cold-start BINARY UPSTREAM_URL KEY [runs]
-    The chat binary started on a fresh SQLite database, from the process start to its
-    first answered chat completion (a 200), per run. Prints JSON.
 """
 
 import http.client
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -99,62 +91,10 @@ def streams(upstream: str, gateway: str, key: str, requests: int) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def first_answer_ms(binary: str, upstream: str, key: str) -> float:
-    port = free_port()
-    key_hash = __import__("hashlib").sha256(key.encode()).hexdigest()
-    body = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
-                       "messages": [{"role": "user", "content": "cold start"}]})
-    with tempfile.TemporaryDirectory() as data:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PORT": str(port),
-            "DATABASE_URL": f"sqlite://{data}/cold.db",
-            "LOG_LEVEL": "warn",
-            "LLM_BASE_URL": f"{upstream.rstrip('/')}/v1",
-            "LLM_MODEL": "gpt-4o-mini",
-            "RETRIEVAL_ENABLED": "false",
-            "API_KEYS": f"bench:{key_hash}",
-        }
-        started = time.perf_counter()
-        process = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            while True:
-                try:
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    connection.request("POST", "/v1/chat/completions", body,
-                                       {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-                    status = connection.getresponse().status
-                    connection.close()
-                    if status == 200:
-                        return 1000 * (time.perf_counter() - started)
-                    raise SystemExit(f"cold start: status {status}")
-                except ConnectionRefusedError:
-                    if process.poll() is not None:
-                        raise SystemExit("cold start: the binary exited")
-                    time.sleep(0.0005)
-        finally:
-            process.terminate()
-            process.wait()
-
-
-def cold_start(binary: str, upstream: str, key: str, runs: int) -> dict:
-    times = [first_answer_ms(binary, upstream, key) for _ in range(runs)]
-    return {"first_answer_ms": times, "median_ms": statistics.median(times)}
-
-
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "streams":
         count = int(sys.argv[5]) if len(sys.argv) > 5 else 100
         print(json.dumps(streams(sys.argv[2], sys.argv[3], sys.argv[4], count)))
-    elif command == "cold-start":
-        runs = int(sys.argv[5]) if len(sys.argv) > 5 else 5
-        print(json.dumps(cold_start(sys.argv[2], sys.argv[3], sys.argv[4], runs)))
     else:
         raise SystemExit(__doc__)
