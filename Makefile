@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: api-check bench-backup bench-gateway help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: api-check bench-backup bench-gateway bench-kb help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 	scripts/load-test.sh
 	scripts/gateway-bench.sh
 	scripts/backup-bench.sh
+	$(MAKE) bench-kb
+
+bench-kb: ## The embedded knowledge base over HTTP: ingest chunks/s, /search p50/p95/p99 (KB_BENCH_CHUNKS, BENCH_BASELINE=<ingest binary>)
+	cargo build --release -p ingest --bin ingest
+	cp $${CARGO_TARGET_DIR:-target}/release/ingest $${TMPDIR:-/tmp}/chatkb-bench-ingest
+	python3 scripts/bench/embedded_kb.py --chunks $${KB_BENCH_CHUNKS:-10000} $${BENCH_BASELINE:+previous=$$BENCH_BASELINE} current=$${TMPDIR:-/tmp}/chatkb-bench-ingest
 
 bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU per request, added latency, traces off and on
 	scripts/gateway-bench.sh
@@ -71,7 +77,8 @@ bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU p
 bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
 	scripts/backup-bench.sh
 
-eval: ## Retrieval quality and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects
+eval: ## Retrieval quality (keyword, vector, hybrid vs plain BM25, both stores) and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects
+	scripts/test-setup.sh
 	cargo run -p shared --example relevance_eval
 
 load-test: ## HTTP load test of the health function in release mode (needs wrk)

@@ -1,10 +1,15 @@
-//! `make eval`: what a relevance floor costs in relevant passages and what it gains in
-//! off-topic questions turned away, on the Cranfield and support collections, for the
-//! configured embedder (`EMBEDDINGS_*` as the functions read them; unset: the offline
-//! embedder). Prints the sweep and the floor to give `RETRIEVAL_MIN_SIMILARITY` and
-//! `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD` for that embedder.
+//! `make eval`, for the configured embedder (`EMBEDDINGS_*` as the functions read them;
+//! unset: the offline embedder), on the Cranfield and support collections:
+//! - ranking quality on both stores: nDCG@10 and Recall@10 of the keyword list, the
+//!   vector list and their fusion (by vector weight), beside a plain BM25;
+//! - what a relevance floor costs in relevant passages and what it gains in off-topic
+//!   questions turned away, and the floor to give `RETRIEVAL_MIN_SIMILARITY` and
+//!   `RETRIEVAL_MIN_SIMILARITY_SHARED_WORD` for that embedder.
 
-// Shared with the test that guards the default; some of it only the test uses.
+// Shared with the tests that guard the defaults; some of it only the tests use.
+#[allow(dead_code)]
+#[path = "../tests/support/ranking.rs"]
+mod ranking;
 #[allow(dead_code)]
 #[path = "../tests/support/relevance.rs"]
 mod relevance;
@@ -12,15 +17,17 @@ mod relevance;
 use std::collections::HashMap;
 
 use chatkb_testing::TestDatabase;
-use relevance::{Collection, Figures, Runs};
+use ranking::{Quality, RankingRuns};
+use relevance::{Collection, Figures};
 use shared::cache::{CacheConfig, TieredCache};
 use shared::config::Settings;
 use shared::kb::store::knowledge_store;
 use shared::kb::text::ChunkConfig;
-use shared::kb::{KnowledgeBase, RelevanceFloor};
+use shared::kb::{Fusion, KnowledgeBase, RelevanceFloor};
+use shared::store::DatabaseKind;
 
-async fn unfloored_runs(settings: &Settings, collection: &Collection) -> Runs {
-    let db = TestDatabase::sqlite();
+/// A knowledge base with no floor on `db`, the collection ingested.
+async fn loaded(settings: &Settings, collection: &Collection, db: &TestDatabase) -> KnowledgeBase {
     let kb = KnowledgeBase::new(
         knowledge_store(&db.database()),
         shared::services::embedder(&settings.kb, &settings.retry),
@@ -30,17 +37,65 @@ async fn unfloored_runs(settings: &Settings, collection: &Collection) -> Runs {
             overlap: settings.kb.chunk_overlap,
         },
     )
-    .with_relevance_floor(RelevanceFloor::NONE);
+    .with_relevance_floor(RelevanceFloor::NONE)
+    .with_fusion(settings.kb.fusion());
     let started = std::time::Instant::now();
     collection.ingest(&kb).await;
     let (documents, judged, offtopic) = collection.sizes();
     println!(
-        "{}: {documents} documents ingested in {:.1} s; {judged} judged and {offtopic} off-topic questions; embedder {}",
+        "{} on {:?}: {documents} documents ingested in {:.1} s; {judged} judged and {offtopic} off-topic questions; embedder {}",
         collection.name,
+        db.kind,
         started.elapsed().as_secs_f64(),
         kb.embedder().model()
     );
-    collection.run(&kb).await
+    kb
+}
+
+fn figures(q: Quality) -> String {
+    format!("{:.4} / {:.4}", q.ndcg_at_10, q.recall_at_10)
+}
+
+/// The ranking tables: each list alone and fused, per collection and store.
+fn print_ranking(runs: &[(String, RankingRuns, Quality)], fusion: Fusion) {
+    println!();
+    println!(
+        "Ranking, nDCG@10 / Recall@10 ({} chunks per list; hybrid at vector weight {:.2}):",
+        ranking::DEPTH,
+        fusion.vector_weight
+    );
+    println!(
+        "{:<24} {:<17} {:<17} {:<17} {:<17}",
+        "collection, store", "keyword", "vector", "hybrid", "plain BM25"
+    );
+    for (name, r, bm25) in runs {
+        println!(
+            "{name:<24} {:<17} {:<17} {:<17} {:<17}",
+            figures(r.keyword()),
+            figures(r.vector()),
+            figures(r.hybrid(fusion)),
+            figures(*bm25)
+        );
+    }
+    println!();
+    println!(
+        "Hybrid nDCG@10 by vector weight (0: keyword order, vector hits after; 1: vector order):"
+    );
+    print!("{:<8}", "weight");
+    for (name, _, _) in runs {
+        print!(" {name:<24}");
+    }
+    println!();
+    for step in [0, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100] {
+        let weight = Fusion {
+            vector_weight: f64::from(step) / 100.0,
+        };
+        print!("{:<8.2}", weight.vector_weight);
+        for (_, r, _) in runs {
+            print!(" {:<24.4}", r.hybrid(weight).ndcg_at_10);
+        }
+        println!();
+    }
 }
 
 fn row(label: &str, c: Figures, s: Figures) {
@@ -69,9 +124,23 @@ async fn main() {
         eprintln!("{err}");
         std::process::exit(2);
     });
-    let cranfield = unfloored_runs(&settings, &Collection::cranfield()).await;
-    let support = unfloored_runs(&settings, &Collection::support()).await;
-    let measured = relevance::measure_floor(&cranfield, &support);
+    let collections = [Collection::cranfield(), Collection::support()];
+    let mut ranked = Vec::new();
+    let mut floor_runs = Vec::new();
+    for collection in &collections {
+        let bm25 = ranking::plain_bm25(collection);
+        for db in [TestDatabase::sqlite(), TestDatabase::postgres().await] {
+            let kb = loaded(&settings, collection, &db).await;
+            let name = format!("{}, {:?}", collection.name, db.kind);
+            ranked.push((name, ranking::ranking_runs(collection, &kb).await, bm25));
+            if db.kind == DatabaseKind::Sqlite {
+                floor_runs.push(collection.run(&kb).await);
+            }
+        }
+    }
+    print_ranking(&ranked, settings.kb.fusion());
+    let (cranfield, support) = (&floor_runs[0], &floor_runs[1]);
+    let measured = relevance::measure_floor(cranfield, support);
     println!();
     println!("                 Cranfield                           Support");
     println!("floor          nDCG@10  relevant in  off-topic    found in   off-topic");
@@ -100,7 +169,7 @@ async fn main() {
         support.at(measured),
     );
     println!("  ^ measured: keeps 99 % of Cranfield's relevant passages in the top 4 and every support question's document in its top 3, and turns away the most off-topic questions");
-    for (name, runs) in [("Cranfield", &cranfield), ("Support", &support)] {
+    for (name, runs) in [("Cranfield", cranfield), ("Support", support)] {
         println!("off-topic questions {name} still answers at the measured floor:");
         for (question, best) in runs.offtopic_answered(measured) {
             println!("  {best:.3}  {question}");

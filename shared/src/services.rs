@@ -137,6 +137,7 @@ pub fn knowledge_base(ctx: &AppContext) -> KnowledgeBase {
         max_batch_documents: ctx.settings.kb.max_batch_documents,
     })
     .with_relevance_floor(ctx.settings.kb.relevance_floor())
+    .with_fusion(ctx.settings.kb.fusion())
 }
 
 /// The configured embedder; a remote one behind the `embeddings` circuit breaker (the

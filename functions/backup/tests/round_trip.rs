@@ -32,7 +32,7 @@ async fn round_trip(source: TestDatabase) {
         "a table no backup covers"
     );
     let manifest = taker.run("test", &Quiet).await.unwrap();
-    assert_eq!(manifest.source.migration_version, 8);
+    assert_eq!(manifest.source.migration_version, 9);
     let chunks = manifest.tables.iter().find(|t| t.name == "chunks").unwrap();
     assert_eq!(chunks.rows, 260 * 4);
     assert!(!chunks.columns.contains(&"segment".to_string()));

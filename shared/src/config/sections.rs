@@ -62,6 +62,10 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         );
     }
     let relevance = read_relevance_floor(r);
+    let vector_weight = r
+        .get("RETRIEVAL_VECTOR_WEIGHT")
+        .is_some()
+        .then(|| r.number("RETRIEVAL_VECTOR_WEIGHT", 0.0, 0.0, 1.0));
     let documents_bucket = r.get("DOCUMENTS_BUCKET").map(str::to_string);
     let documents_dir = r.get("DOCUMENTS_DIR").map(std::path::PathBuf::from);
     let max_document_bytes = r.int("MAX_DOCUMENT_BYTES", 1_048_576usize, 1, 64 * 1_048_576);
@@ -83,6 +87,7 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         chunk_size,
         chunk_overlap,
         relevance,
+        vector_weight,
         documents_bucket,
         documents_dir,
         max_document_bytes,

@@ -239,6 +239,31 @@ fn blank_values_mean_unset() {
 
 #[cfg(feature = "kb")]
 #[test]
+fn the_vector_weight_follows_the_embedder_unless_set() {
+    use crate::kb::Fusion;
+    let offline = Settings::from_vars("ingest", &vars(&[])).unwrap();
+    assert_eq!(offline.kb.fusion(), Fusion::OFFLINE_DEFAULT);
+    let remote = ("EMBEDDINGS_BASE_URL", "https://api.openai.com/v1");
+    let s = Settings::from_vars("ingest", &vars(&[remote])).unwrap();
+    assert_eq!(s.kb.fusion(), Fusion::MODEL_DEFAULT);
+    let s = Settings::from_vars(
+        "ingest",
+        &vars(&[remote, ("RETRIEVAL_VECTOR_WEIGHT", "0.7")]),
+    )
+    .unwrap();
+    assert_eq!(s.kb.fusion().vector_weight, 0.7);
+    for bad in ["1.5", "-0.1", "NaN", "half"] {
+        let err =
+            Settings::from_vars("ingest", &vars(&[("RETRIEVAL_VECTOR_WEIGHT", bad)])).unwrap_err();
+        assert!(
+            err.to_string().contains("RETRIEVAL_VECTOR_WEIGHT"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[cfg(feature = "kb")]
+#[test]
 fn the_relevance_floor_is_measured_for_the_offline_embedder_and_set_for_others() {
     use crate::kb::RelevanceFloor;
     let offline = Settings::from_vars("ingest", &vars(&[])).unwrap();

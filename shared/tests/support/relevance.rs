@@ -156,6 +156,18 @@ impl Collection {
         })
     }
 
+    /// Each judged question with its graded judgments (document id -> gain).
+    pub fn judged(&self) -> impl Iterator<Item = (&str, &HashMap<String, f64>)> {
+        self.questions.iter().map(|q| (q.text.as_str(), &q.gains))
+    }
+
+    /// Each document's id and its title and text as one string.
+    pub fn texts(&self) -> impl Iterator<Item = (&str, String)> {
+        self.documents
+            .iter()
+            .map(|d| (d.id.as_str(), format!("{} {}", d.title, d.text)))
+    }
+
     pub fn sizes(&self) -> (usize, usize, usize) {
         (
             self.documents.len(),
@@ -261,7 +273,8 @@ fn admitted(passages: &[Passage], floor: RelevanceFloor) -> impl Iterator<Item =
         .filter(move |p| floor.admits(p.similarity, p.shares_a_word))
 }
 
-fn ndcg_at_10(ranked: &[&str], gains: &HashMap<String, f64>) -> f64 {
+/// Normalised discounted cumulative gain of the first ten documents.
+pub fn ndcg_at_10(ranked: &[&str], gains: &HashMap<String, f64>) -> f64 {
     let discount = |rank: usize| 1.0 / ((rank + 2) as f64).log2();
     let dcg: f64 = ranked
         .iter()

@@ -297,8 +297,9 @@ pub async fn fingerprint(db: &Database) -> BTreeMap<String, Vec<String>> {
                 ("usage_hourly", "key_name, day, hour, model"),
                 ("health_checks", "id"),
             ] {
+                // A chunk's link to its keyword row is rebuilt by a restore, not restored.
                 let columns: Vec<String> =
-                    sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"))
+                    sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}') WHERE name <> 'fts_rowid' ORDER BY cid"))
                         .fetch_all(pool)
                         .await
                         .expect(table);

@@ -326,13 +326,18 @@ impl ChatGateway {
             && request.temperature.unwrap_or(1.0) <= self.parts.settings.cache_max_temperature
     }
 
-    /// Answers with passages depend on which passages the floor lets through, so a
-    /// changed floor never serves an answer built under the old one.
+    /// Answers with passages depend on which passages the floor lets through and how
+    /// they are ranked, so a changed floor or weight never serves an answer built under
+    /// the old one.
     pub(super) fn cache_key(&self, request: &ChatRequest) -> String {
         let retrieval = match (&self.parts.knowledge_base, request.retrieval) {
             (Some(kb), true) => {
                 let floor = kb.relevance_floor();
-                format!("kb:{}/{}", floor.min_similarity, floor.with_shared_word)
+                let weight = kb.fusion().vector_weight;
+                format!(
+                    "kb:{}/{}/{weight}",
+                    floor.min_similarity, floor.with_shared_word
+                )
             }
             _ => "no-kb".to_string(),
         };

@@ -10,7 +10,8 @@ pub mod store;
 pub mod text;
 pub mod vector_index;
 
-pub use search::{RelevanceFloor, SearchResponse, SearchResult};
+pub use rank::Fusion;
+pub use search::{Candidates, RelevanceFloor, SearchResponse, SearchResult};
 pub use settings::{IngestLimits, KbSettings};
 
 use std::sync::Arc;
@@ -103,6 +104,8 @@ pub struct KnowledgeBase {
     limits: IngestLimits,
     /// Passages less relevant than this are never returned (`RETRIEVAL_MIN_SIMILARITY*`).
     relevance: RelevanceFloor,
+    /// How the keyword and vector lists are fused (`RETRIEVAL_VECTOR_WEIGHT`).
+    fusion: Fusion,
     prepared: OnceCell<()>,
 }
 
@@ -132,6 +135,7 @@ impl KnowledgeBase {
             chunking,
             limits: IngestLimits::default(),
             relevance: RelevanceFloor::OFFLINE_DEFAULT,
+            fusion: Fusion::OFFLINE_DEFAULT,
             prepared: OnceCell::new(),
         }
     }
@@ -146,6 +150,17 @@ impl KnowledgeBase {
     pub fn with_relevance_floor(mut self, relevance: RelevanceFloor) -> Self {
         self.relevance = relevance;
         self
+    }
+
+    /// Sets the weight of the vector list in hybrid ranking.
+    pub fn with_fusion(mut self, fusion: Fusion) -> Self {
+        self.fusion = fusion;
+        self
+    }
+
+    /// The fusion in force: part of every cache key whose answer depends on it.
+    pub fn fusion(&self) -> Fusion {
+        self.fusion
     }
 
     /// The floor in force: part of every cache key whose answer depends on it.

@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::embed::tokens;
+use super::rank::Evidence;
 use super::store::{ChunkHit, QueryEmbedding, SearchFilter};
 use super::text::snippet;
-use super::{rank, KbError, KnowledgeBase};
+use super::{KbError, KnowledgeBase};
 use crate::cache::Namespace;
 use crate::observability::traces::db_span;
 use tracing::Instrument;
@@ -35,13 +36,6 @@ struct RankedHit {
 }
 
 impl RankedHit {
-    fn keyword_only(hit: ChunkHit) -> Self {
-        Self {
-            hit,
-            similarity: None,
-        }
-    }
-
     /// The result as returned, its snippet made from the chunk's text.
     fn into_result(self, snippet: impl FnOnce(String) -> String) -> SearchResult {
         let round = |x: f64| (x * 1e6).round() / 1e6;
@@ -128,19 +122,50 @@ pub struct SearchResponse {
     pub mode: String,
 }
 
+/// A query's candidate passages from both lists before fusion, with each list's
+/// evidence: what the service fuses and what `make eval` ranks each way.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// The keyword list in its order, then the vector list's other hits in theirs.
+    pub hits: Vec<ChunkHit>,
+    /// Each hit's keyword score and similarity (`hits[i]`'s evidence is `evidence[i]`).
+    pub evidence: Vec<Evidence>,
+    /// Each hit's position in the vector list, if it is in it.
+    pub vector_rank: Vec<Option<usize>>,
+    /// `"hybrid"`, or `"keyword"` when the embedder was unavailable (no similarities).
+    pub mode: &'static str,
+}
+
+impl Candidates {
+    /// The keyword list alone, in its order.
+    pub fn keyword_order(&self) -> Vec<usize> {
+        (0..self.hits.len())
+            .filter(|&i| self.evidence[i].keyword.is_some())
+            .collect()
+    }
+
+    /// The vector list alone, in its order.
+    pub fn vector_order(&self) -> Vec<usize> {
+        let mut listed: Vec<(usize, usize)> = (0..self.hits.len())
+            .filter_map(|i| self.vector_rank[i].map(|rank| (rank, i)))
+            .collect();
+        listed.sort_unstable();
+        listed.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
 impl KnowledgeBase {
-    /// The ranked chunks for a query with their similarity to it: vector and keyword
-    /// lists fused, then every chunk below the relevance floor dropped; or keyword only
-    /// (`"keyword"`, no similarities, each hit sharing a word with the query) when the
-    /// embedder is unavailable.
-    async fn hybrid(
+    /// The candidates for a query: the keyword list (each hit with its similarity to the
+    /// query, read in the same statement) and the vector list, `depth` chunks each at
+    /// least; keyword only when the embedder is unavailable.
+    pub async fn candidates(
         &self,
         query: &str,
-        k: usize,
+        depth: usize,
         filter: Option<&SearchFilter>,
-    ) -> Result<(Vec<RankedHit>, &'static str), KbError> {
+    ) -> Result<Candidates, KbError> {
         self.prepare_store().await?;
-        let candidates = (k * 4).max(20) as i64;
+        let depth = depth as i64;
         let vector = match self.embedder.embed(&[query.to_string()]).await {
             Ok(mut vectors) if vectors.len() == 1 => Some(vectors.remove(0)),
             Ok(_) => None,
@@ -154,66 +179,95 @@ impl KnowledgeBase {
             match &vector {
                 Some(v) => self
                     .store
-                    .vector_search(v, self.embedder.model(), candidates, filter)
+                    .vector_search(v, self.embedder.model(), depth, filter)
                     .instrument(db_span(self.store.db_system(), "SELECT", "chunks"))
                     .await
                     .map(Some),
                 None => Ok(None),
             }
         };
-        // Keyword hits come with their similarity to the query's embedding, read in the
-        // same statement, so the floor judges chunks the vector list missed alike.
         let scored_by = vector.as_deref().map(|vector| QueryEmbedding {
             vector,
             model: self.embedder.model(),
         });
         let (keyword, by_vector) = tokio::join!(
             self.store
-                .keyword_search_scored(query, candidates, filter, scored_by)
+                .keyword_search_scored(query, depth, filter, scored_by)
                 .instrument(db_span(self.store.db_system(), "SELECT", "chunks_fts")),
             vector_list
         );
         let (keyword, by_vector) = (keyword?, by_vector?);
-        let Some(by_vector) = by_vector else {
-            let hits = keyword
-                .into_iter()
-                .map(|s| RankedHit::keyword_only(s.hit))
-                .collect();
-            return Ok((hits, "keyword"));
-        };
-        let fused = rank::reciprocal_rank_fusion(
-            &[
-                by_vector.iter().map(|h| h.chunk_id.clone()).collect(),
-                keyword.iter().map(|s| s.hit.chunk_id.clone()).collect(),
-            ],
-            rank::RRF_K,
-        );
         // A query of stopwords alone embeds to the zero vector: PostgreSQL's cosine
         // distance to it is NaN, SQLite's dot product 0. Both count as unrelated (0).
         let defined = |s: f64| if s.is_nan() { 0.0 } else { s };
-        let mut similarity: HashMap<String, f64> = HashMap::new();
-        for s in &keyword {
-            if let Some(value) = s.similarity {
-                similarity.insert(s.hit.chunk_id.clone(), defined(value));
+        let mode = if by_vector.is_some() {
+            "hybrid"
+        } else {
+            "keyword"
+        };
+        let mut candidates = Candidates {
+            hits: Vec::new(),
+            evidence: Vec::new(),
+            vector_rank: Vec::new(),
+            mode,
+        };
+        let mut position: HashMap<String, usize> = HashMap::new();
+        for scored in keyword {
+            position.insert(scored.hit.chunk_id.clone(), candidates.hits.len());
+            candidates.evidence.push(Evidence {
+                keyword: Some(scored.hit.score),
+                similarity: scored.similarity.map(defined),
+            });
+            candidates.hits.push(scored.hit);
+            candidates.vector_rank.push(None);
+        }
+        for (rank, hit) in by_vector.unwrap_or_default().into_iter().enumerate() {
+            let similarity = Some(defined(hit.score));
+            match position.get(&hit.chunk_id) {
+                Some(&i) => {
+                    candidates.vector_rank[i] = Some(rank);
+                    candidates.evidence[i].similarity = similarity;
+                }
+                None => {
+                    candidates.evidence.push(Evidence {
+                        keyword: None,
+                        similarity,
+                    });
+                    candidates.hits.push(hit);
+                    candidates.vector_rank.push(Some(rank));
+                }
             }
         }
-        for h in &by_vector {
-            similarity.insert(h.chunk_id.clone(), defined(h.score));
-        }
-        let keyword = keyword.into_iter().map(|s| s.hit);
-        let mut by_id: HashMap<String, ChunkHit> = by_vector
-            .into_iter()
-            .chain(keyword)
-            .map(|h| (h.chunk_id.clone(), h))
-            .collect();
+        Ok(candidates)
+    }
+
+    /// The ranked chunks for a query with their similarity to it: both lists fused by
+    /// the embedder's weight, then every chunk below the relevance floor dropped; or
+    /// keyword only (`"keyword"`, no similarities, each hit sharing a word with the
+    /// query) when the embedder is unavailable.
+    async fn hybrid(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<(Vec<RankedHit>, &'static str), KbError> {
+        let Candidates {
+            hits,
+            evidence,
+            mode,
+            ..
+        } = self.candidates(query, (k * 4).max(20), filter).await?;
+        let order = self.fusion.order(&evidence);
+        let mut hits: Vec<Option<ChunkHit>> = hits.into_iter().map(Some).collect();
         let words = question_words(query);
-        let hits = fused
+        let ranked = order
             .into_iter()
-            .filter_map(|(id, score)| {
-                let hit = by_id.remove(&id)?;
-                let similarity = similarity.get(&id).copied();
+            .filter_map(|(i, score)| {
+                let hit = hits[i].take()?;
+                let similarity = evidence[i].similarity;
                 // Tokenising the passage only when its similarity alone does not decide.
                 let admitted = match similarity {
+                    _ if mode == "keyword" => true,
                     Some(similarity) => {
                         similarity >= self.relevance.min_similarity
                             || self
@@ -232,7 +286,7 @@ impl KnowledgeBase {
             // Callers keep k: the rest of the fused list is never judged.
             .take(k)
             .collect();
-        Ok((hits, "hybrid"))
+        Ok((ranked, mode))
     }
 
     /// Passages for a chat prompt (C3): like `search`, with each chunk's whole text as
@@ -250,7 +304,7 @@ impl KnowledgeBase {
             .collect())
     }
 
-    /// Hybrid search: vector and keyword lists fused by reciprocal rank; keyword only
+    /// Hybrid search: vector and keyword lists fused by the embedder's weight; keyword only
     /// (and flagged) when the embedder is unavailable. Results are cached (`search`).
     pub async fn search(
         &self,
@@ -263,10 +317,11 @@ impl KnowledgeBase {
             return Err(KbError::Invalid("the query is empty".into()));
         }
         let cache_key = format!(
-            "{}|{}/{}|{}|{}|{}",
+            "{}|{}/{}|{}|{}|{}|{}",
             self.embedder.model(),
             self.relevance.min_similarity,
             self.relevance.with_shared_word,
+            self.fusion.vector_weight,
             k,
             filter
                 .map(|f| format!("{}={}", f.key, f.value))

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::vector_index::VectorIndexConfig;
-use super::RelevanceFloor;
+use super::{Fusion, RelevanceFloor};
 use crate::secret::Secret;
 
 /// Embeddings, chunking, ingest limits and the PostgreSQL vector index (I1-I6).
@@ -23,6 +23,9 @@ pub struct KbSettings {
     /// the measured default for the offline embedder, none for another (similarities are
     /// not comparable across models; see [`KbSettings::relevance_floor`]).
     pub relevance: Option<RelevanceFloor>,
+    /// The vector list's weight in hybrid ranking, 0-1 (`RETRIEVAL_VECTOR_WEIGHT`).
+    /// Unset: the offline embedder's measured weight, an even mix for a model.
+    pub vector_weight: Option<f64>,
     /// S3 bucket of the documents that S3 events refer to (a local folder in embedded mode).
     pub documents_bucket: Option<String>,
     /// Embedded mode: S3 events name objects under this local folder instead of S3.
@@ -34,6 +37,15 @@ pub struct KbSettings {
 }
 
 impl KbSettings {
+    /// The fusion in force: the weight set, or the embedder's default.
+    pub fn fusion(&self) -> Fusion {
+        match (self.vector_weight, &self.embeddings_base_url) {
+            (Some(vector_weight), _) => Fusion { vector_weight },
+            (None, None) => Fusion::OFFLINE_DEFAULT,
+            (None, Some(_)) => Fusion::MODEL_DEFAULT,
+        }
+    }
+
     /// The floor in force: the one set, or the offline embedder's measured default. A
     /// remote model's similarities have their own scale (0.2 is unrelated for one model
     /// and close for another), so without a setting it gets no floor and a warning that

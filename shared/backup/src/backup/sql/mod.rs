@@ -38,8 +38,9 @@ pub const TABLES: &[TableSpec] = &[
         key: &["id"],
         serial: None,
         // The vector index generation a chunk belongs to: restored chunks start in
-        // generation 0 and the next index build covers them.
-        skip: &["segment"],
+        // generation 0 and the next index build covers them. Its SQLite keyword row:
+        // the restore rebuilds that index.
+        skip: &["segment", "fts_rowid"],
     },
     TableSpec {
         name: "events",

@@ -171,9 +171,13 @@ async fn rebuild_keyword_index(conn: &mut SqliteConnection) -> Result<(), StoreE
     sqlx::query("DELETE FROM chunks_fts")
         .execute(&mut *conn)
         .await?;
+    // Each chunk's keyword row gets the chunk's rowid, which the chunk records.
+    sqlx::query("UPDATE chunks SET fts_rowid = rowid")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
-        "INSERT INTO chunks_fts (chunk_id, title, text) \
-         SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id",
+        "INSERT INTO chunks_fts (rowid, chunk_id, title, text) \
+         SELECT c.fts_rowid, c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id",
     )
     .execute(&mut *conn)
     .await?;

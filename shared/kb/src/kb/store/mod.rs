@@ -14,13 +14,16 @@ use super::text::Chunk;
 use super::vector_index::{IndexState, Maintenance, VectorIndexConfig, VectorIndexer};
 use crate::store::{Database, StoreError};
 
+mod bm25;
 mod guarded;
 mod postgres;
 mod sqlite;
+mod sqlite_vectors;
+mod sqlite_writes;
 
 pub use guarded::{GuardedStore, KNOWLEDGE_BASE_BREAKER};
 
-use postgres::{CommonLexemes, PgKnowledgeStore};
+use postgres::PgKnowledgeStore;
 use sqlite::SqliteKnowledgeStore;
 
 /// A stored document (without its text; chunks hold the text).
@@ -249,11 +252,12 @@ pub fn knowledge_store_with(
     match database.kind() {
         crate::store::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
             db: database.clone(),
+            vectors: Default::default(),
         }),
         crate::store::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
             db: database.clone(),
             indexer: Arc::new(VectorIndexer::new(vector_index)),
-            common_lexemes: CommonLexemes::default(),
+            statistics: bm25::CorpusStatistics::default(),
         }),
     }
 }
@@ -265,12 +269,8 @@ const DOC_COLUMNS: &str =
 const PG_ROWS_PER_STATEMENT: usize = 30_000;
 
 /// Most keyword matches ranked in the every-word pass (PostgreSQL; ranking reads each
-/// one's tsvector, ~10-20 µs apiece); see `keyword_search`.
-const KEYWORD_CANDIDATES: usize = 500;
-
-/// Most matches ranked in the any-word pass, which only fills the list up to k below the
-/// chunks with every word (fewer: its matches are taken in index order anyway).
-const KEYWORD_FILL_CANDIDATES: usize = 200;
+/// one's tsvector); see `keyword_search_scored`.
+const KEYWORD_CANDIDATES: i64 = 500;
 
 /// Search words for the keyword index: letters and digits only (no query syntax).
 /// The words of a keyword query, stopwords left out: a passage that shares only "what",

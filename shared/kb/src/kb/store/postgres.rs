@@ -6,47 +6,7 @@ use super::*;
 pub(crate) struct PgKnowledgeStore {
     pub(super) db: Database,
     pub(super) indexer: Arc<VectorIndexer>,
-    pub(super) common_lexemes: CommonLexemes,
-}
-
-/// Lexemes in more than this share of chunks are left out of keyword queries.
-const COMMON_LEXEME_SHARE: f32 = 0.1;
-/// How long a read of the column statistics is reused (ANALYZE refreshes them rarely).
-const COMMON_LEXEMES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// The corpus' most common lexemes, from PostgreSQL's statistics of `chunks.tsv`
-/// (gathered by ANALYZE and autovacuum), cached for `COMMON_LEXEMES_TTL`.
-pub(super) struct CommonLexemes(moka::future::Cache<(), Arc<Vec<String>>>);
-
-impl Default for CommonLexemes {
-    fn default() -> Self {
-        Self(
-            moka::future::Cache::builder()
-                .time_to_live(COMMON_LEXEMES_TTL)
-                .build(),
-        )
-    }
-}
-
-impl CommonLexemes {
-    async fn get(&self, pool: &sqlx::PgPool) -> Arc<Vec<String>> {
-        self.0
-            .get_with((), async {
-                // No statistics yet, or no permission to read them: nothing is left out.
-                let lexemes: Vec<String> = sqlx::query_scalar(
-                    "SELECT e.lexeme FROM pg_stats s, \
-                     unnest(s.most_common_elems::text::text[]) WITH ORDINALITY AS e(lexeme, n) \
-                     WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv' \
-                     AND s.most_common_elem_freqs[e.n] > $1",
-                )
-                .bind(COMMON_LEXEME_SHARE)
-                .fetch_all(pool)
-                .await
-                .unwrap_or_default();
-                Arc::new(lexemes)
-            })
-            .await
-    }
+    pub(super) statistics: bm25::CorpusStatistics,
 }
 
 /// pgvector's text form: `[0.1,0.2,...]`.
@@ -226,6 +186,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         insert_chunks(&mut tx, &rows, model, segment).await?;
         insert_events(&mut tx, &events, correlation_id, now).await?;
         tx.commit().await?;
+        self.statistics.invalidate();
         if let (true, Some(dims)) = (bulk, dims) {
             self.indexer.bulk_written(self.pool().await?, dims);
         }
@@ -262,6 +223,7 @@ impl KnowledgeStore for PgKnowledgeStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.statistics.invalidate();
         Ok(Some(version + 1))
     }
 
@@ -329,24 +291,23 @@ impl KnowledgeStore for PgKnowledgeStore {
         let (key, value) = filter.map_or((String::new(), String::new()), |f| {
             (f.key.clone(), f.value.clone())
         });
+        let pool = self.pool().await?;
+        let (words, totals) = self.statistics.terms(pool, &terms.join(" ")).await?;
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
         // Chunks with every word first: the GIN index intersects posting lists cheaply,
-        // and they are the best matches. Only when fewer than k have every word does the
-        // search widen to any word, the chunks with every word staying on top. Both
-        // passes are one statement: the any-word pass is gated by a one-time filter on
-        // the every-word pass's count, so it never runs when it cannot add anything (a
-        // phrase of common words has hundreds of chunks with every word, and OR-ing those
-        // words matches most of the corpus).
+        // and a phrase of common words has hundreds of them. Only when fewer than k have
+        // every word does the search widen to the chunks with any of the query's rarest
+        // words (the any-word pass is gated by a one-time filter on the every-word pass's
+        // count, so it never runs when it cannot add anything). Both are ranked by BM25
+        // (see `bm25`) and merged by score.
         //
-        // Ranking is bounded: at most KEYWORD_CANDIDATES (every word) and
-        // KEYWORD_FILL_CANDIDATES (any word) matches, found through the GIN index, are
-        // ranked, so a very common word cannot make a search scan the corpus; chunk
-        // texts are read only for the top k.
-        // When widening to any word, words in more than COMMON_LEXEME_SHARE of chunks
-        // (PostgreSQL's own statistics of the tsvector column) are left out unless
-        // nothing else is left: matching any of them matches most of the corpus, and
-        // their posting lists are what makes the scan slow. The every-word pass keeps
-        // them: with them a remembered phrase still narrows to its chunk.
-        let matching = |query: &str, limit: usize| {
+        // Ranking is bounded: at most KEYWORD_CANDIDATES (every word) and FILL_BUDGET
+        // (any word) matches, found through the GIN index, are ranked, so a very common
+        // word cannot make a search scan the corpus; chunk texts are read only for the
+        // top k.
+        let matching = |query: &str, limit: i64| {
             format!(
                 "SELECT c.id, c.document_id, c.tsv FROM chunks c, q WHERE {query} \
                  AND ($2 = '' OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.metadata ->> $2 = $3)) \
@@ -354,52 +315,59 @@ impl KnowledgeStore for PgKnowledgeStore {
             )
         };
         // The similarity to the query's embedding, from the chunk's own (of that model).
-        let similarity = match scored_by {
+        let (similarity, first_term) = match scored_by {
             Some(q) => {
                 let dims = q.vector.len();
-                format!(
+                let similarity = format!(
                     "CASE WHEN c.model = $6 AND c.dims = {dims} \
                      THEN 1 - ((c.embedding::vector({dims})) <=> $7::vector({dims})) END"
-                )
+                );
+                (similarity, 8)
             }
-            None => "NULL::float8".to_string(),
+            None => ("NULL::float8".to_string(), 6),
         };
+        let score = bm25::score_sql("m.tsv", &words, first_term);
         let sql = format!(
-            "WITH lex AS (SELECT array_agg(lexeme) AS every, array_agg(lexeme) FILTER (WHERE lexeme <> ALL($5::text[])) AS rare \
-                 FROM unnest(to_tsvector('english', $1))), \
-             q AS (SELECT array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(lex.every) AS x), ' & ')::tsquery AS every, \
-                 array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(coalesce(lex.rare, lex.every)) AS x), ' | ')::tsquery AS some, \
-                 cardinality(lex.every) > 1 AS several FROM lex), \
-             every_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.every) AS score FROM ({}) m, q \
+            "WITH q AS (SELECT $1::tsquery AS every, nullif($5, '')::tsquery AS some), \
+             every_hits AS (SELECT m.id, m.document_id, {score} AS score FROM ({}) m \
                  ORDER BY score DESC, m.id LIMIT $4), \
-             some_hits AS (SELECT m.id, m.document_id, ts_rank_cd(m.tsv, q.some) AS score FROM ({}) m, q \
+             some_hits AS (SELECT m.id, m.document_id, {score} AS score FROM ({}) m \
                  ORDER BY score DESC, m.id LIMIT $4), \
-             ranked AS (SELECT id, document_id, score, 0 AS tier FROM every_hits \
-                 UNION ALL SELECT id, document_id, score, 1 FROM some_hits WHERE id NOT IN (SELECT id FROM every_hits) \
-                 ORDER BY tier, score DESC, id LIMIT $4) \
+             ranked AS (SELECT id, document_id, score FROM every_hits \
+                 UNION ALL SELECT id, document_id, score FROM some_hits WHERE id NOT IN (SELECT id FROM every_hits) \
+                 ORDER BY score DESC, id LIMIT $4) \
              SELECT r.id, r.document_id, d.title, c.text, r.score, {similarity} FROM ranked r \
              JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = r.document_id \
-             ORDER BY r.tier, r.score DESC, r.id",
+             ORDER BY r.score DESC, r.id",
             matching("c.tsv @@ q.every", KEYWORD_CANDIDATES),
             matching(
-                "q.several AND (SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some",
-                KEYWORD_FILL_CANDIDATES
+                "(SELECT count(*) FROM every_hits) < $4 AND c.tsv @@ q.some",
+                bm25::FILL_BUDGET
             ),
         );
-        let pool = self.pool().await?;
-        let common = self.common_lexemes.get(pool).await;
-        type Row = (String, String, String, String, f32, Option<f64>);
+        let fill = if words.len() > 1 {
+            bm25::fill_query(&words)
+        } else {
+            String::new()
+        };
+        type Row = (String, String, String, String, f64, Option<f64>);
         let mut statement = sqlx::query_as::<_, Row>(&sql)
             .persistent(false)
-            .bind(terms.join(" "))
+            .bind(bm25::every_query(&words))
             .bind(&key)
             .bind(&value)
             .bind(k)
-            .bind(common.as_slice());
+            .bind(fill);
         if let Some(q) = scored_by {
             statement = statement.bind(q.model).bind(vector_literal(q.vector));
         }
-        let rows = statement.fetch_all(pool).await?;
+        for word in &words {
+            statement = statement.bind(&word.quoted).bind(word.weight);
+        }
+        let rows = statement
+            .bind(totals.average_length.max(1.0))
+            .fetch_all(pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(

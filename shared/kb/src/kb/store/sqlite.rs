@@ -1,12 +1,16 @@
-//! The knowledge store on SQLite: FTS5 for keywords, an exact scan of the embeddings.
+//! The knowledge store on SQLite: FTS5 for keywords, an in-memory scan of the embeddings.
 
+use super::sqlite_vectors::{SqliteVectors, TopK};
+use super::sqlite_writes::{delete_chunks, write_batch};
 use super::*;
 
 pub(crate) struct SqliteKnowledgeStore {
     pub(super) db: Database,
+    /// The embeddings in memory, for unfiltered vector searches.
+    pub(super) vectors: SqliteVectors,
 }
 
-fn to_blob(v: &[f32]) -> Vec<u8> {
+pub(super) fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|f| f.to_le_bytes()).collect()
 }
 
@@ -18,61 +22,6 @@ fn dot_with_blob(query: &[f32], blob: &[u8]) -> f32 {
         .zip(blob.chunks_exact(4))
         .map(|(q, b)| q * f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .sum()
-}
-
-/// The k best (score, id) pairs of a scan; ties go to the smaller id, so results do not
-/// depend on row order.
-struct TopK {
-    k: usize,
-    /// Min-heap on (score, reversed id): the root is the worst kept pair.
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdScore, std::cmp::Reverse<String>)>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdScore(f32);
-impl Eq for OrdScore {}
-impl PartialOrd for OrdScore {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for OrdScore {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-impl TopK {
-    fn new(k: usize) -> Self {
-        Self {
-            k,
-            heap: std::collections::BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    /// Whether a pair with this score could be kept (cheap check before allocating an id).
-    fn admits(&self, score: f32) -> bool {
-        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| score >= worst.0 .0 .0)
-    }
-
-    fn push(&mut self, score: f32, id: &str) {
-        self.heap.push(std::cmp::Reverse((
-            OrdScore(score),
-            std::cmp::Reverse(id.to_string()),
-        )));
-        if self.heap.len() > self.k {
-            self.heap.pop();
-        }
-    }
-
-    /// Best first; equal scores by id.
-    fn into_sorted(self) -> Vec<(f32, String)> {
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|std::cmp::Reverse((score, std::cmp::Reverse(id)))| (score.0, id))
-            .collect()
-    }
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
@@ -180,93 +129,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let pool = self.pool().await?;
         sqlite_immediate!(pool, |conn| {
-            let mut outcomes = Vec::with_capacity(documents.len());
-            for DocumentWrite {
-                document: doc,
-                chunks,
-            } in documents
-            {
-                let current: Option<(String, i64, String)> = sqlx::query_as(
-                    "SELECT content_hash, version, created_at FROM documents WHERE id = ?",
-                )
-                .bind(&doc.id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some((hash, version, _)) = &current {
-                    if *hash == doc.content_hash {
-                        outcomes.push(WriteOutcome::Unchanged { version: *version });
-                        continue;
-                    }
-                }
-                let now = Utc::now().to_rfc3339();
-                let version = current.as_ref().map_or(1, |c| c.1 + 1);
-                let created_at = current.as_ref().map_or(now.clone(), |c| c.2.clone());
-                sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(&doc.id).execute(&mut *conn).await?;
-                sqlx::query("DELETE FROM chunks WHERE document_id = ?")
-                    .bind(&doc.id)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, metadata, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (id) DO UPDATE SET title = excluded.title, content_hash = excluded.content_hash, version = excluded.version, \
-                     chunk_count = excluded.chunk_count, content_type = excluded.content_type, source = excluded.source, \
-                     metadata = excluded.metadata, updated_at = excluded.updated_at",
-                )
-                .bind(&doc.id)
-                .bind(&doc.title)
-                .bind(&doc.content_hash)
-                .bind(version)
-                .bind(chunks.len() as i64)
-                .bind(&doc.content_type)
-                .bind(&doc.source)
-                .bind(doc.metadata.to_string())
-                .bind(&created_at)
-                .bind(&now)
-                .execute(&mut *conn)
-                .await?;
-                for c in chunks {
-                    sqlx::query("INSERT INTO chunks (id, document_id, idx, text, model, dims, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                        .bind(&c.chunk.id)
-                        .bind(&doc.id)
-                        .bind(c.chunk.index as i64)
-                        .bind(&c.chunk.text)
-                        .bind(model)
-                        .bind(c.embedding.len() as i64)
-                        .bind(to_blob(&c.embedding))
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("INSERT INTO chunks_fts (chunk_id, title, text) VALUES (?, ?, ?)")
-                        .bind(&c.chunk.id)
-                        .bind(&doc.title)
-                        .bind(&c.chunk.text)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                for (id, kind, causation, payload) in
-                    write_events(doc, version, chunks.len(), model)
-                {
-                    sqlx::query(
-                        "INSERT INTO events (id, type, aggregate_id, aggregate_version, correlation_id, causation_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(id)
-                    .bind(kind)
-                    .bind(&doc.id)
-                    .bind(version)
-                    .bind(correlation_id)
-                    .bind(causation)
-                    .bind(payload.to_string())
-                    .bind(&now)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                outcomes.push(if current.is_some() {
-                    WriteOutcome::Updated { version }
-                } else {
-                    WriteOutcome::Created { version }
-                });
-            }
-            Ok(outcomes)
+            write_batch(conn, documents, model, correlation_id).await
         })
     }
 
@@ -285,11 +148,7 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             let Some(version) = version else {
                 return Ok(None);
             };
-            sqlx::query("DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?)").bind(id).execute(&mut *conn).await?;
-            sqlx::query("DELETE FROM chunks WHERE document_id = ?")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+            delete_chunks(conn, &[id]).await?;
             sqlx::query("DELETE FROM documents WHERE id = ?")
                 .bind(id)
                 .execute(&mut *conn)
@@ -317,61 +176,61 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         k: i64,
         filter: Option<&SearchFilter>,
     ) -> Result<Vec<ChunkHit>, StoreError> {
-        // Exact scan, fine for the embedded mode's corpus sizes: score each embedding
-        // straight from its bytes while streaming the rows (no per-row text or vector
-        // allocation), keep the best k, then read only their text.
         let k = k.max(0) as usize;
         if k == 0 {
             return Ok(Vec::new());
         }
         let pool = self.pool().await?;
-        let mut scan = match filter {
-            Some(f) => sqlx::query(
-                "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
-                 WHERE c.model = ? AND c.dims = ? AND json_extract(d.metadata, ?) = ?",
-            )
-            .bind(model)
-            .bind(query.len() as i64)
-            .bind(format!("$.{}", f.key))
-            .bind(f.value.as_str()),
-            None => sqlx::query(
-                "SELECT c.id, c.embedding FROM chunks c WHERE c.model = ? AND c.dims = ?",
-            )
-            .bind(model)
-            .bind(query.len() as i64),
-        }
-        .fetch(pool);
-        let mut best = TopK::new(k);
-        while let Some(row) = scan.try_next().await? {
-            let blob: &[u8] = row.try_get(1)?;
-            let score = dot_with_blob(query, blob);
-            if best.admits(score) {
-                let id: &str = row.try_get(0)?;
-                best.push(score, id);
+        // A metadata filter scans the matching rows in SQL, scoring each embedding
+        // straight from its bytes (no per-row allocation). Without one, the in-memory
+        // matrix's int8 scan finds twice k (and 16 more) candidates, whose stored floats
+        // then give their exact scores and order.
+        let best = match filter {
+            Some(f) => {
+                let mut scan = sqlx::query(
+                    "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
+                     WHERE c.model = ? AND c.dims = ? AND json_extract(d.metadata, ?) = ?",
+                )
+                .bind(model)
+                .bind(query.len() as i64)
+                .bind(format!("$.{}", f.key))
+                .bind(f.value.as_str())
+                .fetch(pool);
+                let mut best = TopK::new(k);
+                while let Some(row) = scan.try_next().await? {
+                    let blob: &[u8] = row.try_get(1)?;
+                    let score = dot_with_blob(query, blob);
+                    if best.admits(score) {
+                        let id: &str = row.try_get(0)?;
+                        best.push(score, id);
+                    }
+                }
+                best.into_sorted()
             }
-        }
-        drop(scan);
-        let best = best.into_sorted();
+            None => self.vectors.nearest(pool, query, model, 2 * k + 16).await?,
+        };
         if best.is_empty() {
             return Ok(Vec::new());
         }
         let placeholders = vec!["?"; best.len()].join(", ");
         let sql = format!(
-            "SELECT c.id, c.document_id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.document_id \
+            "SELECT c.id, c.document_id, d.title, c.text, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id \
              WHERE c.id IN ({placeholders})"
         );
-        let mut fetch = sqlx::query_as::<_, (String, String, String, String)>(&sql);
+        let mut fetch = sqlx::query_as::<_, (String, String, String, String, Vec<u8>)>(&sql);
         for (_, id) in &best {
             fetch = fetch.bind(id);
         }
-        let mut texts: std::collections::HashMap<String, (String, String, String)> = fetch
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|(id, document_id, title, text)| (id, (document_id, title, text)))
-            .collect();
         // A chunk deleted between the two reads is simply left out.
-        Ok(best
+        let mut exact = TopK::new(k);
+        let mut texts: std::collections::HashMap<String, (String, String, String)> =
+            std::collections::HashMap::new();
+        for (id, document_id, title, text, embedding) in fetch.fetch_all(pool).await? {
+            exact.push(dot_with_blob(query, &embedding), &id);
+            texts.insert(id, (document_id, title, text));
+        }
+        Ok(exact
+            .into_sorted()
             .into_iter()
             .filter_map(|(score, chunk_id)| {
                 let (document_id, title, text) = texts.remove(&chunk_id)?;
@@ -499,34 +358,6 @@ impl KnowledgeStore for SqliteKnowledgeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top_k_keeps_the_best_scores_and_breaks_ties_by_id_whatever_the_order() {
-        let pairs = [
-            (0.2, "e"),
-            (0.9, "b"),
-            (0.5, "d"),
-            (0.9, "a"),
-            (0.1, "f"),
-            (0.5, "c"),
-        ];
-        let mut forward = TopK::new(3);
-        let mut backward = TopK::new(3);
-        for (score, id) in pairs {
-            if forward.admits(score) {
-                forward.push(score, id);
-            }
-        }
-        for (score, id) in pairs.iter().rev() {
-            if backward.admits(*score) {
-                backward.push(*score, id);
-            }
-        }
-        let expected = vec![(0.9, "a".to_string()), (0.9, "b".into()), (0.5, "c".into())];
-        assert_eq!(forward.into_sorted(), expected);
-        assert_eq!(backward.into_sorted(), expected);
-        assert!(TopK::new(0).into_sorted().is_empty());
-    }
 
     #[test]
     fn the_dot_product_reads_the_stored_bytes_as_little_endian_floats() {
