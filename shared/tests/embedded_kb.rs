@@ -5,30 +5,12 @@
 #[allow(dead_code)]
 mod support;
 
-use std::sync::Arc;
-
 use chatkb_testing::TestDatabase;
-use shared::cache::{CacheConfig, TieredCache};
 use shared::kb::embed::OfflineEmbedder;
-use shared::kb::store::{knowledge_store, SearchFilter};
-use shared::kb::text::ChunkConfig;
+use shared::kb::store::SearchFilter;
 use shared::kb::KnowledgeBase;
 use shared::store::Pool;
-use support::doc;
-
-/// A knowledge base of its own (its own store and matrix) on the database: what another
-/// process would have.
-fn process(db: &TestDatabase) -> KnowledgeBase {
-    KnowledgeBase::new(
-        knowledge_store(&db.database()),
-        Arc::new(OfflineEmbedder::new(384)),
-        TieredCache::new(CacheConfig::default(), None),
-        ChunkConfig {
-            size: 1000,
-            overlap: 150,
-        },
-    )
-}
+use support::{doc, offline_kb};
 
 async fn sqlite(db: &TestDatabase) -> sqlx::SqlitePool {
     match db.database().pool().await.unwrap() {
@@ -52,7 +34,7 @@ async fn assert_keyword_rows_match_chunks(pool: &sqlx::SqlitePool) {
 #[tokio::test]
 async fn replacing_and_deleting_documents_leaves_no_keyword_rows_behind() {
     let db = TestDatabase::sqlite();
-    let kb = process(&db);
+    let kb = offline_kb(&db);
     let batch = (0..3)
         .map(|i| doc(&format!("d{i}"), "Notes", &format!("kiwi banana note {i}")))
         .collect();
@@ -80,7 +62,8 @@ async fn replacing_and_deleting_documents_leaves_no_keyword_rows_behind() {
 #[tokio::test]
 async fn the_vector_matrix_follows_writes_from_another_process_and_ranks_exactly() {
     let db = TestDatabase::sqlite();
-    let (writer, reader) = (process(&db), process(&db));
+    // Each with its own store and matrix: what two processes would have.
+    let (writer, reader) = (offline_kb(&db), offline_kb(&db));
     let texts = [
         "The refund window is thirty days from delivery for annual plans.",
         "Reset a forgotten password from the sign-in page link.",
@@ -159,7 +142,7 @@ async fn the_vector_matrix_follows_writes_from_another_process_and_ranks_exactly
 #[tokio::test]
 async fn a_document_written_twice_in_one_batch_keeps_the_later_write_on_both_backends() {
     for db in TestDatabase::both().await {
-        let kb = process(&db);
+        let kb = offline_kb(&db);
         let batch = vec![
             doc("twice", "First", "apricot orchards in spring"),
             doc("other", "Other", "a second document"),

@@ -6,32 +6,18 @@
 #[allow(dead_code)]
 mod support;
 
-use std::sync::Arc;
-
 use chatkb_testing::TestDatabase;
-use shared::cache::{CacheConfig, TieredCache};
-use shared::kb::embed::OfflineEmbedder;
-use shared::kb::store::knowledge_store;
-use shared::kb::text::ChunkConfig;
-use shared::kb::{Fusion, KnowledgeBase};
-use support::doc;
+use shared::kb::Fusion;
 use support::ranking::{plain_bm25, ranking_runs};
 use support::relevance::Collection;
+use support::{doc, offline_kb};
 
 #[tokio::test]
 async fn keyword_lists_are_bm25_grade_and_hybrid_is_never_below_them_on_both_backends() {
     for collection in [Collection::cranfield(), Collection::support()] {
         let bm25 = plain_bm25(&collection);
         for db in TestDatabase::both().await {
-            let kb = KnowledgeBase::new(
-                knowledge_store(&db.database()),
-                Arc::new(OfflineEmbedder::new(384)),
-                TieredCache::new(CacheConfig::default(), None),
-                ChunkConfig {
-                    size: 1000,
-                    overlap: 150,
-                },
-            );
+            let kb = offline_kb(&db);
             collection.ingest(&kb).await;
             let runs = ranking_runs(&collection, &kb).await;
             let (keyword, hybrid) = (runs.keyword(), runs.hybrid(Fusion::OFFLINE_DEFAULT));
@@ -70,15 +56,7 @@ async fn keyword_lists_are_bm25_grade_and_hybrid_is_never_below_them_on_both_bac
 #[tokio::test]
 async fn postgres_keyword_scores_are_exactly_bm25() {
     let db = TestDatabase::postgres().await;
-    let kb = KnowledgeBase::new(
-        knowledge_store(&db.database()),
-        Arc::new(OfflineEmbedder::new(384)),
-        TieredCache::new(CacheConfig::default(), None),
-        ChunkConfig {
-            size: 1000,
-            overlap: 150,
-        },
-    );
+    let kb = offline_kb(&db);
     let twelve = "zebra ".repeat(12);
     // (document, title, text, occurrences of "zebra", distinct words with the title's)
     let corpus = [

@@ -41,3 +41,20 @@ pub fn doc(id: &str, title: &str, text: &str) -> IngestRequest {
         metadata: serde_json::json!({"team": "support"}),
     }
 }
+
+/// A knowledge base as the functions build one by default (offline embedder of the
+/// default size, default chunking, an in-process cache), with its own store: what
+/// another process on the same database would have.
+// Not every test crate that includes this module uses it.
+#[allow(dead_code)]
+pub fn offline_kb(db: &chatkb_testing::TestDatabase) -> shared::kb::KnowledgeBase {
+    shared::kb::KnowledgeBase::new(
+        shared::kb::store::knowledge_store(&db.database()),
+        std::sync::Arc::new(shared::kb::embed::OfflineEmbedder::new(384)),
+        shared::cache::TieredCache::new(shared::cache::CacheConfig::default(), None),
+        shared::kb::text::ChunkConfig {
+            size: 1000,
+            overlap: 150,
+        },
+    )
+}

@@ -468,6 +468,39 @@ mod tests {
         assert_eq!(rows, FOLDED);
     }
 
+    /// Migration 9 links the chunks of earlier versions to their keyword rows, so
+    /// replacing or deleting such a document removes its rows by rowid.
+    #[tokio::test]
+    async fn chunks_of_earlier_versions_are_linked_to_their_keyword_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        migrator(&SQLITE_MIGRATION_FILES[..8])
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO documents (id, title, content_hash, version, chunk_count, content_type, source, created_at, updated_at) \
+             VALUES ('d', 'T', 'h', 1, 2, 'text/plain', 't', 'now', 'now'); \
+             INSERT INTO chunks_fts (rowid, chunk_id, title, text) VALUES (7, 'other', 'T', 'x'), (41, 'd#0', 'T', 'a'), (42, 'd#1', 'T', 'b'); \
+             INSERT INTO chunks (id, document_id, idx, text, model, dims, embedding) \
+             VALUES ('d#1', 'd', 1, 'b', 'm', 1, x'00000000'), ('d#0', 'd', 0, 'a', 'm', 1, x'00000000')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        let links: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT id, fts_rowid FROM chunks ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            links,
+            [("d#0".to_string(), Some(41)), ("d#1".to_string(), Some(42))]
+        );
+    }
+
     #[test]
     fn a_missing_pgvector_is_recognised_in_every_server_version() {
         assert!(names_missing_pgvector(

@@ -319,11 +319,8 @@ impl SqliteVectors {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite::to_blob as blob;
     use super::*;
-
-    fn blob(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|f| f.to_le_bytes()).collect()
-    }
 
     #[test]
     fn the_int8_scan_ranks_like_the_floats_and_forgets_removed_documents() {
