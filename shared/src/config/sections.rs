@@ -32,6 +32,41 @@ fn read_relevance_floor(r: &mut Reader<'_>) -> Option<crate::kb::RelevanceFloor>
     })
 }
 
+/// `EMBEDDINGS_MODEL=local:<dir>`: the folder, checked now (files, architecture,
+/// pooling) so a wrong path stops the function at start, and its vectors' dimensions.
+#[cfg(feature = "kb")]
+fn read_local_model(
+    r: &mut Reader<'_>,
+    model: &str,
+    base_url: &Option<String>,
+) -> Option<(std::path::PathBuf, usize)> {
+    const MODEL: &str = "EMBEDDINGS_MODEL";
+    let dir = std::path::PathBuf::from(model.strip_prefix("local:")?);
+    if base_url.is_some() {
+        r.fail(
+            MODEL,
+            "local:<dir> runs the model in process; unset EMBEDDINGS_BASE_URL, or name the endpoint's model",
+        );
+        return None;
+    }
+    #[cfg(feature = "local-embedder")]
+    match chatkb_local_embedder::ModelFiles::inspect(&dir) {
+        Ok(files) => Some((dir, files.hidden_size)),
+        Err(error) => {
+            r.fail(MODEL, error.to_string());
+            None
+        }
+    }
+    #[cfg(not(feature = "local-embedder"))]
+    {
+        r.fail(
+            MODEL,
+            format!("local:{} needs a build with the local-embedder feature (make run-semantic, or cargo build --features local-embedder; README, Semantic search without an API)", dir.display()),
+        );
+        None
+    }
+}
+
 /// The knowledge base's variables (`EMBEDDINGS_*`, `CHUNK_*`, `RETRIEVAL_MIN_SIMILARITY*`,
 /// ingest limits, `VECTOR_INDEX_*`).
 #[cfg(feature = "kb")]
@@ -51,7 +86,17 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
             "offline"
         })
         .to_string();
-    let embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
+    let embeddings_local_model = read_local_model(r, &embeddings_model, &embeddings_base_url);
+    let mut embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
+    if let Some((_, model_dimensions)) = &embeddings_local_model {
+        if r.get("EMBEDDINGS_DIMENSIONS").is_some() && embeddings_dimensions != *model_dimensions {
+            r.fail(
+                "EMBEDDINGS_DIMENSIONS",
+                format!("the local model's vectors have {model_dimensions} dimensions; unset it or set {model_dimensions}"),
+            );
+        }
+        embeddings_dimensions = *model_dimensions;
+    }
     let embeddings_timeout = r.millis("EMBEDDINGS_TIMEOUT_MS", 10_000, 100, 300_000);
     let chunk_size = r.int("CHUNK_SIZE", 1000usize, 100, 20_000);
     let chunk_overlap = r.int("CHUNK_OVERLAP", 150usize, 0, 10_000);
@@ -82,6 +127,7 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         embeddings_base_url,
         embeddings_api_key,
         embeddings_model,
+        embeddings_local_model: embeddings_local_model.map(|(dir, _)| dir),
         embeddings_dimensions,
         embeddings_timeout,
         chunk_size,

@@ -14,6 +14,8 @@ pub struct KbSettings {
     pub embeddings_base_url: Option<String>,
     pub embeddings_api_key: Option<Secret>,
     pub embeddings_model: String,
+    /// `EMBEDDINGS_MODEL=local:<dir>`: a sentence-transformers folder run in process.
+    pub embeddings_local_model: Option<PathBuf>,
     pub embeddings_dimensions: usize,
     pub embeddings_timeout: Duration,
     /// Chunk size and overlap in characters.
@@ -39,21 +41,26 @@ pub struct KbSettings {
 impl KbSettings {
     /// The fusion in force: the weight set, or the embedder's default.
     pub fn fusion(&self) -> Fusion {
-        match (self.vector_weight, &self.embeddings_base_url) {
+        match (self.vector_weight, self.uses_model()) {
             (Some(vector_weight), _) => Fusion { vector_weight },
-            (None, None) => Fusion::OFFLINE_DEFAULT,
-            (None, Some(_)) => Fusion::MODEL_DEFAULT,
+            (None, false) => Fusion::OFFLINE_DEFAULT,
+            (None, true) => Fusion::MODEL_DEFAULT,
         }
     }
 
+    /// A real embedding model (an endpoint, or one run in process), not the offline hashing.
+    pub fn uses_model(&self) -> bool {
+        self.embeddings_base_url.is_some() || self.embeddings_local_model.is_some()
+    }
+
     /// The floor in force: the one set, or the offline embedder's measured default. A
-    /// remote model's similarities have their own scale (0.2 is unrelated for one model
+    /// model's similarities have their own scale (0.2 is unrelated for one model
     /// and close for another), so without a setting it gets no floor and a warning that
     /// says how to measure one.
     pub fn relevance_floor(&self) -> RelevanceFloor {
-        match (self.relevance, &self.embeddings_base_url) {
+        match (self.relevance, self.uses_model()) {
             (Some(floor), _) => floor,
-            (None, None) => {
+            (None, false) => {
                 if (
                     self.embeddings_dimensions,
                     self.chunk_size,
@@ -69,10 +76,10 @@ impl KbSettings {
                 }
                 RelevanceFloor::OFFLINE_DEFAULT
             }
-            (None, Some(_)) => {
+            (None, true) => {
                 tracing::warn!(
                     model = %self.embeddings_model,
-                    "RETRIEVAL_MIN_SIMILARITY is not set: with a remote embedding model every passage counts as relevant; measure a floor for this model with `make eval` (README, Relevance floor)"
+                    "RETRIEVAL_MIN_SIMILARITY is not set: with an embedding model every passage counts as relevant; measure a floor for this model with `make eval` (README, Relevance floor)"
                 );
                 RelevanceFloor::NONE
             }

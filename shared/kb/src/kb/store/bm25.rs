@@ -19,6 +19,7 @@
 //! telling words' chunks are never cut off in index order.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,8 @@ pub(super) struct CorpusStatistics {
     totals: Cache<(), Totals>,
     /// PostgreSQL's sampled share of chunks per common lexeme (`pg_stats`).
     common: Cache<(), Arc<HashMap<String, f64>>>,
+    /// The cached statistics are empty (no chunks, or no ANALYZE yet): a write drops them.
+    common_is_empty: std::sync::atomic::AtomicBool,
 }
 
 impl Default for CorpusStatistics {
@@ -88,15 +91,22 @@ impl Default for CorpusStatistics {
                 .build(),
             totals: Cache::builder().time_to_live(STATISTICS_TTL).build(),
             common: Cache::builder().time_to_live(STATISTICS_TTL).build(),
+            common_is_empty: Default::default(),
         }
     }
 }
 
 impl CorpusStatistics {
     /// This process changed the corpus: count again.
+    /// ANALYZE's statistics stay while they have something: they only change when the
+    /// table is analysed again. Empty ones (a search before the first import) are dropped,
+    /// or words found in more than `DF_COUNT_CAP` chunks would count as found in that many.
     pub fn invalidate(&self) {
         self.words.invalidate_all();
         self.totals.invalidate_all();
+        if self.common_is_empty.swap(false, Ordering::Relaxed) {
+            self.common.invalidate_all();
+        }
     }
 
     async fn totals(&self, pool: &sqlx::PgPool) -> Result<Totals, sqlx::Error> {
@@ -136,6 +146,7 @@ impl CorpusStatistics {
                 if rows.is_empty() && sqlx::query("ANALYZE chunks (tsv)").execute(pool).await.is_ok() {
                     rows = read().await;
                 }
+                self.common_is_empty.store(rows.is_empty(), Ordering::Relaxed);
                 Arc::new(rows.into_iter().map(|(l, f)| (l, f64::from(f))).collect())
             })
             .await

@@ -1,0 +1,68 @@
+//! Chunks per second of the local embedder (all-MiniLM-L6-v2) on Cranfield's prose: short
+//! chunks (an abstract's first sentence, ~25 tokens) and chunks of the default size (the
+//! abstract up to 1,000 characters, ~200 tokens), in batches as ingest sends them.
+//! `RAYON_NUM_THREADS=1` measures one core (`make bench-embed` runs both).
+
+use std::path::PathBuf;
+
+use chatkb_local_embedder::LocalEmbedder;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// The functions' allocator (their main.rs), so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOCAL_EMBEDDER_MODEL") {
+        return dir.into();
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/local-model.sh");
+    let out = std::process::Command::new(script)
+        .output()
+        .expect("run scripts/local-model.sh");
+    String::from_utf8(out.stdout).unwrap().trim().into()
+}
+
+/// Cranfield abstracts (eval/cranfield/corpus.jsonl), `count` of them.
+fn abstracts(count: usize) -> Vec<String> {
+    let corpus =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../eval/cranfield/corpus.jsonl");
+    std::fs::read_to_string(corpus)
+        .unwrap()
+        .lines()
+        .take(count)
+        .map(|line| {
+            let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+            doc["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let embedder = LocalEmbedder::load(&model_dir()).expect("load the model");
+    let texts = abstracts(64);
+    let short: Vec<String> = texts
+        .iter()
+        .map(|t| t.split(" . ").nth(1).unwrap_or(t).to_string())
+        .collect();
+    let default_size: Vec<String> = texts
+        .iter()
+        .map(|t| t.chars().take(1000).collect())
+        .collect();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    let mut group = c.benchmark_group(format!("local_embedder/threads_{threads}"));
+    group.sample_size(10);
+    for (name, batch) in [
+        ("short_chunks", &short),
+        ("1000_char_chunks", &default_size),
+    ] {
+        group.throughput(Throughput::Elements(batch.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| embedder.embed_blocking(batch).unwrap());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
