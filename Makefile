@@ -116,7 +116,8 @@ fmt: ## Format the code
 	cargo fmt --all
 
 LAMBDA_ARCH ?= arm64
-build: ## Release build of every function for AWS Lambda (LAMBDA_ARCH=arm64 default, or x86-64) into target/lambda/
+LOCAL_EMBEDDER ?= 0
+build: ## Release build of every function for AWS Lambda (LAMBDA_ARCH=arm64 default, or x86-64) into target/lambda/; LOCAL_EMBEDDER=1 adds the local embedder and its model to ingest and chat
 	scripts/ensure-cargo-lambda.sh
 	@if [ "$(LAMBDA_ARCH)" = arm64 ] && ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then \
 	  echo "adding the Rust target aarch64-unknown-linux-gnu (one-time download)"; \
@@ -124,8 +125,15 @@ build: ## Release build of every function for AWS Lambda (LAMBDA_ARCH=arm64 defa
 	@# One function per build: cargo merges the features of packages built together, and
 	@# each function must link only what it uses (health and backup: no chat, no kb).
 	for function in health backup ingest chat; do \
-	  cargo lambda build --release --$(LAMBDA_ARCH) --lambda-dir target/lambda -p $$function || exit 1; \
+	  features=; \
+	  if [ "$(LOCAL_EMBEDDER)" = 1 ] && [ $$function = ingest -o $$function = chat ]; then features="--features local-embedder"; fi; \
+	  cargo lambda build --release --$(LAMBDA_ARCH) --lambda-dir target/lambda -p $$function $$features || exit 1; \
 	done
+	@# The model beside each bootstrap: /var/task/model on Lambda (EmbeddingsModel=local:/var/task/model).
+	@if [ "$(LOCAL_EMBEDDER)" = 1 ]; then \
+	  model=$$(scripts/local-model.sh); \
+	  for function in ingest chat; do rm -rf target/lambda/$$function/model; cp -r "$$model" target/lambda/$$function/model; done; \
+	  echo "all-MiniLM-L6-v2 copied into target/lambda/{ingest,chat}/model: deploy with EmbeddingsModel=local:/var/task/model"; fi
 
 deploy: build ## Deploy with AWS SAM (needs AWS credentials and the sam CLI)
 	sam deploy --template-file infra/template.yaml --guided

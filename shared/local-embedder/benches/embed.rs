@@ -39,7 +39,13 @@ fn abstracts(count: usize) -> Vec<String> {
 }
 
 fn bench(c: &mut Criterion) {
+    let started = std::time::Instant::now();
     let embedder = LocalEmbedder::load(&model_dir()).expect("load the model");
+    // What a cold start pays for the model (reading, hashing, building the tensors).
+    eprintln!(
+        "model loaded in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let texts = abstracts(64);
     let short: Vec<String> = texts
         .iter()

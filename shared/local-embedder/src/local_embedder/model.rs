@@ -17,9 +17,10 @@ pub enum LoadError {
     Invalid { file: PathBuf, reason: String },
 }
 
-/// Tokens per batch (sequences × padded length): large enough for the matrix products to
-/// run at full speed, small enough that a batch of long chunks stays a few MB.
-const TOKENS_PER_BATCH: usize = 8192;
+/// Tokens per batch (sequences × padded length): enough rows for the matrix products to
+/// run at full speed, few enough that attention's scores (batch × 12 heads × length²
+/// floats) stay near 25 MB for 256-token chunks, inside a 512 MB function.
+const TOKENS_PER_BATCH: usize = 2048;
 const MAX_SEQUENCES_PER_BATCH: usize = 64;
 
 /// The folder's files and settings, read without loading the weights (the configuration
