@@ -3,31 +3,14 @@
 //! embedder cannot do; and every wrong setting is refused at start with what to change.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use chatkb_testing::TestDatabase;
+use model_folder::model_dir;
 use shared::cache::{CacheConfig, TieredCache};
 use shared::config::Settings;
 use shared::kb::{Fusion, KnowledgeBase, RelevanceFloor};
 use support::ranking::{plain_bm25, ranking_runs};
 use support::relevance::Collection;
-
-/// `LOCAL_EMBEDDER_MODEL`, or the folder scripts/local-model.sh prints (installing it).
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LOCAL_EMBEDDER_MODEL") {
-        return dir.into();
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-model.sh");
-    let out = std::process::Command::new(&script)
-        .output()
-        .expect("run scripts/local-model.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -161,5 +144,7 @@ fn a_wrong_local_model_setting_is_refused_at_start() {
     assert_eq!(settings.kb.embeddings_dimensions, 384);
 }
 
+#[path = "../local-embedder/tests/support/mod.rs"]
+mod model_folder;
 #[allow(dead_code)]
 mod support;

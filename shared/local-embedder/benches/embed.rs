@@ -7,21 +7,14 @@ use std::path::PathBuf;
 
 use chatkb_local_embedder::LocalEmbedder;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use support::model_dir;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// The functions' allocator (their main.rs), so the figures are theirs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LOCAL_EMBEDDER_MODEL") {
-        return dir.into();
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/local-model.sh");
-    let out = std::process::Command::new(script)
-        .output()
-        .expect("run scripts/local-model.sh");
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 /// Cranfield abstracts (eval/cranfield/corpus.jsonl), `count` of them.
 fn abstracts(count: usize) -> Vec<String> {

@@ -3,28 +3,14 @@
 //! independent implementation, semantic neighbours, batching that changes nothing, and
 //! every way a model folder can be wrong.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use chatkb_kb::kb::embed::{cosine, EmbedError, Embedder, OfflineEmbedder};
 use chatkb_local_embedder::{LoadError, LocalEmbedder, ModelFiles};
+use support::model_dir;
 
-/// `LOCAL_EMBEDDER_MODEL`, or the folder scripts/local-model.sh prints (installing it).
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LOCAL_EMBEDDER_MODEL") {
-        return dir.into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/local-model.sh");
-    let out = std::process::Command::new(&script)
-        .output()
-        .expect("run scripts/local-model.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
+mod support;
 
 fn embedder() -> &'static LocalEmbedder {
     static EMBEDDER: OnceLock<LocalEmbedder> = OnceLock::new();

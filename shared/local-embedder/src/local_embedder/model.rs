@@ -194,7 +194,7 @@ impl Encoder {
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
             .map_err(|e| format!("tokenizer: {e}"))?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());
