@@ -1,6 +1,6 @@
 //! The embedded store (SQLite) as issue 16 item 3 changed it: keyword rows deleted by the
-//! rowid each chunk records, and vector searches answered from a matrix in memory that
-//! follows every write, this process's or another's.
+//! rowid each chunk records, and keyword and vector searches answered from postings and
+//! a matrix in memory that follow every write, this process's or another's.
 
 #[allow(dead_code)]
 mod support;
@@ -134,6 +134,97 @@ async fn the_vector_matrix_follows_writes_from_another_process_and_ranks_exactly
         after.iter().map(|h| &h.0).collect::<Vec<_>>(),
         scanned.iter().map(|h| &h.0).collect::<Vec<_>>()
     );
+}
+
+/// The keyword index in memory scores as FTS5's `bm25()` does (a filter every document
+/// matches searches FTS5), and follows another process's writes.
+#[tokio::test]
+async fn the_keyword_index_scores_as_fts5_and_follows_writes_from_another_process() {
+    let db = TestDatabase::sqlite();
+    let (writer, reader) = (offline_kb(&db), offline_kb(&db));
+    let texts = [
+        (
+            "Refunds",
+            "The refund window is thirty days from delivery for annual plans.",
+        ),
+        (
+            "Passwords",
+            "Reset a forgotten password from the sign-in page link.",
+        ),
+        (
+            "Invoices",
+            "Invoices are emailed on the first day of every month, refund or not.",
+        ),
+        (
+            "Shipping",
+            "Shipping to islands takes two extra working days.",
+        ),
+        (
+            "Refund policy",
+            "A refund of an annual plan is prorated by the day.",
+        ),
+    ];
+    let batch = texts
+        .iter()
+        .enumerate()
+        .map(|(i, (title, text))| doc(&format!("d{i}"), title, text))
+        .collect();
+    writer.ingest_batch(batch, "t").await.unwrap();
+    let every = SearchFilter {
+        key: "team".into(),
+        value: "support".into(),
+    };
+    let search = |kb: &KnowledgeBase, query: &'static str, filter: Option<SearchFilter>| {
+        let store = kb.store().clone();
+        async move {
+            store
+                .keyword_search_scored(query, 10, filter.as_ref(), None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.hit.document_id, h.hit.score))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Scores in memory are f32, FTS5's f64.
+    let same = |in_memory: &[(String, f64)], fts5: &[(String, f64)]| {
+        assert_eq!(in_memory.len(), fts5.len(), "{in_memory:?} vs {fts5:?}");
+        for ((a, x), (b, y)) in in_memory.iter().zip(fts5) {
+            assert_eq!(a, b, "{in_memory:?} vs {fts5:?}");
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-6), "{x} vs {y}");
+        }
+    };
+    for query in ["refund annual plan", "reset password days", "islands"] {
+        let in_memory = search(&reader, query, None).await;
+        assert!(!in_memory.is_empty(), "{query}");
+        same(
+            &in_memory,
+            &search(&reader, query, Some(every.clone())).await,
+        );
+    }
+
+    // The other process rewrites a document, deletes one and adds one: the reader's
+    // index (already built) follows.
+    writer
+        .ingest(
+            doc("d4", "Plants", "Office plants are watered on Fridays."),
+            "t",
+        )
+        .await
+        .unwrap();
+    writer.delete("d0", "t").await.unwrap();
+    writer
+        .ingest(
+            doc("d9", "Refund", "Refund requests go to the billing team."),
+            "t",
+        )
+        .await
+        .unwrap();
+    let after = search(&reader, "refund", None).await;
+    let ids: Vec<_> = after.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["d9", "d2"], "{after:?}");
+    assert_eq!(search(&reader, "fridays plants", None).await[0].0, "d4");
+    same(&after, &search(&reader, "refund", Some(every)).await);
 }
 
 /// One batch naming a document twice: the later write is the one stored, both writes get

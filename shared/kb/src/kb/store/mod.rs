@@ -18,6 +18,7 @@ mod bm25;
 mod guarded;
 mod postgres;
 mod sqlite;
+mod sqlite_keywords;
 mod sqlite_vectors;
 mod sqlite_writes;
 
@@ -253,6 +254,7 @@ pub fn knowledge_store_with(
         crate::store::DatabaseKind::Sqlite => Arc::new(SqliteKnowledgeStore {
             db: database.clone(),
             vectors: Default::default(),
+            keywords: Default::default(),
         }),
         crate::store::DatabaseKind::Postgres => Arc::new(PgKnowledgeStore {
             db: database.clone(),

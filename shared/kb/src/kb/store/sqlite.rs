@@ -1,5 +1,7 @@
-//! The knowledge store on SQLite: FTS5 for keywords, an in-memory scan of the embeddings.
+//! The knowledge store on SQLite: BM25 over postings in memory for keywords (FTS5 when a
+//! metadata filter narrows the search), an in-memory scan of the embeddings.
 
+use super::sqlite_keywords::SqliteKeywords;
 use super::sqlite_vectors::{SqliteVectors, TopK};
 use super::sqlite_writes::{delete_chunks, write_batch};
 use super::*;
@@ -8,6 +10,8 @@ pub(crate) struct SqliteKnowledgeStore {
     pub(super) db: Database,
     /// The embeddings in memory, for unfiltered vector searches.
     pub(super) vectors: SqliteVectors,
+    /// The chunks' words in memory, for unfiltered keyword searches.
+    pub(super) keywords: SqliteKeywords,
 }
 
 pub(super) fn to_blob(v: &[f32]) -> Vec<u8> {
@@ -253,54 +257,17 @@ impl KnowledgeStore for SqliteKnowledgeStore {
         scored_by: Option<QueryEmbedding<'_>>,
     ) -> Result<Vec<ScoredHit>, StoreError> {
         let terms = keyword_terms(query);
-        if terms.is_empty() {
+        if terms.is_empty() || k <= 0 {
             return Ok(Vec::new());
         }
-        let expression = terms
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        // The embedding and its model only when there is a query vector to score against.
-        let embedding = if scored_by.is_some() {
-            "c.embedding, c.model"
-        } else {
-            "NULL, NULL"
+        let pool = self.pool().await?;
+        let rows = match filter {
+            Some(filter) => filtered_keyword_rows(pool, &terms, k, filter, scored_by).await?,
+            None => {
+                let best = self.keywords.best(pool, &terms, k as usize).await?;
+                chunk_rows(pool, best, scored_by).await?
+            }
         };
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            f64,
-            Option<Vec<u8>>,
-            Option<String>,
-        );
-        let filtered = format!(
-            "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score, {embedding} \
-             FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
-             WHERE chunks_fts MATCH ? AND json_extract(d.metadata, ?) = ? \
-             ORDER BY score DESC, c.id LIMIT ?"
-        );
-        // Rank inside the full-text index first and read the text of the best k
-        // only, instead of joining every match to its chunk and document.
-        let unfiltered = format!(
-            "SELECT c.id, c.document_id, d.title, c.text, best.score, {embedding} \
-             FROM (SELECT chunk_id, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score FROM chunks_fts \
-                   WHERE chunks_fts MATCH ? ORDER BY score DESC LIMIT ?) best \
-             JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id \
-             ORDER BY best.score DESC, c.id"
-        );
-        let rows: Vec<Row> = match filter {
-            Some(f) => sqlx::query_as(&filtered)
-                .bind(expression)
-                .bind(format!("$.{}", f.key))
-                .bind(f.value.as_str())
-                .bind(k),
-            None => sqlx::query_as(&unfiltered).bind(expression).bind(k),
-        }
-        .fetch_all(self.pool().await?)
-        .await?;
         Ok(rows
             .into_iter()
             .map(|(chunk_id, document_id, title, text, score, blob, model)| {
@@ -353,6 +320,100 @@ impl KnowledgeStore for SqliteKnowledgeStore {
             })
             .collect())
     }
+}
+
+/// A keyword hit's row: chunk id, document id, title, text, score, and the embedding and
+/// its model when a query vector will score it.
+type KeywordRow = (
+    String,
+    String,
+    String,
+    String,
+    f64,
+    Option<Vec<u8>>,
+    Option<String>,
+);
+
+/// The embedding columns, only when there is a query vector to score against.
+fn embedding_columns(scored_by: Option<QueryEmbedding<'_>>) -> &'static str {
+    if scored_by.is_some() {
+        "c.embedding, c.model"
+    } else {
+        "NULL, NULL"
+    }
+}
+
+/// A filtered keyword search stays in FTS5, where the filter joins the matches: the same
+/// BM25 as the in-memory index, over the chunks the filter keeps.
+async fn filtered_keyword_rows(
+    pool: &sqlx::SqlitePool,
+    terms: &[String],
+    k: i64,
+    filter: &SearchFilter,
+    scored_by: Option<QueryEmbedding<'_>>,
+) -> Result<Vec<KeywordRow>, StoreError> {
+    let expression = terms
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!(
+        "SELECT c.id, c.document_id, d.title, c.text, -bm25(chunks_fts, 0.0, 2.0, 1.0) AS score, {} \
+         FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.chunk_id JOIN documents d ON d.id = c.document_id \
+         WHERE chunks_fts MATCH ? AND json_extract(d.metadata, ?) = ? \
+         ORDER BY score DESC, c.id LIMIT ?",
+        embedding_columns(scored_by)
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(expression)
+        .bind(format!("$.{}", filter.key))
+        .bind(filter.value.as_str())
+        .bind(k)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The rows of the chunks the in-memory index ranked, in its order; a chunk deleted
+/// since is left out.
+async fn chunk_rows(
+    pool: &sqlx::SqlitePool,
+    best: Vec<(f32, String)>,
+    scored_by: Option<QueryEmbedding<'_>>,
+) -> Result<Vec<KeywordRow>, StoreError> {
+    if best.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT c.id, c.document_id, d.title, c.text, {} FROM chunks c \
+         JOIN documents d ON d.id = c.document_id WHERE c.id IN ({})",
+        embedding_columns(scored_by),
+        vec!["?"; best.len()].join(", ")
+    );
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Option<Vec<u8>>,
+        Option<String>,
+    );
+    let mut read = sqlx::query_as::<_, Row>(&sql);
+    for (_, id) in &best {
+        read = read.bind(id);
+    }
+    let mut found: std::collections::HashMap<String, Row> = read
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|row| (row.0.clone(), row))
+        .collect();
+    Ok(best
+        .into_iter()
+        .filter_map(|(score, id)| {
+            let (id, document_id, title, text, blob, model) = found.remove(&id)?;
+            Some((id, document_id, title, text, f64::from(score), blob, model))
+        })
+        .collect())
 }
 
 #[cfg(test)]

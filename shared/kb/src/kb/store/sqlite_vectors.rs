@@ -222,7 +222,7 @@ pub(super) struct SqliteVectors {
 }
 
 /// Documents re-read per statement when catching up.
-const DOCUMENTS_PER_READ: usize = 500;
+pub(super) const DOCUMENTS_PER_READ: usize = 500;
 
 impl SqliteVectors {
     /// The `k` chunks of this model nearest the query by the int8 scan, best first, with
@@ -285,13 +285,7 @@ impl SqliteVectors {
         if latest == applied {
             return Ok(());
         }
-        let documents: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT aggregate_id FROM events WHERE seq > ? AND seq <= ?",
-        )
-        .bind(applied)
-        .bind(latest)
-        .fetch_all(pool)
-        .await?;
+        let documents = changed_documents(pool, applied, latest).await?;
         let mut chunks: Vec<(String, String, Vec<u8>)> = Vec::new();
         for group in documents.chunks(DOCUMENTS_PER_READ) {
             let sql = format!(
@@ -315,6 +309,21 @@ impl SqliteVectors {
         m.compact(dims);
         Ok(())
     }
+}
+
+/// The documents written or deleted by the events after `applied`, up to `latest`.
+pub(super) async fn changed_documents(
+    pool: &SqlitePool,
+    applied: i64,
+    latest: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events WHERE seq > ? AND seq <= ?")
+            .bind(applied)
+            .bind(latest)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 #[cfg(test)]
