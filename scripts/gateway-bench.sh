@@ -5,13 +5,19 @@
 # (LOG_LEVEL=info, to a file), auth, rate limit and usage accounting on as shipped.
 # Each gateway configuration runs at 8 connections (throughput, CPU per request) and at
 # 1 (added latency):
-#   off     traces off (the default)
+#   off     traces off (the default), governance on as shipped
 #   traces  every span exported over OTLP/HTTP to a local receiver (scripts/bench/otlp-sink.py)
+#   governance-off  the per-key rate limit off (RATE_LIMIT_ENABLED=false), no usage rows
+#           (USAGE_RECORDING=false), no request logs (LOG_LEVEL=warn): the public
+#           benchmark's plain passthrough, except that the API key is still checked (the
+#           service has no switch to turn authentication off)
 #   built without traces   (BENCH_WITHOUT_TRACES=1) the binary built with
 #           --no-default-features, to see what the trace-only spans cost when off
 #   previous build         (BENCH_BASELINE=<a chat binary>) another build, e.g. the last
 #           commit's, run the same way in the same run, for a before/after ratio
 # BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise.
+# The throughput frontier: direct, as shipped and with governance off, at 1 to 64
+# connections (BENCH_FRONTIER_SECS each, 4), and the most req/s with p99 under 1, 5 and 10 ms.
 # Then memory: each binary at its maximum rate (32 connections) for BENCH_SOAK_SECS (120),
 # resident memory sampled every 10 s, and the database's bytes per request.
 # Usage: scripts/gateway-bench.sh [seconds per run]   (wrk on one thread; two cores shared)
@@ -24,7 +30,7 @@ sink_port=${BENCH_SINK_PORT:-9393}
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null; }
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-configs=(off traces)
+configs=(off traces governance-off)
 if [[ ${BENCH_WITHOUT_TRACES:-0} == 1 ]]; then
   cargo build --release -p chat --bin chat --no-default-features
   cp "$bin/chat" "$work/chat-without-traces"
@@ -91,12 +97,14 @@ echo "== direct (the upstream alone, ${seconds}s per run)"
 direct8=$(run "$upstream" 8 "$fake_pid"); echo "8 connections: $direct8"
 direct1=$(run "$upstream" 1 "$fake_pid"); echo "1 connection:  $direct1"
 
+governance_off=(RATE_LIMIT_ENABLED=false USAGE_RECORDING=false LOG_LEVEL=warn)
 results=()
 for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
 for config in "${configs[@]}"; do
   extra=()
   program=$bin/chat
   [[ $config == traces ]] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
+  [[ $config == governance-off ]] && extra=("${governance_off[@]}")
   [[ $config == without-traces ]] && program=$work/chat-without-traces
   [[ $config == previous ]] && program=$work/chat-previous
   start_gateway "$program" "${extra[@]}"
@@ -109,6 +117,28 @@ for config in "${configs[@]}"; do
 done
 done
 echo "== OTLP receiver: $(curl -s "http://127.0.0.1:$sink_port/")"
+
+# frontier <name> <url> [key] -> one line: name|connections,rps,p99,errors;...
+frontier_seconds=${BENCH_FRONTIER_SECS:-4}
+frontier() {
+  local name=$1 url=$2 bench_key=${3:-} points=() line
+  for connections in 1 2 4 8 16 32 64; do
+    line=$(BENCH_KEY="$bench_key" wrk -t1 -c"$connections" -d"${frontier_seconds}s" \
+      -s scripts/bench/unique-chat.lua "$url" | tail -1)
+    points+=("$connections,$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(f\"{r['rps']:.0f},{r['p99_ms']:.3f},{r['errors']}\")" "$line")")
+  done
+  echo "$name|$(IFS=';'; echo "${points[*]}")"
+}
+frontiers=("$(frontier direct "$upstream")")
+echo "== frontier: ${frontiers[-1]}"
+for config in off governance-off; do
+  extra=()
+  [[ $config == governance-off ]] && extra=("${governance_off[@]}")
+  start_gateway "$bin/chat" "${extra[@]}"
+  frontiers+=("$(frontier "gateway, $config" "http://127.0.0.1:$gateway_port" "$key")")
+  echo "== frontier: ${frontiers[-1]}"
+  stop_gateway
+done
 
 # Memory at the maximum rate: resident set every 10 s, and what the database grew by.
 soak_seconds=${BENCH_SOAK_SECS:-120}
@@ -146,6 +176,27 @@ stop_gateway
 cold_result=$(python3 scripts/cold-start.py --chat "$bin/chat" "$upstream" "$key" 5)
 echo "== cold start to the first answer: $cold_result"
 
+python3 - "${frontiers[@]}" <<'EOF'
+import sys
+print()
+print("| throughput frontier (wrk, 1-64 connections) | most req/s with p99 < 1 ms | < 5 ms | < 10 ms | at max (req/s, p99 ms) |")
+print("|---|---|---|---|---|")
+direct = None
+for entry in sys.argv[1:]:
+    name, points = entry.split("|")
+    points = [tuple(float(x) for x in p.split(",")) for p in points.split(";")]
+    def best(limit):
+        ok = [rps for _, rps, p99, errors in points if p99 < limit and errors == 0]
+        return max(ok) if ok else 0.0
+    cells = [best(1), best(5), best(10)]
+    if direct is None:
+        direct = cells
+    def share(v, d):
+        return f"{v:,.0f}" + (f" ({100 * v / d:.1f} %)" if d and name != "direct" else "")
+    top = max(points, key=lambda p: p[1])
+    print(f"| {name} | " + " | ".join(share(v, d) for v, d in zip(cells, direct))
+          + f" | {top[1]:,.0f} at {top[0]:.0f} conn., {top[2]:.2f} |")
+EOF
 python3 - "$direct8" "$direct1" "${results[@]}" "--" "${soaks[@]}" <<'EOF'
 import json, sys
 split = sys.argv.index("--")

@@ -207,7 +207,9 @@ impl AppContext {
         let routes = crate::http::protect(
             routes,
             self.settings.api_keys.clone(),
-            self.rate_limiter.clone(),
+            self.settings
+                .rate_limit_enabled
+                .then(|| self.rate_limiter.clone()),
             self.auth_failures.clone(),
         )
         .merge(crate::probes::routes(self.clone(), database_required));

@@ -68,7 +68,11 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
     };
     // Standalone: buffered and flushed in the background, off the response path.
     // Lambda: written before the answer is returned (nothing runs between invocations).
-    let buffered = !crate::runtime::in_lambda();
+    let rows = match (chat.usage_recording, crate::runtime::in_lambda()) {
+        (false, _) => usage::UsageRows::Off,
+        (true, true) => usage::UsageRows::Immediate,
+        (true, false) => usage::UsageRows::Buffered,
+    };
     let usage = UsageRecorder::new(
         usage::sql_usage_store(ctx.database.clone()),
         chat.prices.clone(),
@@ -81,9 +85,9 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
                 .map(|redis| usage::BudgetLedger::new(redis, &ctx.settings.cache.prefix)),
             instances: ctx.settings.budget.instances,
         },
-        buffered,
+        rows,
     );
-    if buffered && tokio::runtime::Handle::try_current().is_ok() {
+    if rows == usage::UsageRows::Buffered && tokio::runtime::Handle::try_current().is_ok() {
         usage.spawn_flusher(chat.usage_flush);
     }
     ChatGateway::new(GatewayParts {

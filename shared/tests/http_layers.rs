@@ -308,7 +308,12 @@ async fn protected_routes_authenticate_before_rate_limiting_per_key() {
         get(|ApiKeyName(name): ApiKeyName| async move { name.to_string() }),
     );
     let app = shared::http::app(
-        shared::http::protect(routes, settings.api_keys.clone(), limiter.clone(), limiter),
+        shared::http::protect(
+            routes,
+            settings.api_keys.clone(),
+            Some(limiter.clone()),
+            limiter,
+        ),
         &settings,
     );
     let with_key = |key: &str| {

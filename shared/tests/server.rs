@@ -34,7 +34,7 @@ async fn start(limits: ServerLimits) -> String {
         .merge(shared::http::protect(
             private,
             settings.api_keys.clone(),
-            per_key,
+            Some(per_key),
             failures,
         ));
     let router = shared::http::app(routes, &settings);

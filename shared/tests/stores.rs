@@ -317,7 +317,9 @@ async fn health_is_ok_with_real_postgres_and_redis() {
 /// table holds one row per key, model and hour, on both backends.
 #[tokio::test]
 async fn usage_grows_with_hours_not_answers_and_a_big_flush_loses_nothing() {
-    use shared::chat::usage::{sql_usage_store, BudgetPolicy, UsageRecord, UsageRecorder};
+    use shared::chat::usage::{
+        sql_usage_store, BudgetPolicy, UsageRecord, UsageRecorder, UsageRows,
+    };
     for test_db in TestDatabase::both().await {
         let db = test_db.database();
         db.ensure_ready().await.unwrap();
@@ -325,7 +327,7 @@ async fn usage_grows_with_hours_not_answers_and_a_big_flush_loses_nothing() {
             sql_usage_store(db.clone()),
             Default::default(),
             BudgetPolicy::default(),
-            true,
+            UsageRows::Buffered,
         );
         let start = chrono::Utc::now() - chrono::Duration::hours(2);
         for i in 0..20_000u64 {

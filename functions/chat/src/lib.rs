@@ -76,6 +76,11 @@ async fn usage(
     ApiKeyName(owner): ApiKeyName,
     axum::extract::Query(query): axum::extract::Query<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if !chat.gateway.usage().is_recording() {
+        return Err(ApiError::NotFound(
+            "usage is not recorded on this server (USAGE_RECORDING=false)".into(),
+        ));
+    }
     let key = query.key.unwrap_or_else(|| owner.to_string());
     if key != *owner {
         return Err(ApiError::NotFound(format!(

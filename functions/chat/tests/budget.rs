@@ -201,3 +201,83 @@ async fn with_redis_down_one_instance_spends_no_more_than_its_share() {
         "half of $0.50, plus at most one answer: spent ${spent:.4}"
     );
 }
+
+/// Governance a deployment may hand to something in front of it (an API Gateway usage
+/// plan, the provider's own accounting): `RATE_LIMIT_ENABLED=false` lifts the per-key
+/// limit and `USAGE_RECORDING=false` keeps no usage rows. Authentication stays, and a
+/// daily budget, which is counted from the rows, cannot be set without them.
+#[tokio::test]
+async fn the_rate_limit_and_usage_rows_can_be_turned_off_but_not_authentication() {
+    let fake = FakeOpenAi::start().await;
+    for db in TestDatabase::both().await {
+        let limited = [("RATE_LIMIT_REQUESTS", "2"), ("USAGE_FLUSH_MS", "20")];
+        let (on, _) = chat_router(&db, Some(&fake), &limited);
+        let (off, _) = chat_router(
+            &db,
+            Some(&fake),
+            &[
+                limited[0],
+                limited[1],
+                ("RATE_LIMIT_ENABLED", "false"),
+                ("USAGE_RECORDING", "false"),
+            ],
+        );
+        let statuses = |router: axum::Router, label: &'static str| async move {
+            let mut statuses = Vec::new();
+            for i in 0..4 {
+                let res = call(&router, post(ask(&format!("{label} question {i}")))).await;
+                statuses.push(res.status);
+            }
+            statuses
+        };
+        // As shipped: the third request in the window is refused.
+        assert_eq!(statuses(on.clone(), "on").await, [200, 200, 429, 429]);
+        // Switched off: every request is answered, and none leaves a usage row.
+        assert_eq!(statuses(off.clone(), "off").await, [200; 4]);
+        let usage = || {
+            http::Request::get("/v1/usage")
+                .header("x-api-key", KEY)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        // The limited router's two answers are the only rows, once flushed (every 20 ms).
+        let store = shared::chat::usage::sql_usage_store(db.database());
+        let today = chrono::Utc::now().date_naive();
+        let mut kept = 0;
+        for _ in 0..200 {
+            kept = store
+                .totals("example", today, today)
+                .await
+                .unwrap()
+                .requests;
+            if kept >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let after = store
+            .totals("example", today, today)
+            .await
+            .unwrap()
+            .requests;
+        assert_eq!((kept, after), (2, 2), "{:?}", db.kind);
+        let res = call(&off, usage()).await;
+        assert_eq!(res.status, 404, "{}", res.text);
+        assert!(res.text.contains("USAGE_RECORDING=false"), "{}", res.text);
+        // Without a key, still 401.
+        let mut anonymous = post(ask("who am I?"));
+        anonymous.headers_mut().remove("authorization");
+        assert_eq!(call(&off, anonymous).await.status, 401);
+    }
+    let vars: std::collections::HashMap<String, String> = [
+        ("DATABASE_URL", "sqlite::memory:"),
+        ("USAGE_RECORDING", "false"),
+        ("DAILY_BUDGET_USD", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let refused = shared::config::Settings::from_vars("chat", &vars).unwrap_err();
+    assert!(refused.to_string().contains("USAGE_RECORDING"), "{refused}");
+}

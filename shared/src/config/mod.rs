@@ -62,6 +62,9 @@ pub struct Settings {
     /// Share breaker state through Redis (when `REDIS_URL` is set).
     pub breaker_shared: bool,
     pub retry: RetryPolicy,
+    /// Whether each API key is rate limited (`RATE_LIMIT_ENABLED`, on by default). Off
+    /// only where something in front limits callers (an API Gateway usage plan).
+    pub rate_limit_enabled: bool,
     /// Requests per API key per window.
     pub rate_limit_requests: u32,
     pub rate_limit_window: Duration,
@@ -271,16 +274,7 @@ impl Settings {
             budget: r.millis("RETRY_BUDGET_MS", 20_000, 1, 900_000),
         };
 
-        let rate_limit_requests = r.int("RATE_LIMIT_REQUESTS", 60u32, 1, 1_000_000);
-        let mut rate_limit_window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
-        // The name for the common case: requests per key per minute.
-        let rate_limit_requests = match r.get("RATE_LIMIT_PER_MINUTE") {
-            Some(_) => {
-                rate_limit_window = Duration::from_secs(60);
-                r.int("RATE_LIMIT_PER_MINUTE", rate_limit_requests, 1, 1_000_000)
-            }
-            None => rate_limit_requests,
-        };
+        let (rate_limit_enabled, rate_limit_requests, rate_limit_window) = read_rate_limit(&mut r);
         let max_concurrent_sessions = r.int("MAX_CONCURRENT_SESSIONS", 100usize, 1, 100_000);
 
         let budget = read_budget(&mut r);
@@ -288,6 +282,8 @@ impl Settings {
         let kb = read_kb(&mut r);
         #[cfg(feature = "chat")]
         let chat = read_chat(&mut r);
+        #[cfg(feature = "chat")]
+        check_budget_has_usage(&mut r, &chat, &budget);
         #[cfg(feature = "backup")]
         let backup = read_backup(&mut r);
 
@@ -317,6 +313,7 @@ impl Settings {
                 breaker,
                 breaker_shared,
                 retry,
+                rate_limit_enabled,
                 rate_limit_requests,
                 rate_limit_window,
                 max_concurrent_sessions,
@@ -502,6 +499,33 @@ impl From<&Settings> for crate::http::HttpSettings {
             max_body_bytes: settings.max_body_bytes,
             cors_origins: settings.cors_origins.clone(),
         }
+    }
+}
+
+/// The per-key rate limit: `RATE_LIMIT_ENABLED`, and `RATE_LIMIT_REQUESTS` per
+/// `RATE_LIMIT_WINDOW_SECS`, or `RATE_LIMIT_PER_MINUTE` (the common case's name).
+fn read_rate_limit(r: &mut Reader<'_>) -> (bool, u32, Duration) {
+    let enabled = r.flag("RATE_LIMIT_ENABLED", true);
+    let requests = r.int("RATE_LIMIT_REQUESTS", 60u32, 1, 1_000_000);
+    let window = r.secs("RATE_LIMIT_WINDOW_SECS", 60, 1, 86_400);
+    match r.get("RATE_LIMIT_PER_MINUTE") {
+        Some(_) => (
+            enabled,
+            r.int("RATE_LIMIT_PER_MINUTE", requests, 1, 1_000_000),
+            Duration::from_secs(60),
+        ),
+        None => (enabled, requests, window),
+    }
+}
+
+/// A daily budget is counted from the usage rows: refused without them.
+#[cfg(feature = "chat")]
+fn check_budget_has_usage(r: &mut Reader<'_>, chat: &ChatSettings, budget: &BudgetSettings) {
+    if !chat.usage_recording && budget.daily_usd.is_some() {
+        r.fail(
+            "USAGE_RECORDING",
+            "DAILY_BUDGET_USD needs usage recording: the budget is counted from the usage rows",
+        );
     }
 }
 

@@ -207,6 +207,7 @@ pub(super) fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
             }
         },
         usage_flush: r.millis("USAGE_FLUSH_MS", 1000, 10, 60_000),
+        usage_recording: r.flag("USAGE_RECORDING", true),
         budget_refresh: r.millis("BUDGET_REFRESH_MS", 5000, 0, 3_600_000),
         budget_default_max_tokens: r.int("BUDGET_DEFAULT_MAX_TOKENS", 4096u64, 1, 10_000_000),
     }

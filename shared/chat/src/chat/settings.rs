@@ -59,6 +59,9 @@ pub struct ChatSettings {
     pub context_windows: std::collections::HashMap<String, u64>,
     /// How often buffered usage is written in standalone mode.
     pub usage_flush: Duration,
+    /// Keep a usage row per answer (`USAGE_RECORDING`, on by default): `GET /v1/usage`
+    /// and daily budgets read them.
+    pub usage_recording: bool,
     /// How old an instance's view of a key's stored spend may get (budgets are shared).
     pub budget_refresh: Duration,
     /// Completion tokens a request without `max_tokens` is assumed to cost at most, for

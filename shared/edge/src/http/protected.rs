@@ -15,12 +15,13 @@ use crate::auth::{require_api_key, ApiKeyName, ApiKeys};
 use crate::error::ApiError;
 use crate::resilience::limits::RateLimiter;
 
-/// Puts `routes` behind API keys and the per-key rate limit; `failures` limits failed
-/// authentications per client address.
+/// Puts `routes` behind API keys and the per-key rate limit (`None`: no per-key limit,
+/// `RATE_LIMIT_ENABLED=false`); `failures` limits failed authentications per client
+/// address, always.
 pub fn protect<S>(
     routes: Router<S>,
     keys: ApiKeys,
-    limiter: Arc<RateLimiter>,
+    limiter: Option<Arc<RateLimiter>>,
     failures: Arc<RateLimiter>,
 ) -> Router<S>
 where
@@ -34,8 +35,11 @@ where
         limiter: failures,
     });
     // The last layer added runs first: the address guard, authentication, the rate limit.
+    let routes = match limiter {
+        Some(limiter) => routes.layer(from_fn_with_state(limiter, rate_limit)),
+        None => routes,
+    };
     routes
-        .layer(from_fn_with_state(limiter, rate_limit))
         .layer(from_fn_with_state(keys, require_api_key))
         .layer(from_fn_with_state(guard, limit_failed_authentications))
 }

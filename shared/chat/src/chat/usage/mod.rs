@@ -136,6 +136,18 @@ pub struct BudgetPolicy {
     pub instances: u32,
 }
 
+/// Where each answer's usage row goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageRows {
+    /// Buffered and flushed in the background, off the response path (standalone).
+    Buffered,
+    /// Written before the answer is returned (Lambda: nothing runs between invocations).
+    Immediate,
+    /// Not kept (`USAGE_RECORDING=false`): only the metrics count tokens and cost, for a
+    /// deployment that accounts elsewhere and wants no database write per answer.
+    Off,
+}
+
 /// Records usage, enforces budgets and sums totals.
 pub struct UsageRecorder {
     store: Arc<dyn UsageStore>,
@@ -143,8 +155,7 @@ pub struct UsageRecorder {
     daily_budget: Option<f64>,
     ledger: Option<BudgetLedger>,
     instances: u32,
-    /// Buffer and flush in the background (standalone) or write at once (Lambda).
-    buffered: bool,
+    rows: UsageRows,
     buffer: Mutex<Vec<UsageRecord>>,
     /// Today's spend per key as this instance knows it.
     spend: Mutex<HashMap<String, Spend>>,
@@ -205,7 +216,7 @@ impl UsageRecorder {
         store: Arc<dyn UsageStore>,
         prices: HashMap<String, Price>,
         budget: BudgetPolicy,
-        buffered: bool,
+        rows: UsageRows,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -213,7 +224,7 @@ impl UsageRecorder {
             daily_budget: budget.daily_usd,
             ledger: budget.ledger,
             instances: budget.instances.max(1),
-            buffered,
+            rows,
             buffer: Mutex::new(Vec::new()),
             spend: Mutex::new(HashMap::new()),
             refresh_every: budget.refresh_every,
@@ -241,6 +252,11 @@ impl UsageRecorder {
         self.prices.get(model).map_or(0.0, |p| {
             (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6
         })
+    }
+
+    /// Whether usage rows are kept, so `totals` has something to sum.
+    pub fn is_recording(&self) -> bool {
+        self.rows != UsageRows::Off
     }
 
     /// Whether a daily budget is enforced (`DAILY_BUDGET_USD`).
@@ -424,13 +440,17 @@ impl UsageRecorder {
                 &[("model", &record.model)],
             );
         }
+        if self.rows == UsageRows::Off {
+            // No budget either: the configuration refuses one without rows.
+            return;
+        }
         {
             let day = record.at.date_naive();
             let mut spend = self.spend.lock().expect("spend lock");
             Spend::of_day(&mut spend, &record.key, day).since += record.cost_usd;
         }
         self.buffer.lock().expect("usage buffer").push(record);
-        if !self.buffered {
+        if self.rows == UsageRows::Immediate {
             if let Err(err) = self.flush().await {
                 tracing::warn!(error = %err, "usage not written; kept for the next try");
             }
