@@ -159,10 +159,14 @@ for config in "${soak_configs[@]}"; do
     samples+=("$(awk '/VmRSS/ {print $2}' "/proc/$gateway_pid/status")")
   done
   wait "$soak_wrk"
+  # Of the last sample, the process's own memory (heap, stacks) and the mapped files (the
+  # binary's code and the SQLite file's pages).
+  anon=$(awk '/RssAnon/ {print $2}' "/proc/$gateway_pid/status")
+  file=$(awk '/RssFile/ {print $2}' "/proc/$gateway_pid/status")
   sleep 1 # the last usage flush
   db_bytes=$(du -b "$work"/gw.db* | awk '{s += $1} END {print s}')
   echo "== memory, $config: idle ${idle} KiB, every 10 s: ${samples[*]} KiB; $(tail -1 "$work/soak.json"); database ${db_bytes} bytes"
-  soaks+=("$config|$idle|${samples[*]}|$(tail -1 "$work/soak.json")|$db_bytes")
+  soaks+=("$config|$idle|${samples[*]}|$(tail -1 "$work/soak.json")|$db_bytes|$anon $file")
   stop_gateway
 done
 
@@ -214,15 +218,16 @@ for entry in sys.argv[3:]:
           f"| {g1['p50_ms']:.3f} / {g1['p99_ms']:.3f} | +{g1['p50_ms'] - d1['p50_ms']:.3f} / +{g1['p99_ms'] - d1['p99_ms']:.3f} "
           f"| {int(rss) / 1024:.0f} | {g8['errors'] + g1['errors']} |")
 print()
-print("| binary | idle RSS (MB) | RSS after 10 s / 60 s / end (MB) | growth after the first minute (MB/min) | req/s at 32 conn. | database bytes per request |")
-print("|---|---|---|---|---|---|")
+print("| binary | idle RSS (MB) | RSS after 10 s / 60 s / end (MB) | at the end: own + mapped files (MB) | growth after the first minute (MB/min) | req/s at 32 conn. | database bytes per request |")
+print("|---|---|---|---|---|---|---|")
 for entry in soaks:
-    name, idle, samples, run, db = entry.split("|")
+    name, idle, samples, run, db, split = entry.split("|")
+    anon, file = (int(x) / 1024 for x in split.split())
     mb = [int(x) / 1024 for x in samples.split()]
     run = json.loads(run)
     growth = (mb[-1] - mb[5]) / ((len(mb) - 6) / 6) if len(mb) > 6 else float("nan")
     at60 = f"{mb[5]:.0f}" if len(mb) > 5 else "-"
-    print(f"| {name} | {int(idle) / 1024:.0f} | {mb[0]:.0f} / {at60} / {mb[-1]:.0f} | {growth:+.1f} | {run['rps']:,.0f} | {int(db) / max(run['requests'], 1):.2f} |")
+    print(f"| {name} | {int(idle) / 1024:.0f} | {mb[0]:.0f} / {at60} / {mb[-1]:.0f} | {anon:.0f} + {file:.0f} | {growth:+.1f} | {run['rps']:,.0f} | {int(db) / max(run['requests'], 1):.2f} |")
 EOF
 python3 - "$stream_result" "$cold_result" <<'EOF'
 import json, sys
