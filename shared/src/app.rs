@@ -204,6 +204,11 @@ impl AppContext {
     /// while the database is down.
     #[cfg(feature = "protected")]
     pub fn protected_app(self: &Arc<Self>, routes: Router, database_required: bool) -> Router {
+        if !self.settings.rate_limit_enabled {
+            tracing::warn!(
+                "RATE_LIMIT_ENABLED=false: no per-key rate limit; something in front must limit callers"
+            );
+        }
         let routes = crate::http::protect(
             routes,
             self.settings.api_keys.clone(),

@@ -69,7 +69,10 @@ fn chat_gateway(ctx: &AppContext, dynamo: &LazyDynamo) -> ChatGateway {
     // Standalone: buffered and flushed in the background, off the response path.
     // Lambda: written before the answer is returned (nothing runs between invocations).
     let rows = match (chat.usage_recording, crate::runtime::in_lambda()) {
-        (false, _) => usage::UsageRows::Off,
+        (false, _) => {
+            tracing::warn!("USAGE_RECORDING=false: no usage rows; /v1/usage answers 404");
+            usage::UsageRows::Off
+        }
         (true, true) => usage::UsageRows::Immediate,
         (true, false) => usage::UsageRows::Buffered,
     };
