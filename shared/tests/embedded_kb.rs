@@ -224,7 +224,25 @@ async fn the_keyword_index_scores_as_fts5_and_follows_writes_from_another_proces
     let ids: Vec<_> = after.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["d9", "d2"], "{after:?}");
     assert_eq!(search(&reader, "fridays plants", None).await[0].0, "d4");
-    same(&after, &search(&reader, "refund", Some(every)).await);
+    same(
+        &after,
+        &search(&reader, "refund", Some(every.clone())).await,
+    );
+
+    // The unfiltered search is the in-memory index's, not FTS5's: the one kind of word
+    // where they differ shows it. FTS5's Porter stemmer cuts "news" to "new"; the
+    // Snowball stemmer keeps it whole.
+    writer
+        .ingest(
+            doc("d7", "Billing", "What is new in billing this month."),
+            "t",
+        )
+        .await
+        .unwrap();
+    let fts5 = search(&reader, "news", Some(every)).await;
+    assert_eq!(fts5.first().map(|h| h.0.as_str()), Some("d7"), "{fts5:?}");
+    assert_eq!(search(&reader, "news", None).await, []);
+    assert_eq!(search(&reader, "new billing", None).await[0].0, "d7");
 }
 
 /// One batch naming a document twice: the later write is the one stored, both writes get

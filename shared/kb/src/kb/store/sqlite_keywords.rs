@@ -163,7 +163,7 @@ impl Index {
         }
     }
 
-    /// Gives back the lists' spare capacity (a third of their memory after a load).
+    /// Gives back the lists' spare capacity (grown by doubling, up to half of a list).
     fn shrink(&mut self) {
         for list in &mut self.postings {
             list.rows.shrink_to_fit();
