@@ -505,6 +505,82 @@ async fn the_provider_adapter_keeps_status_and_retry_after_of_upstream_errors() 
     assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
 }
 
+/// The adapter calls the endpoint itself (no async-openai): the configured key goes in
+/// `Authorization`, a wrong one comes back as the provider's 401, and a stream's events
+/// are read one by one, a broken one as an error item between good ones.
+#[tokio::test]
+async fn the_provider_adapter_sends_the_key_and_reads_stream_events_itself() {
+    use futures_util::StreamExt;
+    use shared::chat::provider::{ChatProvider, OpenAiProvider, ProviderError};
+    use shared::resilience::retry::RetryClass;
+    use shared::secret::Secret;
+    let fake = FakeOpenAi::start().await;
+    let key = "sk-provider-test-key-0123";
+    fake.set_behaviour(Behaviour {
+        api_key: Some(key.into()),
+        malformed_chunks_at: vec![2],
+        ..Behaviour::default()
+    });
+    let question = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let timeout = Duration::from_secs(5);
+    let keyed = OpenAiProvider::new(&fake.base_url, Some(&Secret::new(key)), timeout);
+    let answer = keyed.complete(&question).await.unwrap();
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+
+    let items: Vec<_> = keyed.stream(&question).await.unwrap().collect().await;
+    let broken = items
+        .iter()
+        .position(|i| matches!(i, Err(ProviderError::Shape(_))));
+    assert_eq!(
+        broken,
+        Some(2),
+        "the broken event is the third item: {items:?}"
+    );
+    assert!(
+        items.len() > 3 && items[3..].iter().all(Result::is_ok),
+        "{items:?}"
+    );
+    let text: String = items
+        .iter()
+        .filter_map(|i| i.as_ref().ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, answer["choices"][0]["message"]["content"]);
+
+    for provider in [
+        OpenAiProvider::new(&fake.base_url, None, timeout),
+        OpenAiProvider::new(
+            &fake.base_url,
+            Some(&Secret::new("sk-wrong-key-0000")),
+            timeout,
+        ),
+    ] {
+        let err = provider.complete(&question).await.unwrap_err();
+        match &err {
+            ProviderError::Status { status, code, .. } => {
+                assert_eq!(*status, 401);
+                assert_eq!(code.as_deref(), Some("invalid_api_key"));
+            }
+            other => panic!("expected the provider's 401, got {other:?}"),
+        }
+        assert!(!err.is_retryable());
+        assert!(matches!(
+            provider.stream(&question).await.err(),
+            Some(ProviderError::Status { status: 401, .. })
+        ));
+    }
+    // A base URL that does not parse fails each call, naming the setting, never panics.
+    let broken = OpenAiProvider::new("http://[::1", None, timeout);
+    let err = broken.complete(&question).await.unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::Network(m) if m.contains("LLM_BASE_URL")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn redis_down_still_answers_and_database_down_answers_without_retrieval_flagged() {
     let fake = FakeOpenAi::start().await;

@@ -71,6 +71,9 @@ pub struct Behaviour {
     pub down_for_ms: Option<u64>,
     /// Apply every fault above, latency included, only to these models (all when empty).
     pub models: Vec<String>,
+    /// Answer chat calls only with `Authorization: Bearer <api_key>`; others get the 401
+    /// OpenAI answers a wrong key with (`invalid_api_key`). Any key when unset.
+    pub api_key: Option<String>,
 }
 
 impl Behaviour {
@@ -245,6 +248,19 @@ async fn chat_completions(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if let Some(expected) = &shared.behaviour().api_key {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if presented != Some(format!("Bearer {expected}").as_str()) {
+            return error_with(
+                StatusCode::UNAUTHORIZED,
+                None,
+                Some("Incorrect API key provided."),
+                Some("invalid_api_key"),
+            );
+        }
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error_response(StatusCode::BAD_REQUEST, None);
     };

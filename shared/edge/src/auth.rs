@@ -145,21 +145,14 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Middleware: 401 unless the request carries a configured key; on success the
-/// key's name is added to the request as [`ApiKeyName`].
-///
-/// Use with `axum::middleware::from_fn_with_state(keys, require_api_key)`.
-pub async fn require_api_key(
-    State(keys): State<ApiKeys>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// The caller's key name, or the 401 that says why there is none.
+pub fn authenticate(keys: &ApiKeys, headers: &http::HeaderMap) -> Result<ApiKeyName, ApiError> {
     if keys.is_empty() {
         return Err(ApiError::Unauthorized(
             "no API keys are configured on this server (set API_KEYS)".into(),
         ));
     }
-    let Some(presented) = presented_key(request.headers()) else {
+    let Some(presented) = presented_key(headers) else {
         return Err(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
         ));
@@ -167,7 +160,20 @@ pub async fn require_api_key(
     let Some(name) = keys.verify(presented) else {
         return Err(ApiError::Unauthorized("invalid API key".into()));
     };
-    let name = ApiKeyName(Arc::from(name));
+    Ok(ApiKeyName(Arc::from(name)))
+}
+
+/// Middleware: 401 unless the request carries a configured key; on success the
+/// key's name is added to the request as [`ApiKeyName`]. (`http::protect` does this
+/// and the limits in one step; this is the check alone.)
+///
+/// Use with `axum::middleware::from_fn_with_state(keys, require_api_key)`.
+pub async fn require_api_key(
+    State(keys): State<ApiKeys>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let name = authenticate(&keys, request.headers())?;
     request.extensions_mut().insert(name.clone());
     let mut response = next.run(request).await;
     // For the request log: which key (by name, never the key) made the request, so an

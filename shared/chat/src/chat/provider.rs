@@ -1,18 +1,15 @@
 //! Chat providers (C4): a trait at the boundary to the paid API, and its adapter for any
-//! OpenAI-compatible endpoint through async-openai. Requests and chunks stay JSON
-//! (async-openai's "bring your own types"), so fields the gateway does not know about
-//! (tools, response_format, ...) pass through untouched.
+//! OpenAI-compatible endpoint (`openai::ChatEndpoint`). Requests and chunks stay JSON,
+//! so fields the gateway does not know about (tools, response_format, ...) pass
+//! through untouched.
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
-use async_openai::Client;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::openai::{self, UpstreamStatus};
+use crate::openai::{ChatEndpoint, EndpointError};
 use crate::resilience::retry::RetryClass;
 use crate::secret::Secret;
 
@@ -145,50 +142,47 @@ pub trait ChatProvider: Send + Sync {
 
 /// Any OpenAI-compatible `/chat/completions` endpoint.
 pub struct OpenAiProvider {
-    client: Client<OpenAIConfig>,
+    endpoint: Result<ChatEndpoint, String>,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiProvider")
+            .field("endpoint", &self.endpoint)
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
-fn map_error(err: OpenAIError) -> ProviderError {
-    let err = match UpstreamStatus::from_error(err) {
-        Ok(s) => {
-            return ProviderError::Status {
-                status: s.status,
-                message: s.message,
-                code: s.code,
-                retry_after: s.retry_after,
-            }
-        }
-        Err(other) => other,
-    };
+fn map_error(err: EndpointError) -> ProviderError {
     match err {
-        OpenAIError::Boxed(other) => ProviderError::Network(other.to_string()),
-        OpenAIError::Reqwest(e) => ProviderError::Network(e.to_string()),
-        OpenAIError::ApiError(e) => ProviderError::Status {
-            status: e.status_code.as_u16(),
-            message: e.api_error.message,
-            code: e.api_error.code,
-            retry_after: None,
+        EndpointError::Status(s) => ProviderError::Status {
+            status: s.status,
+            message: s.message,
+            code: s.code,
+            retry_after: s.retry_after,
         },
-        OpenAIError::StreamError(e) => ProviderError::StreamCut(e.to_string()),
-        other => ProviderError::Shape(other.to_string()),
+        EndpointError::Network(e) => ProviderError::Network(e),
+        EndpointError::Shape(e) => ProviderError::Shape(e),
+        EndpointError::StreamCut(e) => ProviderError::StreamCut(e),
     }
 }
 
 impl OpenAiProvider {
+    /// A provider at `base_url`; a URL that does not parse fails every call (the
+    /// configuration already refuses one that is not http(s)).
     pub fn new(base_url: &str, api_key: Option<&Secret>, timeout: Duration) -> Self {
         Self {
-            client: openai::client(base_url, api_key, timeout),
+            endpoint: ChatEndpoint::new(base_url, api_key, timeout),
             timeout,
         }
+    }
+
+    fn endpoint(&self) -> Result<&ChatEndpoint, ProviderError> {
+        self.endpoint
+            .as_ref()
+            .map_err(|e| ProviderError::Network(e.clone()))
     }
 }
 
@@ -204,8 +198,7 @@ impl ChatProvider for OpenAiProvider {
         if let Some(map) = body.as_object_mut() {
             map.remove("stream_options");
         }
-        let chat = self.client.chat();
-        let call = chat.create_byot::<Value, Value>(body);
+        let call = self.endpoint()?.complete(&body);
         let response = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ProviderError::Timeout(self.timeout))?
@@ -221,8 +214,7 @@ impl ChatProvider for OpenAiProvider {
     async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError> {
         let mut body = body.clone();
         body["stream"] = Value::Bool(true);
-        let chat = self.client.chat();
-        let call = chat.create_stream_byot::<Value, Value>(body);
+        let call = self.endpoint()?.stream(&body);
         let stream = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ProviderError::Timeout(self.timeout))?

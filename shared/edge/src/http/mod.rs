@@ -35,7 +35,6 @@ use tracing::Instrument;
 
 use crate::error::{error_response, ApiError};
 use crate::observability::metrics::{names, EmfRecord};
-use request_id::RequestId;
 
 /// True until the first request of this process has been handled.
 static COLD_START: AtomicBool = AtomicBool::new(true);
@@ -73,7 +72,6 @@ pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
     // see responses exactly as the client will, including axum's `Allow` on 405.
     Router::new().fallback_service(routes).layer(
         ServiceBuilder::new()
-            .layer(from_fn(request_id::layer))
             .layer(from_fn_with_state(observe, observe_request))
             .layer(CatchPanicLayer::custom(|_| {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -91,7 +89,6 @@ pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
             ))
             .layer(security_header("cache-control", "no-store"))
             .option_layer(cors(&settings.cors_origins))
-            .layer(from_fn(refuse_nul_in_uri))
             .layer(from_fn_with_state(max_body, json_errors))
             .layer(RequestBodyLimitLayer::new(max_body))
             .layer(DefaultBodyLimit::max(max_body)),
@@ -110,19 +107,18 @@ pub fn not_implemented<S: Clone + Send + Sync + 'static>(
 /// No field accepts U+0000: PostgreSQL cannot store it in text, so an id, cursor or
 /// filter holding one would reach one backend and fail on the other. Refused alike on
 /// both, before any handler runs.
-async fn refuse_nul_in_uri(request: Request, next: Next) -> Response {
+fn refuse_nul_in_uri(uri: &http::Uri) -> Option<Response> {
     let encoded_nul = |part: &str| {
         part.as_bytes()
             .windows(3)
             .any(|w| w.eq_ignore_ascii_case(b"%00"))
     };
-    if encoded_nul(request.uri().path()) || request.uri().query().is_some_and(encoded_nul) {
-        return ApiError::BadRequest(
+    (encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul)).then(|| {
+        ApiError::BadRequest(
             "the request URI contains a NUL character (%00), which no field accepts".into(),
         )
-        .into_response();
-    }
-    next.run(request).await
+        .into_response()
+    })
 }
 
 async fn not_found(method: Method, uri: http::Uri) -> ApiError {
@@ -145,9 +141,30 @@ struct Observe {
     emf_namespace: Option<String>,
 }
 
-/// One structured log line and the request metrics for every request (X2, X3).
+/// The request's id (`x-request-id`, echoed on the response), then one structured log
+/// line and the request metrics (X2, X3). One layer for both: each layer costs a boxed
+/// service and future per request.
 async fn observe_request(
     State(observe): State<Arc<Observe>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (request_id, header) = request_id::assign(&mut request);
+    let mut response = request_id::scope(
+        request_id.clone(),
+        observed(&observe, request_id, request, next),
+    )
+    .await;
+    response
+        .headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), header);
+    response
+}
+
+/// The request run, logged and counted.
+async fn observed(
+    observe: &Observe,
+    request_id: String,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -155,11 +172,6 @@ async fn observe_request(
     let cold_start = COLD_START.swap(false, Ordering::Relaxed);
     request.extensions_mut().insert(ColdStart(cold_start));
     let method = request.method().clone();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
     let aws_request_id = request
         .extensions()
         .get::<lambda_runtime::Context>()
@@ -249,7 +261,11 @@ async fn observe_request(
 
 /// Turns every non-JSON error response (axum's 405, body-limit 413, extractor
 /// rejections...) into the shared JSON error, keeping headers such as `Allow`.
+/// Refuses a NUL in the URI first (the same layer: one boxed service less per request).
 async fn json_errors(State(max_body): State<usize>, request: Request, next: Next) -> Response {
+    if let Some(refused) = refuse_nul_in_uri(request.uri()) {
+        return refused;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let response = next.run(request).await;

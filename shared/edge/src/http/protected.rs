@@ -9,15 +9,15 @@ use axum::extract::{Request, State};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http::StatusCode;
 
-use crate::auth::{require_api_key, ApiKeyName, ApiKeys};
+use crate::auth::{authenticate, ApiKeys};
 use crate::error::ApiError;
 use crate::resilience::limits::RateLimiter;
 
 /// Puts `routes` behind API keys and the per-key rate limit (`None`: no per-key limit,
 /// `RATE_LIMIT_ENABLED=false`); `failures` limits failed authentications per client
-/// address, always.
+/// address, always. One middleware for the three steps: each layer of its own cost a
+/// boxed service and future per request on the proxy's hot path.
 pub fn protect<S>(
     routes: Router<S>,
     keys: ApiKeys,
@@ -27,21 +27,25 @@ pub fn protect<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    let guard = Arc::new(FailedAuthentications {
-        blocked: moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(failures.window())
-            .build(),
-        limiter: failures,
+    let protection = Arc::new(Protection {
+        keys,
+        limiter,
+        failures: FailedAuthentications {
+            blocked: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(failures.window())
+                .build(),
+            limiter: failures,
+        },
     });
-    // The last layer added runs first: the address guard, authentication, the rate limit.
-    let routes = match limiter {
-        Some(limiter) => routes.layer(from_fn_with_state(limiter, rate_limit)),
-        None => routes,
-    };
-    routes
-        .layer(from_fn_with_state(keys, require_api_key))
-        .layer(from_fn_with_state(guard, limit_failed_authentications))
+    routes.layer(from_fn_with_state(protection, protect_request))
+}
+
+/// What `protect` checks, in order.
+struct Protection {
+    keys: ApiKeys,
+    limiter: Option<Arc<RateLimiter>>,
+    failures: FailedAuthentications,
 }
 
 /// Failed authentications per client address: counted by `limiter` (shared through
@@ -69,50 +73,57 @@ fn too_many_failures(wait: Duration) -> Response {
     .into_response()
 }
 
-/// Runs before authentication. A request with no known client address (a router called
-/// in-process) is not limited.
-async fn limit_failed_authentications(
-    State(guard): State<Arc<FailedAuthentications>>,
-    request: Request,
+/// The address guard, then the key (401), then the key's rate limit (429). A request
+/// with no known client address (a router called in-process) has no address guard.
+async fn protect_request(
+    State(protection): State<Arc<Protection>>,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(address) = crate::server::client_address(&request) else {
-        return next.run(request).await;
-    };
-    if let Some(wait) = guard.blocked_for(&address).await {
-        return too_many_failures(wait);
-    }
-    let response = next.run(request).await;
-    if response.status() != StatusCode::UNAUTHORIZED {
-        return response;
-    }
-    // The address is logged, never the key that was presented.
-    tracing::warn!(client = %address, "authentication failed");
-    metrics::counter!("auth_failures_total").increment(1);
-    match guard.limiter.check(&format!("authfail:{address}")).await {
-        Ok(()) => response,
-        Err(exceeded) => {
-            tracing::warn!(client = %address, "too many failed authentications; address refused for a while");
-            let until = Instant::now() + exceeded.retry_after;
-            guard.blocked.insert(address, until).await;
-            too_many_failures(exceeded.retry_after)
+    let address = crate::server::client_address(&request);
+    if let Some(address) = &address {
+        if let Some(wait) = protection.failures.blocked_for(address).await {
+            return too_many_failures(wait);
         }
     }
+    let name = match authenticate(&protection.keys, request.headers()) {
+        Ok(name) => name,
+        Err(refused) => {
+            let response = refused.into_response();
+            return match address {
+                Some(address) => protection.failures.count(address, response).await,
+                None => response,
+            };
+        }
+    };
+    if let Some(limiter) = &protection.limiter {
+        if let Err(exceeded) = limiter.check(&name.0).await {
+            return ApiError::from(exceeded).into_response();
+        }
+    }
+    request.extensions_mut().insert(name.clone());
+    let mut response = next.run(request).await;
+    // For the request log: which key (by name, never the key) made the request, so an
+    // operator rotating a key sees who still uses the old one.
+    response.extensions_mut().insert(name);
+    response
 }
 
-/// The per-key rate limit, run after `require_api_key` has named the caller.
-async fn rate_limit(
-    State(limiter): State<Arc<RateLimiter>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    // `protect` authenticates first, so every request here carries its key's name. Were
-    // the order ever wrong, refuse rather than let every caller share one budget.
-    let Some(key) = request.extensions().get::<ApiKeyName>().cloned() else {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "rate limit reached before authentication: the protected-route layers are out of order"
-        )));
-    };
-    limiter.check(&key.0).await?;
-    Ok(next.run(request).await)
+impl FailedAuthentications {
+    /// Counts a failed authentication from `address`; the 401, or a 429 once the
+    /// address is over the limit.
+    async fn count(&self, address: String, unauthorized: Response) -> Response {
+        // The address is logged, never the key that was presented.
+        tracing::warn!(client = %address, "authentication failed");
+        metrics::counter!("auth_failures_total").increment(1);
+        match self.limiter.check(&format!("authfail:{address}")).await {
+            Ok(()) => unauthorized,
+            Err(exceeded) => {
+                tracing::warn!(client = %address, "too many failed authentications; address refused for a while");
+                let until = Instant::now() + exceeded.retry_after;
+                self.blocked.insert(address, until).await;
+                too_many_failures(exceeded.retry_after)
+            }
+        }
+    }
 }

@@ -2,8 +2,6 @@
 //! echoed on the response and available to errors and logs of the same request.
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use http::{HeaderName, HeaderValue};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,7 +36,9 @@ fn accept(value: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_string())
 }
 
-pub async fn layer(mut request: Request, next: Next) -> Response {
+/// Gives the request its id (the caller's, when well-formed, else a new one) as a header
+/// and an extension; returns the id and the header value to echo on the response.
+pub(crate) fn assign(request: &mut Request) -> (String, HeaderValue) {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -49,9 +49,12 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), header.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = REQUEST_ID.scope(id, next.run(request)).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), header);
-    response
+    (id, header)
+}
+
+/// Runs the rest of the request as part of request `id` (errors built inside carry it).
+pub(crate) async fn scope<F: std::future::Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
 }
 
 #[cfg(test)]

@@ -178,7 +178,11 @@ impl TieredCache {
 
     /// Redis keys carry a hash of the caller's key: bounded length, and no request
     /// content (which may be personal data) in key names.
+    /// Empty without Redis: every use of it is a Redis call, and hashing costs.
     fn l2_key(&self, namespace: Namespace, key: &str) -> String {
+        if self.inner.l2.is_none() {
+            return String::new();
+        }
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
         format!(
             "{}:cache:{}:{}",

@@ -82,9 +82,16 @@ impl TieredCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let token = uuid::Uuid::new_v4().to_string();
-        let lock_key = self.lock_key(l2_key);
-        let locked = self.try_lock(&lock_key, &token).await;
+        // Without Redis there is no lock to take (and no token to make for it).
+        let (lock_key, token, locked) = match self.inner.l2.is_some() {
+            true => {
+                let token = uuid::Uuid::new_v4().to_string();
+                let lock_key = self.lock_key(l2_key);
+                let locked = self.try_lock(&lock_key, &token).await;
+                (lock_key, token, locked)
+            }
+            false => (String::new(), String::new(), None),
+        };
         if locked == Some(false) {
             // Another instance is loading: wait for its value rather than call upstream too.
             let deadline = Instant::now() + self.inner.config.lock_wait;
