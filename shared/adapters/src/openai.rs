@@ -97,6 +97,9 @@ fn http_client(connect_timeout: Duration) -> openai_http::Client {
     openai_http::Client::builder()
         .connect_timeout(connect_timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(60))
+        // An API answers where it is asked; following a redirect would send the key
+        // and the prompt to wherever it points (and costs a layer per call).
+        .redirect(openai_http::redirect::Policy::none())
         .build()
         .unwrap_or_default()
 }

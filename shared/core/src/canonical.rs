@@ -6,7 +6,49 @@ use serde_json::Value;
 
 /// `value` as compact JSON with every object's keys sorted, recursively.
 pub fn canonical_json(value: &Value) -> String {
-    sorted(value).to_string()
+    let mut out = Vec::new();
+    write_canonical(value, &mut out).expect("writing to a Vec does not fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Writes [`canonical_json`]'s text to `out` (a hasher, say) without building a sorted
+/// copy of `value` first.
+pub fn write_canonical<W: std::io::Write>(value: &Value, out: &mut W) -> std::io::Result<()> {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            write_object(entries, out)
+        }
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => serde_json::to_writer(out, scalar).map_err(std::io::Error::other),
+    }
+}
+
+/// Writes an object of `entries`, already in key order, each value canonical.
+pub fn write_object<W: std::io::Write>(
+    entries: Vec<(&String, &Value)>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    out.write_all(b"{")?;
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, key).map_err(std::io::Error::other)?;
+        out.write_all(b":")?;
+        write_canonical(item, out)?;
+    }
+    out.write_all(b"}")
 }
 
 /// Where `value` holds a U+0000 (in a string or a key), as a path like `metadata.tags[2]`
@@ -31,6 +73,7 @@ pub fn nul_at(value: &Value, root: &str) -> Option<String> {
     }
 }
 
+#[cfg(test)]
 fn sorted(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
@@ -66,6 +109,15 @@ mod tests {
             nul_at(&in_key, "metadata").as_deref(),
             Some("metadata.k\\u0000")
         );
+    }
+
+    #[test]
+    fn the_written_text_is_the_sorted_copy_serialised() {
+        let value: Value = serde_json::from_str(
+            r#"{"z":[1,2.5,{"b":"\u00e9\n\"q\"","a":null}],"a":{"y":true,"x":-3},"m":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(canonical_json(&value), sorted(&value).to_string());
     }
 
     #[test]

@@ -211,24 +211,46 @@ impl ChatRequest {
     }
 
     /// Normalised request (whitespace collapsed in texts, fields that do not change the
-    /// answer removed, keys sorted by serde_json's map) hashed: never the raw payload.
+    /// answer removed, keys sorted) hashed: never the raw payload. Written straight into
+    /// the hash; only a message whose text changes when normalised is copied.
     pub fn cache_key(&self, generation: &str) -> String {
-        let mut normalised = self.body.clone();
-        for field in NOT_IN_CACHE_KEY {
-            normalised.remove(*field);
-        }
-        if let Some(Value::Array(messages)) = normalised.get_mut("messages") {
-            for m in messages.iter_mut() {
-                if let Some(Value::String(text)) = m.get_mut("content") {
-                    *text = normalise_text(text);
-                }
-            }
-        }
         let mut hasher = Sha256::new();
         hasher.update(generation.as_bytes());
         hasher.update([0]);
+        let messages: Option<Value> = self.body.get("messages").and_then(|m| {
+            let Value::Array(items) = m else { return None };
+            let changed = items.iter().any(|m| match m.get("content") {
+                Some(Value::String(text)) => normalise_text(text) != *text,
+                _ => false,
+            });
+            changed.then(|| {
+                Value::Array(
+                    items
+                        .iter()
+                        .map(|m| {
+                            let mut m = m.clone();
+                            if let Some(Value::String(text)) = m.get_mut("content") {
+                                *text = normalise_text(text);
+                            }
+                            m
+                        })
+                        .collect(),
+                )
+            })
+        });
+        let mut entries: Vec<(&String, &Value)> = self
+            .body
+            .iter()
+            .filter(|(k, _)| !NOT_IN_CACHE_KEY.contains(&k.as_str()))
+            .map(|(k, v)| match (k.as_str(), &messages) {
+                ("messages", Some(normalised)) => (k, normalised),
+                _ => (k, v),
+            })
+            .collect();
         // Canonical: the same request with its keys in another order is the same request.
-        hasher.update(crate::canonical::canonical_json(&Value::Object(normalised)).as_bytes());
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        crate::canonical::write_object(entries, &mut HashWriter(&mut hasher))
+            .expect("hashing does not fail");
         format!("completion:{}", hex::encode(hasher.finalize()))
     }
 
@@ -239,6 +261,19 @@ impl ChatRequest {
             "last-answer:{}",
             hex::encode(Sha256::digest(question.as_bytes()))
         ))
+    }
+}
+
+/// Feeds written bytes to a hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -332,5 +367,29 @@ mod tests {
         assert_ne!(a.cache_key("g1"), a.cache_key("g2"));
         assert!(!a.cache_key("g1").contains("RRF"));
         assert_eq!(a.question_key(), c.question_key());
+    }
+
+    /// The key written straight into the hash is the hash of the old construction (the
+    /// normalised copy, serialised canonically), so cached answers survive the change.
+    #[test]
+    fn the_cache_key_hashes_the_normalised_canonical_request() {
+        let r = parse(r#"{"temperature":0,"messages":[{"role":"user","content":" What  is\tRRF? "},{"content":"ok","role":"assistant"}],"stream":true,"model":"m","user":"u"}"#).unwrap();
+        let mut normalised = r.body.clone();
+        for field in NOT_IN_CACHE_KEY {
+            normalised.remove(*field);
+        }
+        if let Some(Value::Array(messages)) = normalised.get_mut("messages") {
+            for m in messages.iter_mut() {
+                if let Some(Value::String(text)) = m.get_mut("content") {
+                    *text = normalise_text(text);
+                }
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"g1");
+        hasher.update([0]);
+        hasher.update(crate::canonical::canonical_json(&Value::Object(normalised)).as_bytes());
+        let expected = format!("completion:{}", hex::encode(hasher.finalize()));
+        assert_eq!(r.cache_key("g1"), expected);
     }
 }

@@ -74,7 +74,7 @@ struct L2 {
 
 struct Inner {
     config: CacheConfig,
-    l1: MokaCache<String, Entry>,
+    l1: MokaCache<String, Entry, foldhash::fast::RandomState>,
     l2: Option<L2>,
     started: Instant,
     generations: [AtomicU64; 5],
@@ -128,7 +128,7 @@ impl TieredCache {
                     .min(u32::MAX as u64) as u32
             })
             .expire_after(PerEntryTtl)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner: Arc::new(Inner {
                 config,
