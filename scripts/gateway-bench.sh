@@ -15,7 +15,9 @@
 #           --no-default-features, to see what the trace-only spans cost when off
 #   previous build         (BENCH_BASELINE=<a chat binary>) another build, e.g. the last
 #           commit's, run the same way in the same run, for a before/after ratio
-# BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise.
+# BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise, and
+# prints each configuration's median over the rounds. BENCH_COMPARE_ONLY=1 runs only those
+# configurations (no frontier, soak, streams or cold start): a before/after in minutes.
 # The throughput frontier: direct, as shipped and with governance off, at 1 to 64
 # connections (BENCH_FRONTIER_SECS each, 4), and the most req/s with p99 under 1, 5 and 10 ms.
 # Then memory: each binary at its maximum rate (32 connections) for BENCH_SOAK_SECS (120),
@@ -117,6 +119,9 @@ for config in "${configs[@]}"; do
 done
 done
 echo "== OTLP receiver: $(curl -s "http://127.0.0.1:$sink_port/")"
+compare_only=${BENCH_COMPARE_ONLY:-0}
+frontiers=() soaks=()
+if [[ $compare_only != 1 ]]; then
 
 # frontier <name> <url> [key] -> one line: name|connections,rps,p99,errors;...
 frontier_seconds=${BENCH_FRONTIER_SECS:-4}
@@ -129,7 +134,7 @@ frontier() {
   done
   echo "$name|$(IFS=';'; echo "${points[*]}")"
 }
-frontiers=("$(frontier direct "$upstream")")
+frontiers+=("$(frontier direct "$upstream")")
 echo "== frontier: ${frontiers[-1]}"
 for config in off governance-off; do
   extra=()
@@ -142,7 +147,6 @@ done
 
 # Memory at the maximum rate: resident set every 10 s, and what the database grew by.
 soak_seconds=${BENCH_SOAK_SECS:-120}
-soaks=()
 soak_configs=(off)
 [[ -n ${BENCH_BASELINE:-} ]] && soak_configs=(previous off)
 for config in "${soak_configs[@]}"; do
@@ -179,6 +183,9 @@ echo "== streams: $stream_result"
 stop_gateway
 cold_result=$(python3 scripts/cold-start.py --chat "$bin/chat" "$upstream" "$key" 5)
 echo "== cold start to the first answer: $cold_result"
+fi
+
+if [[ $compare_only != 1 ]]; then
 
 python3 - "${frontiers[@]}" <<'EOF'
 import sys
@@ -201,6 +208,7 @@ for entry in sys.argv[1:]:
     print(f"| {name} | " + " | ".join(share(v, d) for v, d in zip(cells, direct))
           + f" | {top[1]:,.0f} at {top[0]:.0f} conn., {top[2]:.2f} |")
 EOF
+fi
 python3 - "$direct8" "$direct1" "${results[@]}" "--" "${soaks[@]}" <<'EOF'
 import json, sys
 split = sys.argv.index("--")
@@ -217,6 +225,20 @@ for entry in sys.argv[3:]:
     print(f"| gateway, {name} | {g8['rps']:,.0f} | {100 * g8['rps'] / d8['rps']:.1f} % | {g8['cpu_us']:.0f} "
           f"| {g1['p50_ms']:.3f} / {g1['p99_ms']:.3f} | +{g1['p50_ms'] - d1['p50_ms']:.3f} / +{g1['p99_ms'] - d1['p99_ms']:.3f} "
           f"| {int(rss) / 1024:.0f} | {g8['errors'] + g1['errors']} |")
+rounds = {}
+for entry in sys.argv[3:]:
+    name, g8, g1, _ = entry.split("|")
+    rounds.setdefault(name, []).append((json.loads(g8), json.loads(g1)))
+if any(len(r) > 1 for r in rounds.values()):
+    from statistics import median
+    print()
+    print("| configuration, median of rounds | rounds | gateway CPU µs/request (8 conn.) | req/s at 8 conn. | CPU µs/request (1 conn.) | p50 at 1 conn. (ms) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rounds.items():
+        print(f"| {name} | {len(r)} | {median(g8['cpu_us'] for g8, _ in r):.0f} | {median(g8['rps'] for g8, _ in r):,.0f} "
+              f"| {median(g1['cpu_us'] for _, g1 in r):.0f} | {median(g1['p50_ms'] for _, g1 in r):.3f} |")
+if not soaks:
+    sys.exit(0)
 print()
 print("| binary | idle RSS (MB) | RSS after 10 s / 60 s / end (MB) | at the end: own + mapped files (MB) | growth after the first minute (MB/min) | req/s at 32 conn. | database bytes per request |")
 print("|---|---|---|---|---|---|---|")
@@ -229,6 +251,7 @@ for entry in soaks:
     at60 = f"{mb[5]:.0f}" if len(mb) > 5 else "-"
     print(f"| {name} | {int(idle) / 1024:.0f} | {mb[0]:.0f} / {at60} / {mb[-1]:.0f} | {anon:.0f} + {file:.0f} | {growth:+.1f} | {run['rps']:,.0f} | {int(db) / max(run['requests'], 1):.2f} |")
 EOF
+[[ $compare_only == 1 ]] && exit 0
 python3 - "$stream_result" "$cold_result" <<'EOF'
 import json, sys
 s, c = json.loads(sys.argv[1]), json.loads(sys.argv[2])
