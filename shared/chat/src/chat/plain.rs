@@ -34,6 +34,11 @@ impl ChatGateway {
             return Err(Uncached::Degraded(answer, Duration::ZERO));
         };
         let mut body = upstream_body(request, &context);
+        // As the provider sends it, so it need not copy the body to change it.
+        body["stream"] = Value::Bool(false);
+        if let Some(map) = body.as_object_mut() {
+            map.remove("stream_options");
+        }
         let (routed, waited) = self
             .route(
                 provider.as_ref(),

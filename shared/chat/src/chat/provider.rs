@@ -3,6 +3,7 @@
 //! so fields the gateway does not know about (tools, response_format, ...) pass
 //! through untouched.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -169,6 +170,22 @@ fn map_error(err: EndpointError) -> ProviderError {
     }
 }
 
+/// `body` with `stream` as the call needs it (and no `stream_options` on a plain call):
+/// borrowed when it already is so (the gateway prepares its bodies that way), else a copy.
+pub(crate) fn for_call(body: &Value, stream: bool) -> Cow<'_, Value> {
+    let ready = body.get("stream") == Some(&Value::Bool(stream))
+        && (stream || body.get("stream_options").is_none());
+    if ready {
+        return Cow::Borrowed(body);
+    }
+    let mut body = body.clone();
+    body["stream"] = Value::Bool(stream);
+    if let (false, Some(map)) = (stream, body.as_object_mut()) {
+        map.remove("stream_options");
+    }
+    Cow::Owned(body)
+}
+
 impl OpenAiProvider {
     /// A provider at `base_url`; a URL that does not parse fails every call (the
     /// configuration already refuses one that is not http(s)).
@@ -193,11 +210,7 @@ impl ChatProvider for OpenAiProvider {
     }
 
     async fn complete(&self, body: &Value) -> Result<Value, ProviderError> {
-        let mut body = body.clone();
-        body["stream"] = Value::Bool(false);
-        if let Some(map) = body.as_object_mut() {
-            map.remove("stream_options");
-        }
+        let body = for_call(body, false);
         let call = self.endpoint()?.complete(&body);
         let response = tokio::time::timeout(self.timeout, call)
             .await
@@ -212,13 +225,36 @@ impl ChatProvider for OpenAiProvider {
     }
 
     async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError> {
-        let mut body = body.clone();
-        body["stream"] = Value::Bool(true);
+        let body = for_call(body, true);
         let call = self.endpoint()?.stream(&body);
         let stream = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ProviderError::Timeout(self.timeout))?
             .map_err(map_error)?;
         Ok(Box::pin(stream.map(|item| item.map_err(map_error))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_body_already_as_the_call_needs_is_not_copied() {
+        let plain = json!({"model": "m", "stream": false, "messages": []});
+        assert!(matches!(for_call(&plain, false), Cow::Borrowed(_)));
+        let streamed =
+            json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}});
+        assert!(matches!(for_call(&streamed, true), Cow::Borrowed(_)));
+        // A caller's body as it came: set for the call, on a copy.
+        let asked = json!({"model": "m", "stream_options": {"include_usage": true}});
+        let for_plain = for_call(&asked, false);
+        assert!(matches!(for_plain, Cow::Owned(_)));
+        assert_eq!(*for_plain, json!({"model": "m", "stream": false}));
+        assert_eq!(
+            *for_call(&asked, true),
+            json!({"model": "m", "stream_options": {"include_usage": true}, "stream": true})
+        );
     }
 }

@@ -55,6 +55,7 @@ impl ChatGateway {
         // Usage is always asked for upstream (it is recorded and cached); the caller
         // sees it only when it asked.
         body["stream_options"] = json!({"include_usage": true});
+        body["stream"] = Value::Bool(true);
         let (routed, waited) = self
             .route(
                 provider.as_ref(),
