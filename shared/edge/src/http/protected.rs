@@ -16,8 +16,8 @@ use crate::resilience::limits::RateLimiter;
 
 /// Puts `routes` behind API keys and the per-key rate limit (`None`: no per-key limit,
 /// `RATE_LIMIT_ENABLED=false`); `failures` limits failed authentications per client
-/// address, always. One middleware for the three steps: each layer of its own cost a
-/// boxed service and future per request on the proxy's hot path.
+/// address, always. One middleware for the three steps: a layer of its own costs a boxed
+/// service and a boxed future per request on the proxy's hot path.
 pub fn protect<S>(
     routes: Router<S>,
     keys: ApiKeys,
@@ -98,7 +98,10 @@ async fn protect_request(
     };
     if let Some(limiter) = &protection.limiter {
         if let Err(exceeded) = limiter.check(&name.0).await {
-            return ApiError::from(exceeded).into_response();
+            // The request log names the key that was limited.
+            let mut refused = ApiError::from(exceeded).into_response();
+            refused.extensions_mut().insert(name);
+            return refused;
         }
     }
     request.extensions_mut().insert(name.clone());
