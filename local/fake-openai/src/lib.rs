@@ -248,7 +248,9 @@ async fn chat_completions(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(expected) = &shared.behaviour().api_key {
+    // One copy of the behaviour per call: the fake is also the benchmarks' upstream.
+    let behaviour = shared.behaviour();
+    if let Some(expected) = &behaviour.api_key {
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -275,7 +277,6 @@ async fn chat_completions(
         .expect("call times")
         .push((model.clone(), std::time::Instant::now()));
     *shared.last_request.lock().expect("last request") = request.clone();
-    let behaviour = shared.behaviour();
     let fail_now = shared
         .failures_left
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -249,8 +249,7 @@ impl ChatRequest {
             .collect();
         // Canonical: the same request with its keys in another order is the same request.
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        crate::canonical::write_object(entries, &mut HashWriter(&mut hasher))
-            .expect("hashing does not fail");
+        crate::canonical::write_object(entries, &mut hasher).expect("hashing does not fail");
         format!("completion:{}", hex::encode(hasher.finalize()))
     }
 
@@ -261,19 +260,6 @@ impl ChatRequest {
             "last-answer:{}",
             hex::encode(Sha256::digest(question.as_bytes()))
         ))
-    }
-}
-
-/// Feeds written bytes to a hash.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
