@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: api-check bench-backup bench-embed bench-gateway bench-kb help run run-semantic run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
+.PHONY: api-check bench-gateway-instructions bench-backup bench-embed bench-gateway bench-kb help run run-semantic run-services test test-rust lint-functions smoke readme-check sdk fake-openai bench eval load-test lint fmt build deploy services
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -85,6 +85,10 @@ bench-embed: ## The local embedder (all-MiniLM-L6-v2): chunks/s on one core and 
 
 bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU per request, added latency, traces off and on
 	scripts/gateway-bench.sh
+
+bench-gateway-instructions: ## The gateway's CPU instructions per proxied request under callgrind: repeatable on a busy machine (BENCH_REQUESTS, binaries to compare as arguments of the script)
+	scripts/bench/gateway-instructions.sh 8
+	scripts/bench/gateway-instructions.sh 1
 
 bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
 	scripts/backup-bench.sh

@@ -40,6 +40,44 @@ async fn value_keys(config: &CacheConfig, namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// `copy` keeps one stored value under a second key in both tiers: another instance
+/// reads it from Redis, with the namespace's TTL; a key not held here is not copied.
+#[tokio::test]
+async fn a_copied_entry_is_shared_through_redis_and_a_missing_one_is_not_copied() {
+    let config = config();
+    let a = TieredCache::new(config.clone(), Some(shared_redis()));
+    let b = TieredCache::new(config.clone(), Some(shared_redis()));
+    a.set(Namespace::Chat, "response-key", &"the answer".to_string())
+        .await;
+    assert!(
+        a.copy(Namespace::Chat, "response-key", "question-key")
+            .await
+    );
+    let from_b: Option<String> = b.get(Namespace::Chat, "question-key").await;
+    assert_eq!(from_b.as_deref(), Some("the answer"));
+    assert_eq!(b.stats().l2_hits, 1, "read from Redis, not from b's own L1");
+    let mut conn = shared_redis().connection().await.unwrap();
+    let keys = value_keys(&config, "chat").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has the namespace's TTL: {ttl}");
+    }
+
+    assert!(!b.copy(Namespace::Chat, "never-set", "other-key").await);
+    assert_eq!(
+        value_keys(&config, "chat").await.len(),
+        2,
+        "nothing written"
+    );
+    let other: Option<String> = a.get(Namespace::Chat, "other-key").await;
+    assert_eq!(other, None);
+}
+
 #[tokio::test]
 async fn l2_hits_back_fill_l1_and_values_are_json_in_redis() {
     let config = config();

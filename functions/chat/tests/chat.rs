@@ -172,6 +172,35 @@ async fn identical_requests_are_answered_from_the_cache_once_loaded() {
     assert_eq!(fake.chat_completions(), 4);
 }
 
+/// An answer the response cache holds is also its question's last answer (the cache
+/// entry is copied, not serialised again): when every model fails, a request for the
+/// same question that misses the response cache gets it, flagged.
+#[tokio::test]
+async fn a_cached_answer_is_also_its_questions_last_answer() {
+    let fake = FakeOpenAi::start().await;
+    let db = TestDatabase::sqlite();
+    let (router, _ctx) = chat_router(&db, Some(&fake), &[("BREAKER_FAILURE_THRESHOLD", "100")]);
+    let question = "How long is the refund window?";
+    let mut body = ask(question);
+    body["temperature"] = json!(0);
+    let res = call(&router, post(body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-cache"), Some("miss"));
+    let first = res.json["choices"][0]["message"]["content"].clone();
+
+    fake.set_behaviour(Behaviour {
+        failure_rate: 1.0,
+        ..Behaviour::default()
+    });
+    // Another parameter: another response-cache key, the same question.
+    body["max_tokens"] = json!(64);
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let degraded = header(&res, "x-degraded").unwrap();
+    assert!(degraded.ends_with("cached-answer"), "{degraded}");
+    assert_eq!(res.json["choices"][0]["message"]["content"], first);
+}
+
 #[tokio::test]
 async fn the_fallback_chain_goes_secondary_model_then_cached_answer_then_retrieval_only() {
     let fake = FakeOpenAi::start().await;

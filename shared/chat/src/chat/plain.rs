@@ -19,11 +19,14 @@ pub(super) fn refusal(status: u16, message: &str) -> ChatError {
 
 impl ChatGateway {
     /// The answer without the response cache: retrieval, then the fallback chain.
+    /// `cached_whole`: a clean answer will be cached by the caller, which then keeps it
+    /// as the question's last answer too, without serialising it a second time.
     pub(super) async fn answer(
         &self,
         request: &ChatRequest,
         initial: &[String],
         deadline: Instant,
+        cached_whole: bool,
     ) -> Result<(Answer, Duration), Uncached> {
         let mut degraded = initial.to_vec();
         let context = self.context(request, &mut degraded).await;
@@ -59,8 +62,11 @@ impl ChatGateway {
                     degraded.push(degraded::FALLBACK_MODEL.to_string());
                 }
                 let answer = self.finish(completion, &model, &context, degraded.clone());
-                if let Some(key) = request.question_key() {
-                    self.parts.cache.set(Namespace::Chat, &key, &answer).await;
+                // The question's last answer: the fallback when every model fails.
+                if !(cached_whole && degraded.is_empty()) {
+                    if let Some(key) = request.question_key() {
+                        self.parts.cache.set(Namespace::Chat, &key, &answer).await;
+                    }
                 }
                 if degraded.is_empty() {
                     Ok((answer, waited))
@@ -109,6 +115,18 @@ impl ChatGateway {
         Ok(reply)
     }
 
+    /// Keeps a freshly cached answer as its question's last answer too: a copy of the
+    /// cache entry just written (the same bytes), or a new one if it is already gone.
+    async fn remember_question(&self, request: &ChatRequest, key: &str, answer: &Answer) {
+        let Some(question) = request.question_key() else {
+            return;
+        };
+        let cache = &self.parts.cache;
+        if !cache.copy(Namespace::Chat, key, &question).await {
+            cache.set(Namespace::Chat, &question, answer).await;
+        }
+    }
+
     pub(super) async fn complete_inner(
         &self,
         request: &ChatRequest,
@@ -116,7 +134,7 @@ impl ChatGateway {
         deadline: Instant,
     ) -> Result<Reply, ChatError> {
         if !self.cacheable(request) || !initial.is_empty() {
-            return match self.answer(request, initial, deadline).await {
+            return match self.answer(request, initial, deadline, false).await {
                 Ok((answer, waited)) | Err(Uncached::Degraded(answer, waited)) => Ok(Reply {
                     meta: ReplyMeta {
                         degraded: answer.degraded.clone(),
@@ -134,7 +152,7 @@ impl ChatGateway {
             .parts
             .cache
             .get_or_load(Namespace::Chat, &key, || async {
-                let result = self.answer(request, initial, deadline).await;
+                let result = self.answer(request, initial, deadline, true).await;
                 if let Ok((_, w)) = &result {
                     *waited.lock().expect("wait slot") = Some(*w);
                 }
@@ -145,6 +163,9 @@ impl ChatGateway {
         match loaded {
             Ok(mut answer) => {
                 let cached = loaded_here.is_none();
+                if !cached {
+                    self.remember_question(request, &key, &answer).await;
+                }
                 if cached {
                     answer.completion["cached"] = json!(true);
                     count_request(&answer.model, "cache_hit");

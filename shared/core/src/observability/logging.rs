@@ -8,6 +8,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
+use super::json_line::{JsonLine, JsonSpanFields};
 use super::redact::redact;
 use super::traces::{TraceSettings, TARGET};
 use tracing_subscriber::filter::LevelFilter;
@@ -80,6 +81,8 @@ where
         .with_current_span(true)
         .with_span_list(false)
         .with_target(true)
+        .event_format(JsonLine)
+        .fmt_fields(JsonSpanFields)
         .with_writer(RedactingMakeWriter::new(writer))
 }
 

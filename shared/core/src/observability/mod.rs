@@ -1,5 +1,6 @@
 //! Logs, metrics and traces (X2, X3, X7).
 
+mod json_line;
 pub mod logging;
 pub mod metrics;
 pub mod redact;

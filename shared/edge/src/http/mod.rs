@@ -7,6 +7,7 @@ pub mod idempotency;
 #[cfg(feature = "protected")]
 pub mod protected;
 pub mod request_id;
+mod security_headers;
 mod trace;
 
 #[cfg(feature = "chat")]
@@ -30,11 +31,11 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
 
 use crate::error::{error_response, ApiError};
 use crate::observability::metrics::{names, EmfRecord};
+use security_headers::SecurityHeadersLayer;
 
 /// True until the first request of this process has been handled.
 static COLD_START: AtomicBool = AtomicBool::new(true);
@@ -76,18 +77,7 @@ pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
             .layer(CatchPanicLayer::custom(|_| {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
             }))
-            .layer(security_header("x-content-type-options", "nosniff"))
-            .layer(security_header("x-frame-options", "DENY"))
-            .layer(security_header("referrer-policy", "no-referrer"))
-            .layer(security_header(
-                "strict-transport-security",
-                "max-age=63072000; includeSubDomains",
-            ))
-            .layer(security_header(
-                "content-security-policy",
-                "default-src 'none'; frame-ancestors 'none'",
-            ))
-            .layer(security_header("cache-control", "no-store"))
+            .layer(SecurityHeadersLayer)
             .option_layer(cors(&settings.cors_origins))
             .layer(from_fn_with_state(max_body, json_errors))
             .layer(RequestBodyLimitLayer::new(max_body))
@@ -311,14 +301,6 @@ async fn json_errors(State(max_body): State<usize>, request: Request, next: Next
         }
     }
     converted.into_response()
-}
-
-/// A security header, set unless the handler chose its own value.
-fn security_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
-    SetResponseHeaderLayer::if_not_present(
-        HeaderName::from_static(name),
-        HeaderValue::from_static(value),
-    )
 }
 
 /// CORS for the configured origins only; none configured means no CORS headers.

@@ -399,6 +399,29 @@ impl TieredCache {
             .await;
     }
 
+    /// Stores under `key` the value this process holds under `source`, as it is stored:
+    /// one serialisation for a value kept under two keys. False, and nothing written, if
+    /// `source` is not in L1 under the current generation; then call [`Self::set`].
+    pub async fn copy(&self, namespace: Namespace, source: &str, key: &str) -> bool {
+        let generation = self.generation(namespace).await;
+        let Some(entry) = self.inner.l1.get(&Self::l1_key(namespace, source)).await else {
+            return false;
+        };
+        if entry.generation != generation {
+            return false;
+        }
+        self.write_l2(namespace, &self.l2_key(namespace, key), entry.json.clone())
+            .await;
+        self.put_l1(
+            namespace,
+            Self::l1_key(namespace, key),
+            entry.json,
+            generation,
+        )
+        .await;
+        true
+    }
+
     fn entry(&self, namespace: Namespace, json: Arc<[u8]>, generation: u64) -> Entry {
         Entry {
             weight: json.len().min(u32::MAX as usize) as u32,

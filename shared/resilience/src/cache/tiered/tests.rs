@@ -43,6 +43,29 @@ async fn l1_only_cache_hits_invalidates_and_keeps_types_apart() {
 }
 
 #[tokio::test]
+async fn a_copy_holds_the_same_value_and_only_of_a_current_entry() {
+    let cache = l1_only();
+    cache
+        .set(Namespace::Chat, "source", &vec![1u32, 2, 3])
+        .await;
+    assert!(cache.copy(Namespace::Chat, "source", "copy").await);
+    assert_eq!(
+        cache.get::<Vec<u32>>(Namespace::Chat, "copy").await,
+        Some(vec![1, 2, 3])
+    );
+    assert!(
+        !cache.copy(Namespace::Search, "source", "elsewhere").await,
+        "another namespace's key is another key"
+    );
+    cache.invalidate_namespace(Namespace::Chat).await;
+    assert!(
+        !cache.copy(Namespace::Chat, "source", "stale").await,
+        "an entry of an older generation is not copied"
+    );
+    assert_eq!(cache.get::<Vec<u32>>(Namespace::Chat, "stale").await, None);
+}
+
+#[tokio::test]
 async fn tiny_entries_are_weighed_with_their_bookkeeping() {
     // 256 KiB for entries of a few bytes: each really takes ~400 bytes, so the bound
     // holds a few hundred of them, not the ten thousand their JSON alone would allow.
