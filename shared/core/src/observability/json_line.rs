@@ -281,30 +281,9 @@ impl Visit for CollectedFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::fmt::MakeWriter;
+    use crate::observability::logging::{json_layer, stock_json_layer, tests::Capture};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Registry;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
 
     #[derive(Debug)]
     struct Oops;
@@ -315,7 +294,8 @@ mod tests {
     }
     impl std::error::Error for Oops {}
 
-    /// Events of every field kind, inside and outside spans, some with odd characters.
+    /// Events of every field kind, inside and outside spans, some with odd characters;
+    /// nothing a redaction rule would touch.
     fn emit_samples() {
         tracing::info!("no span, no fields");
         let outer = tracing::info_span!("request", request_id = "req-1", function = "chat");
@@ -366,21 +346,10 @@ mod tests {
     fn lines_match_tracing_subscribers_json_format() {
         let ours = Capture::default();
         let theirs = Capture::default();
-        let base = || {
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_target(true)
-        };
-        emit_through(base().with_writer(theirs.clone()));
-        emit_through(
-            base()
-                .event_format(JsonLine)
-                .fmt_fields(JsonSpanFields)
-                .with_writer(ours.clone()),
-        );
+        // tracing-subscriber's own JSON format, as configured before this formatter.
+        emit_through(stock_json_layer().with_writer(theirs.clone()));
+        // The production layer (redaction included: nothing here is redacted).
+        emit_through(json_layer(ours.clone()));
         let ours = String::from_utf8(ours.0.lock().unwrap().clone()).unwrap();
         let theirs = String::from_utf8(theirs.0.lock().unwrap().clone()).unwrap();
         let strip_time = |text: &str| -> Vec<String> {

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -69,11 +70,11 @@ where
     }
 }
 
-/// The JSON formatting layer used in production, exposed so tests check the real output.
-pub(crate) fn json_layer<S, M>(writer: M) -> impl Layer<S>
+/// tracing-subscriber's JSON layer with this service's settings: the format the log
+/// lines keep (`JsonLine` and `JsonSpanFields` write it faster; a test compares them).
+pub(crate) fn stock_json_layer<S>() -> tracing_subscriber::fmt::Layer<S, JsonFields, Format<Json>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt::layer()
         .json()
@@ -81,6 +82,15 @@ where
         .with_current_span(true)
         .with_span_list(false)
         .with_target(true)
+}
+
+/// The JSON formatting layer used in production, exposed so tests check the real output.
+pub(crate) fn json_layer<S, M>(writer: M) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    stock_json_layer()
         .event_format(JsonLine)
         .fmt_fields(JsonSpanFields)
         .with_writer(RedactingMakeWriter::new(writer))
@@ -144,12 +154,13 @@ pub fn init(log_level: &str, traces: &TraceSettings) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// A log destination that keeps what is written, for tests of the real output.
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Capture {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
