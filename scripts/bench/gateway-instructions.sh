@@ -17,7 +17,9 @@
 # BENCH_REQUESTS (2000), BENCH_WARMUP (300). BENCH_ANNOTATE=1 prints each build's
 # top functions, inclusive (needs a build with symbols, e.g.
 # CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only).
-# Extra gateway settings go in the environment as GATEWAY_ENV="NAME=value ...".
+# BENCH_KEEP=<file> keeps the last binary's callgrind output there, for callgrind_annotate
+# (--inclusive=yes, --tree=caller). Extra gateway settings go in the environment as
+# GATEWAY_ENV="NAME=value ...".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=${1:-8}

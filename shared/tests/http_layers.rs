@@ -325,7 +325,19 @@ async fn protected_routes_authenticate_before_rate_limiting_per_key() {
 
     let (status, _, body) = call(&app, with_key("key-a")).await;
     assert_eq!((status, body), (StatusCode::OK, Value::from("alice")));
-    let (status, headers, body) = call(&app, with_key("key-a")).await;
+    let refused = app.clone().oneshot(with_key("key-a")).await.unwrap();
+    // The request log names the key that was limited (it reads the response's key name).
+    assert_eq!(
+        refused
+            .extensions()
+            .get::<ApiKeyName>()
+            .map(|k| k.0.as_ref()),
+        Some("alice")
+    );
+    let status = refused.status();
+    let headers = refused.headers().clone();
+    let bytes = refused.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_json_error(status, &headers, &body, 429, "rate_limited");
     // Bob has a budget of his own: alice spending hers does not refuse him.
     let (status, _, body) = call(&app, with_key("key-b")).await;
