@@ -1,6 +1,8 @@
 //! Chat function (C1-C10): an OpenAI-compatible gateway. A thin HTTP adapter over
 //! `shared::chat`: parse, call the gateway, map the reply to headers and a body.
 
+pub mod allocator;
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -7,5 +7,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), shared::runtime::BoxError> {
+    chat::allocator::purge_freed_memory_at_once();
     shared::app::start("chat", chat::router, None).await
 }
