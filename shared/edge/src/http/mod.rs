@@ -7,6 +7,7 @@ pub mod idempotency;
 #[cfg(feature = "protected")]
 pub mod protected;
 pub mod request_id;
+mod request_metrics;
 mod security_headers;
 mod trace;
 
@@ -63,6 +64,7 @@ pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
     let observe = Arc::new(Observe {
         function: settings.function.clone(),
         emf_namespace: settings.emf_namespace.clone(),
+        metrics: request_metrics::RequestMetrics::new(&settings.function),
     });
     let max_body = settings.max_body_bytes;
 
@@ -129,6 +131,7 @@ async fn remember_matched_path(request: Request, next: Next) -> Response {
 struct Observe {
     function: String,
     emf_namespace: Option<String>,
+    metrics: request_metrics::RequestMetrics,
 }
 
 /// The request's id (`x-request-id`, echoed on the response), then one structured log
@@ -186,16 +189,8 @@ async fn observed(
         .map(|k| k.0.clone());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    let status_label = status.to_string();
-    let function = observe.function.clone();
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "function" => function.clone(), "route" => route.clone(), "status" => status_label)
-        .increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "function" => function.clone(), "route" => route.clone())
-        .record(elapsed.as_secs_f64());
-    if status >= 500 {
-        metrics::counter!(names::HTTP_SERVER_ERRORS_TOTAL, "function" => function.clone(), "route" => route.clone())
-            .increment(1);
-    }
+    let function = &observe.function;
+    observe.metrics.record(&route, status, elapsed);
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     trace::finish_server_span(&server_span, &method, &route, status);
     let trace_id = crate::observability::traces::trace_id(&server_span);
@@ -228,7 +223,7 @@ async fn observed(
         EmfRecord::new(namespace)
             .dimension_set(&["function"])
             .dimension_set(&["function", "route"])
-            .dimension("function", &function)
+            .dimension("function", function)
             .dimension("route", &route)
             .property("status", status)
             .property("request_id", request_id)
