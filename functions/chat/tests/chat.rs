@@ -12,6 +12,7 @@ use chatkb_testing::fake_openai::{Behaviour, FakeOpenAi};
 use chatkb_testing::{call, load_event, TestDatabase, TestResponse};
 use serde_json::{json, Value};
 use shared::auth::hash_key;
+use shared::observability::metrics::series_value as series;
 use support::*;
 
 #[tokio::test]
@@ -19,9 +20,20 @@ async fn sample_events_get_an_openai_shaped_answer_and_the_model_list() {
     let fake = FakeOpenAi::start().await;
     let db = TestDatabase::sqlite();
     let (router, _) = chat_router(&db, Some(&fake), &[]);
+    let answered = r#"llm_requests_total{model="gpt-4o-mini",outcome="ok"}"#;
+    let prompt_tokens = r#"llm_tokens_total{model="gpt-4o-mini",kind="prompt"}"#;
+    let before = shared::observability::metrics::render();
 
     let res = call(&router, load_event("chat-completions.json")).await;
     assert_eq!(res.status, 200, "{}", res.text);
+    // Counted through the kept handles (other tests may count too, never less).
+    let after = shared::observability::metrics::render();
+    assert!(
+        series(&after, answered) >= series(&before, answered) + 1.0,
+        "{after}"
+    );
+    let tokens = res.json["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert!(series(&after, prompt_tokens) >= series(&before, prompt_tokens) + tokens);
     assert_eq!(res.json["object"], "chat.completion");
     assert_eq!(res.json["model"], "gpt-4o-mini");
     let content = res.json["choices"][0]["message"]["content"]

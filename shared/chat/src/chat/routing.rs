@@ -1,7 +1,10 @@
 //! The model-routing step shared by plain and streamed answers: the chain of models,
 //! each through its breaker and retries, and the answer when no model can give one.
 
+use std::sync::LazyLock;
+
 use super::*;
+use crate::observability::kept_counters::KeptCounters;
 use tracing::Instrument;
 
 /// An error of one provider attempt inside the retry loop.
@@ -100,8 +103,7 @@ pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
         ("completion", "completion_tokens"),
     ] {
         if let Some(n) = completion["usage"][field].as_u64() {
-            metrics::counter!(names::LLM_TOKENS_TOTAL, "model" => model.to_string(), "kind" => kind)
-                .increment(n);
+            LLM_TOKENS.increment(model, kind, n);
             tokens += n;
         }
     }
@@ -113,9 +115,14 @@ pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
     }
 }
 
+/// `llm_tokens_total` and `llm_requests_total`, recorded on every answer.
+static LLM_TOKENS: LazyLock<KeptCounters> =
+    LazyLock::new(|| KeptCounters::new(names::LLM_TOKENS_TOTAL, "model", "kind"));
+static LLM_REQUESTS: LazyLock<KeptCounters> =
+    LazyLock::new(|| KeptCounters::new(names::LLM_REQUESTS_TOTAL, "model", "outcome"));
+
 pub(super) fn count_request(model: &str, outcome: &'static str) {
-    metrics::counter!(names::LLM_REQUESTS_TOTAL, "model" => model.to_string(), "outcome" => outcome)
-        .increment(1);
+    LLM_REQUESTS.increment(model, outcome, 1);
 }
 
 pub(super) fn count_fallback(from: &str, to: &str) {

@@ -349,6 +349,17 @@ fn describe_gateway() {
     );
 }
 
+/// The value of one series (`name{labels}` as rendered) in Prometheus text; 0 when
+/// absent. For checks that read the exposition.
+pub fn series_value(rendered: &str, series: &str) -> f64 {
+    rendered
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The Prometheus text exposition of every metric recorded in this process.
 pub fn render() -> String {
     install().render()

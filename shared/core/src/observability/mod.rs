@@ -1,6 +1,7 @@
 //! Logs, metrics and traces (X2, X3, X7).
 
 mod json_line;
+pub mod kept_counters;
 pub mod logging;
 pub mod metrics;
 pub mod redact;

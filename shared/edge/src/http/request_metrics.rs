@@ -73,13 +73,7 @@ impl RequestMetrics {
 mod tests {
     use super::*;
 
-    fn sample(rendered: &str, line_start: &str) -> f64 {
-        rendered
-            .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0.0, |v| v.parse().expect("a number"))
-    }
+    use crate::observability::metrics::series_value as sample;
 
     #[test]
     fn every_request_counts_through_the_kept_handles() {
