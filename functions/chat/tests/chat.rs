@@ -919,6 +919,17 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_other_bodies() 
 
         let res = call(&router, with_key(body, "bad key with spaces")).await;
         assert_eq!(res.status, 400);
+        // Refused before anything is read or stored, as the shared JSON error of this request.
+        assert_eq!(
+            res.json["error"]["message"],
+            "Idempotency-Key must be 1-255 visible ASCII characters"
+        );
+        assert_eq!(
+            res.json["error"]["request_id"].as_str(),
+            header(&res, "x-request-id")
+        );
+        assert!(header(&res, "x-request-id").is_some());
+        assert_eq!(fake.chat_completions(), 2);
     }
 }
 

@@ -7,22 +7,20 @@
 //! - At most `max_connections` are open; one more is answered 503 and closed at once, so
 //!   the process never runs out of file descriptors and `/health` keeps answering.
 
-use std::future::Future;
+mod body_deadline;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
-use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt;
 
 /// The standalone server's limits (`HTTP_*` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +57,6 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        limits.body_timeout,
-        body_deadline,
-    ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let draining = Arc::new(Semaphore::new(REFUSED_DRAINING));
     // Built once; each connection gets a clone.
@@ -96,13 +90,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request.map(axum::body::Body::new)
-                });
+        let service = body_deadline::Connection {
+            router: router.clone(),
+            peer,
+            body_timeout: limits.body_timeout,
+        };
         let mut stopped = stopped.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
@@ -125,101 +117,6 @@ pub async fn serve(
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
     Ok(())
-}
-
-/// Gives the request body `limit` to arrive. A body still incomplete then fails as it
-/// is read, and whatever the handler made of that failure becomes a 408 naming the limit.
-async fn body_deadline(
-    axum::extract::State(limit): axum::extract::State<Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use http_body::Body as _;
-    // No body to wait for (most GETs): no timer.
-    if request.body().is_end_stream() {
-        return next.run(request).await;
-    }
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let (parts, body) = request.into_parts();
-    let body = DeadlineBody {
-        inner: body,
-        deadline: Box::pin(tokio::time::sleep(limit)),
-        timed_out: timed_out.clone(),
-    };
-    let response = next
-        .run(http::Request::from_parts(
-            parts,
-            axum::body::Body::new(body),
-        ))
-        .await;
-    if !timed_out.load(Ordering::Relaxed) {
-        return response;
-    }
-    let message = format!(
-        "the request body did not arrive within {} ms",
-        limit.as_millis()
-    );
-    let timeout = || crate::error::error_response(http::StatusCode::REQUEST_TIMEOUT, message);
-    // The app's layers already ran on the answer being replaced: keep what they set (the
-    // request id, security headers, CORS), and the request id in the body too.
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut replacement = match request_id {
-        Some(id) => crate::http::request_id::within(id, timeout),
-        None => timeout(),
-    };
-    for (name, value) in response.headers() {
-        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
-            replacement
-                .headers_mut()
-                .entry(name)
-                .or_insert(value.clone());
-        }
-    }
-    let mut response = replacement;
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    response
-}
-
-/// A request body with a deadline for its last byte.
-struct DeadlineBody {
-    inner: axum::body::Body,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    timed_out: Arc<AtomicBool>,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        use std::task::Poll;
-        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.timed_out.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err(axum::Error::new("request body timed out"))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Refused connections whose unread request is drained before the close, at most.

@@ -3,15 +3,18 @@
 //! while the first is in progress gets 409, one with another body 422; an error or a
 //! degraded first answer frees the key, so a retry can get the real answer later.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use futures_util::future::{BoxFuture, Either, Ready};
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use tower::{Layer, Service};
 
 use crate::auth::ApiKeyName;
 use crate::chat::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
@@ -26,25 +29,75 @@ pub fn idempotent<S>(route: MethodRouter<S>, store: Arc<dyn IdempotencyStore>) -
 where
     S: Clone + Send + Sync + 'static,
 {
-    route.route_layer(from_fn_with_state(store, layer))
+    route.route_layer(IdempotentLayer(store))
 }
 
-async fn layer(
-    State(store): State<Arc<dyn IdempotencyStore>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    idempotent_call(store, request, next).await
+#[derive(Clone)]
+struct IdempotentLayer(Arc<dyn IdempotencyStore>);
+
+impl<S> Layer<S> for IdempotentLayer {
+    type Service = Idempotent<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotent {
+            inner,
+            store: self.0.clone(),
+        }
+    }
 }
 
-async fn idempotent_call(
+#[derive(Clone)]
+struct Idempotent<S> {
+    inner: S,
     store: Arc<dyn IdempotencyStore>,
+}
+
+type Answer = Result<Response, Infallible>;
+
+impl<S> Service<Request> for Idempotent<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    /// A request without a key goes straight through, with nothing boxed.
+    type Future = Either<S::Future, Either<Ready<Answer>, BoxFuture<'static, Answer>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let key = match idempotency_key(request.headers()) {
+            Ok(Some(key)) => key,
+            Ok(None) => return Either::Left(self.inner.call(request)),
+            Err(refused) => {
+                return Either::Right(Either::Left(futures_util::future::ready(Ok(
+                    refused.into_response()
+                ))))
+            }
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        Either::Right(Either::Right(Box::pin(async move {
+            Ok(idempotent_call(store, key, request, inner)
+                .await
+                .into_response())
+        })))
+    }
+}
+
+async fn idempotent_call<S>(
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
     request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(key) = idempotency_key(request.headers())? else {
-        return Ok(next.run(request).await);
-    };
+    mut inner: S,
+) -> Result<Response, ApiError>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let Some(owner) = request.extensions().get::<ApiKeyName>().cloned() else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "idempotency keys on a route that is not behind `protect`"
@@ -85,7 +138,9 @@ async fn idempotent_call(
             ));
         }
     }
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let Ok(response) = inner
+        .call(Request::from_parts(parts, Body::from(body)))
+        .await;
     // Only a real answer is kept: an error or a degraded answer frees the key, so a
     // retry with it can get the model's answer once the provider is back.
     if !response.status().is_success() || response.headers().contains_key("x-degraded") {

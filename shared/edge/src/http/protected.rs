@@ -2,13 +2,16 @@
 //! authentications are limited per client address (429), then the API key is checked
 //! (401), then that key's rate limit (429, C9).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service};
 
 use crate::auth::{authenticate, ApiKeys};
 use crate::error::ApiError;
@@ -16,8 +19,8 @@ use crate::resilience::limits::RateLimiter;
 
 /// Puts `routes` behind API keys and the per-key rate limit (`None`: no per-key limit,
 /// `RATE_LIMIT_ENABLED=false`); `failures` limits failed authentications per client
-/// address, always. One middleware for the three steps: a layer of its own costs a boxed
-/// service and a boxed future per request on the proxy's hot path.
+/// address, always. One layer for the three steps: each layer costs a boxed service and a
+/// boxed future per request on the proxy's hot path.
 pub fn protect<S>(
     routes: Router<S>,
     keys: ApiKeys,
@@ -38,7 +41,50 @@ where
             limiter: failures,
         },
     });
-    routes.layer(from_fn_with_state(protection, protect_request))
+    routes.layer(ProtectLayer(protection))
+}
+
+#[derive(Clone)]
+struct ProtectLayer(Arc<Protection>);
+
+impl<S> Layer<S> for ProtectLayer {
+    type Service = Protect<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Protect {
+            inner,
+            protection: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Protect<S> {
+    inner: S,
+    protection: Arc<Protection>,
+}
+
+impl<S> Service<Request> for Protect<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The checks are asynchronous (a shared limiter is in Redis): the inner service
+        // that was made ready goes with the request, a clone stays for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let protection = self.protection.clone();
+        Box::pin(async move { Ok(protect_request(&protection, request, inner).await) })
+    }
 }
 
 /// What `protect` checks, in order.
@@ -75,11 +121,10 @@ fn too_many_failures(wait: Duration) -> Response {
 
 /// The address guard, then the key (401), then the key's rate limit (429). A request
 /// with no known client address (a router called in-process) has no address guard.
-async fn protect_request(
-    State(protection): State<Arc<Protection>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+async fn protect_request<S>(protection: &Protection, mut request: Request, mut inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let address = crate::server::client_address(&request);
     if let Some(address) = &address {
         if let Some(wait) = protection.failures.blocked_for(address).await {
@@ -105,7 +150,7 @@ async fn protect_request(
         }
     }
     request.extensions_mut().insert(name.clone());
-    let mut response = next.run(request).await;
+    let Ok(mut response) = inner.call(request).await;
     // For the request log: which key (by name, never the key) made the request, so an
     // operator rotating a key sees who still uses the old one.
     response.extensions_mut().insert(name);

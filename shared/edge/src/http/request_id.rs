@@ -53,8 +53,11 @@ pub(crate) fn assign(request: &mut Request) -> (String, HeaderValue) {
 }
 
 /// Runs the rest of the request as part of request `id` (errors built inside carry it).
-pub(crate) async fn scope<F: std::future::Future>(id: String, f: F) -> F::Output {
-    REQUEST_ID.scope(id, f).await
+pub(crate) fn scoped<F: std::future::Future>(
+    id: String,
+    f: F,
+) -> tokio::task::futures::TaskLocalFuture<String, F> {
+    REQUEST_ID.scope(id, f)
 }
 
 #[cfg(test)]

@@ -1,0 +1,227 @@
+//! The outermost layer: the request's id (`x-request-id`, echoed on the response), then
+//! one structured log line and the request metrics (X2, X3).
+//!
+//! A tower layer whose future is a plain struct, not an axum `from_fn`: that costs a
+//! boxed service, a boxed `Next` and a boxed future per request and layer, on the proxy's
+//! hot path (docs/benchmarks.md, "The shared layers without `from_fn`").
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use http::{HeaderValue, Method};
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
+
+use super::request_id;
+use super::request_metrics::RequestMetrics;
+use super::trace;
+use crate::observability::metrics::{names, EmfRecord};
+
+/// True until the first request of this process has been handled.
+static COLD_START: AtomicBool = AtomicBool::new(true);
+
+/// Request extension: whether this request is the first one of its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdStart(pub bool);
+
+/// What every request is logged and counted with.
+pub(crate) struct Observe {
+    pub(crate) function: String,
+    pub(crate) emf_namespace: Option<String>,
+    pub(crate) metrics: RequestMetrics,
+}
+
+/// Wraps a service in [`Observed`] requests.
+#[derive(Clone)]
+pub(crate) struct ObserveLayer(pub(crate) Arc<Observe>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = ObserveService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ObserveService {
+            inner,
+            observe: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ObserveService<S> {
+    inner: S,
+    observe: Arc<Observe>,
+}
+
+impl<S, B> Service<Request> for ObserveService<S>
+where
+    S: Service<Request, Response = http::Response<B>, Error = Infallible>,
+{
+    type Response = http::Response<B>;
+    type Error = Infallible;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let (request_id, header) = request_id::assign(&mut request);
+        let started = Instant::now();
+        let cold_start = COLD_START.swap(false, Ordering::Relaxed);
+        request.extensions_mut().insert(ColdStart(cold_start));
+        let method = request.method().clone();
+        let aws_request_id = request
+            .extensions()
+            .get::<lambda_runtime::Context>()
+            .map(|c| c.request_id.clone());
+        let server_span = trace::server_span(&request, &request_id, cold_start);
+        let span = tracing::info_span!(parent: &server_span, "request", request_id = %request_id, function = %self.observe.function);
+        // The inner layers' own synchronous work is part of the request too: its id is
+        // in the errors it builds, its spans in the logs it writes.
+        let inner = request_id::within(request_id.clone(), || {
+            let _server = server_span.enter();
+            let _request = span.enter();
+            self.inner.call(request)
+        });
+        let inner = inner.instrument(span).instrument(server_span.clone());
+        Observed {
+            inner: request_id::scoped(request_id.clone(), inner),
+            finish: Some(Finish {
+                observe: self.observe.clone(),
+                request_id,
+                header,
+                started,
+                cold_start,
+                method,
+                aws_request_id,
+                server_span,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request's future, then its log line and metrics.
+    pub(crate) struct Observed<F> {
+        #[pin]
+        inner: TaskLocalFuture<String, Instrumented<Instrumented<F>>>,
+        finish: Option<Finish>,
+    }
+}
+
+impl<F, B> Future for Observed<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let finish = this.finish.take().expect("polled after completion");
+        Poll::Ready(Ok(finish.complete(response)))
+    }
+}
+
+/// What the log line and metrics need once the response is there.
+pub(crate) struct Finish {
+    observe: Arc<Observe>,
+    request_id: String,
+    header: HeaderValue,
+    started: Instant,
+    cold_start: bool,
+    method: Method,
+    aws_request_id: Option<String>,
+    server_span: tracing::Span,
+}
+
+impl Finish {
+    /// Logs and counts the request; echoes its id on the response.
+    fn complete<B>(self, mut response: http::Response<B>) -> http::Response<B> {
+        let Finish {
+            observe,
+            request_id,
+            header,
+            started,
+            cold_start,
+            method,
+            aws_request_id,
+            server_span,
+        } = self;
+        response
+            .headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), header);
+        let route = response
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str())
+            .unwrap_or("unmatched");
+        let key = response
+            .extensions()
+            .get::<crate::auth::ApiKeyName>()
+            .map(|k| &*k.0);
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        let function = &observe.function;
+        observe.metrics.record(route, status, elapsed);
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        trace::finish_server_span(&server_span, &method, route, status);
+        let trace_id = crate::observability::traces::trace_id(&server_span);
+        drop(server_span);
+        // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
+        macro_rules! log_request {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    request_id = %request_id,
+                    aws_request_id = aws_request_id.as_deref(),
+                    function = %function,
+                    method = %method,
+                    route = %route,
+                    key,
+                    trace_id = trace_id.as_deref(),
+                    status,
+                    duration_ms,
+                    cold_start,
+                    "request completed"
+                )
+            };
+        }
+        if status >= 500 && status != 501 {
+            log_request!(tracing::Level::ERROR);
+        } else {
+            log_request!(tracing::Level::INFO);
+        }
+        if let Some(namespace) = &observe.emf_namespace {
+            EmfRecord::new(namespace)
+                .dimension_set(&["function"])
+                .dimension_set(&["function", "route"])
+                .dimension("function", function)
+                .dimension("route", route)
+                .property("status", status)
+                .property("request_id", request_id)
+                .property("cold_start", cold_start)
+                .metric(names::HTTP_REQUESTS_TOTAL, 1.0, "Count")
+                .metric(
+                    names::HTTP_REQUEST_DURATION_SECONDS,
+                    elapsed.as_secs_f64(),
+                    "Seconds",
+                )
+                .metric(
+                    names::HTTP_SERVER_ERRORS_TOTAL,
+                    if status >= 500 { 1.0 } else { 0.0 },
+                    "Count",
+                )
+                .emit();
+        }
+        response
+    }
+}
