@@ -7,6 +7,8 @@
 # 1 (added latency):
 #   off     traces off (the default), governance on as shipped
 #   traces  every span exported over OTLP/HTTP to a local receiver (scripts/bench/otlp-sink.py)
+#   one-thread  TOKIO_WORKER_THREADS=1: a current-thread runtime, as under Lambda (one
+#           invocation at a time); no request hops between worker threads
 #   governance-off  the per-key rate limit off (RATE_LIMIT_ENABLED=false), no usage rows
 #           (USAGE_RECORDING=false), no request logs (LOG_LEVEL=warn): the public
 #           benchmark's plain passthrough, except that the API key is still checked (the
@@ -18,7 +20,7 @@
 # BENCH_ROUNDS=n repeats the gateway configurations, alternating, to show the noise, and
 # prints each configuration's median over the rounds. BENCH_COMPARE_ONLY=1 runs only those
 # configurations (no frontier, soak, streams or cold start): a before/after in minutes.
-# The throughput frontier: direct, as shipped and with governance off, at 1 to 64
+# The throughput frontier: direct, as shipped, on one thread and with governance off, at 1 to 64
 # connections (BENCH_FRONTIER_SECS each, 4), and the most req/s with p99 under 1, 5 and 10 ms.
 # Then memory: each binary at its maximum rate (32 connections) for BENCH_SOAK_SECS (120),
 # resident memory sampled every 10 s, and the database's bytes per request.
@@ -32,7 +34,7 @@ sink_port=${BENCH_SINK_PORT:-9393}
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null; }
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-configs=(off traces governance-off)
+configs=(off traces one-thread governance-off)
 if [[ ${BENCH_WITHOUT_TRACES:-0} == 1 ]]; then
   cargo build --release -p chat --bin chat --no-default-features
   cp "$bin/chat" "$work/chat-without-traces"
@@ -107,6 +109,7 @@ for config in "${configs[@]}"; do
   program=$bin/chat
   [[ $config == traces ]] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
   [[ $config == governance-off ]] && extra=("${governance_off[@]}")
+  [[ $config == one-thread ]] && extra=(TOKIO_WORKER_THREADS=1)
   [[ $config == without-traces ]] && program=$work/chat-without-traces
   [[ $config == previous ]] && program=$work/chat-previous
   start_gateway "$program" "${extra[@]}"
@@ -136,9 +139,10 @@ frontier() {
 }
 frontiers+=("$(frontier direct "$upstream")")
 echo "== frontier: ${frontiers[-1]}"
-for config in off governance-off; do
+for config in off one-thread governance-off; do
   extra=()
   [[ $config == governance-off ]] && extra=("${governance_off[@]}")
+  [[ $config == one-thread ]] && extra=(TOKIO_WORKER_THREADS=1)
   start_gateway "$bin/chat" "${extra[@]}"
   frontiers+=("$(frontier "gateway, $config" "http://127.0.0.1:$gateway_port" "$key")")
   echo "== frontier: ${frontiers[-1]}"

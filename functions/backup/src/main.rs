@@ -6,10 +6,13 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), shared::runtime::BoxError> {
-    if let Some(code) = backup::cli::run_if_asked().await {
-        std::process::exit(code);
-    }
-    shared::app::start("backup", backup::router, Some(backup::on_event)).await
+/// One thread under Lambda (one event at a time), a worker per core standalone
+/// (`shared::runtime::Threads`; `TOKIO_WORKER_THREADS` overrides).
+fn main() -> Result<(), shared::runtime::BoxError> {
+    shared::runtime::block_on(async {
+        if let Some(code) = backup::cli::run_if_asked().await {
+            std::process::exit(code);
+        }
+        shared::app::start("backup", backup::router, Some(backup::on_event)).await
+    })?
 }

@@ -5,8 +5,9 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), shared::runtime::BoxError> {
+/// One thread under Lambda (one event at a time), a worker per core standalone
+/// (`shared::runtime::Threads`; `TOKIO_WORKER_THREADS` overrides).
+fn main() -> Result<(), shared::runtime::BoxError> {
     chat::allocator::purge_freed_memory_at_once();
-    shared::app::start("chat", chat::router, None).await
+    shared::runtime::block_on(shared::app::start("chat", chat::router, None))?
 }

@@ -5,7 +5,12 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), shared::runtime::BoxError> {
-    shared::app::start("health", health::router, Some(health::on_schedule)).await
+/// One thread under Lambda (one event at a time), a worker per core standalone
+/// (`shared::runtime::Threads`; `TOKIO_WORKER_THREADS` overrides).
+fn main() -> Result<(), shared::runtime::BoxError> {
+    shared::runtime::block_on(shared::app::start(
+        "health",
+        health::router,
+        Some(health::on_schedule),
+    ))?
 }

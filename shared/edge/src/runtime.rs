@@ -13,6 +13,10 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
 use tower::ServiceExt;
 
+mod threads;
+
+pub use threads::{block_on, Threads};
+
 /// Boxed error type of the Lambda runtime.
 pub type BoxError = lambda_runtime::Error;
 
