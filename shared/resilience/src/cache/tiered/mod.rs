@@ -15,6 +15,7 @@ use crate::observability::metrics::names;
 use crate::store::RedisHandle;
 
 use super::{CacheConfig, CacheStats, Namespace};
+mod kept_metrics;
 mod l2;
 mod publish;
 mod single_flight;
@@ -86,6 +87,7 @@ struct Inner {
     published: [AtomicU64; 3],
     /// When counts were last sent to Redis, in milliseconds since `started`.
     published_at: AtomicU64,
+    metrics: kept_metrics::CacheMetrics,
 }
 
 /// The shared tiered cache; clones share everything.
@@ -146,6 +148,7 @@ impl TieredCache {
                 misses: AtomicU64::new(0),
                 published: Default::default(),
                 published_at: AtomicU64::new(0),
+                metrics: kept_metrics::CacheMetrics::new(),
             }),
         }
     }
@@ -227,7 +230,7 @@ impl TieredCache {
             "l1" => self.inner.l1_hits.fetch_add(1, Ordering::Relaxed),
             _ => self.inner.l2_hits.fetch_add(1, Ordering::Relaxed),
         };
-        metrics::counter!(names::CACHE_HITS_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+        self.inner.metrics.hit(namespace, tier);
         crate::observability::metrics::emf(&[(names::CACHE_HITS_TOTAL, 1.0, "Count")], &[]);
         self.publish_counts_when_due();
     }
@@ -236,7 +239,7 @@ impl TieredCache {
         if tier == "l2" || self.inner.l2.is_none() {
             self.inner.misses.fetch_add(1, Ordering::Relaxed);
         }
-        metrics::counter!(names::CACHE_MISSES_TOTAL, "namespace" => namespace.as_str(), "tier" => tier).increment(1);
+        self.inner.metrics.miss(namespace, tier);
         crate::observability::metrics::emf(&[(names::CACHE_MISSES_TOTAL, 1.0, "Count")], &[]);
         self.publish_counts_when_due();
     }
@@ -376,7 +379,9 @@ impl TieredCache {
     async fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {
         let entry = self.entry(namespace, json, generation);
         self.inner.l1.insert(l1_key, entry).await;
-        metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
+        self.inner
+            .metrics
+            .l1_entries
             .set(self.inner.l1.entry_count() as f64);
     }
 

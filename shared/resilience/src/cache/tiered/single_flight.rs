@@ -57,7 +57,9 @@ impl TieredCache {
                 Ok(entry)
             })
             .await?;
-        metrics::gauge!(names::CACHE_ENTRIES, "tier" => "l1")
+        self.inner
+            .metrics
+            .l1_entries
             .set(self.inner.l1.entry_count() as f64);
         if let Some(value) = own.or_else(|| decode(&entry.json)) {
             return Ok(value);
@@ -108,7 +110,7 @@ impl TieredCache {
                 "cache: lock holder too slow; loading here too"
             );
         }
-        metrics::counter!(names::CACHE_LOADS_TOTAL, "namespace" => namespace.as_str()).increment(1);
+        self.inner.metrics.load(namespace);
         let loaded = loader().await;
         let result = match loaded {
             Ok(value) => {

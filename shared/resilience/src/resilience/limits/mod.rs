@@ -27,6 +27,8 @@ pub struct ConcurrencyLimiter {
     max: usize,
     semaphore: Arc<Semaphore>,
     retry_after: Duration,
+    /// `concurrent_sessions{limiter=...}`, kept: it is set twice per session.
+    in_use_gauge: metrics::Gauge,
 }
 
 /// Held while the session runs; the slot is released when dropped.
@@ -45,11 +47,14 @@ impl Drop for SessionSlot {
 
 impl ConcurrencyLimiter {
     pub fn new(name: &'static str, max: usize, retry_after: Duration) -> Self {
+        // Handles taken before the recorder is installed would count nowhere.
+        crate::observability::metrics::install();
         let limiter = Self {
             name,
             max,
             semaphore: Arc::new(Semaphore::new(max)),
             retry_after,
+            in_use_gauge: metrics::gauge!(names::CONCURRENT_SESSIONS, "limiter" => name),
         };
         limiter.export(0);
         limiter
@@ -61,7 +66,7 @@ impl ConcurrencyLimiter {
     }
 
     fn export(&self, releasing: usize) {
-        metrics::gauge!(names::CONCURRENT_SESSIONS, "limiter" => self.name)
+        self.in_use_gauge
             .set(self.in_use().saturating_sub(releasing) as f64);
     }
 
@@ -106,5 +111,25 @@ mod tests {
         drop(a);
         assert_eq!(limiter.in_use(), 1);
         assert!(limiter.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn the_slots_in_use_are_exported_through_the_kept_gauge() {
+        // A limiter name of its own: the gauge is the process's.
+        let limiter = ConcurrencyLimiter::new("kept-gauge-test", 3, Duration::from_secs(1));
+        let in_use = || {
+            crate::observability::metrics::series_value(
+                &crate::observability::metrics::render(),
+                r#"chat_concurrent_sessions{limiter="kept-gauge-test"}"#,
+            )
+        };
+        assert_eq!(in_use(), 0.0);
+        let a = limiter.try_acquire().unwrap();
+        let b = limiter.try_acquire().unwrap();
+        assert_eq!(in_use(), 2.0);
+        drop(a);
+        assert_eq!(in_use(), 1.0);
+        drop(b);
+        assert_eq!(in_use(), 0.0);
     }
 }
