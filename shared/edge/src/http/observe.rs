@@ -146,19 +146,10 @@ pub(crate) struct Finish {
 impl Finish {
     /// Logs and counts the request; echoes its id on the response.
     fn complete<B>(self, mut response: http::Response<B>) -> http::Response<B> {
-        let Finish {
-            observe,
-            request_id,
-            header,
-            started,
-            cold_start,
-            method,
-            aws_request_id,
-            server_span,
-        } = self;
+        let observe = &*self.observe;
         response
             .headers_mut()
-            .insert(request_id::X_REQUEST_ID.clone(), header);
+            .insert(request_id::X_REQUEST_ID.clone(), self.header);
         let route = response
             .extensions()
             .get::<MatchedPath>()
@@ -169,28 +160,28 @@ impl Finish {
             .get::<crate::auth::ApiKeyName>()
             .map(|k| &*k.0);
         let status = response.status().as_u16();
-        let elapsed = started.elapsed();
+        let elapsed = self.started.elapsed();
         let function = &observe.function;
         observe.metrics.record(route, status, elapsed);
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        trace::finish_server_span(&server_span, &method, route, status);
-        let trace_id = crate::observability::traces::trace_id(&server_span);
-        drop(server_span);
+        trace::finish_server_span(&self.server_span, &self.method, route, status);
+        let trace_id = crate::observability::traces::trace_id(&self.server_span);
+        drop(self.server_span);
         // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
         macro_rules! log_request {
             ($level:expr) => {
                 tracing::event!(
                     $level,
-                    request_id = %request_id,
-                    aws_request_id = aws_request_id.as_deref(),
+                    request_id = %self.request_id,
+                    aws_request_id = self.aws_request_id.as_deref(),
                     function = %function,
-                    method = %method,
+                    method = %self.method,
                     route = %route,
                     key,
                     trace_id = trace_id.as_deref(),
                     status,
                     duration_ms,
-                    cold_start,
+                    cold_start = self.cold_start,
                     "request completed"
                 )
             };
@@ -207,8 +198,8 @@ impl Finish {
                 .dimension("function", function)
                 .dimension("route", route)
                 .property("status", status)
-                .property("request_id", request_id)
-                .property("cold_start", cold_start)
+                .property("request_id", self.request_id)
+                .property("cold_start", self.cold_start)
                 .metric(names::HTTP_REQUESTS_TOTAL, 1.0, "Count")
                 .metric(
                     names::HTTP_REQUEST_DURATION_SECONDS,
