@@ -192,3 +192,32 @@ async fn l1_is_bounded_by_bytes() {
     assert!(weighted <= 64 * 1024, "weighted size {weighted}");
     assert!(cache.inner.l1.entry_count() <= 8);
 }
+
+/// The cache's own calls reach its metric series: a load counts an L1 miss and a load,
+/// the next lookup an L1 hit. The embedding namespace: no other test of this crate
+/// counts in it (the series are the process's, shared with the tests beside this one).
+#[tokio::test]
+async fn misses_loads_and_hits_are_counted_in_their_series() {
+    let cache = l1_only();
+    let handle = crate::observability::metrics::install();
+    let value = crate::observability::metrics::series_value;
+    let misses = r#"cache_misses_total{namespace="embedding",tier="l1"}"#;
+    let loads = r#"cache_loads_total{namespace="embedding"}"#;
+    let hits = r#"cache_hits_total{namespace="embedding",tier="l1"}"#;
+    let before = handle.render();
+    let loaded: Result<u32, Arc<()>> = cache
+        .get_or_load(Namespace::Embedding, "text", || async { Ok(7) })
+        .await;
+    assert_eq!(loaded.unwrap(), 7);
+    let again: Result<u32, Arc<()>> = cache
+        .get_or_load(Namespace::Embedding, "text", || async {
+            unreachable!("the second lookup is a hit")
+        })
+        .await;
+    assert_eq!(again.unwrap(), 7);
+    let after = handle.render();
+    let grew = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(grew(misses), 1.0, "{after}");
+    assert_eq!(grew(loads), 1.0);
+    assert_eq!(grew(hits), 1.0);
+}
