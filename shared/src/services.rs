@@ -170,9 +170,13 @@ pub const EMBEDDINGS_BREAKER: &str = "embeddings";
 pub fn embedder(settings: &KbSettings, retry: &RetryPolicy) -> Arc<dyn Embedder> {
     #[cfg(feature = "local-embedder")]
     if let Some(dir) = &settings.embeddings_local_model {
+        let precision =
+            chatkb_local_embedder::Precision::parse(settings.embeddings_local_precision)
+                .unwrap_or_default();
         return Arc::new(chatkb_local_embedder::LocalEmbedder::open(
             dir,
             settings.embeddings_dimensions,
+            precision,
         ));
     }
     match &settings.embeddings_base_url {

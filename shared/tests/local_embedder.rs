@@ -142,6 +142,24 @@ fn a_wrong_local_model_setting_is_refused_at_start() {
     )
     .unwrap();
     assert_eq!(settings.kb.embeddings_dimensions, 384);
+    assert_eq!(settings.kb.embeddings_local_precision, "auto");
+    let precision = refused(&[
+        ("EMBEDDINGS_MODEL", &model),
+        ("EMBEDDINGS_LOCAL_PRECISION", "f16"),
+    ]);
+    assert!(
+        precision.contains("EMBEDDINGS_LOCAL_PRECISION") && precision.contains("auto, int8 or f32"),
+        "{precision}"
+    );
+    let exact = Settings::from_vars(
+        "ingest",
+        &vars(&[
+            ("EMBEDDINGS_MODEL", &model),
+            ("EMBEDDINGS_LOCAL_PRECISION", "f32"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(exact.kb.embeddings_local_precision, "f32");
 }
 
 #[path = "../local-embedder/tests/support/mod.rs"]

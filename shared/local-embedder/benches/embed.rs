@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use chatkb_local_embedder::LocalEmbedder;
+use chatkb_local_embedder::{LocalEmbedder, Precision};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use support::model_dir;
 
@@ -32,11 +32,18 @@ fn abstracts(count: usize) -> Vec<String> {
 }
 
 fn bench(c: &mut Criterion) {
+    let dir = model_dir();
     let started = std::time::Instant::now();
-    let embedder = LocalEmbedder::load(&model_dir()).expect("load the model");
-    // What a cold start pays for the model (reading, hashing, building the tensors).
+    let embedder = LocalEmbedder::load(&dir, Precision::Int8).expect("load the model");
+    // What a cold start pays for the model (reading, hashing, quantising the weights).
     eprintln!(
         "model loaded in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let started = std::time::Instant::now();
+    let exact = LocalEmbedder::load(&dir, Precision::F32).expect("load the model");
+    eprintln!(
+        "f32 model loaded in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
     let texts = abstracts(64);
@@ -51,14 +58,16 @@ fn bench(c: &mut Criterion) {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let mut group = c.benchmark_group(format!("local_embedder/threads_{threads}"));
     group.sample_size(10);
-    for (name, batch) in [
-        ("short_chunks", &short),
-        ("1000_char_chunks", &default_size),
-    ] {
-        group.throughput(Throughput::Elements(batch.len() as u64));
-        group.bench_function(name, |b| {
-            b.iter(|| embedder.embed_blocking(batch).unwrap());
-        });
+    for (precision, embedder) in [("int8", &embedder), ("f32", &exact)] {
+        for (name, batch) in [
+            ("short_chunks", &short),
+            ("1000_char_chunks", &default_size),
+        ] {
+            group.throughput(Throughput::Elements(batch.len() as u64));
+            group.bench_function(format!("{precision}/{name}"), |b| {
+                b.iter(|| embedder.embed_blocking(batch).unwrap());
+            });
+        }
     }
     group.finish();
 }

@@ -87,6 +87,16 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         })
         .to_string();
     let embeddings_local_model = read_local_model(r, &embeddings_model, &embeddings_base_url);
+    let embeddings_local_precision = match r.get("EMBEDDINGS_LOCAL_PRECISION") {
+        None | Some("auto") => "auto",
+        Some("int8") => "int8",
+        Some("f32") => "f32",
+        Some(other) => {
+            let problem = format!("expected auto, int8 or f32, got `{other}`");
+            r.fail("EMBEDDINGS_LOCAL_PRECISION", problem);
+            "auto"
+        }
+    };
     let mut embeddings_dimensions = r.int("EMBEDDINGS_DIMENSIONS", 384usize, 8, 8192);
     if let Some((_, model_dimensions)) = &embeddings_local_model {
         if r.get("EMBEDDINGS_DIMENSIONS").is_some() && embeddings_dimensions != *model_dimensions {
@@ -128,6 +138,7 @@ pub(super) fn read_kb(r: &mut Reader<'_>) -> KbSettings {
         embeddings_api_key,
         embeddings_model,
         embeddings_local_model: embeddings_local_model.map(|(dir, _)| dir),
+        embeddings_local_precision,
         embeddings_dimensions,
         embeddings_timeout,
         chunk_size,

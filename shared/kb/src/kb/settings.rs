@@ -16,6 +16,9 @@ pub struct KbSettings {
     pub embeddings_model: String,
     /// `EMBEDDINGS_MODEL=local:<dir>`: a sentence-transformers folder run in process.
     pub embeddings_local_model: Option<PathBuf>,
+    /// `EMBEDDINGS_LOCAL_PRECISION`: the local model's matrix products, `auto` (8-bit
+    /// integers where the CPU has AVX-512 VNNI, f32 elsewhere), `int8` or `f32`.
+    pub embeddings_local_precision: &'static str,
     pub embeddings_dimensions: usize,
     pub embeddings_timeout: Duration,
     /// Chunk size and overlap in characters.

@@ -1,12 +1,17 @@
 //! The embedder over the loaded model (see the crate's documentation).
 
+mod bert;
+mod int8;
 mod model;
+mod ops;
+mod weights;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use chatkb_kb::kb::embed::{EmbedError, EmbedFuture, Embedder};
 
+pub use bert::Precision;
 pub use model::{LoadError, ModelFiles};
 
 /// The model behind [`Embedder`]. Inference runs on the blocking pool, so a batch of
@@ -19,10 +24,14 @@ pub struct LocalEmbedder {
 
 impl LocalEmbedder {
     /// Loads the model in `dir`, or says what is wrong with the folder.
-    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+    ///
+    /// The name ([`ModelFiles::fingerprint`]) is the same at either precision: the vectors
+    /// of one are within ~0.999 cosine of the other's, so a store keeps searching the
+    /// vectors it has when the setting changes.
+    pub fn load(dir: &Path, precision: Precision) -> Result<Self, LoadError> {
         let files = ModelFiles::inspect(dir)?;
         let model = files.fingerprint()?;
-        let encoder = model::Encoder::load(&files)?;
+        let encoder = model::Encoder::load(&files, precision)?;
         Ok(Self {
             model,
             dimensions: files.hidden_size,
@@ -34,10 +43,14 @@ impl LocalEmbedder {
     /// a model that does not load is logged once, and every call then fails as an
     /// unreachable embeddings service does (ingest answers 503 with the reason, search
     /// falls back to keywords) instead of the function not starting at all.
-    pub fn open(dir: &Path, dimensions: usize) -> Self {
-        match Self::load(dir) {
+    pub fn open(dir: &Path, dimensions: usize, precision: Precision) -> Self {
+        match Self::load(dir, precision) {
             Ok(embedder) => {
-                tracing::info!(model = %embedder.model, dimensions = embedder.dimensions, "local embedding model loaded");
+                let precision = precision.resolve();
+                tracing::info!(model = %embedder.model, dimensions = embedder.dimensions, ?precision, kernel = int8::kernel_name(), "local embedding model loaded");
+                if precision == Precision::Int8 && !int8::fast_kernel() {
+                    tracing::warn!("EMBEDDINGS_LOCAL_PRECISION=int8 on a CPU without AVX-512 VNNI runs the portable 8-bit kernel, about 10x slower than f32: set auto or f32");
+                }
                 embedder
             }
             Err(error) => {

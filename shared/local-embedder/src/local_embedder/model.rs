@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::bert::{Bert, Precision, Shape};
+use super::ops::Activation;
+use super::weights::{self, Weights};
 
 /// Why a model folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -17,11 +18,10 @@ pub enum LoadError {
     Invalid { file: PathBuf, reason: String },
 }
 
-/// Tokens per batch (sequences × padded length): enough rows for the matrix products to
-/// run at full speed, few enough that attention's scores (batch × 12 heads × length²
-/// floats) stay near 25 MB for 256-token chunks, inside a 512 MB function.
-const TOKENS_PER_BATCH: usize = 2048;
-const MAX_SEQUENCES_PER_BATCH: usize = 64;
+/// Tokens per batch: enough rows for the products to be split across threads, few enough
+/// that the batch's activations stay small beside the model (for MiniLM, 4,096 tokens ×
+/// about 12 × 384 floats at the widest step: 75 MB).
+const TOKENS_PER_BATCH: usize = 4096;
 
 /// The folder's files and settings, read without loading the weights (the configuration
 /// check at start-up uses this).
@@ -29,15 +29,47 @@ const MAX_SEQUENCES_PER_BATCH: usize = 64;
 pub struct ModelFiles {
     pub dir: PathBuf,
     pub config: Config,
+    shape: Shape,
     pub hidden_size: usize,
     /// Longer texts are truncated to this many tokens (sentence-transformers' max_seq_length).
     pub max_tokens: usize,
 }
 
+/// config.json's fields the encoder needs (Hugging Face's `BertConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "Config::default_activation")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "Config::default_token_types")]
+    pub type_vocab_size: usize,
+    #[serde(default = "Config::default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl Config {
+    fn default_activation() -> String {
+        "gelu".into()
+    }
+    fn default_token_types() -> usize {
+        2
+    }
+    fn default_eps() -> f64 {
+        1e-12
+    }
+}
+
 #[derive(serde::Deserialize)]
-struct Shape {
-    hidden_size: usize,
-    max_position_embeddings: usize,
+struct ModelType {
     #[serde(default)]
     model_type: Option<String>,
 }
@@ -77,16 +109,41 @@ impl ModelFiles {
     /// pooling is the mean of token vectors (the one this embedder implements).
     pub fn inspect(dir: &Path) -> Result<Self, LoadError> {
         let config_file = dir.join("config.json");
-        let shape: Shape = read_json(&config_file)?;
-        if let Some(kind) = shape.model_type.as_deref() {
-            if !matches!(kind, "bert" | "roberta" | "xlm-roberta") {
+        let kind: ModelType = read_json(&config_file)?;
+        let roberta = match kind.model_type.as_deref() {
+            None | Some("bert") => false,
+            Some("roberta" | "xlm-roberta") => true,
+            Some(kind) => {
                 return Err(invalid(
                     &config_file,
                     format!("model_type {kind:?} is not a BERT encoder"),
-                ));
+                ))
             }
-        }
+        };
         let config: Config = read_json(&config_file)?;
+        let activation = Activation::parse(&config.hidden_act).ok_or_else(|| {
+            invalid(
+                &config_file,
+                format!(
+                    "hidden_act {:?} is not supported (gelu, gelu_new, relu)",
+                    config.hidden_act
+                ),
+            )
+        })?;
+        let position_offset = if roberta { config.pad_token_id + 1 } else { 0 };
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+            || config.type_vocab_size == 0
+            || config.vocab_size == 0
+            || config.max_position_embeddings < position_offset + 8
+        {
+            return Err(invalid(
+                &config_file,
+                "hidden_size must be a multiple of num_attention_heads, with a vocabulary, a token type and at least 8 positions",
+            ));
+        }
         for file in ["tokenizer.json", "model.safetensors"] {
             if !dir.join(file).is_file() {
                 return Err(LoadError::Missing(dir.join(file)));
@@ -106,16 +163,32 @@ impl ModelFiles {
             }
         }
         let sentence_file = dir.join("sentence_bert_config.json");
+        let positions = config
+            .max_position_embeddings
+            .saturating_sub(position_offset);
         let max_tokens = if sentence_file.is_file() {
             read_json::<SentenceConfig>(&sentence_file)?.max_seq_length
         } else {
             512
         }
-        .clamp(8, shape.max_position_embeddings);
+        .clamp(8, positions);
+        let shape = Shape {
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            layers: config.num_hidden_layers,
+            intermediate: config.intermediate_size,
+            vocab: config.vocab_size,
+            positions: config.max_position_embeddings,
+            token_types: config.type_vocab_size,
+            activation,
+            eps: config.layer_norm_eps as f32,
+            position_offset,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            hidden_size: config.hidden_size,
             config,
-            hidden_size: shape.hidden_size,
+            shape,
             max_tokens,
         })
     }
@@ -156,22 +229,20 @@ impl ModelFiles {
 
 /// The loaded encoder and its tokenizer.
 pub struct Encoder {
-    bert: BertModel,
+    bert: Bert,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl Encoder {
-    /// Loads the weights (memory-mapped, then copied into tensors) and the tokenizer,
-    /// set to truncate at the model's length and not to pad (batches pad themselves).
-    pub fn load(files: &ModelFiles) -> Result<Self, LoadError> {
-        let device = Device::Cpu;
-        let weights = files.dir.join("model.safetensors");
-        // SAFETY: the file is only read; a file changed under the mapping while loading
-        // is the operator's mistake, as with any mapped model file.
-        let vars = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .map_err(|e| invalid(&weights, e))?;
-        let bert = BertModel::load(vars, &files.config).map_err(|e| invalid(&weights, e))?;
+    /// Loads the weights (memory-mapped, then copied out, quantised for [`Precision::Int8`])
+    /// and the tokenizer, set to truncate at the model's length and not to pad.
+    pub fn load(files: &ModelFiles, precision: Precision) -> Result<Self, LoadError> {
+        let file = files.dir.join("model.safetensors");
+        let map = weights::map(&file).map_err(|e| invalid(&file, e))?;
+        let weights = Weights::parse(&map, files.config.model_type.as_deref())
+            .map_err(|e| invalid(&file, e))?;
+        let bert =
+            Bert::load(&weights, files.shape.clone(), precision).map_err(|e| invalid(&file, e))?;
         let tokenizer_file = files.dir.join("tokenizer.json");
         let mut tokenizer =
             Tokenizer::from_file(&tokenizer_file).map_err(|e| invalid(&tokenizer_file, e))?;
@@ -182,76 +253,32 @@ impl Encoder {
                 ..Default::default()
             }))
             .map_err(|e| invalid(&tokenizer_file, e))?;
-        Ok(Self {
-            bert,
-            tokenizer,
-            device,
-        })
+        Ok(Self { bert, tokenizer })
     }
 
-    /// One unit vector per text, in order. Texts are batched by length, so short ones
-    /// are not padded to the longest of the call.
+    /// One unit vector per text, in order, in batches of at most [`TOKENS_PER_BATCH`]
+    /// tokens (a text's vector does not depend on its batch).
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
             .map_err(|e| format!("tokenizer: {e}"))?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| encodings[i].len());
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        let mut start = 0;
-        while start < order.len() {
-            // Sorted by length: the batch's last member is its longest. A batch takes
-            // only texts of about the same length, as padding costs as much as tokens
-            // (the matrix products run over batch × length rows either way).
-            let shortest = encodings[order[start]].len();
-            let longest = shortest + (shortest / 8).max(4);
-            let mut end = start + 1;
-            while end < order.len()
-                && end - start < MAX_SEQUENCES_PER_BATCH
-                && encodings[order[end]].len() <= longest
-                && (end - start + 1) * encodings[order[end]].len() <= TOKENS_PER_BATCH
-            {
-                end += 1;
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut batch: Vec<&[u32]> = Vec::new();
+        let mut tokens = 0;
+        for encoding in &encodings {
+            let ids = encoding.get_ids();
+            if !batch.is_empty() && tokens + ids.len() > TOKENS_PER_BATCH {
+                vectors.extend(self.bert.embed(&batch));
+                batch.clear();
+                tokens = 0;
             }
-            let batch: Vec<&Encoding> = order[start..end].iter().map(|&i| &encodings[i]).collect();
-            let embedded = self
-                .embed_batch(&batch)
-                .map_err(|e| format!("model: {e}"))?;
-            for (&i, vector) in order[start..end].iter().zip(embedded) {
-                vectors[i] = vector;
-            }
-            start = end;
+            tokens += ids.len();
+            batch.push(ids);
+        }
+        if !batch.is_empty() {
+            vectors.extend(self.bert.embed(&batch));
         }
         Ok(vectors)
-    }
-
-    /// The encoder over one padded batch, then the mean of each text's token vectors
-    /// (padding masked out), L2-normalised: sentence-transformers' Pooling + Normalize.
-    fn embed_batch(&self, batch: &[&Encoding]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let length = batch.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(batch.len() * length);
-        let mut mask = Vec::with_capacity(batch.len() * length);
-        for encoding in batch {
-            ids.extend_from_slice(encoding.get_ids());
-            mask.extend_from_slice(encoding.get_attention_mask());
-            ids.resize(ids.len() + length - encoding.len(), 0);
-            mask.resize(mask.len() + length - encoding.len(), 0);
-        }
-        let ids = Tensor::from_vec(ids, (batch.len(), length), &self.device)?;
-        let mask = Tensor::from_vec(mask, (batch.len(), length), &self.device)?;
-        let hidden = self.bert.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-        let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let counts = weights.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-        let mean = hidden
-            .broadcast_mul(&weights)?
-            .sum(1)?
-            .broadcast_div(&counts)?;
-        let norms = mean
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12f32, f32::MAX)?;
-        mean.broadcast_div(&norms)?.to_vec2()
     }
 }

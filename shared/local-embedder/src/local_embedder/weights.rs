@@ -1,0 +1,76 @@
+//! model.safetensors, read tensor by tensor into f32.
+
+use std::path::Path;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+/// The file, memory-mapped: the weights are copied out of it once, at load.
+pub fn map(file: &Path) -> Result<Mmap, String> {
+    let handle = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    // SAFETY: the file is only read; a file changed under the mapping while loading is the
+    // operator's mistake, as with any mapped model file.
+    unsafe { Mmap::map(&handle) }.map_err(|e| e.to_string())
+}
+
+/// The parsed file and the prefix its encoder's tensors carry (`""`, `bert.`, `roberta.`).
+pub struct Weights<'a> {
+    tensors: SafeTensors<'a>,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    pub fn parse(bytes: &'a [u8], model_type: Option<&str>) -> Result<Self, String> {
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+        let anchor = "embeddings.word_embeddings.weight";
+        let prefix = [String::new(), "bert.".into()]
+            .into_iter()
+            .chain(model_type.map(|t| format!("{}.", t.replace('-', "_"))))
+            .find(|prefix| tensors.tensor(&format!("{prefix}{anchor}")).is_ok())
+            .ok_or_else(|| format!("no tensor {anchor} (nor under bert.): not a BERT encoder"))?;
+        Ok(Self { tensors, prefix })
+    }
+
+    /// The tensor `name` as f32, after checking its shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+        let full = format!("{}{name}", self.prefix);
+        let view = self
+            .tensors
+            .tensor(&full)
+            .map_err(|_| format!("tensor {full} is missing"))?;
+        if view.shape() != shape {
+            return Err(format!(
+                "tensor {full} has shape {:?}, the config says {shape:?}",
+                view.shape()
+            ));
+        }
+        let bytes = view.data();
+        Ok(match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => return Err(format!("tensor {full} is {other:?}, not a float type")),
+        })
+    }
+
+    /// A LayerNorm's weight or bias, under its current or its older (TensorFlow) name.
+    pub fn norm(
+        &self,
+        prefix: &str,
+        name: &str,
+        old_name: &str,
+        width: usize,
+    ) -> Result<Vec<f32>, String> {
+        self.get(&format!("{prefix}.{name}"), &[width])
+            .or_else(|_| self.get(&format!("{prefix}.{old_name}"), &[width]))
+    }
+}
