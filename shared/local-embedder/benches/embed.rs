@@ -31,14 +31,27 @@ fn abstracts(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// A line of /proc/self/status, in MB.
+fn resident(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
 fn bench(c: &mut Criterion) {
     let dir = model_dir();
     let started = std::time::Instant::now();
     let embedder = LocalEmbedder::load(&dir, Precision::Int8).expect("load the model");
-    // What a cold start pays for the model (reading, hashing, quantising the weights).
+    // What a cold start pays for the model (reading, hashing, quantising the weights),
+    // and the memory it holds.
     eprintln!(
-        "model loaded in {:.0} ms",
-        started.elapsed().as_secs_f64() * 1e3
+        "model loaded in {:.0} ms; resident {} MB, of which {} MB anonymous",
+        started.elapsed().as_secs_f64() * 1e3,
+        resident("VmRSS"),
+        resident("RssAnon"),
     );
     let started = std::time::Instant::now();
     let exact = LocalEmbedder::load(&dir, Precision::F32).expect("load the model");
@@ -70,6 +83,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+    eprintln!("peak resident {} MB", resident("VmHWM"));
 }
 
 criterion_group!(benches, bench);

@@ -121,7 +121,7 @@ async fn a_paraphrase_without_shared_words_is_closer_than_unrelated_text() {
 #[tokio::test]
 async fn a_text_gets_the_same_vector_alone_and_in_a_batch_of_longer_texts() {
     let short = "Where is my parcel?".to_string();
-    // 400 texts of ~30 tokens: more than one batch of 4,096 tokens, split across threads.
+    // 400 texts of ~30 tokens: several batches of 1,024 tokens, split across threads.
     let mut batch: Vec<String> = (0..400)
         .map(|i| format!("{i}: a much longer passage about boundary layers, shock waves and the heat transfer they cause at hypersonic speeds"))
         .collect();

@@ -1,6 +1,7 @@
 //! model.safetensors, read tensor by tensor into f32.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -8,8 +9,11 @@ use safetensors::{Dtype, SafeTensors};
 /// The file, memory-mapped: the weights are copied out of it once, at load.
 pub fn map(file: &Path) -> Result<Mmap, String> {
     let handle = std::fs::File::open(file).map_err(|e| e.to_string())?;
-    // SAFETY: the file is only read; a file changed under the mapping while loading is the
-    // operator's mistake, as with any mapped model file.
+    // SAFETY: the file is only read. The mapping lives as long as the model (the word
+    // embeddings are read from it): a model file replaced by a new one (a new inode, as a
+    // deployment or `cp` to a temporary name and `mv` does) leaves it intact; one
+    // truncated or rewritten in place under a running process is the operator's mistake,
+    // as with any mapped model file.
     unsafe { Mmap::map(&handle) }.map_err(|e| e.to_string())
 }
 
@@ -62,6 +66,35 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// Where the tensor `name` lies in the file, for a table read in place
+    /// ([`MappedTable`]), after checking its shape and type.
+    pub fn locate(
+        &self,
+        name: &str,
+        shape: &[usize],
+        file: &[u8],
+    ) -> Result<(usize, Dtype), String> {
+        let full = format!("{}{name}", self.prefix);
+        let view = self
+            .tensors
+            .tensor(&full)
+            .map_err(|_| format!("tensor {full} is missing"))?;
+        if view.shape() != shape {
+            return Err(format!(
+                "tensor {full} has shape {:?}, the config says {shape:?}",
+                view.shape()
+            ));
+        }
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(format!(
+                "tensor {full} is {:?}, not a float type",
+                view.dtype()
+            ));
+        }
+        let offset = view.data().as_ptr() as usize - file.as_ptr() as usize;
+        Ok((offset, view.dtype()))
+    }
+
     /// A LayerNorm's weight or bias, under its current or its older (TensorFlow) name.
     pub fn norm(
         &self,
@@ -72,5 +105,54 @@ impl<'a> Weights<'a> {
     ) -> Result<Vec<f32>, String> {
         self.get(&format!("{prefix}.{name}"), &[width])
             .or_else(|_| self.get(&format!("{prefix}.{old_name}"), &[width]))
+    }
+}
+
+/// A table of rows read from the mapped file when used, not copied at load: the word
+/// embeddings (30,522 × 384 floats for MiniLM, 47 MB) of which a corpus touches a few
+/// thousand rows. The pages stay file-backed (shared, reclaimable), and a cold start skips
+/// converting the table.
+pub struct MappedTable {
+    map: Arc<Mmap>,
+    offset: usize,
+    dtype: Dtype,
+    width: usize,
+}
+
+impl MappedTable {
+    pub fn new(map: Arc<Mmap>, (offset, dtype): (usize, Dtype), width: usize) -> Self {
+        Self {
+            map,
+            offset,
+            dtype,
+            width,
+        }
+    }
+
+    /// Row `index` as f32, into `target`.
+    pub fn read_row(&self, index: usize, target: &mut [f32]) {
+        let size = match self.dtype {
+            Dtype::F32 => 4,
+            _ => 2,
+        };
+        let start = self.offset + index * self.width * size;
+        let bytes = &self.map[start..start + self.width * size];
+        match self.dtype {
+            Dtype::F32 => {
+                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *t = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Dtype::F16 => {
+                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *t = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            _ => {
+                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *t = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        }
     }
 }
