@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 /// The file, memory-mapped: the weights are copied out of it once, at load.
@@ -35,45 +36,8 @@ impl<'a> Weights<'a> {
         Ok(Self { tensors, prefix })
     }
 
-    /// The tensor `name` as f32, after checking its shape.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
-        let full = format!("{}{name}", self.prefix);
-        let view = self
-            .tensors
-            .tensor(&full)
-            .map_err(|_| format!("tensor {full} is missing"))?;
-        if view.shape() != shape {
-            return Err(format!(
-                "tensor {full} has shape {:?}, the config says {shape:?}",
-                view.shape()
-            ));
-        }
-        let bytes = view.data();
-        Ok(match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => return Err(format!("tensor {full} is {other:?}, not a float type")),
-        })
-    }
-
-    /// Where the tensor `name` lies in the file, for a table read in place
-    /// ([`MappedTable`]), after checking its shape and type.
-    pub fn locate(
-        &self,
-        name: &str,
-        shape: &[usize],
-        file: &[u8],
-    ) -> Result<(usize, Dtype), String> {
+    /// The tensor `name`, after checking that it is there, of `shape` and of a float type.
+    fn float_view(&self, name: &str, shape: &[usize]) -> Result<TensorView<'_>, String> {
         let full = format!("{}{name}", self.prefix);
         let view = self
             .tensors
@@ -91,6 +55,26 @@ impl<'a> Weights<'a> {
                 view.dtype()
             ));
         }
+        Ok(view)
+    }
+
+    /// The tensor `name` as f32.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+        let view = self.float_view(name, shape)?;
+        let mut values = vec![0f32; shape.iter().product()];
+        decode(view.dtype(), view.data(), &mut values);
+        Ok(values)
+    }
+
+    /// Where the tensor `name` lies in `file` (the bytes parsed), for a table read in place
+    /// ([`MappedTable`]).
+    pub fn locate(
+        &self,
+        name: &str,
+        shape: &[usize],
+        file: &[u8],
+    ) -> Result<(usize, Dtype), String> {
+        let view = self.float_view(name, shape)?;
         let offset = view.data().as_ptr() as usize - file.as_ptr() as usize;
         Ok((offset, view.dtype()))
     }
@@ -131,27 +115,32 @@ impl MappedTable {
 
     /// Row `index` as f32, into `target`.
     pub fn read_row(&self, index: usize, target: &mut [f32]) {
-        let size = match self.dtype {
-            Dtype::F32 => 4,
-            _ => 2,
-        };
+        let size = if self.dtype == Dtype::F32 { 4 } else { 2 };
         let start = self.offset + index * self.width * size;
-        let bytes = &self.map[start..start + self.width * size];
-        match self.dtype {
-            Dtype::F32 => {
-                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *t = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
+        decode(
+            self.dtype,
+            &self.map[start..start + self.width * size],
+            target,
+        );
+    }
+}
+
+/// Little-endian f32, f16 or bf16 values (checked by [`Weights::float_view`]) into f32.
+fn decode(dtype: Dtype, bytes: &[u8], target: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (t, b) in target.iter_mut().zip(bytes.chunks_exact(4)) {
+                *t = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
-            Dtype::F16 => {
-                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *t = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
+        }
+        Dtype::F16 => {
+            for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
+                *t = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
             }
-            _ => {
-                for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *t = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
+        }
+        _ => {
+            for (t, b) in target.iter_mut().zip(bytes.chunks_exact(2)) {
+                *t = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
     }
