@@ -106,6 +106,50 @@ async fn with_the_model_hybrid_beats_plain_bm25_by_a_tenth_and_each_list_alone()
     }
 }
 
+/// The vector of `text` from the embedder the services build for these settings.
+async fn embedded_through_settings(pairs: &[(&str, &str)], text: &[String]) -> Vec<f32> {
+    let settings = Settings::from_vars("ingest", &vars(pairs)).unwrap();
+    let embedder = shared::services::embedder(&settings.kb, &settings.retry);
+    embedder.embed(text).await.unwrap().remove(0)
+}
+
+/// `EMBEDDINGS_LOCAL_PRECISION` reaches the model: each setting gives exactly the vectors
+/// of the encoder at that precision, and the precisions' vectors differ, so a setting
+/// that were ignored would show.
+#[tokio::test]
+async fn the_precision_setting_reaches_the_model() {
+    use chatkb_local_embedder::{LocalEmbedder, Precision};
+    let model = local_model_setting();
+    let text = vec!["Refunds are issued to the original card within 14 days.".to_string()];
+    let direct = |precision| {
+        LocalEmbedder::load(&model_dir(), precision)
+            .unwrap()
+            .embed_blocking(&text)
+            .unwrap()
+            .remove(0)
+    };
+    let (exact, eight_bits, auto) = (
+        direct(Precision::F32),
+        direct(Precision::Int8),
+        direct(Precision::Auto),
+    );
+    assert_ne!(exact, eight_bits);
+    for (setting, expected) in [("f32", &exact), ("int8", &eight_bits), ("auto", &auto)] {
+        let pairs = [
+            ("EMBEDDINGS_MODEL", model.as_str()),
+            ("EMBEDDINGS_LOCAL_PRECISION", setting),
+        ];
+        // Compared whole, without printing 384 numbers on failure.
+        let through = embedded_through_settings(&pairs, &text).await;
+        assert!(
+            &through == expected,
+            "{setting}: another precision's vector"
+        );
+    }
+    let unset = embedded_through_settings(&[("EMBEDDINGS_MODEL", &model)], &text).await;
+    assert!(unset == auto, "auto is the default");
+}
+
 #[test]
 fn a_wrong_local_model_setting_is_refused_at_start() {
     let refused = |pairs: &[(&str, &str)]| {

@@ -67,8 +67,9 @@ enum Linear {
 }
 
 impl Linear {
+    /// `precision` resolved ([`Precision::resolve`]): `Auto` is taken as f32.
     fn new(weights: Vec<f32>, bias: Vec<f32>, inputs: usize, precision: Precision) -> Self {
-        match precision.resolve() {
+        match precision {
             Precision::Int8 => Self::Int8 {
                 weights: QuantizedWeights::new(&weights, bias.len(), inputs),
                 bias,
@@ -195,6 +196,7 @@ impl Bert {
         shape: Shape,
         precision: Precision,
     ) -> Result<Self, String> {
+        let precision = precision.resolve();
         let h = shape.hidden;
         let norm = |prefix: &str| -> Result<Norm, String> {
             Ok(Norm {

@@ -2,7 +2,6 @@
 //! BERT encoder with mean pooling that turns token ids into unit vectors.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -249,13 +248,12 @@ impl Encoder {
             .locate(
                 "embeddings.word_embeddings.weight",
                 &[shape.vocab, shape.hidden],
-                &map,
             )
             .map_err(|e| invalid(&file, e))?;
         // A second mapping for the table kept: the first one's pages (every layer's
         // weights, read once to copy them) leave with it, where they would otherwise stay
         // resident for the life of the process.
-        let table = Arc::new(weights::map(&file).map_err(|e| invalid(&file, e))?);
+        let table = weights::map(&file).map_err(|e| invalid(&file, e))?;
         if table.len() != map.len() {
             return Err(invalid(&file, "the file changed while it was loaded"));
         }

@@ -1,7 +1,6 @@
 //! model.safetensors, read tensor by tensor into f32.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
@@ -20,6 +19,7 @@ pub fn map(file: &Path) -> Result<Mmap, String> {
 
 /// The parsed file and the prefix its encoder's tensors carry (`""`, `bert.`, `roberta.`).
 pub struct Weights<'a> {
+    bytes: &'a [u8],
     tensors: SafeTensors<'a>,
     prefix: String,
 }
@@ -33,7 +33,11 @@ impl<'a> Weights<'a> {
             .chain(model_type.map(|t| format!("{}.", t.replace('-', "_"))))
             .find(|prefix| tensors.tensor(&format!("{prefix}{anchor}")).is_ok())
             .ok_or_else(|| format!("no tensor {anchor} (nor under bert.): not a BERT encoder"))?;
-        Ok(Self { tensors, prefix })
+        Ok(Self {
+            bytes,
+            tensors,
+            prefix,
+        })
     }
 
     /// The tensor `name`, after checking that it is there, of `shape` and of a float type.
@@ -66,16 +70,11 @@ impl<'a> Weights<'a> {
         Ok(values)
     }
 
-    /// Where the tensor `name` lies in `file` (the bytes parsed), for a table read in place
+    /// Where the tensor `name` lies in the file, for a table read in place
     /// ([`MappedTable`]).
-    pub fn locate(
-        &self,
-        name: &str,
-        shape: &[usize],
-        file: &[u8],
-    ) -> Result<(usize, Dtype), String> {
+    pub fn locate(&self, name: &str, shape: &[usize]) -> Result<(usize, Dtype), String> {
         let view = self.float_view(name, shape)?;
-        let offset = view.data().as_ptr() as usize - file.as_ptr() as usize;
+        let offset = view.data().as_ptr() as usize - self.bytes.as_ptr() as usize;
         Ok((offset, view.dtype()))
     }
 
@@ -97,14 +96,14 @@ impl<'a> Weights<'a> {
 /// thousand rows. The pages stay file-backed (shared, reclaimable), and a cold start skips
 /// converting the table.
 pub struct MappedTable {
-    map: Arc<Mmap>,
+    map: Mmap,
     offset: usize,
     dtype: Dtype,
     width: usize,
 }
 
 impl MappedTable {
-    pub fn new(map: Arc<Mmap>, (offset, dtype): (usize, Dtype), width: usize) -> Self {
+    pub fn new(map: Mmap, (offset, dtype): (usize, Dtype), width: usize) -> Self {
         Self {
             map,
             offset,
