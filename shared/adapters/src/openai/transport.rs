@@ -1,0 +1,259 @@
+//! The chat endpoint's HTTP client: hyper's pooled client, called directly.
+//!
+//! reqwest wraps every call in its redirect layer even with redirects off, and that layer
+//! parses the request's URL into a `Url` twice per call (once for the policy, once for the
+//! response): 4.5 % of a proxied request's instructions, the largest single cost in the
+//! client (docs/benchmarks.md, "The chat endpoint on hyper's client"). The TLS settings
+//! are reqwest's: rustls on the process's provider (ring), verified against the
+//! platform's roots.
+//!
+//! Where a system proxy applies to the endpoint (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, less `NO_PROXY`), or its URL carries credentials (`user:pass@`), calls go
+//! through reqwest, which speaks to proxies and turns credentials into a header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// A response body from either client.
+pub(crate) type ResponseBody = Either<hyper::body::Incoming, openai_http::Body>;
+
+type Direct = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How calls reach the endpoint.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// hyper's pooled client, no proxy (boxed: built once, and ten times reqwest's handle).
+    Direct(Box<Direct>),
+    /// reqwest, for an endpoint behind a proxy or with credentials in its URL.
+    Proxied(openai_http::Client),
+}
+
+/// The error of one call, with its causes (hyper's own message alone says only
+/// "client error (Connect)").
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl Transport {
+    /// The client for `uri`: direct unless `proxies` intercept it or it carries
+    /// credentials. `extra_roots` are trusted besides the platform's (tests).
+    pub(crate) fn for_endpoint(
+        uri: &http::Uri,
+        proxies: &Matcher,
+        connect_timeout: Duration,
+        extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<Self, String> {
+        let credentials = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+        if credentials || proxies.intercept(uri).is_some() {
+            return Ok(Self::Proxied(super::http_client(connect_timeout)));
+        }
+        crate::store::tls::install_crypto_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .ok_or("no TLS crypto provider is installed")?;
+        let verifier = if extra_roots.is_empty() {
+            rustls_platform_verifier::Verifier::new(provider.clone())
+        } else {
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+        }
+        .map_err(|e| format!("the platform's TLS roots cannot be used: {e}"))?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout.min(Duration::from_secs(5))));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        Ok(Self::Direct(Box::new(client)))
+    }
+
+    /// Sends one request; the error is the call's, described with its causes.
+    pub(crate) async fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, String> {
+        match self {
+            Self::Direct(client) => {
+                let response = client
+                    .request(request.map(Full::new))
+                    .await
+                    .map_err(|e| describe(&e))?;
+                Ok(response.map(Either::Left))
+            }
+            Self::Proxied(client) => {
+                let request = openai_http::Request::try_from(request.map(openai_http::Body::from))
+                    .map_err(|e| describe(&e))?;
+                let response = client.execute(request).await.map_err(|e| describe(&e))?;
+                Ok(http::Response::from(response).map(Either::Right))
+            }
+        }
+    }
+}
+
+/// The whole body.
+pub(crate) async fn read_body(body: ResponseBody) -> Result<Bytes, String> {
+    body.collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| describe(&*e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn uri(text: &str) -> http::Uri {
+        text.parse().unwrap()
+    }
+
+    fn transport(endpoint: &str, proxies: &Matcher) -> Transport {
+        Transport::for_endpoint(&uri(endpoint), proxies, Duration::from_secs(1), Vec::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_direct_client_is_used_unless_a_proxy_applies_or_the_url_has_credentials() {
+        let none = Matcher::builder().build();
+        let proxy = Matcher::builder().all("http://proxy.internal:3128").build();
+        let bypassed = Matcher::builder()
+            .all("http://proxy.internal:3128")
+            .no("api.example.com")
+            .build();
+        let endpoint = "https://api.example.com/v1/chat/completions";
+        assert!(matches!(transport(endpoint, &none), Transport::Direct(_)));
+        assert!(matches!(transport(endpoint, &proxy), Transport::Proxied(_)));
+        assert!(matches!(
+            transport(endpoint, &bypassed),
+            Transport::Direct(_)
+        ));
+        assert!(matches!(
+            transport(
+                "http://user:pass@api.example.com/v1/chat/completions",
+                &none
+            ),
+            Transport::Proxied(_)
+        ));
+    }
+
+    #[test]
+    fn an_error_is_described_with_its_causes_once_each() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(describe(&Outer(io)), "client error (Connect): refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending failed: refused")]
+        struct Repeats(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(describe(&Repeats(io)), "sending failed: refused");
+    }
+
+    /// A server that answers one request with a fixed response and reports the request.
+    async fn one_answer(response: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body its content-length announces.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            socket.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn both_clients_send_the_request_as_built_and_read_the_answer() {
+        const ANSWER: &str =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+        for proxied in [false, true] {
+            let (port, seen) = one_answer(ANSWER).await;
+            let endpoint = format!("http://127.0.0.1:{port}/v1/chat/completions");
+            let transport = if proxied {
+                Transport::Proxied(super::super::http_client(Duration::from_secs(1)))
+            } else {
+                transport(&endpoint, &Matcher::builder().build())
+            };
+            let request = http::Request::post(endpoint.as_str())
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer k")
+                .body(Bytes::from_static(b"{\"model\":\"m\"}"))
+                .unwrap();
+            let response = transport.send(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = read_body(response.into_body()).await.unwrap();
+            assert_eq!(&body[..], b"{\"ok\":true}", "proxied: {proxied}");
+            let request = seen.await.unwrap();
+            assert!(
+                request.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+                "{request}"
+            );
+            assert!(request.contains("authorization: Bearer k\r\n"), "{request}");
+            assert!(request.ends_with("\r\n\r\n{\"model\":\"m\"}"), "{request}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_described_not_just_named() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let endpoint = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let transport = transport(&endpoint, &Matcher::builder().build());
+        let request = http::Request::post(endpoint.as_str())
+            .body(Bytes::new())
+            .unwrap();
+        let error = transport.send(request).await.unwrap_err();
+        assert!(
+            error.to_lowercase().contains("connection refused"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! The chat endpoint honours the system's proxy: with `HTTP_PROXY` set, a call to an
+//! endpoint the proxy applies to is sent to the proxy (in absolute form), not to the
+//! endpoint's host, which does not even resolve here. Its own test binary: the proxy
+//! setting is the process's environment.
+
+use std::time::Duration;
+
+use chatkb_adapters::openai::ChatEndpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn a_call_goes_through_the_configured_proxy() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    // Set before any client reads the environment; the only test of this binary.
+    std::env::set_var("HTTP_PROXY", format!("http://127.0.0.1:{port}"));
+    std::env::remove_var("NO_PROXY");
+    std::env::remove_var("no_proxy");
+    let seen = tokio::spawn(async move {
+        let (mut socket, _) = proxy.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&request).contains("\"model\"") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let endpoint =
+        ChatEndpoint::new("http://upstream.invalid/v1", None, Duration::from_secs(2)).unwrap();
+    assert!(endpoint.is_proxied());
+    let answer = endpoint
+        .complete(&serde_json::json!({"model": "m", "messages": []}))
+        .await
+        .expect("the proxy answered");
+    assert_eq!(answer["object"], "chat.completion");
+    let request = seen.await.unwrap();
+    assert!(
+        request.starts_with("POST http://upstream.invalid/v1/chat/completions HTTP/1.1\r\n"),
+        "{request}"
+    );
+}
