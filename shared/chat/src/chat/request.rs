@@ -214,13 +214,10 @@ impl ChatRequest {
     /// answer removed, keys sorted) hashed: never the raw payload. Written straight into
     /// the hash; only a message whose text changes when normalised is copied.
     pub fn cache_key(&self, generation: &str) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(generation.as_bytes());
-        hasher.update([0]);
         let messages: Option<Value> = self.body.get("messages").and_then(|m| {
             let Value::Array(items) = m else { return None };
             let changed = items.iter().any(|m| match m.get("content") {
-                Some(Value::String(text)) => normalise_text(text) != *text,
+                Some(Value::String(text)) => !is_normalised(text),
                 _ => false,
             });
             changed.then(|| {
@@ -249,23 +246,55 @@ impl ChatRequest {
             .collect();
         // Canonical: the same request with its keys in another order is the same request.
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        crate::canonical::write_object(entries, &mut hasher).expect("hashing does not fail");
-        format!("completion:{}", hex::encode(hasher.finalize()))
+        // The text first, then one hash update: the canonical writer's many small writes
+        // each cost the hasher a buffer step.
+        let mut text = Vec::with_capacity(256 + generation.len());
+        text.extend_from_slice(generation.as_bytes());
+        text.push(0);
+        crate::canonical::write_object(entries, &mut text).expect("writing to a Vec does not fail");
+        key_of("completion:", &text)
     }
 
     /// The key of the last good answer to this question, for the fallback chain.
     pub(crate) fn question_key(&self) -> Option<String> {
-        let question = normalise_text(&self.last_user_text()?.to_lowercase());
-        Some(format!(
-            "last-answer:{}",
-            hex::encode(Sha256::digest(question.as_bytes()))
-        ))
+        let question = self.last_user_text()?.to_lowercase();
+        if is_normalised(&question) {
+            return Some(key_of("last-answer:", question.as_bytes()));
+        }
+        Some(key_of("last-answer:", normalise_text(&question).as_bytes()))
     }
+}
+
+/// `prefix` and the hex SHA-256 of `text`, written into one string.
+fn key_of(prefix: &str, text: &[u8]) -> String {
+    let digest = Sha256::digest(text);
+    let mut key = String::with_capacity(prefix.len() + 2 * digest.len());
+    key.push_str(prefix);
+    key.push_str(&hex::encode(digest));
+    key
 }
 
 /// Collapses runs of whitespace and trims.
 pub(crate) fn normalise_text(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether [`normalise_text`] would leave `text` as it is (no leading, trailing or
+/// repeated whitespace, every space a plain one), without building the copy.
+pub(crate) fn is_normalised(text: &str) -> bool {
+    // At the start a space would be leading, so it counts as following one.
+    let mut after_space = true;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if c != ' ' || after_space {
+                return false;
+            }
+            after_space = true;
+        } else {
+            after_space = false;
+        }
+    }
+    !after_space || text.is_empty()
 }
 
 pub fn valid_session_id(id: &str) -> bool {
@@ -353,6 +382,34 @@ mod tests {
         assert_ne!(a.cache_key("g1"), a.cache_key("g2"));
         assert!(!a.cache_key("g1").contains("RRF"));
         assert_eq!(a.question_key(), c.question_key());
+    }
+
+    #[test]
+    fn the_normalisation_check_agrees_with_the_normalisation() {
+        for text in [
+            "",
+            " ",
+            "a",
+            "a b",
+            "a  b",
+            " a",
+            "a ",
+            "a\tb",
+            "a\nb",
+            "a\u{a0}b",
+            "é ü",
+            "a b c",
+            "a \u{3000}b",
+            "\u{2003}",
+            "x y  ",
+            "what is RRF?",
+        ] {
+            assert_eq!(
+                is_normalised(text),
+                normalise_text(text) == text,
+                "{text:?}"
+            );
+        }
     }
 
     /// The key written straight into the hash is the hash of the old construction (the
