@@ -10,6 +10,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+/// What the server answers: a chat completion, for the chat endpoint's tests.
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 41\r\nconnection: close\r\n\r\n{\"object\":\"chat.completion\",\"choices\":[]}";
+
 /// A self-signed certificate for `localhost`, its key, and a TLS server on a random port
 /// that answers one HTTP request per connection; reports each handshake's outcome.
 async fn tls_server() -> (
@@ -39,9 +42,7 @@ async fn tls_server() -> (
                         let _ = report.send(Ok(()));
                         let mut buf = [0u8; 4096];
                         let _ = tls.read(&mut buf).await;
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
+                        let _ = tls.write_all(ANSWER).await;
                         let _ = tls.shutdown().await;
                     }
                     Err(e) => {
@@ -68,8 +69,55 @@ async fn the_openai_client_completes_an_https_exchange_on_ring() {
         .await
         .expect("the HTTPS exchange completes");
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "ok");
+    assert!(response.text().await.unwrap().contains("chat.completion"));
     assert_eq!(outcomes.recv().await, Some(Ok(())));
+}
+
+fn question() -> serde_json::Value {
+    serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The chat endpoint's own client (hyper and hyper-rustls, not reqwest) completes an
+/// exchange with a server whose certificate it trusts...
+#[tokio::test]
+async fn the_chat_endpoint_completes_an_https_exchange_with_a_trusted_certificate() {
+    let (cert, port, mut outcomes) = tls_server().await;
+    let base = format!("https://localhost:{port}/v1");
+    let endpoint = chatkb_adapters::openai::ChatEndpoint::with_roots(
+        &base,
+        None,
+        std::time::Duration::from_secs(2),
+        vec![cert],
+    )
+    .unwrap();
+    assert!(!endpoint.is_proxied());
+    let answer = endpoint
+        .complete(&question())
+        .await
+        .expect("the HTTPS call");
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(outcomes.recv().await, Some(Ok(())));
+}
+
+/// ...and refuses one whose certificate the platform's roots do not vouch for, before
+/// anything is sent.
+#[tokio::test]
+async fn the_chat_endpoint_refuses_an_untrusted_certificate() {
+    let (_cert, port, mut outcomes) = tls_server().await;
+    let base = format!("https://localhost:{port}/v1");
+    let endpoint =
+        chatkb_adapters::openai::ChatEndpoint::new(&base, None, std::time::Duration::from_secs(2))
+            .unwrap();
+    let error = endpoint.complete(&question()).await.unwrap_err();
+    match &error {
+        chatkb_adapters::openai::EndpointError::Network(message) => assert!(
+            message.contains("certificate") || message.contains("UnknownIssuer"),
+            "{message}"
+        ),
+        other => panic!("expected a network error, got {other:?}"),
+    }
+    let outcome = outcomes.recv().await.expect("the client connected");
+    assert!(outcome.is_err(), "{outcome:?}");
 }
 
 #[tokio::test]
