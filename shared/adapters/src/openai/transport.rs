@@ -3,13 +3,14 @@
 //! reqwest wraps every call in its redirect layer even with redirects off, and that layer
 //! parses the request's URL into a `Url` twice per call (once for the policy, once for the
 //! response): 4.5 % of a proxied request's instructions, the largest single cost in the
-//! client (docs/benchmarks.md, "The chat endpoint on hyper's client"). The TLS settings
+//! client (docs/benchmarks.md, "The chat endpoint on hyper's own client"). The TLS settings
 //! are reqwest's: rustls on the process's provider (ring), verified against the
 //! platform's roots.
 //!
 //! Where a system proxy applies to the endpoint (`HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY`, less `NO_PROXY`), or its URL carries credentials (`user:pass@`), calls go
-//! through reqwest, which speaks to proxies and turns credentials into a header.
+//! through reqwest, which speaks to proxies and turns credentials into a basic
+//! `Authorization` header (a key from `LLM_API_KEY` replaces it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,9 +111,16 @@ impl Transport {
                 Ok(response.map(Either::Left))
             }
             Self::Proxied(client) => {
-                let request = openai_http::Request::try_from(request.map(openai_http::Body::from))
+                // Through reqwest's request builder, which turns a URL's `user:pass@`
+                // into a basic `Authorization` header (its `execute` would drop them).
+                let (parts, body) = request.into_parts();
+                let response = client
+                    .request(parts.method, parts.uri.to_string())
+                    .headers(parts.headers)
+                    .body(body)
+                    .send()
+                    .await
                     .map_err(|e| describe(&e))?;
-                let response = client.execute(request).await.map_err(|e| describe(&e))?;
                 Ok(http::Response::from(response).map(Either::Right))
             }
         }
@@ -237,6 +245,33 @@ mod tests {
             assert!(request.contains("authorization: Bearer k\r\n"), "{request}");
             assert!(request.ends_with("\r\n\r\n{\"model\":\"m\"}"), "{request}");
         }
+    }
+
+    /// Credentials in the endpoint's URL reach the server as a basic `Authorization`
+    /// header (as before this client), never in the request line.
+    #[tokio::test]
+    async fn credentials_in_the_url_become_a_basic_authorization_header() {
+        const ANSWER: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let (port, seen) = one_answer(ANSWER).await;
+        let endpoint = format!("http://user:pa%20ss@127.0.0.1:{port}/v1/chat/completions");
+        let transport = transport(&endpoint, &Matcher::builder().build());
+        assert!(matches!(transport, Transport::Proxied(_)));
+        let request = http::Request::post(endpoint.as_str())
+            .body(Bytes::from_static(b"{}"))
+            .unwrap();
+        let response = transport.send(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let request = seen.await.unwrap();
+        assert!(
+            request.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{request}"
+        );
+        // base64("user:pa ss")
+        assert!(
+            request.contains("authorization: Basic dXNlcjpwYSBzcw==\r\n"),
+            "{request}"
+        );
+        assert!(!request.contains("pa%20ss"), "{request}");
     }
 
     #[tokio::test]
