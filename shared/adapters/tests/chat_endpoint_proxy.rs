@@ -13,9 +13,14 @@ async fn a_call_goes_through_the_configured_proxy() {
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = proxy.local_addr().unwrap().port();
     // Set before any client reads the environment; the only test of this binary.
-    std::env::set_var("HTTP_PROXY", format!("http://127.0.0.1:{port}"));
-    std::env::remove_var("NO_PROXY");
-    std::env::remove_var("no_proxy");
+    // Both spellings (a machine's own lowercase setting would otherwise win), and no
+    // exclusion list.
+    for name in ["HTTP_PROXY", "http_proxy"] {
+        std::env::set_var(name, format!("http://127.0.0.1:{port}"));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        std::env::remove_var(name);
+    }
     let seen = tokio::spawn(async move {
         let (mut socket, _) = proxy.accept().await.unwrap();
         let mut request = Vec::new();
