@@ -86,9 +86,10 @@ bench-embed: ## The local embedder (all-MiniLM-L6-v2): chunks/s on one core and 
 bench-gateway: ## The chat gateway vs its upstream called directly: req/s, CPU per request, added latency, traces off and on
 	scripts/gateway-bench.sh
 
-bench-gateway-instructions: ## The gateway's CPU instructions per proxied request under callgrind: repeatable on a busy machine (BENCH_REQUESTS, binaries to compare as arguments of the script)
+bench-gateway-instructions: ## The gateway's CPU instructions per proxied request and per streamed answer under callgrind: repeatable on a busy machine (BENCH_REQUESTS, binaries to compare as arguments of the script)
 	scripts/bench/gateway-instructions.sh 8
 	scripts/bench/gateway-instructions.sh 1
+	BENCH_STREAM=1 BENCH_REQUESTS=1000 scripts/bench/gateway-instructions.sh 8
 
 bench-backup: ## Backup, verify and restore with the release binary: time, rows/s, size, peak memory
 	scripts/backup-bench.sh

@@ -4,15 +4,21 @@
 For counting a server's instructions per request (scripts/bench/gateway-instructions.sh):
 wrk runs for a time, not a count, and its last requests may be cut off mid-flight.
 Every prompt is unique (no cache hit), temperature 0, as scripts/bench/unique-chat.lua.
+With BENCH_STREAM=1 every answer is streamed instead, at temperature 0.7 (never cached),
+as scripts/bench/streams.py asks for them, and read to its end.
 Usage: fixed-requests.py URL REQUESTS CONNECTIONS [BEARER_KEY]
 Exits non-zero if any answer is not 200.
 """
 import http.client
 import json
+import os
 import random
 import sys
 import threading
 import urllib.parse
+
+
+STREAM = os.environ.get("BENCH_STREAM") == "1"
 
 
 def worker(url, key, start, count, failures):
@@ -22,13 +28,14 @@ def worker(url, key, start, count, failures):
     if key:
         headers["Authorization"] = f"Bearer {key}"
     for n in range(start, start + count):
-        body = json.dumps(
-            {
-                "model": "gpt-4o-mini",
-                "temperature": 0,
-                "messages": [{"role": "user", "content": f"question {n} about the refund window"}],
-            }
-        )
+        request = {
+            "model": "gpt-4o-mini",
+            "temperature": 0.7 if STREAM else 0,
+            "messages": [{"role": "user", "content": f"question {n} about the refund window"}],
+        }
+        if STREAM:
+            request["stream"] = True
+        body = json.dumps(request)
         connection.request("POST", "/v1/chat/completions", body, headers)
         response = connection.getresponse()
         response.read()

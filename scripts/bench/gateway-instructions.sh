@@ -14,7 +14,9 @@
 # Usage: scripts/bench/gateway-instructions.sh [connections] [chat binary]...
 #   connections   concurrent keep-alive connections (default 8; 1 is what Lambda pays)
 #   chat binary   one or more builds to count side by side (default: the release build)
-# BENCH_REQUESTS (2000), BENCH_WARMUP (300). BENCH_ANNOTATE=1 prints each build's
+# BENCH_REQUESTS (2000), BENCH_WARMUP (300). BENCH_STREAM=1 counts streamed answers instead
+# (temperature 0.7, as scripts/bench/streams.py sends them; the fake upstream's 14 chunks
+# each, no delay between them). BENCH_ANNOTATE=1 prints each build's
 # top functions, inclusive (needs a build with symbols, e.g.
 # CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only).
 # BENCH_KEEP=<file> keeps the last binary's callgrind output there, for callgrind_annotate
@@ -46,7 +48,9 @@ key=bench-key-0123456789
 key_hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
 url=http://127.0.0.1:$gateway_port
 
-echo "== instructions per request: $requests requests over $connections connection(s), after $warmup"
+what=request
+[[ ${BENCH_STREAM:-0} == 1 ]] && what="streamed answer"
+echo "== instructions per $what: $requests requests over $connections connection(s), after $warmup"
 for program in "$@"; do
   rm -f "$work"/gw.db* "$work"/callgrind.out*
   # shellcheck disable=SC2086 # GATEWAY_ENV is a list of NAME=value words
@@ -65,8 +69,8 @@ for program in "$@"; do
   kill -INT "$gateway_pid"
   wait "$gateway_pid" 2>/dev/null || true
   total=$(awk '/^(summary|totals):/ {print $2}' "$work"/callgrind.out* | sort -n | tail -1)
-  python3 -c "import sys; t, n = int(sys.argv[1]), int(sys.argv[2]); print(f'{sys.argv[3]}: {t / n:,.0f} instructions per request ({t:,} for {n})')" \
-    "$total" "$requests" "$program"
+  python3 -c "import sys; t, n = int(sys.argv[1]), int(sys.argv[2]); print(f'{sys.argv[3]}: {t / n:,.0f} instructions per {sys.argv[4]} ({t:,} for {n})')" \
+    "$total" "$requests" "$program" "$what"
   if [[ ${BENCH_ANNOTATE:-0} == 1 ]]; then
     callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | sed -n '1,60p' | cut -c1-200
   fi

@@ -289,7 +289,7 @@ impl ChatEndpoint {
     /// end of the body. An event that is not JSON is an error item; the stream goes on.
     pub async fn stream(&self, body: &Value) -> Result<EventStream, EndpointError> {
         let bytes = BodyDataStream::new(self.send(body).await?.into_body());
-        let events = eventsource_stream::EventStream::new(bytes);
+        let events = sse_parse::EventStream::new(bytes);
         let chunks = futures_util::stream::unfold(Box::pin(events), |mut events| async move {
             loop {
                 let event = match events.next().await? {

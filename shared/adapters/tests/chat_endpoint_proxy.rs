@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use chatkb_adapters::openai::ChatEndpoint;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+mod support;
 
 #[tokio::test]
 async fn a_call_goes_through_the_configured_proxy() {
@@ -23,20 +25,14 @@ async fn a_call_goes_through_the_configured_proxy() {
     }
     let seen = tokio::spawn(async move {
         let (mut socket, _) = proxy.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&request).contains("\"model\"") {
-            let n = socket.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the request ended early");
-            request.extend_from_slice(&buf[..n]);
-        }
+        let request = support::read_chat_request(&mut socket).await;
         let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
         let answer = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         socket.write_all(answer.as_bytes()).await.unwrap();
-        String::from_utf8(request).unwrap()
+        request
     });
     let endpoint =
         ChatEndpoint::new("http://upstream.invalid/v1", None, Duration::from_secs(2)).unwrap();

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -98,7 +99,8 @@ impl RetryClass for ProviderError {
 /// event used to end the whole answer), counting and logging each; only `limit` in a row
 /// end the stream, as unreadable.
 pub(crate) fn skip_malformed(stream: ChunkStream, model: &str, limit: u32) -> ChunkStream {
-    let model = model.to_string();
+    // Shared, not copied, into each chunk's step.
+    let model: Arc<str> = model.into();
     Box::pin(futures_util::stream::unfold(
         (stream, 0u32, false),
         move |(mut stream, mut in_a_row, ended)| {
@@ -111,7 +113,7 @@ pub(crate) fn skip_malformed(stream: ChunkStream, model: &str, limit: u32) -> Ch
                     match stream.next().await? {
                         Err(ProviderError::Shape(problem)) => {
                             in_a_row += 1;
-                            metrics::counter!(crate::observability::metrics::names::LLM_STREAM_MALFORMED_CHUNKS_TOTAL, "model" => model.clone())
+                            metrics::counter!(crate::observability::metrics::names::LLM_STREAM_MALFORMED_CHUNKS_TOTAL, "model" => model.to_string())
                                 .increment(1);
                             let problem =
                                 crate::observability::redact::redact(&problem).into_owned();

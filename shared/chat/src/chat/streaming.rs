@@ -20,9 +20,10 @@ impl ChatGateway {
         let prompt = self.prompt_estimate(request);
         let after = self.after_answer(owner, session, &initial, reservation, prompt);
         let cacheable = self.cacheable(request) && initial.is_empty();
-        let key = self.cache_key(request);
-        if cacheable {
-            if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, &key).await {
+        // Hashed only for a request the cache may answer or keep (not at temperature 0.7).
+        let key = cacheable.then(|| self.cache_key(request));
+        if let Some(key) = &key {
+            if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, key).await {
                 answer.completion["cached"] = json!(true);
                 count_request(&answer.model, "cache_hit");
                 let saved = after.settle(&answer, true).await;
@@ -80,7 +81,7 @@ impl ChatGateway {
                     degraded: degraded.clone(),
                     include_usage,
                     cache: self.parts.cache.clone(),
-                    cache_key: (cacheable && degraded.is_empty()).then(|| key.clone()),
+                    cache_key: key.filter(|_| degraded.is_empty()),
                     question_key: request.question_key(),
                     breaker,
                     permit: Some(permit),
