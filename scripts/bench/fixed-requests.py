@@ -7,7 +7,8 @@ Every prompt is unique (no cache hit), temperature 0, as scripts/bench/unique-ch
 With BENCH_STREAM=1 every answer is streamed instead, at temperature 0.7 (never cached),
 as scripts/bench/streams.py asks for them, and read to its end.
 Usage: fixed-requests.py URL REQUESTS CONNECTIONS [BEARER_KEY]
-Exits non-zero if any answer is not 200.
+Exits non-zero if any answer is not 200, or any stream does not end with `[DONE]` or
+carries an error event.
 """
 import http.client
 import json
@@ -38,9 +39,12 @@ def worker(url, key, start, count, failures):
         body = json.dumps(request)
         connection.request("POST", "/v1/chat/completions", body, headers)
         response = connection.getresponse()
-        response.read()
+        answer = response.read()
         if response.status != 200:
             failures.append(response.status)
+        elif STREAM and (not answer.endswith(b"data: [DONE]\n\n") or b'"error"' in answer):
+            # A stream that ended in an error event is answered 200 too.
+            failures.append("a stream without [DONE] or with an error event")
 
 
 def main():
@@ -58,7 +62,7 @@ def main():
     for thread in threads:
         thread.join()
     if failures:
-        print(f"{len(failures)} answers were not 200: {sorted(set(failures))}", file=sys.stderr)
+        print(f"{len(failures)} answers failed: {sorted(set(map(str, failures)))}", file=sys.stderr)
         sys.exit(1)
     print(share * connections)
 

@@ -281,3 +281,67 @@ async fn the_rate_limit_and_usage_rows_can_be_turned_off_but_not_authentication(
     let refused = shared::config::Settings::from_vars("chat", &vars).unwrap_err();
     assert!(refused.to_string().contains("USAGE_RECORDING"), "{refused}");
 }
+
+/// The real usage store, writing 200 ms late: long enough for a read to arrive while a
+/// periodic flush is still writing.
+struct SlowWrites(Arc<dyn shared::chat::usage::UsageStore>);
+
+#[async_trait::async_trait]
+impl shared::chat::usage::UsageStore for SlowWrites {
+    async fn insert(
+        &self,
+        batch: &[shared::chat::usage::UsageRecord],
+    ) -> Result<(), shared::store::StoreError> {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.0.insert(batch).await
+    }
+
+    async fn totals(
+        &self,
+        key: &str,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<shared::chat::usage::UsageTotals, shared::store::StoreError> {
+        self.0.totals(key, from, to).await
+    }
+}
+
+/// `/v1/usage` flushes before it reads. A flush that found the buffer empty because the
+/// periodic flusher had just taken it used to return at once, so an answer the caller had
+/// already received was missing from the totals until that write ended.
+#[tokio::test]
+async fn totals_include_rows_a_flush_in_progress_is_writing() {
+    use shared::chat::usage::{BudgetPolicy, UsageRecord, UsageRecorder, UsageRows};
+    let db = TestDatabase::sqlite();
+    let store = Arc::new(SlowWrites(shared::chat::usage::sql_usage_store(
+        db.database(),
+    )));
+    let budget = BudgetPolicy {
+        daily_usd: None,
+        refresh_every: std::time::Duration::from_secs(1),
+        ledger: None,
+        instances: 1,
+    };
+    let recorder = UsageRecorder::new(store, Default::default(), budget, UsageRows::Buffered);
+    recorder
+        .record(UsageRecord {
+            key: "example".into(),
+            model: "gpt-4o-mini".into(),
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            cached: false,
+            cost_usd: 0.0,
+            at: chrono::Utc::now(),
+        })
+        .await;
+    // The periodic flush takes the row and starts writing it.
+    let periodic = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move { recorder.flush().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let today = chrono::Utc::now().date_naive();
+    let totals = recorder.totals("example", today, today).await.unwrap();
+    assert_eq!(totals.requests, 1, "{totals:?}");
+    periodic.await.unwrap().unwrap();
+}

@@ -287,28 +287,54 @@ impl ChatEndpoint {
 
     /// A streamed answer (`body` with `stream: true`): its events until `[DONE]` or the
     /// end of the body. An event that is not JSON is an error item; the stream goes on.
+    /// An event longer than [`MAX_STREAM_EVENT_BYTES`] ends it with an error.
     pub async fn stream(&self, body: &Value) -> Result<EventStream, EndpointError> {
-        let bytes = BodyDataStream::new(self.send(body).await?.into_body());
-        let events = sse_parse::EventStream::new(bytes);
-        let chunks = futures_util::stream::unfold(Box::pin(events), |mut events| async move {
-            loop {
-                let event = match events.next().await? {
-                    Ok(event) => event,
-                    Err(e) => {
-                        return Some((Err(EndpointError::StreamCut(e.to_string())), events));
+        let bytes = Box::pin(BodyDataStream::new(self.send(body).await?.into_body()));
+        let parser = sse_parse::SseParser::new().max_buffer(MAX_STREAM_EVENT_BYTES);
+        let chunks = futures_util::stream::unfold(
+            (bytes, parser, false),
+            |(mut bytes, mut parser, mut ended)| async move {
+                loop {
+                    if let Some(event) = parser.next_event() {
+                        if event.data == "[DONE]" {
+                            return None;
+                        }
+                        if event.event == "keepalive" {
+                            continue;
+                        }
+                        let chunk = serde_json::from_str::<Value>(&event.data).map_err(|e| {
+                            EndpointError::Shape(format!("a stream event is not JSON: {e}"))
+                        });
+                        return Some((chunk, (bytes, parser, ended)));
                     }
-                };
-                if event.data == "[DONE]" {
-                    return None;
+                    if ended {
+                        return None;
+                    }
+                    if parser.overflows() > 0 {
+                        let cut = EndpointError::StreamCut(format!(
+                            "an event of the stream is longer than {} MiB",
+                            MAX_STREAM_EVENT_BYTES >> 20
+                        ));
+                        return Some((Err(cut), (bytes, parser, true)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(data)) => parser.feed(&data),
+                        Some(Err(e)) => {
+                            let cut = EndpointError::StreamCut(transport::describe(&*e));
+                            return Some((Err(cut), (bytes, parser, ended)));
+                        }
+                        None => {
+                            parser.finish();
+                            ended = true;
+                        }
+                    }
                 }
-                if event.event == "keepalive" {
-                    continue;
-                }
-                let chunk = serde_json::from_str::<Value>(&event.data)
-                    .map_err(|e| EndpointError::Shape(format!("a stream event is not JSON: {e}")));
-                return Some((chunk, events));
-            }
-        });
+            },
+        );
         Ok(Box::pin(chunks))
     }
 }
+
+/// The longest event of a streamed answer the endpoint holds: one chunk of an answer is a
+/// few hundred bytes, so an upstream that never ends a line cannot grow memory past this.
+pub const MAX_STREAM_EVENT_BYTES: usize = 4 << 20;

@@ -157,6 +157,9 @@ pub struct UsageRecorder {
     instances: u32,
     rows: UsageRows,
     buffer: Mutex<Vec<UsageRecord>>,
+    /// Held while a batch is written: a flush waits for one in progress, so what was
+    /// recorded before it is stored when it returns (totals read after it see it).
+    writing: tokio::sync::Mutex<()>,
     /// Today's spend per key as this instance knows it.
     spend: Mutex<HashMap<String, Spend>>,
     /// How old the stored total may get before it is read again.
@@ -226,6 +229,7 @@ impl UsageRecorder {
             instances: budget.instances.max(1),
             rows,
             buffer: Mutex::new(Vec::new()),
+            writing: tokio::sync::Mutex::new(()),
             spend: Mutex::new(HashMap::new()),
             refresh_every: budget.refresh_every,
         })
@@ -460,6 +464,9 @@ impl UsageRecorder {
     /// Writes buffered records in one transaction; on failure they stay buffered
     /// (bounded: the oldest are dropped past 10,000).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // Without it, a flush that found the buffer empty because the periodic flusher
+        // had just taken it returned before those rows were stored.
+        let _writing = self.writing.lock().await;
         let batch: Vec<UsageRecord> =
             std::mem::take(&mut *self.buffer.lock().expect("usage buffer"));
         if batch.is_empty() {
