@@ -74,6 +74,9 @@ pub struct Behaviour {
     /// Answer chat calls only with `Authorization: Bearer <api_key>`; others get the 401
     /// OpenAI answers a wrong key with (`invalid_api_key`). Any key when unset.
     pub api_key: Option<String>,
+    /// Write streamed events as Python's `json.dumps` does (`", "` and `": "` between
+    /// items), as Python-based servers send them, instead of compact JSON.
+    pub spaced_stream: bool,
 }
 
 impl Behaviour {
@@ -340,11 +343,17 @@ async fn chat_completions(
         .cut_stream_after
         .filter(|_| behaviour.applies_to(&model));
     let chunk = move |index: usize, delta: Value, finish: Value| {
-        json!({
+        let mut chunk = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}]
-        })
+        });
+        // As OpenAI does: with usage asked for, every chunk carries `"usage": null` and
+        // the last one, with no choices, the usage.
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
     };
     let mut events: Vec<Value> = Vec::new();
     for (index, choice) in choices.iter().enumerate() {
@@ -374,6 +383,7 @@ async fn chat_completions(
         delay,
         malformed,
         behaviour.omit_done,
+        behaviour.spaced_stream,
     );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -508,6 +518,7 @@ fn sse_body(
     delay: Duration,
     malformed: Vec<usize>,
     omit_done: bool,
+    spaced: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(
         (events.into_iter().enumerate(), false, malformed),
@@ -534,6 +545,11 @@ fn sse_body(
                     }
                     let broken = "data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\"delta\n\n"
                         .repeat(malformed.iter().filter(|&&at| at == index).count());
+                    let event = if spaced {
+                        spaced_json(&event)
+                    } else {
+                        event.to_string()
+                    };
                     let line = Bytes::from(format!("{broken}data: {event}\n\n"));
                     Some((Ok(line), (iter, false, malformed)))
                 }
@@ -545,6 +561,41 @@ fn sse_body(
             }
         },
     )
+}
+
+/// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` between items.
+fn spaced_json(value: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                writer.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            self.begin_array_value(writer, first)
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = serde_json::Serializer::with_formatter(Vec::new(), Spaced);
+    // Cannot fail: a `Value`'s keys are strings, and a `Vec` takes every write.
+    let _ = serde::Serialize::serialize(value, &mut out);
+    String::from_utf8(out.into_inner()).unwrap_or_default()
 }
 
 async fn embeddings(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {

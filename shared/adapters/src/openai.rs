@@ -154,7 +154,17 @@ pub enum EndpointError {
 }
 
 /// Chunks of a streamed answer, as JSON objects.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<Value, EndpointError>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, EndpointError>> + Send>>;
+
+/// One chunk of a streamed answer: parsed, and as the upstream wrote it, so a relay can
+/// pass an unchanged chunk on without serialising it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    pub chunk: Value,
+    /// The event's `data` text (one JSON object; several `data:` lines are joined by
+    /// line feeds, as the SSE specification says).
+    pub data: String,
+}
 
 /// One OpenAI-compatible `/chat/completions` endpoint, called directly on the pooled
 /// client: the URL parsed and the headers built once, the body serialised once, and a
@@ -302,10 +312,16 @@ impl ChatEndpoint {
                         if event.event == "keepalive" {
                             continue;
                         }
-                        let chunk = serde_json::from_str::<Value>(&event.data).map_err(|e| {
-                            EndpointError::Shape(format!("a stream event is not JSON: {e}"))
-                        });
-                        return Some((chunk, (bytes, parser, ended)));
+                        let item = match serde_json::from_str::<Value>(&event.data) {
+                            Ok(chunk) => Ok(StreamEvent {
+                                chunk,
+                                data: event.data,
+                            }),
+                            Err(e) => Err(EndpointError::Shape(format!(
+                                "a stream event is not JSON: {e}"
+                            ))),
+                        };
+                        return Some((item, (bytes, parser, ended)));
                     }
                     if ended {
                         return None;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chatkb_adapters::openai::{ChatEndpoint, EndpointError, MAX_STREAM_EVENT_BYTES};
+use chatkb_adapters::openai::{ChatEndpoint, EndpointError, StreamEvent, MAX_STREAM_EVENT_BYTES};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -47,7 +47,7 @@ async fn serve(pieces: Vec<Vec<u8>>, hold: bool) -> u16 {
 }
 
 /// Every item of the stream the endpoint reads from the server on `port`.
-async fn read_all(port: u16) -> Vec<Result<Value, EndpointError>> {
+async fn read_events(port: u16) -> Vec<Result<StreamEvent, EndpointError>> {
     let endpoint = ChatEndpoint::new(
         &format!("http://127.0.0.1:{port}/v1"),
         None,
@@ -60,6 +60,15 @@ async fn read_all(port: u16) -> Vec<Result<Value, EndpointError>> {
         .expect("the stream opened")
         .collect()
         .await
+}
+
+/// The chunks (parsed) of [`read_events`].
+async fn read_all(port: u16) -> Vec<Result<Value, EndpointError>> {
+    read_events(port)
+        .await
+        .into_iter()
+        .map(|item| item.map(|event| event.chunk))
+        .collect()
 }
 
 /// `body` cut before each of `at` (byte offsets, ascending).
@@ -139,4 +148,29 @@ async fn an_upstream_that_never_ends_a_line_is_cut_at_the_cap() {
         "{:?}",
         events[1]
     );
+}
+
+#[tokio::test]
+async fn each_event_keeps_the_upstreams_own_text() {
+    // Spacing and key order as the upstream wrote them; an event on two `data:` lines
+    // is one text, its lines joined by a line feed.
+    let body = "data: {\"id\": \"c4\",  \"choices\":[]}\n\ndata: {\"id\":\"c4\",\ndata: \"choices\":[]}\n\ndata: [DONE]\n\n";
+    let events = read_events(serve(vec![body.as_bytes().to_vec()], false).await).await;
+    let texts: Vec<&str> = events
+        .iter()
+        .map(|e| e.as_ref().expect("an event").data.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "{\"id\": \"c4\",  \"choices\":[]}",
+            "{\"id\":\"c4\",\n\"choices\":[]}"
+        ]
+    );
+    for event in &events {
+        assert_eq!(
+            event.as_ref().unwrap().chunk,
+            json!({"id": "c4", "choices": []})
+        );
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
+use super::provider::{skip_malformed, ChatProvider, Chunk, ChunkStream, ProviderError};
 use super::routing::first_content;
 use crate::resilience::breaker::{Breakers, CircuitBreaker, Permit};
 
@@ -40,7 +40,7 @@ pub(crate) struct Continuation {
 /// A continuation that has started: its first chunk has arrived.
 pub(crate) struct Resumed {
     pub model: String,
-    pub first: Value,
+    pub first: Chunk,
     pub rest: ChunkStream,
     pub permit: Permit,
     pub breaker: CircuitBreaker,
@@ -125,11 +125,12 @@ impl Continuation {
 
 /// A continuation's chunk as part of the stream the caller already has: the role is
 /// not said twice, and the id stays the one the stream started with.
-pub(crate) fn as_continued(mut chunk: Value, id: &Value) -> Value {
+pub(crate) fn as_continued(mut chunk: Chunk, id: &Value) -> Chunk {
+    let value = chunk.value_mut();
     if !id.is_null() {
-        chunk["id"] = id.clone();
+        value["id"] = id.clone();
     }
-    for choice in chunk["choices"].as_array_mut().into_iter().flatten() {
+    for choice in value["choices"].as_array_mut().into_iter().flatten() {
         if let Some(delta) = choice["delta"].as_object_mut() {
             delta.remove("role");
         }

@@ -38,7 +38,7 @@ use crate::observability::metrics::names;
 use crate::observability::traces::db_span;
 use crate::resilience::breaker::{BreakerOpen, Breakers, CircuitBreaker};
 use crate::resilience::retry::{retry, RetryClass, RetryPolicy};
-use provider::{skip_malformed, ChatProvider, ChunkStream, ProviderError};
+use provider::{skip_malformed, ChatProvider, Chunk, ChunkStream, ProviderError};
 use request::ChatRequest;
 use retrieval::Context;
 use session::SessionStore;

@@ -43,7 +43,7 @@ pub(super) enum Mode {
 pub(super) enum Opened {
     Plain(Value),
     Stream(
-        Value,
+        Chunk,
         ChunkStream,
         crate::resilience::breaker::Permit,
         CircuitBreaker,
@@ -317,7 +317,7 @@ impl ChatGateway {
         body: &Value,
     ) -> Result<
         (
-            Value,
+            Chunk,
             ChunkStream,
             crate::resilience::breaker::Permit,
             CircuitBreaker,
@@ -378,8 +378,8 @@ fn has_content(chunk: &Value) -> bool {
 pub(super) async fn first_content(
     mut stream: ChunkStream,
     timeout: Duration,
-) -> Result<(Value, ChunkStream), ProviderError> {
-    let mut before: Vec<Value> = Vec::new();
+) -> Result<(Chunk, ChunkStream), ProviderError> {
+    let mut before: Vec<Chunk> = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(timeout, stream.next()).await {
             Err(_) => return Err(ProviderError::Timeout(timeout)),

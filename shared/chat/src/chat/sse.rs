@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::assemble::Assembler;
 use super::continuation::{as_continued, Continuation};
-use super::provider::ChunkStream;
+use super::provider::{Chunk, ChunkStream};
 use super::{record_usage_metrics, Answer};
 use crate::cache::{Namespace, TieredCache};
 use crate::resilience::breaker::{CircuitBreaker, Permit};
@@ -26,6 +26,19 @@ fn event(value: &Value) -> Bytes {
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A relayed chunk's event: the upstream's own text when the chunk is unchanged (no
+/// second serialisation), else written from its value.
+fn chunk_event(chunk: &Chunk) -> Bytes {
+    let Some(text) = chunk.text() else {
+        return event(chunk);
+    };
+    let mut line = Vec::with_capacity(text.len() + 8);
+    line.extend_from_slice(b"data: ");
+    line.extend_from_slice(text.as_bytes());
+    line.extend_from_slice(b"\n\n");
+    Bytes::from(line)
+}
 
 /// The error event that ends a stream the upstream cut: clients see an error, never a
 /// stream that looks complete.
@@ -91,7 +104,7 @@ pub(crate) struct Relay {
 struct State {
     relay: Relay,
     rest: ChunkStream,
-    pending: Option<Value>,
+    pending: Option<Chunk>,
     /// What the chunks so far add up to.
     assembler: Assembler,
     first_sent: bool,
@@ -103,7 +116,7 @@ struct State {
 }
 
 impl Relay {
-    pub fn run(self, first: Value, rest: ChunkStream) -> BoxStream<'static, Bytes> {
+    pub fn run(self, first: Chunk, rest: ChunkStream) -> BoxStream<'static, Bytes> {
         let state = State {
             relay: self,
             rest,
@@ -135,7 +148,7 @@ impl Relay {
                             s.id = chunk["id"].clone();
                         }
                         if s.continued_tokens > 0 && chunk["usage"].is_object() {
-                            bill_continued(&mut chunk["usage"], s.continued_tokens);
+                            bill_continued(&mut chunk.value_mut()["usage"], s.continued_tokens);
                         }
                         s.assembler.push(&chunk);
                         let is_usage_chunk = chunk["choices"]
@@ -144,20 +157,24 @@ impl Relay {
                             && !chunk["usage"].is_null();
                         if !s.first_sent {
                             s.first_sent = true;
-                            chunk["sources"] = json!(s.relay.sources);
+                            let first = chunk.value_mut();
+                            first["sources"] = json!(s.relay.sources);
                             if !s.relay.degraded.is_empty() {
-                                chunk["degraded"] = json!(s.relay.degraded.join(","));
+                                first["degraded"] = json!(s.relay.degraded.join(","));
                             }
                         }
                         if is_usage_chunk && !s.relay.include_usage {
                             continue;
                         }
-                        if !s.relay.include_usage {
-                            if let Some(map) = chunk.as_object_mut() {
+                        // Usage the caller did not ask for is taken out; an upstream's
+                        // `"usage": null` on every chunk (OpenAI's, as the gateway always
+                        // asks for usage) says nothing and is relayed as it came.
+                        if !s.relay.include_usage && !chunk["usage"].is_null() {
+                            if let Some(map) = chunk.value_mut().as_object_mut() {
                                 map.remove("usage");
                             }
                         }
-                        return Some((event(&chunk), s));
+                        return Some((chunk_event(&chunk), s));
                     }
                     Some(Err(err)) => {
                         tracing::warn!(model = %s.relay.model, error = %err, "upstream stream failed after the first byte");
@@ -316,5 +333,33 @@ impl State {
             "choices": [],
             "degraded": degraded.join(","),
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_chunk_is_written_as_it_came_and_a_changed_one_anew() {
+        let text = r#"{"id": "c1",  "choices": []}"#;
+        let value: Value = serde_json::from_str(text).unwrap();
+        let mut chunk = Chunk::relayed(value, text.to_string());
+        assert_eq!(
+            chunk_event(&chunk),
+            Bytes::from(format!("data: {text}\n\n"))
+        );
+        chunk.value_mut()["id"] = json!("c2");
+        assert_eq!(
+            chunk_event(&chunk),
+            Bytes::from_static(b"data: {\"id\":\"c2\",\"choices\":[]}\n\n")
+        );
+        // A chunk that came on several `data:` lines goes out on one.
+        let text = "{\"id\": \"c3\",\n\"choices\": []}";
+        let chunk = Chunk::relayed(serde_json::from_str(text).unwrap(), text.to_string());
+        assert_eq!(
+            chunk_event(&chunk),
+            Bytes::from_static(b"data: {\"id\":\"c3\",\"choices\":[]}\n\n")
+        );
     }
 }
