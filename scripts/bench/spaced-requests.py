@@ -8,7 +8,7 @@ spaced-requests.py UPSTREAM_URL GATEWAY_URL KEY [requests] [pause_s] [keep|fresh
     p50 round trip of each path and what the gateway adds, as JSON. With pauses the
     machine goes idle between requests, as it does at a low request rate or under
     Lambda: each side then wakes from idle for every request (docs/benchmarks.md,
-    "The cost of waking from idle").
+    "Where the stream's added time goes: waking from idle").
 """
 
 import http.client

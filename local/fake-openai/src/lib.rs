@@ -563,8 +563,9 @@ fn sse_body(
     )
 }
 
-/// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` between items.
-fn spaced_json(value: &Value) -> String {
+/// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` between items
+/// (what the fake streams with `spaced_stream`).
+pub fn spaced_json(value: &Value) -> String {
     struct Spaced;
     impl serde_json::ser::Formatter for Spaced {
         fn begin_array_value<W: ?Sized + std::io::Write>(

@@ -19,9 +19,11 @@ use crate::secret::Secret;
 pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
 /// One streamed chunk, with the upstream's own text of it for as long as it is
-/// unchanged: the relay passes such a chunk on as it came (the provider's own numbers
-/// and field order, no second serialisation). Read it as a `Value`; change it only
-/// through [`Chunk::value_mut`], which lets the text go.
+/// unchanged: the relay passes such a chunk on as it came (the provider's own
+/// spelling of numbers and strings, no second serialisation). Read it as a `Value`;
+/// change it only through [`Chunk::value_mut`], which lets the text go. An object with a
+/// key given twice parses as its last value but is relayed with both, as the provider
+/// sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     value: Value,

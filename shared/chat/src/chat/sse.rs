@@ -155,16 +155,23 @@ impl Relay {
                             .as_array()
                             .is_some_and(|c| c.is_empty())
                             && !chunk["usage"].is_null();
-                        if !s.first_sent {
-                            s.first_sent = true;
-                            let first = chunk.value_mut();
-                            first["sources"] = json!(s.relay.sources);
-                            if !s.relay.degraded.is_empty() {
-                                first["degraded"] = json!(s.relay.degraded.join(","));
-                            }
-                        }
+                        // Skipped before the gateway's fields are added, so the first
+                        // chunk the caller sees carries them.
                         if is_usage_chunk && !s.relay.include_usage {
                             continue;
+                        }
+                        if !s.first_sent {
+                            s.first_sent = true;
+                            // An object (a chunk that is not one is relayed as it came).
+                            if let Some(first) = chunk.value_mut().as_object_mut() {
+                                first.insert("sources".into(), json!(s.relay.sources));
+                                if !s.relay.degraded.is_empty() {
+                                    first.insert(
+                                        "degraded".into(),
+                                        json!(s.relay.degraded.join(",")),
+                                    );
+                                }
+                            }
                         }
                         // Usage the caller did not ask for is taken out; an upstream's
                         // `"usage": null` on every chunk (OpenAI's, as the gateway always
