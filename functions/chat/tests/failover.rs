@@ -518,3 +518,44 @@ async fn a_provider_that_resets_every_connection_gets_its_attempts_then_the_degr
         "2 attempts on each of 2 models"
     );
 }
+
+/// An upstream whose answer never ends (a broken provider or proxy streaming bytes
+/// without end) is read only up to the limit (32 MiB whole, 4 MiB per stream event), not
+/// into the gateway's memory: a malformed answer, not retried, and the next model answers,
+/// plain and streamed alike.
+#[tokio::test]
+async fn an_answer_that_never_ends_fails_over_to_the_next_model() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &[("RETRY_MAX_ATTEMPTS", "3")]);
+    fake.set_behaviour(Behaviour {
+        endless_answer: true,
+        models: vec!["gpt-4o-mini".into()],
+        ..Behaviour::default()
+    });
+    let mut plain = ask("Does it ever end?");
+    plain["retrieval"] = json!(false);
+    let res = call(&router, post(plain)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    let answer: serde_json::Value = serde_json::from_str(&res.text).unwrap();
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with("Fake answer from gpt-4o-backup"), "{text}");
+    assert_eq!(
+        fake.calls_for("gpt-4o-mini"),
+        1,
+        "a malformed answer is not retried"
+    );
+
+    let res = call(&router, post(streamed("Does the stream ever end?"))).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(header(&res, "x-degraded"), Some("fallback-model"));
+    let text = streamed_text(&res.text);
+    assert!(text.starts_with("Fake answer from gpt-4o-backup"), "{text}");
+    assert!(res.text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        fake.calls_for("gpt-4o-mini"),
+        2,
+        "a cut stream is not retried"
+    );
+}

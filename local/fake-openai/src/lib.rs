@@ -77,6 +77,10 @@ pub struct Behaviour {
     /// Write streamed events as Python's `json.dumps` does (`", "` and `": "` between
     /// items), as Python-based servers send them, instead of compact JSON.
     pub spaced_stream: bool,
+    /// Answer chat calls with a body that never ends: the start of an answer, then
+    /// spaces, 1 MiB at a time, until the client stops reading (or 1 GiB), as a broken
+    /// upstream or proxy might.
+    pub endless_answer: bool,
 }
 
 impl Behaviour {
@@ -221,6 +225,21 @@ async fn misbehave(behaviour: &Behaviour, model: &str) -> Option<Response> {
     None
 }
 
+/// A 200 whose body starts as an answer and never ends (`endless_answer`).
+fn endless_answer() -> Response {
+    let start =
+        Bytes::from_static(b"{\"id\": \"chatcmpl-endless\", \"choices\": [], \"padding\": \"");
+    let spaces = Bytes::from(vec![b' '; 1 << 20]);
+    let pieces = std::iter::once(start).chain(std::iter::repeat_n(spaces, 1024));
+    let body = futures_util::stream::iter(pieces.map(Ok::<_, Infallible>));
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Token estimates as the gateway makes them (about four characters per token).
 fn estimate_tokens(text: &str) -> u64 {
     chatkb_chat::chat::retrieval::estimate_tokens(text) as u64
@@ -300,6 +319,9 @@ async fn chat_completions(
     }
     if let Some(failure) = misbehave(&behaviour, &model).await {
         return failure;
+    }
+    if behaviour.endless_answer && behaviour.applies_to(&model) {
+        return endless_answer();
     }
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
     let prefilled = prefill_of(&messages).is_some();

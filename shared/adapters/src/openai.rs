@@ -114,8 +114,9 @@ fn http_client(connect_timeout: Duration) -> openai_http::Client {
 async fn upstream_status(response: openai_http::Response) -> UpstreamStatus {
     let status = response.status().as_u16();
     let retry_after = retry_after_header(response.headers());
-    let body = response.bytes().await.unwrap_or_default();
-    status_of(status, retry_after, &body)
+    let body = http::Response::from(response).into_body();
+    let body = transport::read_prefix(http_body_util::Either::Right(body), MAX_ERROR_BODY_BYTES);
+    status_of(status, retry_after, &body.await)
 }
 
 /// The status, redacted message and code of an error answer's body.
@@ -153,17 +154,32 @@ pub enum EndpointError {
     StreamCut(String),
 }
 
-/// Chunks of a streamed answer, as JSON objects.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, EndpointError>> + Send>>;
+/// The events of a streamed answer, each read by the caller's parse step.
+pub type EventStream<T = StreamEvent> =
+    Pin<Box<dyn Stream<Item = Result<T, EndpointError>> + Send>>;
+
+/// How a stream's event becomes its item: given the event's `data` text (one JSON
+/// object; several `data:` lines are joined by line feeds, as the SSE specification
+/// says), the item, or why the text is not JSON.
+pub type ParseEvent<T> = fn(String) -> Result<T, String>;
 
 /// One chunk of a streamed answer: parsed, and as the upstream wrote it, so a relay can
 /// pass an unchanged chunk on without serialising it again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
     pub chunk: Value,
-    /// The event's `data` text (one JSON object; several `data:` lines are joined by
-    /// line feeds, as the SSE specification says).
+    /// The event's `data` text.
     pub data: String,
+}
+
+impl StreamEvent {
+    /// The event's text parsed as any JSON value.
+    pub fn parse(data: String) -> Result<Self, String> {
+        match serde_json::from_str(&data) {
+            Ok(chunk) => Ok(Self { chunk, data }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// One OpenAI-compatible `/chat/completions` endpoint, called directly on the pooled
@@ -279,31 +295,41 @@ impl ChatEndpoint {
         }
         let status = response.status().as_u16();
         let retry_after = retry_after_header(response.headers());
-        let body = transport::read_body(response.into_body())
-            .await
-            .unwrap_or_default();
+        let body = transport::read_prefix(response.into_body(), MAX_ERROR_BODY_BYTES).await;
         Err(status_of(status, retry_after, &body).into())
     }
 
-    /// A whole answer (`body` with `stream: false`).
+    /// A whole answer (`body` with `stream: false`); one longer than [`MAX_ANSWER_BYTES`]
+    /// is a [`EndpointError::Shape`] error, and is not read past that.
     pub async fn complete(&self, body: &Value) -> Result<Value, EndpointError> {
         let response = self.send(body).await?;
-        let bytes = transport::read_body(response.into_body())
+        let bytes = transport::read_body(response.into_body(), MAX_ANSWER_BYTES)
             .await
-            .map_err(EndpointError::Network)?;
+            .map_err(|e| match e {
+                transport::ReadError::TooLong => EndpointError::Shape(format!(
+                    "the answer is longer than {} MiB",
+                    MAX_ANSWER_BYTES >> 20
+                )),
+                transport::ReadError::Broken(e) => EndpointError::Network(e),
+            })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| EndpointError::Shape(format!("the answer is not JSON: {e}")))
     }
 
     /// A streamed answer (`body` with `stream: true`): its events until `[DONE]` or the
-    /// end of the body. An event that is not JSON is an error item; the stream goes on.
-    /// An event longer than [`MAX_STREAM_EVENT_BYTES`] ends it with an error.
-    pub async fn stream(&self, body: &Value) -> Result<EventStream, EndpointError> {
+    /// end of the body, each read by `parse` ([`StreamEvent::parse`] for plain JSON). An
+    /// event that `parse` refuses is an error item; the stream goes on. An event longer
+    /// than [`MAX_STREAM_EVENT_BYTES`] ends it with an error.
+    pub async fn stream<T: Send + 'static>(
+        &self,
+        body: &Value,
+        parse: ParseEvent<T>,
+    ) -> Result<EventStream<T>, EndpointError> {
         let bytes = Box::pin(BodyDataStream::new(self.send(body).await?.into_body()));
         let parser = sse_parse::SseParser::new().max_buffer(MAX_STREAM_EVENT_BYTES);
         let chunks = futures_util::stream::unfold(
             (bytes, parser, false),
-            |(mut bytes, mut parser, mut ended)| async move {
+            move |(mut bytes, mut parser, mut ended)| async move {
                 loop {
                     if let Some(event) = parser.next_event() {
                         if event.data == "[DONE]" {
@@ -312,15 +338,9 @@ impl ChatEndpoint {
                         if event.event == "keepalive" {
                             continue;
                         }
-                        let item = match serde_json::from_str::<Value>(&event.data) {
-                            Ok(chunk) => Ok(StreamEvent {
-                                chunk,
-                                data: event.data,
-                            }),
-                            Err(e) => Err(EndpointError::Shape(format!(
-                                "a stream event is not JSON: {e}"
-                            ))),
-                        };
+                        let item = parse(event.data).map_err(|e| {
+                            EndpointError::Shape(format!("a stream event is not JSON: {e}"))
+                        });
                         return Some((item, (bytes, parser, ended)));
                     }
                     if ended {
@@ -354,3 +374,12 @@ impl ChatEndpoint {
 /// The longest event of a streamed answer the endpoint holds: one chunk of an answer is a
 /// few hundred bytes, so an upstream that never ends a line cannot grow memory past this.
 pub const MAX_STREAM_EVENT_BYTES: usize = 4 << 20;
+
+/// The longest whole answer the endpoint reads. A long answer with every token's
+/// log-probabilities is a few MiB; an upstream that sends without end stops here instead
+/// of at the process's memory.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+/// How much of an error answer is read: its message is at the start, and the rest is left
+/// unread (a proxy's error page can be any size).
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;

@@ -55,7 +55,10 @@ async fn read_events(port: u16) -> Vec<Result<StreamEvent, EndpointError>> {
     )
     .unwrap();
     endpoint
-        .stream(&json!({"model": "m", "stream": true, "messages": []}))
+        .stream(
+            &json!({"model": "m", "stream": true, "messages": []}),
+            StreamEvent::parse,
+        )
         .await
         .expect("the stream opened")
         .collect()

@@ -127,12 +127,41 @@ impl Transport {
     }
 }
 
-/// The whole body.
-pub(crate) async fn read_body(body: ResponseBody) -> Result<Bytes, String> {
-    body.collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .map_err(|e| describe(&*e))
+/// Why a body was not read whole.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// It is longer than the limit; reading stopped there.
+    TooLong,
+    /// The connection broke while it was read.
+    Broken(String),
+}
+
+/// The whole body, if it is at most `limit` bytes: an upstream that never ends its answer
+/// cannot grow memory past that.
+pub(crate) async fn read_body(body: ResponseBody, limit: usize) -> Result<Bytes, ReadError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLong),
+        Err(e) => Err(ReadError::Broken(describe(&*e))),
+    }
+}
+
+/// At most the first `limit` bytes of the body, which is left unread after them (an error
+/// answer's message is at its start); what arrived before a broken connection.
+pub(crate) async fn read_prefix(mut body: ResponseBody, limit: usize) -> Bytes {
+    let mut prefix = bytes::BytesMut::new();
+    while prefix.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = limit - prefix.len();
+                    prefix.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    prefix.freeze()
 }
 
 #[cfg(test)]
@@ -235,7 +264,7 @@ mod tests {
                 .unwrap();
             let response = transport.send(request).await.unwrap();
             assert_eq!(response.status(), 200);
-            let body = read_body(response.into_body()).await.unwrap();
+            let body = read_body(response.into_body(), 1 << 10).await.unwrap();
             assert_eq!(&body[..], b"{\"ok\":true}", "proxied: {proxied}");
             let request = seen.await.unwrap();
             assert!(

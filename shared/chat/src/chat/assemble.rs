@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use super::chunk::ChunkView;
+
 /// One tool call being assembled from its deltas.
 #[derive(Debug, Default)]
 struct ToolCall {
@@ -29,10 +31,18 @@ struct Choice {
     finish_reason: Option<Value>,
 }
 
+/// What the answer takes from the stream's first chunk.
+#[derive(Debug)]
+struct First {
+    id: Value,
+    created: Value,
+    model: Value,
+}
+
 /// Collects the chunks of a stream into the completion they add up to.
 #[derive(Debug, Default)]
 pub(crate) struct Assembler {
-    first: Option<Value>,
+    first: Option<First>,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,
     system_fingerprint: Option<Value>,
@@ -45,28 +55,32 @@ fn append(into: &mut Option<String>, piece: &Value) {
 }
 
 impl Assembler {
-    pub fn push(&mut self, chunk: &Value) {
+    pub fn push(&mut self, chunk: &ChunkView) {
         if self.first.is_none() {
-            self.first = Some(chunk.clone());
+            self.first = Some(First {
+                id: chunk.id.clone(),
+                created: chunk.created.clone(),
+                model: chunk.model.clone(),
+            });
         }
-        if !chunk["usage"].is_null() {
-            self.usage = Some(chunk["usage"].clone());
+        if !chunk.usage.is_null() {
+            self.usage = Some(chunk.usage.clone());
         }
-        if !chunk["system_fingerprint"].is_null() {
-            self.system_fingerprint = Some(chunk["system_fingerprint"].clone());
+        if !chunk.system_fingerprint.is_null() {
+            self.system_fingerprint = Some(chunk.system_fingerprint.clone());
         }
-        for c in chunk["choices"].as_array().into_iter().flatten() {
+        for c in chunk.choices.iter().flatten() {
             let choice = self
                 .choices
-                .entry(c["index"].as_u64().unwrap_or(0))
+                .entry(c.index.as_u64().unwrap_or(0))
                 .or_default();
-            let delta = &c["delta"];
-            if !delta["role"].is_null() {
-                choice.role = Some(delta["role"].clone());
+            let delta = &c.delta;
+            if !delta.role.is_null() {
+                choice.role = Some(delta.role.clone());
             }
-            append(&mut choice.content, &delta["content"]);
-            append(&mut choice.refusal, &delta["refusal"]);
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            append(&mut choice.content, &delta.content);
+            append(&mut choice.refusal, &delta.refusal);
+            for call in delta.tool_calls.as_array().into_iter().flatten() {
                 let entry = choice
                     .tool_calls
                     .entry(call["index"].as_u64().unwrap_or(0))
@@ -84,16 +98,16 @@ impl Assembler {
                     .arguments
                     .push_str(call["function"]["arguments"].as_str().unwrap_or_default());
             }
-            if delta["function_call"].is_object() {
+            if delta.function_call.is_object() {
                 let (name, arguments) = choice.function_call.get_or_insert_default();
-                name.push_str(delta["function_call"]["name"].as_str().unwrap_or_default());
+                name.push_str(delta.function_call["name"].as_str().unwrap_or_default());
                 arguments.push_str(
-                    delta["function_call"]["arguments"]
+                    delta.function_call["arguments"]
                         .as_str()
                         .unwrap_or_default(),
                 );
             }
-            if let Some(logprobs) = c["logprobs"].as_object() {
+            if let Some(logprobs) = c.logprobs.as_object() {
                 let into = choice.logprobs.get_or_insert_with(Map::new);
                 for (field, value) in logprobs {
                     match (into.get_mut(field), value) {
@@ -106,8 +120,8 @@ impl Assembler {
                     }
                 }
             }
-            if !c["finish_reason"].is_null() {
-                choice.finish_reason = Some(c["finish_reason"].clone());
+            if !c.finish_reason.is_null() {
+                choice.finish_reason = Some(c.finish_reason.clone());
             }
         }
     }
@@ -149,7 +163,10 @@ impl Assembler {
 
     /// The completion the chunks add up to.
     pub fn completion(&self) -> Value {
-        let first = self.first.clone().unwrap_or_default();
+        let (id, created, model) = match &self.first {
+            Some(first) => (first.id.clone(), first.created.clone(), first.model.clone()),
+            None => (Value::Null, Value::Null, Value::Null),
+        };
         let choices: Vec<Value> = self
             .choices
             .iter()
@@ -189,10 +206,10 @@ impl Assembler {
             })
             .collect();
         let mut completion = json!({
-            "id": first["id"],
+            "id": id,
             "object": "chat.completion",
-            "created": first["created"],
-            "model": first["model"],
+            "created": created,
+            "model": model,
             "choices": choices,
             "usage": self.usage.clone().unwrap_or(json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})),
         });
@@ -285,7 +302,7 @@ mod tests {
     fn stream_of(completion: &Value) -> Assembler {
         let mut assembler = Assembler::default();
         for chunk in chunks(completion, true) {
-            assembler.push(&chunk);
+            assembler.push(&ChunkView::of(&chunk));
         }
         assembler
     }
@@ -315,13 +332,13 @@ mod tests {
         let mut a = Assembler::default();
         let piece =
             |choices: Value| json!({"id": "x", "created": 2, "model": "m", "choices": choices});
-        a.push(&piece(json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "look", "arguments": ""}}]}}])));
-        a.push(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}}])));
-        a.push(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}}])));
+        a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "look", "arguments": ""}}]}}]))));
+        a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}}]))));
+        a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}}]))));
         assert!(!a.finished());
-        a.push(&piece(
+        a.push(&ChunkView::of(&piece(
             json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
-        ));
+        )));
         assert!(a.finished());
         let c = a.completion();
         assert_eq!(c["choices"][0]["message"]["content"], Value::Null);

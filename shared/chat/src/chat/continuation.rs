@@ -126,7 +126,7 @@ impl Continuation {
 /// A continuation's chunk as part of the stream the caller already has: the role is
 /// not said twice, and the id stays the one the stream started with.
 pub(crate) fn as_continued(mut chunk: Chunk, id: &Value) -> Chunk {
-    let value = chunk.value_mut();
+    let mut value = chunk.value_mut();
     if !id.is_null() {
         value["id"] = id.clone();
     }
@@ -135,5 +135,6 @@ pub(crate) fn as_continued(mut chunk: Chunk, id: &Value) -> Chunk {
             delta.remove("role");
         }
     }
+    drop(value);
     chunk
 }

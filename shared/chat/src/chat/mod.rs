@@ -4,6 +4,7 @@
 //! A degraded answer always says so; it is never passed off as a model's.
 
 mod assemble;
+mod chunk;
 pub mod continuation;
 mod error;
 pub mod idempotency;

@@ -18,54 +18,7 @@ use crate::secret::Secret;
 /// Streamed chunks (`chat.completion.chunk` objects) of one answer.
 pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
-/// One streamed chunk, with the upstream's own text of it for as long as it is
-/// unchanged: the relay passes such a chunk on as it came (the provider's own
-/// spelling of numbers and strings, no second serialisation). Read it as a `Value`;
-/// change it only through [`Chunk::value_mut`], which lets the text go. An object with a
-/// key given twice parses as its last value but is relayed with both, as the provider
-/// sent it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chunk {
-    value: Value,
-    text: Option<String>,
-}
-
-impl Chunk {
-    /// A chunk as the upstream sent it: `text` is the JSON that parsed into `value`.
-    pub fn relayed(value: Value, text: String) -> Self {
-        Self {
-            value,
-            text: Some(text),
-        }
-    }
-
-    /// The chunk to change; from now on it is written from its value.
-    pub fn value_mut(&mut self) -> &mut Value {
-        self.text = None;
-        &mut self.value
-    }
-
-    /// The upstream's text of the chunk, while the chunk is unchanged and the text fits
-    /// on one `data:` line.
-    pub fn text(&self) -> Option<&str> {
-        self.text
-            .as_deref()
-            .filter(|text| !text.contains(['\n', '\r']))
-    }
-}
-
-impl From<Value> for Chunk {
-    fn from(value: Value) -> Self {
-        Self { value, text: None }
-    }
-}
-
-impl std::ops::Deref for Chunk {
-    type Target = Value;
-    fn deref(&self) -> &Value {
-        &self.value
-    }
-}
+pub use super::chunk::Chunk;
 
 /// Why a provider call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -277,15 +230,12 @@ impl ChatProvider for OpenAiProvider {
 
     async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError> {
         let body = for_call(body, true);
-        let call = self.endpoint()?.stream(&body);
+        let call = self.endpoint()?.stream(&body, Chunk::parse);
         let stream = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ProviderError::Timeout(self.timeout))?
             .map_err(map_error)?;
-        Ok(Box::pin(stream.map(|item| {
-            item.map(|event| Chunk::relayed(event.chunk, event.data))
-                .map_err(map_error)
-        })))
+        Ok(Box::pin(stream.map(|item| item.map_err(map_error))))
     }
 }
 

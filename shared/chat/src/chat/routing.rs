@@ -43,7 +43,8 @@ pub(super) enum Mode {
 pub(super) enum Opened {
     Plain(Value),
     Stream(
-        Chunk,
+        // Boxed: a chunk with its view is some 500 bytes, a completion 80.
+        Box<Chunk>,
         ChunkStream,
         crate::resilience::breaker::Permit,
         CircuitBreaker,
@@ -208,7 +209,7 @@ impl ChatGateway {
                         .map(Opened::Plain),
                     Mode::Stream => self.open_stream(provider, model, body).await.map(
                         |(first, rest, permit, breaker)| {
-                            Opened::Stream(first, rest, permit, breaker)
+                            Opened::Stream(Box::new(first), rest, permit, breaker)
                         },
                     ),
                 }
@@ -358,21 +359,6 @@ impl ChatGateway {
     }
 }
 
-/// Whether a chunk carries part of the answer (text, a tool call, a refusal, or the
-/// finish), not only the role.
-fn has_content(chunk: &Value) -> bool {
-    chunk["choices"].as_array().is_some_and(|choices| {
-        choices.iter().any(|c| {
-            let delta = &c["delta"];
-            delta["content"].as_str().is_some_and(|t| !t.is_empty())
-                || !delta["tool_calls"].is_null()
-                || !delta["refusal"].is_null()
-                || !delta["function_call"].is_null()
-                || !c["finish_reason"].is_null()
-        })
-    }) || !chunk["usage"].is_null()
-}
-
 /// Reads until the first content chunk (each chunk within `timeout`); returns the first
 /// chunk and the rest, the chunks read before the content chunk included.
 pub(super) async fn first_content(
@@ -390,7 +376,7 @@ pub(super) async fn first_content(
             }
             Ok(Some(chunk)) => chunk?,
         };
-        let content = has_content(&chunk);
+        let content = chunk.view().has_content();
         before.push(chunk);
         if content || before.len() >= FIRST_CHUNKS_KEPT {
             let first = before.remove(0);

@@ -145,19 +145,15 @@ impl Relay {
                 match next {
                     Some(Ok(mut chunk)) => {
                         if s.id.is_null() {
-                            s.id = chunk["id"].clone();
+                            s.id = chunk.view().id.clone();
                         }
-                        if s.continued_tokens > 0 && chunk["usage"].is_object() {
+                        if s.continued_tokens > 0 && chunk.view().usage.is_object() {
                             bill_continued(&mut chunk.value_mut()["usage"], s.continued_tokens);
                         }
-                        s.assembler.push(&chunk);
-                        let is_usage_chunk = chunk["choices"]
-                            .as_array()
-                            .is_some_and(|c| c.is_empty())
-                            && !chunk["usage"].is_null();
+                        s.assembler.push(chunk.view());
                         // Skipped before the gateway's fields are added, so the first
                         // chunk the caller sees carries them.
-                        if is_usage_chunk && !s.relay.include_usage {
+                        if chunk.view().is_usage_only() && !s.relay.include_usage {
                             continue;
                         }
                         if !s.first_sent {
@@ -176,7 +172,7 @@ impl Relay {
                         // Usage the caller did not ask for is taken out; an upstream's
                         // `"usage": null` on every chunk (OpenAI's, as the gateway always
                         // asks for usage) says nothing and is relayed as it came.
-                        if !s.relay.include_usage && !chunk["usage"].is_null() {
+                        if !s.relay.include_usage && !chunk.view().usage.is_null() {
                             if let Some(map) = chunk.value_mut().as_object_mut() {
                                 map.remove("usage");
                             }
@@ -350,8 +346,7 @@ mod tests {
     #[test]
     fn an_unchanged_chunk_is_written_as_it_came_and_a_changed_one_anew() {
         let text = r#"{"id": "c1",  "choices": []}"#;
-        let value: Value = serde_json::from_str(text).unwrap();
-        let mut chunk = Chunk::relayed(value, text.to_string());
+        let mut chunk = Chunk::parse(text.to_string()).unwrap();
         assert_eq!(
             chunk_event(&chunk),
             Bytes::from(format!("data: {text}\n\n"))
@@ -363,7 +358,7 @@ mod tests {
         );
         // A chunk that came on several `data:` lines goes out on one.
         let text = "{\"id\": \"c3\",\n\"choices\": []}";
-        let chunk = Chunk::relayed(serde_json::from_str(text).unwrap(), text.to_string());
+        let chunk = Chunk::parse(text.to_string()).unwrap();
         assert_eq!(
             chunk_event(&chunk),
             Bytes::from_static(b"data: {\"id\":\"c3\",\"choices\":[]}\n\n")

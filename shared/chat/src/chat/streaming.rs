@@ -95,7 +95,7 @@ impl ChatGateway {
                         cached: false,
                         provider_wait: waited,
                     },
-                    body: relay.run(first, rest),
+                    body: relay.run(*first, rest),
                 });
             }
             Routed::Answered { .. } => unreachable!("a stream route opens streams"),
