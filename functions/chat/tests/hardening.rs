@@ -153,6 +153,36 @@ async fn a_stream_that_stalls_after_its_first_chunk_is_ended_and_frees_its_slot(
     assert_eq!(ctx.sessions.in_use(), 0);
 }
 
+/// The idle timeout is the longest wait for one chunk, not for the whole stream: a slow
+/// but steady stream that lasts several idle timeouts is relayed whole (one timer is moved
+/// on with each chunk, so a deadline left where it was would cut this one).
+#[tokio::test]
+async fn a_slow_steady_stream_outlasting_the_idle_timeout_is_relayed_whole() {
+    let db = TestDatabase::sqlite();
+    let fake = FakeOpenAi::start().await;
+    let (router, _) = chat_router(&db, Some(&fake), &[("LLM_STREAM_IDLE_MS", "250")]);
+    fake.set_behaviour(Behaviour {
+        chunk_delay_ms: 100,
+        ..Behaviour::default()
+    });
+    let mut body = ask("A slow and steady answer, please.");
+    body["stream"] = json!(true);
+    body["retrieval"] = json!(false);
+    let started = std::time::Instant::now();
+    let res = call(&router, post(body)).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.text.ends_with("data: [DONE]\n\n"), "{}", res.text);
+    assert!(!res.text.contains("\"error\""), "{}", res.text);
+    assert!(header(&res, "x-degraded").is_none(), "{}", res.text);
+    assert!(streamed_text(&res.text).starts_with("Fake answer from gpt-4o-mini"));
+    // The premise: the stream lasted more than two idle timeouts.
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Finding 8: the same request re-serialised (another whitespace, another key order)
 /// with the same `Idempotency-Key` got 422. It is the same request: replayed.
 #[tokio::test]

@@ -55,14 +55,21 @@ fn append(into: &mut Option<String>, piece: &Value) {
 }
 
 impl Assembler {
+    /// Takes the answer's id, creation time and model from the stream's first chunk.
+    pub fn start(&mut self, first: &Value) {
+        self.first = Some(First {
+            id: first["id"].clone(),
+            created: first["created"].clone(),
+            model: first["model"].clone(),
+        });
+    }
+
+    /// Whether [`Assembler::start`] was called.
+    pub fn started(&self) -> bool {
+        self.first.is_some()
+    }
+
     pub fn push(&mut self, chunk: &ChunkView) {
-        if self.first.is_none() {
-            self.first = Some(First {
-                id: chunk.id.clone(),
-                created: chunk.created.clone(),
-                model: chunk.model.clone(),
-            });
-        }
         if !chunk.usage.is_null() {
             self.usage = Some(chunk.usage.clone());
         }
@@ -301,8 +308,10 @@ mod tests {
 
     fn stream_of(completion: &Value) -> Assembler {
         let mut assembler = Assembler::default();
-        for chunk in chunks(completion, true) {
-            assembler.push(&ChunkView::of(&chunk));
+        let chunks = chunks(completion, true);
+        assembler.start(&chunks[0]);
+        for chunk in &chunks {
+            assembler.push(&ChunkView::of(chunk));
         }
         assembler
     }
@@ -332,6 +341,7 @@ mod tests {
         let mut a = Assembler::default();
         let piece =
             |choices: Value| json!({"id": "x", "created": 2, "model": "m", "choices": choices});
+        a.start(&piece(json!([])));
         a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "look", "arguments": ""}}]}}]))));
         a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}}]))));
         a.push(&ChunkView::of(&piece(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}}]))));

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::assemble::Assembler;
 use super::continuation::{as_continued, Continuation};
-use super::provider::{Chunk, ChunkStream};
+use super::provider::{Chunk, ChunkStream, ProviderError};
 use super::{record_usage_metrics, Answer};
 use crate::cache::{Namespace, TieredCache};
 use crate::resilience::breaker::{CircuitBreaker, Permit};
@@ -102,23 +102,30 @@ pub(crate) struct Relay {
 }
 
 struct State {
-    relay: Relay,
+    /// Boxed: the state moves in and out of each step's future, and the relay's settings
+    /// and handles are most of its size.
+    relay: Box<Relay>,
     rest: ChunkStream,
     pending: Option<Chunk>,
     /// What the chunks so far add up to.
     assembler: Assembler,
     first_sent: bool,
     done: bool,
-    /// The stream's id, kept by continuations.
+    /// The stream's id (its first chunk's), kept by continuations.
     id: Value,
     /// Tokens of the partial answers other models continued (estimated).
     continued_tokens: u64,
+    /// The idle timeout, one timer moved on with each chunk: a new `timeout` per chunk
+    /// registered and removed a timer each time (9 % of a relayed stream's instructions),
+    /// where moving a pending deadline later is one atomic update.
+    idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Relay {
     pub fn run(self, first: Chunk, rest: ChunkStream) -> BoxStream<'static, Bytes> {
+        let idle_timer = Box::pin(tokio::time::sleep(self.idle));
         let state = State {
-            relay: self,
+            relay: Box::new(self),
             rest,
             pending: Some(first),
             assembler: Assembler::default(),
@@ -126,6 +133,7 @@ impl Relay {
             done: false,
             id: Value::Null,
             continued_tokens: 0,
+            idle_timer,
         };
         let body = futures_util::stream::unfold(state, |mut s| async move {
             if s.done {
@@ -134,9 +142,9 @@ impl Relay {
             loop {
                 let next = match s.pending.take() {
                     Some(chunk) => Some(Ok(chunk)),
-                    None => match tokio::time::timeout(s.relay.idle, s.rest.next()).await {
-                        Ok(next) => next,
-                        Err(_) => match s.stalled().await {
+                    None => match s.next_within_idle().await {
+                        Some(next) => next,
+                        None => match s.stalled().await {
                             Some(end) => return Some((end, s)),
                             None => continue,
                         },
@@ -144,8 +152,11 @@ impl Relay {
                 };
                 match next {
                     Some(Ok(mut chunk)) => {
-                        if s.id.is_null() {
-                            s.id = chunk.view().id.clone();
+                        if !s.assembler.started() {
+                            // The first chunk's whole value (built anyway: it gets the
+                            // gateway's fields), for the answer's id, time and model.
+                            s.assembler.start(&chunk);
+                            s.id = chunk["id"].clone();
                         }
                         if s.continued_tokens > 0 && chunk.view().usage.is_object() {
                             bill_continued(&mut chunk.value_mut()["usage"], s.continued_tokens);
@@ -233,6 +244,18 @@ impl Drop for State {
 }
 
 impl State {
+    /// The next item of the upstream stream, or `None` when none came within the idle
+    /// timeout.
+    async fn next_within_idle(&mut self) -> Option<Option<Result<Chunk, ProviderError>>> {
+        let deadline = tokio::time::Instant::now() + self.relay.idle;
+        self.idle_timer.as_mut().reset(deadline);
+        tokio::select! {
+            biased;
+            next = self.rest.next() => Some(next),
+            () = self.idle_timer.as_mut() => None,
+        }
+    }
+
     /// No chunk within the idle timeout: the upstream stalled. Its breaker counts a
     /// failure; the next model continues the answer, or the stream ends here (which frees
     /// the caller's slot).
