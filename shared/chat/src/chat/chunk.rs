@@ -7,38 +7,38 @@
 
 use std::sync::OnceLock;
 
-use serde::de::{MapAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// What the relay, the assembler and the first-content check read of every chunk. A
 /// field that is absent and one that is `null` are both `Value::Null`, as `chunk["field"]`
-/// reads them; fields the gateway does not read are skipped, not kept. (The id, creation
-/// time and model are read from the first chunk's whole value, which is built anyway.)
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
+/// reads them; a key given twice counts as its last value, as in a `Value`. (The id,
+/// creation time and model are read from the first chunk's whole value, built anyway.)
+///
+/// Read by hand rather than derived: every field the view does not keep is still read
+/// through (`Checked`), so a text the view accepts is one a `Value` accepts too (serde's
+/// way of skipping a field checks neither escapes, nor number ranges, nor depth), and a
+/// derived struct would also take an array of its fields in order.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ChunkView {
     pub usage: Value,
     pub system_fingerprint: Value,
     /// `None` unless `choices` is an array.
-    #[serde(deserialize_with = "objects")]
     pub choices: Option<Vec<ChoiceView>>,
 }
 
 /// One choice of a chunk.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ChoiceView {
     pub index: Value,
-    #[serde(deserialize_with = "object")]
     pub delta: DeltaView,
     pub logprobs: Value,
     pub finish_reason: Value,
 }
 
 /// One choice's delta.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct DeltaView {
     pub role: Value,
     pub content: Value,
@@ -47,38 +47,152 @@ pub(crate) struct DeltaView {
     pub function_call: Value,
 }
 
-/// A struct read only from a JSON object: serde's derived structs also take an array of
-/// their fields in order, which `value["field"]` would read as nothing.
-struct ObjectOnly<T>(T);
+/// Any JSON value, read as a `Value` reads it (escapes, number ranges, depth) and not
+/// kept: a string without escapes is not even copied.
+struct Checked;
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Object<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
         deserializer
-            .deserialize_map(Object(std::marker::PhantomData))
-            .map(ObjectOnly)
+            .deserialize_any(CheckedVisitor)
+            .map(|()| Checked)
     }
 }
 
-fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
-    ObjectOnly::deserialize(deserializer).map(|ObjectOnly(inner)| inner)
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(())
+    }
 }
 
-fn objects<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Vec<ChoiceView>>, D::Error> {
-    let choices = Option::<Vec<ObjectOnly<ChoiceView>>>::deserialize(deserializer)?;
-    Ok(choices.map(|choices| choices.into_iter().map(|ObjectOnly(c)| c).collect()))
+/// A key of an object the view reads: its place among `names`, or `None` for a key the
+/// view does not keep.
+struct FieldOf(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for FieldOf {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
 }
+
+impl<'de> Visitor<'de> for FieldOf {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
+}
+
+/// Reads an object's keys with `names`, handing each kept one to `keep` and reading the
+/// others through.
+fn read_object<'de, A: MapAccess<'de>>(
+    mut map: A,
+    names: &'static [&'static str],
+    mut keep: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
+    while let Some(field) = map.next_key_seed(FieldOf(names))? {
+        match field {
+            Some(at) => keep(at, &mut map)?,
+            None => {
+                map.next_value::<Checked>()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A view read from a JSON object only.
+macro_rules! object_view {
+    ($view:ty, $names:expr, |$target:ident, $at:ident, $map:ident| $keep:expr) => {
+        impl<'de> Deserialize<'de> for $view {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct ViewVisitor;
+                impl<'de> Visitor<'de> for ViewVisitor {
+                    type Value = $view;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$view, A::Error> {
+                        let mut $target = <$view>::default();
+                        read_object(map, $names, |$at, $map| {
+                            $keep;
+                            Ok(())
+                        })?;
+                        Ok($target)
+                    }
+                }
+                deserializer.deserialize_map(ViewVisitor)
+            }
+        }
+    };
+}
+
+object_view!(
+    ChunkView,
+    &["usage", "system_fingerprint", "choices"],
+    |view, at, map| match at {
+        0 => view.usage = map.next_value()?,
+        1 => view.system_fingerprint = map.next_value()?,
+        _ => view.choices = map.next_value()?,
+    }
+);
+
+object_view!(
+    ChoiceView,
+    &["index", "delta", "logprobs", "finish_reason"],
+    |choice, at, map| match at {
+        0 => choice.index = map.next_value()?,
+        1 => choice.delta = map.next_value()?,
+        2 => choice.logprobs = map.next_value()?,
+        _ => choice.finish_reason = map.next_value()?,
+    }
+);
+
+object_view!(
+    DeltaView,
+    &["role", "content", "refusal", "tool_calls", "function_call"],
+    |delta, at, map| match at {
+        0 => delta.role = map.next_value()?,
+        1 => delta.content = map.next_value()?,
+        2 => delta.refusal = map.next_value()?,
+        3 => delta.tool_calls = map.next_value()?,
+        _ => delta.function_call = map.next_value()?,
+    }
+);
 
 impl ChunkView {
     /// The view of a chunk already parsed as a value (a changed chunk, one the gateway
@@ -148,16 +262,15 @@ pub struct Chunk {
 impl Chunk {
     /// A chunk from the upstream's event text; why not, when the text is not JSON.
     pub fn parse(text: String) -> Result<Self, String> {
-        let typed = serde_json::from_str::<ObjectOnly<ChunkView>>(&text);
-        if let Ok(ObjectOnly(view)) = typed {
+        if let Ok(view) = serde_json::from_str::<ChunkView>(&text) {
             return Ok(Self {
                 view,
                 text: Some(text),
                 value: OnceLock::new(),
             });
         }
-        // Not the shape the view expects (a `null` delta, a key given twice, not an
-        // object...): read as a value, as before the view, so nothing is lost.
+        // Not the shape the view expects (a `null` delta, `choices` that is not an
+        // array, not an object...): read as a value, as before the view.
         let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         Ok(Self {
             view: ChunkView::of(&value),
@@ -194,9 +307,10 @@ impl Chunk {
 }
 
 fn parse_text(text: Option<&str>) -> Value {
-    // `text` parsed once already (`Chunk::parse`); `Null` only if that broke.
-    text.and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default()
+    // `text` was read through once already (`Chunk::parse`), as a `Value` reads it.
+    let value = text.and_then(|t| serde_json::from_str(t).ok());
+    debug_assert!(value.is_some(), "a chunk's text no longer parses");
+    value.unwrap_or_default()
 }
 
 impl From<Value> for Chunk {
@@ -255,40 +369,99 @@ mod tests {
     use serde_json::json;
 
     /// The typed parse reads every chunk as the value-based view does, whatever its
-    /// shape; odd shapes take the whole parse.
+    /// shape; odd shapes take the whole parse; and a text is accepted exactly when a
+    /// `Value` accepts it, so the whole value can always be built later.
     #[test]
     fn the_typed_view_reads_what_the_value_says() {
+        // (text, read as a whole value at once)
         let texts = [
-            r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null}"#,
-            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel\u006co \"x\""}}]}"#,
-            r#"{"id":"c1","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"function_call":{"name":"f","arguments":""}},"logprobs":{"content":[{"token":"a","logprob":-0.1}]}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
-            r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}],"extra":{"nested":[1,{"a":null}]}}"#,
+            (
+                r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+                false,
+            ),
+            (
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel\u006co \"x\""}}]}"#,
+                false,
+            ),
+            (
+                r#"{"id":"c1","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}}]}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"function_call":{"name":"f","arguments":""}},"logprobs":{"content":[{"token":"a","logprob":-0.1}]}}]}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}],"extra":{"nested":[1,{"a":null}],"e":"\ud83d\ude00"}}"#,
+                false,
+            ),
+            (r#"{"choices":null,"usage":null}"#, false),
+            (
+                r#"{"choices":[{"index":"0","delta":{"content":5}}]}"#,
+                false,
+            ),
+            (r#"{"usage":{"a":1},"usage":{"b":2},"choices":[]}"#, false),
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
+                false,
+            ),
+            (r#"{"u\u0073age":{"total_tokens":1},"choices":[]}"#, false),
+            (
+                "  {\"choices\" : [ { \"index\" : 0 , \"delta\" : { \"content\" : \"a\" } } ] }  ",
+                false,
+            ),
             // Odd shapes: the whole parse.
-            r#"{"choices":[{"index":0,"delta":null,"finish_reason":"stop"}]}"#,
-            r#"{"choices":{"index":0}}"#,
-            r#"{"choices":null,"usage":null}"#,
-            r#"{"choices":[{"index":"0","delta":{"content":5}}]}"#,
-            r#"{"id":"a","id":"b","choices":[]}"#,
-            r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
-            r#"{"choices":[[0,{"content":"x"}]]}"#,
-            r#"[{"choices":[]}]"#,
-            r#"42"#,
-            r#""text""#,
-            "  {\"choices\" : [ { \"index\" : 0 , \"delta\" : { \"content\" : \"a\" } } ] }  ",
+            (
+                r#"{"choices":[{"index":0,"delta":null,"finish_reason":"stop"}]}"#,
+                true,
+            ),
+            (r#"{"choices":{"index":0}}"#, true),
+            (r#"{"choices":[[0,{"content":"x"}]]}"#, true),
+            (r#"{"choices":[{"index":0,"delta":[null,"x"]}]}"#, true),
+            (r#"[{"choices":[]}]"#, true),
+            (r#"42"#, true),
+            (r#""text""#, true),
         ];
-        for text in texts {
+        for (text, whole) in texts {
             let chunk = Chunk::parse(text.to_string()).unwrap();
+            assert_eq!(chunk.value.get().is_some(), whole, "{text}");
             let value: Value = serde_json::from_str(text).unwrap();
             assert_eq!(chunk.view(), &ChunkView::of(&value), "{text}");
             assert_eq!(*chunk, value, "{text}");
             assert_eq!(chunk.text(), Some(text), "{text}");
         }
-        assert!(Chunk::parse("{\"choices\":[".into()).is_err());
-        assert!(Chunk::parse("not json".into()).is_err());
-        assert!(Chunk::parse("{} trailing".into()).is_err());
+        // What a `Value` refuses, the chunk refuses too, in the fields the view skips as
+        // in the ones it keeps.
+        let deep = format!(
+            r#"{{"choices":[],"extra":{}0{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let refused = [
+            "{\"choices\":[",
+            "not json",
+            "{} trailing",
+            r#"{"id":"\ud800","choices":[]}"#,
+            r#"{"\ud800":1,"choices":[]}"#,
+            r#"{"created":1e400,"choices":[]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"\udc00"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"\ud800"}}]}"#,
+            r#"{"choices":[],"x":"\q"}"#,
+            r#"{"choices":[],"x":"tab	inside"}"#,
+            deep.as_str(),
+        ];
+        for text in refused {
+            assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
+            assert!(Chunk::parse(text.to_string()).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ struct State {
     assembler: Assembler,
     first_sent: bool,
     done: bool,
-    /// The stream's id (its first chunk's), kept by continuations.
+    /// The stream's id, kept by continuations.
     id: Value,
     /// Tokens of the partial answers other models continued (estimated).
     continued_tokens: u64,
@@ -156,6 +156,9 @@ impl Relay {
                             // The first chunk's whole value (built anyway: it gets the
                             // gateway's fields), for the answer's id, time and model.
                             s.assembler.start(&chunk);
+                        }
+                        if s.id.is_null() {
+                            // The first id the stream gives (normally the first chunk's).
                             s.id = chunk["id"].clone();
                         }
                         if s.continued_tokens > 0 && chunk.view().usage.is_object() {
