@@ -3,7 +3,7 @@
 //! view; the whole JSON value is built only for a chunk that is changed or read whole
 //! (the first, a continued one, a traced one). Parsing every chunk into a
 //! `serde_json::Value` (a map with a hashed index and a string for each key) was 31 % of
-//! a relayed stream's instructions (docs/benchmarks.md, "A typed view of each chunk").
+//! a relayed stream's instructions (docs/benchmarks.md, "A typed view of each streamed chunk").
 
 use std::sync::OnceLock;
 

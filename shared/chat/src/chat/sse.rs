@@ -116,8 +116,8 @@ struct State {
     /// Tokens of the partial answers other models continued (estimated).
     continued_tokens: u64,
     /// The idle timeout, one timer moved on with each chunk: a new `timeout` per chunk
-    /// registered and removed a timer each time (9 % of a relayed stream's instructions),
-    /// where moving a pending deadline later is one atomic update.
+    /// registered and removed a timer each time, where moving a pending deadline later is
+    /// one atomic update.
     idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
