@@ -271,3 +271,95 @@ async fn emf_metric_lines_are_written_when_enabled() {
     assert_eq!(emf["http_requests_total"], 1.0);
     assert!(emf["http_request_duration_seconds"].as_f64().unwrap() > 0.0);
 }
+
+/// The request log line is written without a whole-line redaction pass, so each value a
+/// caller or an operator chose is redacted on its own: a key-shaped request id, a
+/// card-number method and a key named like a provider key never reach the log, while
+/// a plain id and the service's own values are logged as they are.
+#[tokio::test]
+async fn the_request_line_redacts_each_value_a_caller_or_operator_chose() {
+    let db = TestDatabase::sqlite();
+    let keys = format!(
+        "sk-live-operator0123:{}",
+        shared::auth::hash_key("e2e-secret")
+    );
+    let chat = Function::start(
+        "chat",
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("API_KEYS", keys.as_str()),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let send = |method: &[u8], id: &str| {
+        client
+            .request(
+                reqwest::Method::from_bytes(method).unwrap(),
+                chat.url("/v1/models"),
+            )
+            .header("x-request-id", id)
+            .bearer_auth("e2e-secret")
+            .send()
+    };
+    assert_eq!(
+        send(b"GET", "sk-live-0123456789abcdef")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(send(b"GET", "plain-id-42").await.unwrap().status(), 200);
+    assert_eq!(
+        send(b"4111111111111111", "odd-method")
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    reqwest::get(chat.url("/v1/models")).await.unwrap();
+
+    let line_of = |id: &'static str| {
+        chat.wait_for_line(move |l| l.contains("request completed") && l.contains(id))
+    };
+    let plain: Value = serde_json::from_str(&line_of("\"plain-id-42\"").await).unwrap();
+    assert_eq!(plain["method"], "GET");
+    assert_eq!(plain["route"], "/v1/models");
+    assert_eq!(plain["key"], "[REDACTED_KEY]", "{plain}");
+    let keyed: Value =
+        serde_json::from_str(&line_of("\"request_id\":\"[REDACTED_KEY]\"").await).unwrap();
+    assert_eq!(keyed["request_id"], "[REDACTED_KEY]");
+    let odd: Value = serde_json::from_str(&line_of("\"odd-method\"").await).unwrap();
+    assert_eq!(odd["method"], "[REDACTED_CARD]", "{odd}");
+    assert_eq!(odd["status"], 405);
+    // Without a caller's id the line carries the generated one, whole.
+    let generated = json_lines(&chat)
+        .into_iter()
+        .find(|l| {
+            l["message"] == "request completed"
+                && !["[REDACTED_KEY]", "plain-id-42", "odd-method"]
+                    .contains(&l["request_id"].as_str().unwrap_or_default())
+        })
+        .expect("the line of the request without an id");
+    let id = generated["request_id"].as_str().unwrap();
+    assert!(uuid_shaped(id), "{generated}");
+
+    let output = chat.output().join("\n");
+    for secret in [
+        "sk-live-0123456789abcdef",
+        "4111111111111111",
+        "sk-live-operator0123",
+    ] {
+        assert!(!output.contains(secret), "{secret} was logged: {output}");
+    }
+}
+
+/// 8-4-4-4-12 lower-case hex digits.
+fn uuid_shaped(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        })
+}

@@ -257,7 +257,13 @@ impl ChatRequest {
 
     /// The key of the last good answer to this question, for the fallback chain.
     pub(crate) fn question_key(&self) -> Option<String> {
-        let question = self.last_user_text()?.to_lowercase();
+        let mut question = self.last_user_text()?;
+        // The same as `to_lowercase` on ASCII, in place and without decoding each char.
+        if question.is_ascii() {
+            question.make_ascii_lowercase();
+        } else {
+            question = question.to_lowercase();
+        }
         if is_normalised(&question) {
             return Some(key_of("last-answer:", question.as_bytes()));
         }
@@ -382,6 +388,21 @@ mod tests {
         assert_ne!(a.cache_key("g1"), a.cache_key("g2"));
         assert!(!a.cache_key("g1").contains("RRF"));
         assert_eq!(a.question_key(), c.question_key());
+    }
+
+    /// A question is the same whatever its case, ASCII (lowered in place) or not.
+    #[test]
+    fn question_keys_ignore_case_in_any_script() {
+        let key = |text: &str| {
+            parse(&serde_json::json!({"messages": [{"role": "user", "content": text}]}).to_string())
+                .unwrap()
+                .question_key()
+                .unwrap()
+        };
+        assert_eq!(key("What is RRF?"), key("WHAT IS  rrf?"));
+        assert_eq!(key("ÉTÉ à Straße"), key("été À straße"));
+        assert_ne!(key("What is RRF?"), key("What is BM25?"));
+        assert_ne!(key("été"), key("ete"));
     }
 
     #[test]

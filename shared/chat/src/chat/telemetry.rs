@@ -10,6 +10,7 @@ use tracing::{Instrument, Span};
 
 use super::provider::{ChunkStream, ProviderError};
 use crate::observability::redact::redact;
+use crate::observability::request_scope;
 use crate::observability::traces::{self, TARGET};
 
 /// A client span for calling `model` with `body` through `provider`; disabled (one
@@ -131,7 +132,9 @@ pub(super) fn record_error(span: &Span, error: &ProviderError) {
 
 /// Polls a response body inside the span current when it was built (the request's),
 /// when traces are exported: what runs while the body streams (a continuation's model
-/// call, the session write, the idempotency record) stays in the request's trace.
+/// call, the session write, the idempotency record) stays in the request's trace, and
+/// its log lines name the request (`request_scope`), as they did when the request had a
+/// span of its own.
 pub(crate) fn in_current_span<T: Send + 'static>(
     stream: futures_util::stream::BoxStream<'static, T>,
 ) -> futures_util::stream::BoxStream<'static, T> {
@@ -139,11 +142,16 @@ pub(crate) fn in_current_span<T: Send + 'static>(
         return stream;
     }
     let span = Span::current();
+    let request = request_scope::current();
     Box::pin(futures_util::stream::unfold(
-        (stream, span),
-        |(mut stream, span)| async move {
-            let item = stream.next().instrument(span.clone()).await?;
-            Some((item, (stream, span)))
+        (stream, span, request),
+        |(mut stream, span, request)| async move {
+            let next = stream.next().instrument(span.clone());
+            let item = match &request {
+                Some(scope) => request_scope::scope(scope.clone(), next).await?,
+                None => next.await?,
+            };
+            Some((item, (stream, span, request)))
         },
     ))
 }

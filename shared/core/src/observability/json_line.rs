@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
+use super::request_scope::{self, RequestScope};
 use serde::Serialize;
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
@@ -105,8 +106,23 @@ where
         buf.extend_from_slice(b"\"name\":");
         serde_json::to_writer(&mut *buf, span.metadata().name())?;
         buf.push(b'}');
+    } else if let Some(written) = request_scope::with_current(|scope| write_request(buf, scope)) {
+        written?;
     }
     buf.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// The request the event happened in, as the span per request printed it before
+/// (`request_scope`): `,"span":{"request_id":...,"function":...,"name":"request"}`.
+fn write_request(buf: &mut Vec<u8>, scope: &RequestScope) -> Result<(), serde_json::Error> {
+    buf.extend_from_slice(b",\"span\":{\"request_id\":");
+    serde_json::to_writer(&mut *buf, &scope.id)?;
+    if let Some(function) = &scope.function {
+        buf.extend_from_slice(b",\"function\":");
+        serde_json::to_writer(&mut *buf, &**function)?;
+    }
+    buf.extend_from_slice(b",\"name\":\"request\"}");
     Ok(())
 }
 
@@ -282,6 +298,7 @@ impl Visit for CollectedFields {
 mod tests {
     use super::*;
     use crate::observability::logging::{json_layer, stock_json_layer, tests::Capture};
+    use std::sync::Arc;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Registry;
 
@@ -368,5 +385,65 @@ mod tests {
         assert_eq!(theirs.lines().count(), 7, "{theirs}");
         assert_eq!(strip_time(&ours), strip_time(&theirs));
         assert!(ours.lines().all(|l| !l.is_empty()) && ours.ends_with('\n'));
+    }
+
+    fn lines_without_time(capture: &Capture) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| {
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value["timestamp"] = serde_json::Value::Null;
+                value
+            })
+            .collect()
+    }
+
+    /// An event in a request's scope is printed as it was inside the span per request the
+    /// scope replaced, across awaits too; an inner span of its own still wins, as before,
+    /// and nothing outside the scope names the request.
+    #[test]
+    fn events_in_a_request_scope_name_the_request_as_its_span_did() {
+        let emit = || {
+            tracing::warn!(attempt = 2u8, "provider failed");
+            let inner = tracing::info_span!("inner", step = 1);
+            let _inner = inner.enter();
+            tracing::info!("inside an inner span");
+        };
+        let id = "req-\"1\"";
+        let with_span = Capture::default();
+        let subscriber = Registry::default().with(json_layer(with_span.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", request_id = id, function = "chat");
+            let _entered = span.enter();
+            emit();
+        });
+        let with_scope = Capture::default();
+        let subscriber = Registry::default().with(json_layer(with_scope.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let scope = Arc::new(RequestScope {
+                id: id.into(),
+                function: Some("chat".into()),
+            });
+            request_scope::within(scope.clone(), emit);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(request_scope::scope(scope, async {
+                tokio::task::yield_now().await;
+                tracing::info!("after an await");
+            }));
+            tracing::info!("outside the request");
+        });
+        let (before, after) = (
+            lines_without_time(&with_span),
+            lines_without_time(&with_scope),
+        );
+        assert_eq!(after[..2], before[..], "{after:?}");
+        assert_eq!(after[0]["span"]["request_id"], id);
+        assert_eq!(after[0]["span"]["function"], "chat");
+        assert_eq!(after[1]["span"]["name"], "inner");
+        assert_eq!(after[2]["span"]["request_id"], id, "{:?}", after[2]);
+        assert_eq!(after[3]["span"], serde_json::Value::Null, "{:?}", after[3]);
+        assert_eq!(after.len(), 4);
     }
 }

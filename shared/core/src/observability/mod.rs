@@ -5,6 +5,7 @@ pub mod kept_counters;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod request_scope;
 pub mod traces;
 
 /// Version of the running build, reported by health, logs and `build_info`.

@@ -56,7 +56,7 @@ pub struct HttpSettings {
 pub fn app(routes: Router, settings: impl Into<HttpSettings>) -> Router {
     let settings: HttpSettings = settings.into();
     let observe = Arc::new(Observe {
-        function: settings.function.clone(),
+        function: settings.function.as_str().into(),
         emf_namespace: settings.emf_namespace.clone(),
         metrics: request_metrics::RequestMetrics::new(&settings.function),
     });

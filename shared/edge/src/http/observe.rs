@@ -5,6 +5,7 @@
 //! boxed service, a boxed `Next` and a boxed future per request and layer, on the proxy's
 //! hot path (docs/benchmarks.md, "The shared layers without `from_fn`").
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +24,10 @@ use tracing::Instrument;
 use super::request_id;
 use super::request_metrics::RequestMetrics;
 use super::trace;
+use crate::observability::logging::emit_redacted;
 use crate::observability::metrics::{names, EmfRecord};
+use crate::observability::redact::redact;
+use crate::observability::request_scope::{self, RequestScope};
 
 /// True until the first request of this process has been handled.
 static COLD_START: AtomicBool = AtomicBool::new(true);
@@ -34,7 +38,7 @@ pub struct ColdStart(pub bool);
 
 /// What every request is logged and counted with.
 pub(crate) struct Observe {
-    pub(crate) function: String,
+    pub(crate) function: Arc<str>,
     pub(crate) emf_namespace: Option<String>,
     pub(crate) metrics: RequestMetrics,
 }
@@ -73,7 +77,11 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let (request_id, header) = request_id::assign(&mut request);
+        let request_id::Assigned {
+            id: request_id,
+            header,
+            from_caller,
+        } = request_id::assign(&mut request);
         let started = Instant::now();
         let cold_start = COLD_START.swap(false, Ordering::Relaxed);
         request.extensions_mut().insert(ColdStart(cold_start));
@@ -83,21 +91,26 @@ where
             .get::<lambda_runtime::Context>()
             .map(|c| c.request_id.clone());
         let server_span = trace::server_span(&request, &request_id, cold_start);
-        let span = tracing::info_span!(parent: &server_span, "request", request_id = %request_id, function = %self.observe.function);
+        // The request's id and function for the log lines of its events: a task-local, not
+        // a span per request (`request_scope`).
+        let scope = Arc::new(RequestScope {
+            id: request_id.clone(),
+            function: Some(self.observe.function.clone()),
+        });
         // The inner layers' own synchronous work is part of the request too: its id is
-        // in the errors it builds, its spans in the logs it writes.
-        let inner = request_id::within(request_id.clone(), || {
+        // in the errors it builds and the logs it writes, its spans in its trace.
+        let inner = request_scope::within(scope.clone(), || {
             let _server = server_span.enter();
-            let _request = span.enter();
             self.inner.call(request)
         });
-        let inner = inner.instrument(span).instrument(server_span.clone());
+        let inner = inner.instrument(server_span.clone());
         Observed {
-            inner: request_id::scoped(request_id.clone(), inner),
+            inner: request_scope::scope(scope, inner),
             finish: Some(Finish {
                 observe: self.observe.clone(),
                 request_id,
                 header,
+                id_from_caller: from_caller,
                 started,
                 cold_start,
                 method,
@@ -112,7 +125,7 @@ pin_project_lite::pin_project! {
     /// The request's future, then its log line and metrics.
     pub(crate) struct Observed<F> {
         #[pin]
-        inner: TaskLocalFuture<String, Instrumented<Instrumented<F>>>,
+        inner: TaskLocalFuture<Arc<RequestScope>, Instrumented<F>>,
         finish: Option<Finish>,
     }
 }
@@ -131,11 +144,28 @@ where
     }
 }
 
+/// One of the methods HTTP defines (its name is not the caller's text).
+fn is_standard(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::TRACE,
+        Method::CONNECT,
+    ]
+    .contains(method)
+}
+
 /// What the log line and metrics need once the response is there.
 pub(crate) struct Finish {
     observe: Arc<Observe>,
     request_id: String,
     header: HeaderValue,
+    id_from_caller: bool,
     started: Instant,
     cold_start: bool,
     method: Method,
@@ -167,17 +197,31 @@ impl Finish {
         trace::finish_server_span(&self.server_span, &self.method, route, status);
         let trace_id = crate::observability::traces::trace_id(&self.server_span);
         drop(self.server_span);
+        // The line is written without a whole-line redaction pass (`emit_redacted`): the
+        // values a caller or an operator chose are redacted here, one by one. The rest are
+        // the service's own: a generated id, the route's template, numbers, AWS's ids.
+        let request_id = if self.id_from_caller {
+            redact(&self.request_id)
+        } else {
+            Cow::Borrowed(self.request_id.as_str())
+        };
+        let method = if is_standard(&self.method) {
+            Cow::Borrowed(self.method.as_str())
+        } else {
+            redact(self.method.as_str())
+        };
+        let key = key.map(redact);
         // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
         macro_rules! log_request {
             ($level:expr) => {
                 tracing::event!(
                     $level,
-                    request_id = %self.request_id,
+                    request_id = %request_id,
                     aws_request_id = self.aws_request_id.as_deref(),
                     function = %function,
-                    method = %self.method,
+                    method = %method,
                     route = %route,
-                    key,
+                    key = key.as_deref(),
                     trace_id = trace_id.as_deref(),
                     status,
                     duration_ms,
@@ -186,11 +230,13 @@ impl Finish {
                 )
             };
         }
-        if status >= 500 && status != 501 {
-            log_request!(tracing::Level::ERROR);
-        } else {
-            log_request!(tracing::Level::INFO);
-        }
+        emit_redacted(|| {
+            if status >= 500 && status != 501 {
+                log_request!(tracing::Level::ERROR);
+            } else {
+                log_request!(tracing::Level::INFO);
+            }
+        });
         if let Some(namespace) = &observe.emf_namespace {
             EmfRecord::new(namespace)
                 .dimension_set(&["function"])

@@ -3,22 +3,22 @@
 
 use axum::extract::Request;
 use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+
+use crate::observability::request_scope::{self, RequestScope};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
 
 /// Runs `f` as part of the request `id` (for a response built outside the request's
 /// own task, such as the standalone server's 408).
 pub fn within<R>(id: String, f: impl FnOnce() -> R) -> R {
-    REQUEST_ID.sync_scope(id, f)
+    let scope = RequestScope { id, function: None };
+    request_scope::within(Arc::new(scope), f)
 }
 
 /// The id of the request being handled on this task, if any.
 pub fn current() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    request_scope::current_id()
 }
 
 /// The request id as a request extension, for handlers.
@@ -36,28 +36,31 @@ fn accept(value: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_string())
 }
 
+/// A request's id, as [`assign`] gave it.
+pub(crate) struct Assigned {
+    pub(crate) id: String,
+    /// The header value to echo on the response.
+    pub(crate) header: HeaderValue,
+    /// The caller sent it (so it is the caller's text, redacted before it is logged).
+    pub(crate) from_caller: bool,
+}
+
 /// Gives the request its id (the caller's, when well-formed, else a new one) as a header
-/// and an extension; returns the id and the header value to echo on the response.
-pub(crate) fn assign(request: &mut Request) -> (String, HeaderValue) {
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(accept)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+/// and an extension.
+pub(crate) fn assign(request: &mut Request) -> Assigned {
+    let given = request.headers().get(&X_REQUEST_ID).and_then(accept);
+    let from_caller = given.is_some();
+    let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = HeaderValue::from_str(&id).expect("request id is visible ASCII");
     request
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), header.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
-    (id, header)
-}
-
-/// Runs the rest of the request as part of request `id` (errors built inside carry it).
-pub(crate) fn scoped<F: std::future::Future>(
-    id: String,
-    f: F,
-) -> tokio::task::futures::TaskLocalFuture<String, F> {
-    REQUEST_ID.scope(id, f)
+    Assigned {
+        id,
+        header,
+        from_caller,
+    }
 }
 
 #[cfg(test)]
