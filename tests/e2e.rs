@@ -274,8 +274,9 @@ async fn emf_metric_lines_are_written_when_enabled() {
 
 /// The request log line is written without a whole-line redaction pass, so each value a
 /// caller or an operator chose is redacted on its own: a key-shaped request id, a
-/// card-number method and a key named like a provider key never reach the log, while
-/// a plain id and the service's own values are logged as they are.
+/// card-number method and a key named like a provider key reach neither the log line
+/// nor the EMF metrics line (printed as they are), while a plain id and the service's
+/// own values are logged as they are.
 #[tokio::test]
 async fn the_request_line_redacts_each_value_a_caller_or_operator_chose() {
     let db = TestDatabase::sqlite();
@@ -288,61 +289,81 @@ async fn the_request_line_redacts_each_value_a_caller_or_operator_chose() {
         &[
             ("DATABASE_URL", db.url.as_str()),
             ("API_KEYS", keys.as_str()),
+            ("METRICS_EXPORT", "emf"),
         ],
     )
     .await;
     let client = reqwest::Client::new();
-    let send = |method: &[u8], id: &str| {
-        client
+    let send = |method: &[u8], id: Option<&str>| {
+        let mut request = client
             .request(
                 reqwest::Method::from_bytes(method).unwrap(),
                 chat.url("/v1/models"),
             )
-            .header("x-request-id", id)
-            .bearer_auth("e2e-secret")
-            .send()
+            .bearer_auth("e2e-secret");
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
     };
+    let status = |response: reqwest::Response| response.status().as_u16();
     assert_eq!(
-        send(b"GET", "sk-live-0123456789abcdef")
-            .await
-            .unwrap()
-            .status(),
+        status(
+            send(b"GET", Some("sk-live-0123456789abcdef"))
+                .await
+                .unwrap()
+        ),
         200
     );
-    assert_eq!(send(b"GET", "plain-id-42").await.unwrap().status(), 200);
     assert_eq!(
-        send(b"4111111111111111", "odd-method")
-            .await
-            .unwrap()
-            .status(),
+        status(send(b"GET", Some("plain-id-42")).await.unwrap()),
+        200
+    );
+    assert_eq!(
+        status(send(b"4111111111111111", Some("odd-method")).await.unwrap()),
         405
     );
-    reqwest::get(chat.url("/v1/models")).await.unwrap();
+    let generated_id = send(b"GET", None).await.unwrap().headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(uuid_shaped(&generated_id), "{generated_id}");
 
-    let line_of = |id: &'static str| {
-        chat.wait_for_line(move |l| l.contains("request completed") && l.contains(id))
+    let line_of = |id: String| {
+        chat.wait_for_line(move |l| l.contains("request completed") && l.contains(&id))
     };
-    let plain: Value = serde_json::from_str(&line_of("\"plain-id-42\"").await).unwrap();
+    let plain: Value = serde_json::from_str(&line_of("\"plain-id-42\"".into()).await).unwrap();
     assert_eq!(plain["method"], "GET");
     assert_eq!(plain["route"], "/v1/models");
     assert_eq!(plain["key"], "[REDACTED_KEY]", "{plain}");
-    let keyed: Value =
-        serde_json::from_str(&line_of("\"request_id\":\"[REDACTED_KEY]\"").await).unwrap();
-    assert_eq!(keyed["request_id"], "[REDACTED_KEY]");
-    let odd: Value = serde_json::from_str(&line_of("\"odd-method\"").await).unwrap();
+    let odd: Value = serde_json::from_str(&line_of("\"odd-method\"".into()).await).unwrap();
     assert_eq!(odd["method"], "[REDACTED_CARD]", "{odd}");
     assert_eq!(odd["status"], 405);
-    // Without a caller's id the line carries the generated one, whole.
-    let generated = json_lines(&chat)
-        .into_iter()
-        .find(|l| {
-            l["message"] == "request completed"
-                && !["[REDACTED_KEY]", "plain-id-42", "odd-method"]
-                    .contains(&l["request_id"].as_str().unwrap_or_default())
-        })
-        .expect("the line of the request without an id");
-    let id = generated["request_id"].as_str().unwrap();
-    assert!(uuid_shaped(id), "{generated}");
+    // The service's own id is logged whole (and is the one echoed on the response).
+    let generated: Value = serde_json::from_str(&line_of(generated_id.clone()).await).unwrap();
+    assert_eq!(generated["request_id"], generated_id.as_str());
+    assert_eq!(generated["method"], "GET");
+    // The key-shaped id: four request lines and four EMF lines, one with the id redacted.
+    let redacted_ids = |kind: &str| {
+        json_lines(&chat)
+            .into_iter()
+            .filter(|l| match kind {
+                "log" => l["message"] == "request completed",
+                _ => l.get("_aws").is_some() && l.get("route").is_some(),
+            })
+            .map(|l| l["request_id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    chat.wait_for_line(|l| l.contains("_aws") && l.contains(&generated_id))
+        .await;
+    for kind in ["log", "emf"] {
+        let ids = redacted_ids(kind);
+        assert_eq!(ids.len(), 4, "{kind}: {ids:?}");
+        assert!(
+            ids.contains(&"[REDACTED_KEY]".to_string()),
+            "{kind}: {ids:?}"
+        );
+    }
 
     let output = chat.output().join("\n");
     for secret in [

@@ -87,7 +87,17 @@ where
         .parent()
         .and_then(|id| ctx.span(id))
         .or_else(|| ctx.lookup_current());
-    if let Some(span) = span {
+    // In a request and in no span of its own: the request, as its span printed it before.
+    let request = request_scope::with_current(|scope| {
+        let in_no_span_of_its_own = match &span {
+            None => true,
+            Some(span) => scope.outer.as_ref() == Some(&span.id()),
+        };
+        in_no_span_of_its_own.then(|| write_request(buf, scope))
+    });
+    if let Some(Some(written)) = request {
+        written?;
+    } else if let Some(span) = span {
         buf.extend_from_slice(b",\"span\":{");
         let extensions = span.extensions();
         // The span's fields as the JSON field formatter stored them: `{"k":v,...}`.
@@ -106,8 +116,6 @@ where
         buf.extend_from_slice(b"\"name\":");
         serde_json::to_writer(&mut *buf, span.metadata().name())?;
         buf.push(b'}');
-    } else if let Some(written) = request_scope::with_current(|scope| write_request(buf, scope)) {
-        written?;
     }
     buf.extend_from_slice(b"}\n");
     Ok(())
@@ -399,8 +407,9 @@ mod tests {
     }
 
     /// An event in a request's scope is printed as it was inside the span per request the
-    /// scope replaced, across awaits too; an inner span of its own still wins, as before,
-    /// and nothing outside the scope names the request.
+    /// scope replaced, within an outer span (the Lambda runtime's) and across awaits; an
+    /// inner span of its own still wins, as before, and nothing outside the scope names
+    /// the request.
     #[test]
     fn events_in_a_request_scope_name_the_request_as_its_span_did() {
         let emit = || {
@@ -410,9 +419,12 @@ mod tests {
             tracing::info!("inside an inner span");
         };
         let id = "req-\"1\"";
+        let invoke = || tracing::info_span!("Lambda runtime invoke", requestId = "aws-1");
         let with_span = Capture::default();
         let subscriber = Registry::default().with(json_layer(with_span.clone()));
         tracing::subscriber::with_default(subscriber, || {
+            let outer = invoke();
+            let _outer = outer.enter();
             let span = tracing::info_span!("request", request_id = id, function = "chat");
             let _entered = span.enter();
             emit();
@@ -420,15 +432,22 @@ mod tests {
         let with_scope = Capture::default();
         let subscriber = Registry::default().with(json_layer(with_scope.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            let scope = Arc::new(RequestScope {
-                id: id.into(),
-                function: Some("chat".into()),
-            });
-            request_scope::within(scope.clone(), emit);
+            let outer = invoke();
+            let entered = outer.enter();
+            let scope = |outer| {
+                Arc::new(RequestScope {
+                    id: id.into(),
+                    function: Some("chat".into()),
+                    outer,
+                })
+            };
+            request_scope::within(scope(tracing::Span::current().id()), emit);
+            tracing::info!("in the invocation, outside the request");
+            drop(entered);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            runtime.block_on(request_scope::scope(scope, async {
+            runtime.block_on(request_scope::scope(scope(None), async {
                 tokio::task::yield_now().await;
                 tracing::info!("after an await");
             }));
@@ -442,8 +461,9 @@ mod tests {
         assert_eq!(after[0]["span"]["request_id"], id);
         assert_eq!(after[0]["span"]["function"], "chat");
         assert_eq!(after[1]["span"]["name"], "inner");
-        assert_eq!(after[2]["span"]["request_id"], id, "{:?}", after[2]);
-        assert_eq!(after[3]["span"], serde_json::Value::Null, "{:?}", after[3]);
-        assert_eq!(after.len(), 4);
+        assert_eq!(after[2]["span"]["requestId"], "aws-1", "{:?}", after[2]);
+        assert_eq!(after[3]["span"]["request_id"], id, "{:?}", after[3]);
+        assert_eq!(after[4]["span"], serde_json::Value::Null, "{:?}", after[4]);
+        assert_eq!(after.len(), 5);
     }
 }

@@ -12,6 +12,7 @@ use tracing_subscriber::{Layer, Registry};
 
 use super::json_line::{JsonLine, JsonSpanFields};
 use super::redact::redact;
+use super::request_scope;
 use super::traces::{TraceSettings, TARGET};
 use tracing_subscriber::filter::LevelFilter;
 
@@ -31,13 +32,15 @@ impl<M> RedactingMakeWriter<M> {
 pub(crate) struct RedactingWriter<W: Write> {
     buffer: Vec<u8>,
     inner: W,
+    /// The event is the one [`emit_redacted`] is writing: its fields are already redacted.
+    fields_redacted: bool,
 }
 
 impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // tracing-subscriber hands each line over whole, in one call: a line already
         // redacted field by field goes out as it came, without a copy or a UTF-8 check.
-        if self.buffer.is_empty() && buf.ends_with(b"\n") && FIELDS_REDACTED.get() {
+        if self.fields_redacted && self.buffer.is_empty() && buf.ends_with(b"\n") {
             self.inner.write_all(buf)?;
             self.inner.flush()?;
             return Ok(buf.len());
@@ -51,7 +54,7 @@ impl<W: Write> Write for RedactingWriter<W> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&self.buffer);
-        let clean = if FIELDS_REDACTED.get() {
+        let clean = if self.fields_redacted {
             text
         } else {
             redact(&text)
@@ -69,29 +72,31 @@ impl<W: Write> Drop for RedactingWriter<W> {
 }
 
 thread_local! {
-    /// Set while an event of [`emit_redacted`] is written on this thread.
-    static FIELDS_REDACTED: Cell<bool> = const { Cell::new(false) };
+    /// The target of the event [`emit_redacted`] is writing on this thread, if any.
+    static FIELDS_REDACTED: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
 
-/// Emits an event (`emit`) whose field values are each either the service's own or
-/// already passed through [`redact`] by the caller, so its line is not scanned again:
-/// the request log line, written once per request, then costs no redaction pass when
-/// clean (docs/benchmarks.md, "The request log line redacted field by field").
+/// Emits an event (`emit`) of `target` whose field values are each either the service's
+/// own or already passed through [`redact`] by the caller, so its line is not scanned
+/// again: the request log line, written once per request, then costs no redaction pass
+/// when clean (docs/benchmarks.md, "The request log line redacted field by field").
 ///
-/// A line also carries the current span's fields, which nobody checked here: inside a
-/// span, the line is scanned as any other.
-pub fn emit_redacted(emit: impl FnOnce()) {
-    if !tracing::Span::current().is_none() {
+/// Only an event of `target` is written so: another one logged meanwhile (by a field's
+/// formatting, say) is scanned as usual. A line also carries the current span's fields
+/// or the current request's id, which nobody checked here: inside a span (under Lambda,
+/// the runtime's) or a request's scope, the line is scanned as any other.
+pub fn emit_redacted(target: &'static str, emit: impl FnOnce()) {
+    if !tracing::Span::current().is_none() || request_scope::current_id().is_some() {
         return emit();
     }
     /// Clears the mark even if a layer panics while the event is written.
     struct Unmark;
     impl Drop for Unmark {
         fn drop(&mut self) {
-            FIELDS_REDACTED.set(false);
+            FIELDS_REDACTED.set(None);
         }
     }
-    FIELDS_REDACTED.set(true);
+    FIELDS_REDACTED.set(Some(target));
     let _unmark = Unmark;
     emit();
 }
@@ -104,9 +109,18 @@ where
 
     fn make_writer(&'a self) -> Self::Writer {
         RedactingWriter {
-            // Allocated by the first write that needs it (`emit_redacted`'s lines do not).
             buffer: Vec::new(),
             inner: self.inner.make_writer(),
+            fields_redacted: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingWriter {
+            // Allocated by the first write that needs it (`emit_redacted`'s lines do not).
+            buffer: Vec::new(),
+            inner: self.inner.make_writer_for(meta),
+            fields_redacted: meta.is_event() && FIELDS_REDACTED.get() == Some(meta.target()),
         }
     }
 }
@@ -243,22 +257,46 @@ pub(crate) mod tests {
         let capture = Capture::default();
         let subscriber = Registry::default().with(json_layer(capture.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            emit_redacted(|| tracing::info!(who = "one@example.com", "outside"));
+            let target = module_path!();
+            emit_redacted(target, || {
+                tracing::info!(who = "one@example.com", "outside")
+            });
+            // Only the event of the target named: another one written meanwhile is scanned.
+            emit_redacted("elsewhere", || {
+                tracing::info!(who = "five@example.com", "other")
+            });
             tracing::info!(who = "two@example.com", "after");
             let span = tracing::info_span!("request", caller = "three@example.com");
             let _entered = span.enter();
-            emit_redacted(|| tracing::info!(who = "four@example.com", "inside"));
+            emit_redacted(target, || {
+                tracing::info!(who = "four@example.com", "inside")
+            });
+            drop(_entered);
+            // Inside a request's scope (its id is printed unchecked), scanned too.
+            let scope = std::sync::Arc::new(request_scope::RequestScope {
+                id: "six@example.com".into(),
+                function: None,
+                outer: None,
+            });
+            request_scope::within(scope, || {
+                emit_redacted(target, || {
+                    tracing::info!(who = "seven@example.com", "scoped")
+                });
+            });
         });
         let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = output
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 3, "{output}");
+        assert_eq!(lines.len(), 5, "{output}");
         assert_eq!(lines[0]["who"], "one@example.com");
         assert_eq!(lines[1]["who"], "[REDACTED_EMAIL]");
         assert_eq!(lines[2]["who"], "[REDACTED_EMAIL]");
-        assert_eq!(lines[2]["span"]["caller"], "[REDACTED_EMAIL]");
+        assert_eq!(lines[3]["who"], "[REDACTED_EMAIL]");
+        assert_eq!(lines[3]["span"]["caller"], "[REDACTED_EMAIL]");
+        assert_eq!(lines[4]["who"], "[REDACTED_EMAIL]");
+        assert_eq!(lines[4]["span"]["request_id"], "[REDACTED_EMAIL]");
     }
 
     #[test]

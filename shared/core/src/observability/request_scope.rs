@@ -18,6 +18,9 @@ pub struct RequestScope {
     pub id: String,
     /// The function serving it; `None` where a response is built outside the request.
     pub function: Option<Arc<str>>,
+    /// The span current when the request began (under Lambda, the runtime's invocation
+    /// span): an event in it, and in no span of the request's own, names the request.
+    pub outer: Option<tracing::span::Id>,
 }
 
 tokio::task_local! {

@@ -90,12 +90,13 @@ where
             .extensions()
             .get::<lambda_runtime::Context>()
             .map(|c| c.request_id.clone());
-        let server_span = trace::server_span(&request, &request_id, cold_start);
+        let server_span = trace::server_span(&request, &request_id, from_caller, cold_start);
         // The request's id and function for the log lines of its events: a task-local, not
         // a span per request (`request_scope`).
         let scope = Arc::new(RequestScope {
             id: request_id.clone(),
             function: Some(self.observe.function.clone()),
+            outer: tracing::Span::current().id(),
         });
         // The inner layers' own synchronous work is part of the request too: its id is
         // in the errors it builds and the logs it writes, its spans in its trace.
@@ -144,9 +145,20 @@ where
     }
 }
 
-/// One of the methods HTTP defines (its name is not the caller's text).
-fn is_standard(method: &Method) -> bool {
-    [
+/// The request id as it may be logged or exported: a caller's is the caller's text, and
+/// redacted; a generated one is the service's own.
+pub(super) fn loggable_id(id: &str, from_caller: bool) -> Cow<'_, str> {
+    if from_caller {
+        redact(id)
+    } else {
+        Cow::Borrowed(id)
+    }
+}
+
+/// The method as it may be logged or exported: one HTTP defines is not the caller's text;
+/// any other (an extension method is any token) is redacted.
+pub(super) fn loggable_method(method: &Method) -> Cow<'_, str> {
+    let standard = [
         Method::GET,
         Method::POST,
         Method::PUT,
@@ -157,7 +169,12 @@ fn is_standard(method: &Method) -> bool {
         Method::TRACE,
         Method::CONNECT,
     ]
-    .contains(method)
+    .contains(method);
+    if standard {
+        Cow::Borrowed(method.as_str())
+    } else {
+        redact(method.as_str())
+    }
 }
 
 /// What the log line and metrics need once the response is there.
@@ -200,16 +217,8 @@ impl Finish {
         // The line is written without a whole-line redaction pass (`emit_redacted`): the
         // values a caller or an operator chose are redacted here, one by one. The rest are
         // the service's own: a generated id, the route's template, numbers, AWS's ids.
-        let request_id = if self.id_from_caller {
-            redact(&self.request_id)
-        } else {
-            Cow::Borrowed(self.request_id.as_str())
-        };
-        let method = if is_standard(&self.method) {
-            Cow::Borrowed(self.method.as_str())
-        } else {
-            redact(self.method.as_str())
-        };
+        let request_id = loggable_id(&self.request_id, self.id_from_caller);
+        let method = loggable_method(&self.method);
         let key = key.map(redact);
         // Our own failures are errors in the log; 501 (not built yet) and caller errors are not.
         macro_rules! log_request {
@@ -230,7 +239,7 @@ impl Finish {
                 )
             };
         }
-        emit_redacted(|| {
+        emit_redacted(module_path!(), || {
             if status >= 500 && status != 501 {
                 log_request!(tracing::Level::ERROR);
             } else {
@@ -244,7 +253,7 @@ impl Finish {
                 .dimension("function", function)
                 .dimension("route", route)
                 .property("status", status)
-                .property("request_id", self.request_id)
+                .property("request_id", request_id.as_ref())
                 .property("cold_start", self.cold_start)
                 .metric(names::HTTP_REQUESTS_TOTAL, 1.0, "Count")
                 .metric(

@@ -12,7 +12,11 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// Runs `f` as part of the request `id` (for a response built outside the request's
 /// own task, such as the standalone server's 408).
 pub fn within<R>(id: String, f: impl FnOnce() -> R) -> R {
-    let scope = RequestScope { id, function: None };
+    let scope = RequestScope {
+        id,
+        function: None,
+        outer: tracing::Span::current().id(),
+    };
     request_scope::within(Arc::new(scope), f)
 }
 

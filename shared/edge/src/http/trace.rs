@@ -6,6 +6,7 @@ use axum::extract::Request;
 use http::header::HeaderName;
 use tracing::field::Empty;
 
+use super::observe::{loggable_id, loggable_method};
 use crate::observability::traces::{self, IncomingContext, TARGET};
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -13,20 +14,27 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const XRAY: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
 /// A disabled span (one relaxed load) unless traces are exported.
-pub(super) fn server_span(request: &Request, request_id: &str, cold_start: bool) -> tracing::Span {
+/// The caller's request id and method are redacted as in the request's log line (only
+/// when the span is enabled: a disabled span's fields are never computed).
+pub(super) fn server_span(
+    request: &Request,
+    request_id: &str,
+    id_from_caller: bool,
+    cold_start: bool,
+) -> tracing::Span {
     let span = tracing::info_span!(
         target: TARGET,
         "request",
-        otel.name = %request.method(),
+        otel.name = %loggable_method(request.method()),
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = %request.method(),
+        http.request.method = %loggable_method(request.method()),
         http.route = Empty,
         http.response.status_code = Empty,
         url.scheme = "http",
         faas.invocation_id = Empty,
         faas.coldstart = cold_start,
-        chatkb.request_id = request_id,
+        chatkb.request_id = %loggable_id(request_id, id_from_caller),
     );
     if span.is_disabled() {
         return span;
@@ -61,7 +69,7 @@ pub(super) fn finish_server_span(
     if span.is_disabled() {
         return;
     }
-    traces::rename(span, format!("{method} {route}"));
+    traces::rename(span, format!("{} {route}", loggable_method(method)));
     span.record("http.route", route);
     span.record("http.response.status_code", status);
     if status >= 500 {
