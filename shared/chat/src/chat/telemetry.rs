@@ -19,13 +19,15 @@ pub(super) fn model_call_span(provider: &str, model: &str, body: &Value) -> Span
     let span = tracing::info_span!(
         target: TARGET,
         "chat",
-        otel.name = %format_args!("chat {model}"),
+        // The model is the caller's text (any name may be asked for): redacted, as the
+        // EMF dimension is (computed only when the span is enabled).
+        otel.name = %format_args!("chat {}", redact(model)),
         otel.kind = "client",
         otel.status_code = Empty,
         gen_ai.operation.name = "chat",
         gen_ai.system = provider,
         gen_ai.provider.name = provider,
-        gen_ai.request.model = model,
+        gen_ai.request.model = %redact(model),
         gen_ai.request.temperature = Empty,
         gen_ai.request.max_tokens = Empty,
         gen_ai.response.model = Empty,

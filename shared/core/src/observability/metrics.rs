@@ -392,14 +392,21 @@ impl EmfRecord {
         self
     }
 
+    /// Redacted here (stdout skips the logs' redaction): it can be a caller's model name.
     pub fn dimension(mut self, name: &str, value: &str) -> Self {
-        self.fields.insert(name.into(), Value::String(value.into()));
+        let value = super::redact::redact(value).into_owned();
+        self.fields.insert(name.into(), Value::String(value));
         self
     }
 
-    /// A searchable property that is not a dimension (e.g. the request id).
+    /// A searchable property that is not a dimension (e.g. the request id); a text value is
+    /// redacted as a dimension's is.
     pub fn property(mut self, name: &str, value: impl Into<Value>) -> Self {
-        self.fields.insert(name.into(), value.into());
+        let value = match value.into() {
+            Value::String(text) => Value::String(super::redact::redact(&text).into_owned()),
+            other => other,
+        };
+        self.fields.insert(name.into(), value);
         self
     }
 
@@ -441,6 +448,21 @@ impl EmfRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text values are redacted one by one; numbers and clean names are kept.
+    #[test]
+    fn emf_text_values_are_redacted() {
+        let record = EmfRecord::new("ns")
+            .dimension("model", "jane.doe@example.com")
+            .dimension("function", "chat")
+            .property("request_id", "sk-live-0123456789abcdef")
+            .property("status", 200)
+            .to_json();
+        assert_eq!(record["model"], "[REDACTED_EMAIL]");
+        assert_eq!(record["function"], "chat");
+        assert_eq!(record["request_id"], "[REDACTED_KEY]");
+        assert_eq!(record["status"], 200);
+    }
 
     #[test]
     fn rendered_text_parses_as_prometheus_exposition() {
