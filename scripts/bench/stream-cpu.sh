@@ -26,14 +26,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_for() { for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+# shellcheck source=scripts/bench/common.sh
+source scripts/bench/common.sh
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-"$bin/fake-openai" --port "$upstream_port" >"$work/fake.log" 2>&1 &
-pids+=($!)
-wait_for "http://127.0.0.1:$upstream_port/_fake/calls"
-key=bench-key-0123456789
-key_hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
+start_fake
 url=http://127.0.0.1:$gateway_port
 hz=$(getconf CLK_TCK)
 echo "== gateway CPU per streamed answer: $streams streams over 8 connections, $rounds round(s)"

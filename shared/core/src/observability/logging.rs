@@ -86,7 +86,7 @@ thread_local! {
 /// or the current request's id, which nobody checked here: inside a span (under Lambda,
 /// the runtime's) or a request's scope, the line is scanned as any other.
 pub fn emit_redacted(target: &'static str, emit: impl FnOnce()) {
-    if !tracing::Span::current().is_none() || request_scope::current_id().is_some() {
+    if !tracing::Span::current().is_none() || request_scope::with_current(|_| ()).is_some() {
         return emit();
     }
     /// Clears the mark even if a layer panics while the event is written.
