@@ -41,6 +41,7 @@ FUNCTION_SOURCES = sorted((ROOT / "functions").glob("*/src"))
 LAYERS = {
     "secret": ("foundation", 0),
     "canonical": ("foundation", 0),
+    "shard": ("foundation", 0),
     "observability": ("foundation", 0),
     "store": ("adapters", 1),
     "openai": ("adapters", 1),

@@ -9,6 +9,8 @@
 #   traces  every span exported over OTLP/HTTP to a local receiver (scripts/bench/otlp-sink.py)
 #   one-thread  TOKIO_WORKER_THREADS=1: a current-thread runtime, as under Lambda (one
 #           invocation at a time); no request hops between worker threads
+#   work-stealing  TOKIO_WORKER_THREADS=<cores>: tokio's multi-thread runtime, the default
+#           before the runtime per core (each connection on one core's runtime)
 #   governance-off  the per-key rate limit off (RATE_LIMIT_ENABLED=false), no usage rows
 #           (USAGE_RECORDING=false), no request logs (LOG_LEVEL=warn): the public
 #           benchmark's plain passthrough, except that the API key is still checked (the
@@ -34,7 +36,7 @@ sink_port=${BENCH_SINK_PORT:-9393}
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null; }
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-configs=(off traces one-thread governance-off)
+configs=(off traces one-thread work-stealing governance-off)
 if [[ ${BENCH_WITHOUT_TRACES:-0} == 1 ]]; then
   cargo build --release -p chat --bin chat --no-default-features
   cp "$bin/chat" "$work/chat-without-traces"
@@ -110,6 +112,7 @@ for config in "${configs[@]}"; do
   [[ $config == traces ]] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
   [[ $config == governance-off ]] && extra=("${governance_off[@]}")
   [[ $config == one-thread ]] && extra=(TOKIO_WORKER_THREADS=1)
+  [[ $config == work-stealing ]] && extra=(TOKIO_WORKER_THREADS="$(nproc)")
   [[ $config == without-traces ]] && program=$work/chat-without-traces
   [[ $config == previous ]] && program=$work/chat-previous
   start_gateway "$program" "${extra[@]}"
@@ -139,10 +142,11 @@ frontier() {
 }
 frontiers+=("$(frontier direct "$upstream")")
 echo "== frontier: ${frontiers[-1]}"
-for config in off one-thread governance-off; do
+for config in off one-thread work-stealing governance-off; do
   extra=()
   [[ $config == governance-off ]] && extra=("${governance_off[@]}")
   [[ $config == one-thread ]] && extra=(TOKIO_WORKER_THREADS=1)
+  [[ $config == work-stealing ]] && extra=(TOKIO_WORKER_THREADS="$(nproc)")
   start_gateway "$bin/chat" "${extra[@]}"
   frontiers+=("$(frontier "gateway, $config" "http://127.0.0.1:$gateway_port" "$key")")
   echo "== frontier: ${frontiers[-1]}"

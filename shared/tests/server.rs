@@ -40,10 +40,13 @@ async fn start(limits: ServerLimits) -> String {
     let router = shared::http::app(routes, &settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(shared::server::serve(
+    // Two threads, as the chat function serves standalone on two cores: half the
+    // connections are handed to the other thread's runtime, and every limit holds there.
+    tokio::spawn(shared::server::serve_on_threads(
         listener,
         router,
         limits,
+        2,
         std::future::pending(),
     ));
     address
@@ -191,4 +194,89 @@ async fn failed_authentications_are_limited_per_client_address() {
     assert_eq!(get_status(&address, "/private", right).await, 429);
     // Unprotected routes are not affected.
     assert_eq!(get_status(&address, "/ok", "").await, 200);
+}
+
+/// Sends one keep-alive GET on `stream` and returns the answer's body (the server
+/// answers with a content-length).
+async fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+            if answer.len() >= end + 4 + length {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                return text[end + 4..].to_string();
+            }
+        }
+    }
+}
+
+/// Connections are spread over the server's threads, each kept on one thread for all
+/// its requests; at shutdown a request in progress on another thread still finishes.
+#[tokio::test]
+async fn connections_are_spread_over_the_threads_and_drained_at_shutdown() {
+    let thread_name = || async { std::thread::current().name().unwrap_or("").to_string() };
+    let router = Router::new().route("/thread", get(thread_name)).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::thread::current().name().unwrap_or("").to_string()
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shared::server::serve_on_threads(
+        listener,
+        router,
+        ServerLimits::default(),
+        2,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut connections = Vec::new();
+    let mut threads = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let first = get_on(&mut stream, "/thread").await;
+        let again = get_on(&mut stream, "/thread").await;
+        assert_eq!(first, again, "a connection moved between threads");
+        threads.insert(first.clone());
+        connections.push((stream, first));
+    }
+    assert_eq!(threads.len(), 2, "all on one thread: {threads:?}");
+    assert!(threads.contains("http-1"), "{threads:?}");
+    // A slow request on the other thread, then shutdown while it runs.
+    let (mut other, _) = connections
+        .into_iter()
+        .find(|(_, thread)| thread == "http-1")
+        .unwrap();
+    let slow = tokio::spawn(async move { get_on(&mut other, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    assert_eq!(
+        slow.await.unwrap(),
+        "http-1",
+        "the request in progress was cut"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server did not stop after its connections drained")
+        .unwrap()
+        .unwrap();
 }

@@ -5,9 +5,10 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// One thread under Lambda (one event at a time), a worker per core standalone
-/// (`shared::runtime::Threads`; `TOKIO_WORKER_THREADS` overrides).
+/// One thread under Lambda (one event at a time); standalone, a runtime per core, each
+/// serving its share of the connections (`shared::runtime::Threads`;
+/// `TOKIO_WORKER_THREADS` chooses tokio's work-stealing runtime instead).
 fn main() -> Result<(), shared::runtime::BoxError> {
     chat::allocator::purge_freed_memory_at_once();
-    shared::runtime::block_on(shared::app::start("chat", chat::router, None))?
+    shared::runtime::block_on_per_core(shared::app::start("chat", chat::router, None))?
 }

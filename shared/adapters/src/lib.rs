@@ -9,3 +9,5 @@ pub mod store;
 use chatkb_core::observability;
 #[cfg(feature = "openai")]
 use chatkb_core::secret;
+#[cfg(feature = "openai")]
+use chatkb_core::shard;

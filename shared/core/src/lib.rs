@@ -3,3 +3,4 @@
 pub mod canonical;
 pub mod observability;
 pub mod secret;
+pub mod shard;

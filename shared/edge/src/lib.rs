@@ -14,6 +14,7 @@ use chatkb_backup::backup;
 #[cfg(feature = "chat")]
 use chatkb_chat::chat;
 use chatkb_core::observability;
+use chatkb_core::shard;
 #[cfg(feature = "kb")]
 use chatkb_kb::kb;
 use chatkb_resilience::resilience;

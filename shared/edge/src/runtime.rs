@@ -15,7 +15,7 @@ use tower::ServiceExt;
 
 mod threads;
 
-pub use threads::{block_on, Threads};
+pub use threads::{block_on, block_on_per_core, Threads};
 
 /// Boxed error type of the Lambda runtime.
 pub type BoxError = lambda_runtime::Error;

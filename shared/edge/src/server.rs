@@ -8,6 +8,7 @@
 //!   the process never runs out of file descriptors and `/health` keeps answering.
 
 mod body_deadline;
+mod shards;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// The standalone server's limits (`HTTP_*` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,26 +51,37 @@ retry-after: 1\r\nconnection: close\r\ncontent-length: 115\r\n\r\n\
 {\"error\":{\"message\":\"too many open connections; retry shortly\",\"type\":\"server_error\",\"code\":\"service_unavailable\"}}";
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in
-/// progress finish (at most 30 s).
+/// progress finish (at most 30 s). Connections are spread over `chatkb_core::shard::count()`
+/// threads, this one among them (`serve_on_threads`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let threads = crate::shard::count();
+    serve_on_threads(listener, router, limits, threads, shutdown).await
+}
+
+/// [`serve`] with its connections spread over `threads` threads: the caller's, and
+/// `threads - 1` started here, each with its own current-thread runtime (`shards`).
+pub async fn serve_on_threads(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    threads: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let draining = Arc::new(Semaphore::new(REFUSED_DRAINING));
-    // Built once; each connection gets a clone.
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_timeout));
     let (stop, stopped) = watch::channel(false);
+    let serving = Serving {
+        builder: http_builder(limits.header_timeout),
+        router,
+        body_timeout: limits.body_timeout,
+        stopped,
+    };
+    let shards = shards::Shards::start(threads, serving)?;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -90,33 +102,74 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = body_deadline::Connection {
-            router: router.clone(),
-            peer,
-            body_timeout: limits.body_timeout,
-        };
-        let mut stopped = stopped.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service),
-            );
-            let mut connection = std::pin::pin!(connection);
-            loop {
-                tokio::select! {
-                    _ = connection.as_mut() => break,
-                    _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
-                }
-            }
-            drop(slot);
-        });
+        shards.serve(stream, peer, slot);
     }
     tracing::info!("shutting down: no new connections; waiting for requests in progress");
     let _ = stop.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
     Ok(())
+}
+
+/// hyper's connection settings, built once; each connection gets a clone.
+fn http_builder(header_timeout: Duration) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout));
+    builder
+}
+
+/// What every connection is served with, on whichever thread it runs.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    builder: Builder<TokioExecutor>,
+    router: Router,
+    body_timeout: Duration,
+    /// Turns true at shutdown: each connection finishes its request and closes.
+    stopped: watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// Serves one connection until it closes, or until shutdown lets its request finish;
+    /// `slot` (its place under the connection cap) and `open` (its count on its thread)
+    /// are freed when it ends.
+    async fn connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        open: shards::Open,
+    ) {
+        let Self {
+            builder,
+            router,
+            body_timeout,
+            mut stopped,
+        } = self;
+        let service = body_deadline::Connection {
+            router,
+            peer,
+            body_timeout,
+        };
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
+        let mut connection = std::pin::pin!(connection);
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
+            }
+        }
+        drop((slot, open));
+    }
 }
 
 /// Refused connections whose unread request is drained before the close, at most.

@@ -25,13 +25,44 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// A response body from either client.
 pub(crate) type ResponseBody = Either<hyper::body::Incoming, openai_http::Body>;
 
-type Direct = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Direct = Client<Connector, Full<Bytes>>;
+
+/// hyper's pooled client, one pool per thread of the standalone server
+/// (`crate::shard`): an upstream connection's task is spawned on the runtime that
+/// opened it, so a request that took a connection opened on another thread would wake
+/// that thread twice (to send, and to pass the answer back). Each pool is built when its
+/// thread first calls.
+pub(crate) struct PerThread {
+    connector: Connector,
+    pools: Box<[std::sync::OnceLock<Direct>]>,
+}
+
+impl PerThread {
+    fn new(connector: Connector) -> Self {
+        let pools = (0..crate::shard::count())
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
+        Self { connector, pools }
+    }
+
+    /// The calling thread's pool.
+    fn client(&self) -> &Direct {
+        let slot = crate::shard::index() % self.pools.len();
+        self.pools[slot].get_or_init(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(self.connector.clone())
+        })
+    }
+}
 
 /// How calls reach the endpoint.
 #[derive(Clone)]
 pub(crate) enum Transport {
-    /// hyper's pooled client, no proxy (boxed: built once, and ten times reqwest's handle).
-    Direct(Box<Direct>),
+    /// hyper's pooled clients, no proxy (shared: built once, and one per thread).
+    Direct(Arc<PerThread>),
     /// reqwest, for an endpoint behind a proxy or with credentials in its URL.
     Proxied(openai_http::Client),
 }
@@ -90,11 +121,7 @@ impl Transport {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
-        Ok(Self::Direct(Box::new(client)))
+        Ok(Self::Direct(Arc::new(PerThread::new(https))))
     }
 
     /// Sends one request; the error is the call's, described with its causes.
@@ -103,8 +130,9 @@ impl Transport {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<ResponseBody>, String> {
         match self {
-            Self::Direct(client) => {
-                let response = client
+            Self::Direct(clients) => {
+                let response = clients
+                    .client()
                     .request(request.map(Full::new))
                     .await
                     .map_err(|e| describe(&e))?;
@@ -318,6 +346,78 @@ mod tests {
         assert!(
             error.to_lowercase().contains("connection refused"),
             "{error}"
+        );
+    }
+
+    /// Each of the server's threads keeps its own pool: a thread's calls reuse its
+    /// connection, and another thread's first call opens one of its own (whose task then
+    /// runs on that thread's runtime).
+    #[tokio::test]
+    async fn each_server_thread_keeps_its_own_upstream_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // One request per read (each is small and sent whole): answer each.
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 || socket.write_all(ANSWER).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        crate::shard::set_count(2);
+        let endpoint = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let transport = transport(&endpoint, &Matcher::builder().build());
+        async fn call(transport: &Transport, endpoint: &str) {
+            let request = http::Request::post(endpoint).body(Bytes::new()).unwrap();
+            let response = transport.send(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            read_body(response.into_body(), 64).await.unwrap();
+        }
+        call(&transport, &endpoint).await;
+        call(&transport, &endpoint).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one thread, one connection"
+        );
+        let other = transport.clone();
+        let other_endpoint = endpoint.clone();
+        // Its own thread and runtime, as the server's; this one keeps serving meanwhile.
+        tokio::task::spawn_blocking(move || {
+            crate::shard::enter(1);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                call(&other, &other_endpoint).await;
+                call(&other, &other_endpoint).await;
+            });
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the other thread opened its own"
+        );
+        call(&transport, &endpoint).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the first thread's is kept"
         );
     }
 }

@@ -1,12 +1,13 @@
 //! The tokio runtime a function runs on: one thread where requests come one at a time,
-//! one worker per core where they come together.
+//! a thread per core, each with its own runtime, where they come together.
 //!
 //! On a multi-thread runtime a proxied request hops between the workers twice (the
 //! upstream connection is its own task, and a parked worker is woken to take it): two
 //! futex wake-ups and thread switches per request, about a fifth of the gateway's CPU
-//! (docs/benchmarks.md, "One thread where requests come one at a time"). Under Lambda an
-//! environment handles one event at a time, so it gets a current-thread runtime and pays
-//! none of that.
+//! (docs/benchmarks.md, "One thread where requests come one at a time", "A runtime per
+//! core"). Under Lambda an environment handles one event at a time, so it gets a
+//! current-thread runtime and pays none of that; the standalone server runs one such
+//! runtime per core and gives each connection to one of them (`crate::server`).
 
 use tokio::runtime::{Builder, Runtime};
 
@@ -15,20 +16,28 @@ use tokio::runtime::{Builder, Runtime};
 pub enum Threads {
     /// A current-thread runtime: everything on the main thread.
     One,
+    /// A current-thread runtime on the main thread, and as many threads in all, each with
+    /// its own, for the standalone server's connections (`crate::server`).
+    PerCore(usize),
     /// A multi-thread runtime with this many workers (`None`: one per core).
     Workers(Option<usize>),
 }
 
 impl Threads {
     /// One thread under Lambda, unless the environment takes several invocations at once
-    /// (`AWS_LAMBDA_MAX_CONCURRENCY` above 1, Lambda Managed Instances); elsewhere one
-    /// worker per core (one thread on one core: a lone worker beside the main thread
-    /// would only add the hops), or `TOKIO_WORKER_THREADS` (1 means the single thread).
+    /// (`AWS_LAMBDA_MAX_CONCURRENCY` above 1, Lambda Managed Instances: a work-stealing
+    /// runtime, as the Lambda runtime spreads them over tasks). Elsewhere, with
+    /// `per_core` (a function whose requests are short, such as the chat gateway), a
+    /// runtime per core; otherwise tokio's work-stealing runtime, which lets an idle core
+    /// take over tasks queued behind a long one (an ingest's chunking, a backup). One
+    /// core: one thread. `TOKIO_WORKER_THREADS` chooses the work-stealing runtime with
+    /// that many workers (1 means the single thread).
     pub fn choose(
         in_lambda: bool,
         max_concurrency: Option<&str>,
         worker_threads: Option<&str>,
         cores: usize,
+        per_core: bool,
     ) -> Result<Self, String> {
         let workers = match worker_threads.map(str::trim) {
             None | Some("") => None,
@@ -49,25 +58,27 @@ impl Threads {
             Some(n) => Threads::Workers(Some(n)),
             None if in_lambda && !concurrent_invocations => Threads::One,
             None if cores <= 1 => Threads::One,
+            None if per_core && !in_lambda => Threads::PerCore(cores),
             None => Threads::Workers(None),
         })
     }
 
     /// The choice for this process's environment.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env(per_core: bool) -> Result<Self, String> {
         let var = |name| std::env::var(name).ok();
         Self::choose(
             super::in_lambda(),
             var("AWS_LAMBDA_MAX_CONCURRENCY").as_deref(),
             var("TOKIO_WORKER_THREADS").as_deref(),
             std::thread::available_parallelism().map_or(1, usize::from),
+            per_core,
         )
     }
 
     /// A runtime with this many threads, every driver on.
     pub fn runtime(self) -> std::io::Result<Runtime> {
         let mut builder = match self {
-            Threads::One => Builder::new_current_thread(),
+            Threads::One | Threads::PerCore(_) => Builder::new_current_thread(),
             Threads::Workers(workers) => {
                 let mut builder = Builder::new_multi_thread();
                 if let Some(workers) = workers {
@@ -80,10 +91,22 @@ impl Threads {
     }
 }
 
-/// Runs a function's `main` future on the runtime its environment calls for: the one
-/// entry point of every function binary.
+/// Runs a function's `main` future on the runtime its environment calls for: the entry
+/// point of the function binaries whose requests may be long (work-stealing standalone).
 pub fn block_on<F: std::future::Future>(main: F) -> Result<F::Output, super::BoxError> {
-    let threads = Threads::from_env()?;
+    run(Threads::from_env(false)?, main)
+}
+
+/// [`block_on`] for a function whose requests are short (the chat gateway): standalone,
+/// a runtime per core, each serving its share of the connections.
+pub fn block_on_per_core<F: std::future::Future>(main: F) -> Result<F::Output, super::BoxError> {
+    run(Threads::from_env(true)?, main)
+}
+
+fn run<F: std::future::Future>(threads: Threads, main: F) -> Result<F::Output, super::BoxError> {
+    if let Threads::PerCore(count) = threads {
+        crate::shard::set_count(count);
+    }
     Ok(threads.runtime()?.block_on(main))
 }
 
@@ -93,38 +116,60 @@ mod tests {
 
     #[test]
     fn lambda_gets_one_thread_unless_it_takes_invocations_together() {
-        assert_eq!(Threads::choose(true, None, None, 2), Ok(Threads::One));
-        assert_eq!(Threads::choose(true, Some("1"), None, 2), Ok(Threads::One));
+        assert_eq!(Threads::choose(true, None, None, 2, true), Ok(Threads::One));
         assert_eq!(
-            Threads::choose(true, Some("8"), None, 2),
+            Threads::choose(true, Some("1"), None, 2, true),
+            Ok(Threads::One)
+        );
+        assert_eq!(
+            Threads::choose(true, Some("8"), None, 2, true),
             Ok(Threads::Workers(None))
         );
         // The operator's setting wins either way.
         assert_eq!(
-            Threads::choose(true, None, Some("4"), 2),
+            Threads::choose(true, None, Some("4"), 2, true),
             Ok(Threads::Workers(Some(4)))
         );
     }
 
     #[test]
-    fn standalone_gets_a_worker_per_core_or_what_is_asked() {
+    fn standalone_gets_a_runtime_per_core_where_asked_or_what_the_operator_sets() {
         assert_eq!(
-            Threads::choose(false, None, None, 2),
-            Ok(Threads::Workers(None))
+            Threads::choose(false, None, None, 2, true),
+            Ok(Threads::PerCore(2))
         );
-        assert_eq!(Threads::choose(false, None, Some("1"), 2), Ok(Threads::One));
         assert_eq!(
-            Threads::choose(false, None, Some(" 1 "), 2),
+            Threads::choose(false, None, None, 4, true),
+            Ok(Threads::PerCore(4))
+        );
+        assert_eq!(
+            Threads::choose(false, None, Some("1"), 2, true),
             Ok(Threads::One)
         );
         assert_eq!(
-            Threads::choose(false, None, Some("3"), 2),
+            Threads::choose(false, None, Some(" 1 "), 2, true),
+            Ok(Threads::One)
+        );
+        assert_eq!(
+            Threads::choose(false, None, Some("3"), 2, true),
             Ok(Threads::Workers(Some(3)))
         );
-        // One core (a container's CPU quota counts): the single thread.
-        assert_eq!(Threads::choose(false, None, None, 1), Ok(Threads::One));
+        // A function with long requests: the work-stealing runtime.
         assert_eq!(
-            Threads::choose(false, None, Some("2"), 1),
+            Threads::choose(false, None, None, 2, false),
+            Ok(Threads::Workers(None))
+        );
+        assert_eq!(
+            Threads::choose(true, None, None, 2, false),
+            Ok(Threads::One)
+        );
+        // One core (a container's CPU quota counts): the single thread.
+        assert_eq!(
+            Threads::choose(false, None, None, 1, true),
+            Ok(Threads::One)
+        );
+        assert_eq!(
+            Threads::choose(false, None, Some("2"), 1, true),
             Ok(Threads::Workers(Some(2)))
         );
     }
@@ -132,7 +177,7 @@ mod tests {
     #[test]
     fn a_bad_thread_count_is_named_not_a_panic() {
         for bad in ["0", "-1", "two", "1.5"] {
-            let error = Threads::choose(false, None, Some(bad), 2).unwrap_err();
+            let error = Threads::choose(false, None, Some(bad), 2, true).unwrap_err();
             assert!(error.contains("TOKIO_WORKER_THREADS"), "{error}");
             assert!(error.contains(bad), "{error}");
         }
@@ -142,6 +187,7 @@ mod tests {
     fn each_choice_builds_a_runtime_that_runs() {
         for threads in [
             Threads::One,
+            Threads::PerCore(2),
             Threads::Workers(Some(2)),
             Threads::Workers(None),
         ] {
@@ -150,7 +196,7 @@ mod tests {
             assert_eq!(answer, 42);
             let flavor = runtime.handle().runtime_flavor();
             let expected = match threads {
-                Threads::One => tokio::runtime::RuntimeFlavor::CurrentThread,
+                Threads::One | Threads::PerCore(_) => tokio::runtime::RuntimeFlavor::CurrentThread,
                 Threads::Workers(_) => tokio::runtime::RuntimeFlavor::MultiThread,
             };
             assert_eq!(flavor, expected);

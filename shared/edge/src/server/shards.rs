@@ -1,0 +1,145 @@
+//! The standalone server's threads: each runs its own current-thread runtime, and a
+//! connection lives on one of them from its first request to its close.
+//!
+//! On tokio's work-stealing runtime a proxied request hops between workers: the upstream
+//! connection is its own task, and a parked worker is woken to steal it, about one futex
+//! wake-up and thread switch per request, and a third of the gateway's CPU in the kernel
+//! (docs/benchmarks.md, "A runtime per core"). Here the accept loop hands each new
+//! connection to the thread with the fewest open, and everything the connection's
+//! requests do (the upstream pool included, one per thread: `chatkb_core::shard`) runs
+//! on that thread. The cost: one busy connection cannot use two cores (an HTTP/2
+//! client multiplexing everything over one connection gets one); `TOKIO_WORKER_THREADS`
+//! chooses the work-stealing runtime instead.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::Serving;
+
+/// A connection on its way to another thread.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+/// The threads serving connections; index 0 is the accept loop's own.
+pub(super) struct Shards {
+    serving: Serving,
+    /// Threads 1 and up.
+    others: Vec<mpsc::UnboundedSender<Handoff>>,
+    /// Open connections per thread, index 0 included.
+    open: Arc<[AtomicUsize]>,
+}
+
+/// Counts a connection open on its thread until it ends.
+pub(super) struct Open {
+    open: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.open[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shards {
+    /// Starts `threads - 1` threads beside the caller's (none for 1).
+    pub(super) fn start(threads: usize, serving: Serving) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let open: Arc<[AtomicUsize]> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+        let mut others = Vec::with_capacity(threads - 1);
+        for index in 1..threads {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let serving = serving.clone();
+            let open = open.clone();
+            std::thread::Builder::new()
+                .name(format!("http-{index}"))
+                .spawn(move || {
+                    crate::shard::enter(index);
+                    runtime.block_on(receive(receiver, serving, open, index));
+                })?;
+            others.push(sender);
+        }
+        Ok(Self {
+            serving,
+            others,
+            open,
+        })
+    }
+
+    /// Serves `stream` on the thread with the fewest open connections.
+    pub(super) fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let index = self.least_busy();
+        // Counted open from here; `Open` (on the thread that serves it) uncounts it.
+        self.open[index].fetch_add(1, Ordering::Relaxed);
+        if index == 0 {
+            let open = Open {
+                open: self.open.clone(),
+                index,
+            };
+            tokio::spawn(self.serving.clone().connection(stream, peer, slot, open));
+            return;
+        }
+        let handed = stream
+            .into_std()
+            .map_err(|err| err.to_string())
+            .and_then(|stream| {
+                let handoff = Handoff { stream, peer, slot };
+                self.others[index - 1]
+                    .send(handoff)
+                    .map_err(|_| "its thread has ended".to_string())
+            });
+        if let Err(err) = handed {
+            self.open[index].fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "a connection could not be handed over; closed");
+        }
+    }
+
+    fn least_busy(&self) -> usize {
+        let mut best = 0;
+        let mut fewest = usize::MAX;
+        for (index, open) in self.open.iter().enumerate() {
+            let open = open.load(Ordering::Relaxed);
+            if open < fewest {
+                best = index;
+                fewest = open;
+            }
+        }
+        best
+    }
+}
+
+/// A thread's loop: serves each connection handed to it on its own runtime. After the
+/// accept loop stops, the connections in progress finish here; the thread ends with the
+/// process.
+async fn receive(
+    mut connections: mpsc::UnboundedReceiver<Handoff>,
+    serving: Serving,
+    open: Arc<[AtomicUsize]>,
+    index: usize,
+) {
+    while let Some(Handoff { stream, peer, slot }) = connections.recv().await {
+        let open = Open {
+            open: open.clone(),
+            index,
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "a handed-over connection could not be served");
+                continue;
+            }
+        };
+        tokio::spawn(serving.clone().connection(stream, peer, slot, open));
+    }
+    std::future::pending::<()>().await;
+}
