@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
@@ -136,9 +136,29 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_none_or(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || m.ends_with("+json")
+            // Header values are visible ASCII (`to_str`), so any byte offset is a boundary.
+            let m = m.trim();
+            m.eq_ignore_ascii_case("application/json")
+                || m.len() >= 5 && m[m.len() - 5..].eq_ignore_ascii_case("+json")
         })
+}
+
+/// The reply headers' names, parsed once.
+const X_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-overhead-ms");
+const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// A plain answer's body, written once into a buffer sized for a typical answer (axum's
+/// `Json` starts at 128 bytes and grows, copying, three or four times per answer).
+fn json_answer(completion: &serde_json::Value) -> Result<Response, ApiError> {
+    let mut body = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut body, completion).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// The headers every chat reply carries: what was degraded, whether it came from the
@@ -156,15 +176,15 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
     );
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
-        headers.insert("x-overhead-ms", v);
+        headers.insert(X_OVERHEAD_MS, v);
     }
     if !meta.degraded.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&meta.degraded.join(",")) {
-            headers.insert("x-degraded", v);
+            headers.insert(X_DEGRADED, v);
         }
     }
     headers.insert(
-        "x-cache",
+        X_CACHE,
         HeaderValue::from_static(if meta.cached { "hit" } else { "miss" }),
     );
 }
@@ -233,7 +253,56 @@ async fn answer(
         .complete(owner, &request, session.as_ref(), initial)
         .await?;
     drop(slot);
-    let mut response = Json(reply.answer.completion).into_response();
+    let mut response = json_answer(&reply.answer.completion)?;
     annotate(&mut response, &reply.meta, started);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case_and_others_refused() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        assert!(
+            is_json(&HeaderMap::new()),
+            "no content type is taken as JSON"
+        );
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ",
+            "application/vnd.api+json",
+            "application/problem+JSON",
+        ] {
+            assert!(with(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "json",
+            "application/jsonx",
+            "+jso",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(!with(other), "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_answer_is_its_json_with_the_json_content_type() {
+        let completion =
+            serde_json::json!({"id": "chatcmpl-1", "choices": [{"index": 0}], "x": "é"});
+        let response = json_answer(&completion).unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let read: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(read, completion);
+    }
 }
