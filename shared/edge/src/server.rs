@@ -162,10 +162,17 @@ impl Serving {
             TowerToHyperService::new(service),
         );
         let mut connection = std::pin::pin!(connection);
+        // Told once: after the stop (or once its sender is gone, when `changed` fails at
+        // every call) the connection is only awaited, never polled in a loop that does
+        // not yield.
+        let mut told = false;
         loop {
             tokio::select! {
                 _ = connection.as_mut() => break,
-                _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
+                _ = stopped.changed(), if !told => {
+                    told = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
         }
         drop((slot, open));

@@ -5,10 +5,13 @@
 //! connection is its own task, and a parked worker is woken to steal it, about one futex
 //! wake-up and thread switch per request, and a third of the gateway's CPU in the kernel
 //! (docs/benchmarks.md, "A runtime per core"). Here the accept loop hands each new
-//! connection to the thread with the fewest open, and everything the connection's
-//! requests do (the upstream pool included, one per thread: `chatkb_core::shard`) runs
-//! on that thread. The cost: one busy connection cannot use two cores (an HTTP/2
-//! client multiplexing everything over one connection gets one); `TOKIO_WORKER_THREADS`
+//! connection to the thread with the fewest open, and the connection's requests run on
+//! that thread, their calls to the model endpoint included (one pool per thread:
+//! `chatkb_core::shard`). Clients shared by the whole process still hop: the Redis
+//! connection's task runs on the thread that opened it first, a PostgreSQL connection's
+//! socket on the runtime that opened it, and the proxied (reqwest) endpoint client keeps
+//! one pool. The cost: one busy connection cannot use two cores (an HTTP/2 client
+//! multiplexing everything over one connection gets one); `TOKIO_WORKER_THREADS`
 //! chooses the work-stealing runtime instead.
 
 use std::net::SocketAddr;
@@ -19,6 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::Serving;
+
+/// The open count of a thread that has ended: never the fewest.
+const GONE: usize = usize::MAX / 2;
 
 /// A connection on its way to another thread.
 struct Handoff {
@@ -79,29 +85,44 @@ impl Shards {
     /// Serves `stream` on the thread with the fewest open connections.
     pub(super) fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let index = self.least_busy();
-        // Counted open from here; `Open` (on the thread that serves it) uncounts it.
-        self.open[index].fetch_add(1, Ordering::Relaxed);
         if index == 0 {
-            let open = Open {
-                open: self.open.clone(),
-                index,
-            };
-            tokio::spawn(self.serving.clone().connection(stream, peer, slot, open));
+            self.serve_here(stream, peer, slot);
             return;
         }
-        let handed = stream
-            .into_std()
-            .map_err(|err| err.to_string())
-            .and_then(|stream| {
-                let handoff = Handoff { stream, peer, slot };
-                self.others[index - 1]
-                    .send(handoff)
-                    .map_err(|_| "its thread has ended".to_string())
-            });
-        if let Err(err) = handed {
-            self.open[index].fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(error = %err, "a connection could not be handed over; closed");
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "a connection could not be handed over; closed");
+                return;
+            }
+        };
+        // Counted open from here; `Open`, on the thread that serves it, uncounts it.
+        self.open[index].fetch_add(1, Ordering::Relaxed);
+        let Err(returned) = self.others[index - 1].send(Handoff { stream, peer, slot }) else {
+            return;
+        };
+        // That thread has ended (it never does on its own): out of the rotation for good,
+        // and this connection served here.
+        self.open[index].store(GONE, Ordering::Relaxed);
+        tracing::error!(
+            thread = index,
+            "a server thread has ended; its share moves to the others"
+        );
+        let Handoff { stream, peer, slot } = returned.0;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve_here(stream, peer, slot),
+            Err(err) => tracing::warn!(error = %err, "a connection could not be served; closed"),
         }
+    }
+
+    /// Serves a connection on the accept loop's own thread.
+    fn serve_here(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        self.open[0].fetch_add(1, Ordering::Relaxed);
+        let open = Open {
+            open: self.open.clone(),
+            index: 0,
+        };
+        tokio::spawn(self.serving.clone().connection(stream, peer, slot, open));
     }
 
     fn least_busy(&self) -> usize {

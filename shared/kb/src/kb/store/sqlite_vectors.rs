@@ -279,8 +279,8 @@ impl SqliteVectors {
             while let Some(row) = rows.try_next().await? {
                 fresh.add(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
             }
-            *self.matrix.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-            return Ok(());
+            // The write lock waits for scans in progress: off the async thread.
+            return self.off_the_runtime(move |m| *m = fresh).await;
         }
         if latest == applied {
             return Ok(());
@@ -298,16 +298,32 @@ impl SqliteVectors {
             }
             chunks.extend(read.fetch_all(pool).await?);
         }
-        let mut m = self.matrix.write().unwrap_or_else(|e| e.into_inner());
-        for document in &documents {
-            m.remove_document(document);
-        }
-        for (chunk, document, embedding) in &chunks {
-            m.add(chunk, document, embedding);
-        }
-        m.seq = latest;
-        m.compact(dims);
-        Ok(())
+        // Waiting for the scans in progress, applying and compacting take milliseconds
+        // at 100k chunks: off the async thread, whose other connections would wait.
+        self.off_the_runtime(move |m| {
+            for document in &documents {
+                m.remove_document(document);
+            }
+            for (chunk, document, embedding) in &chunks {
+                m.add(chunk, document, embedding);
+            }
+            m.seq = latest;
+            m.compact(dims);
+        })
+        .await
+    }
+
+    /// Runs `change` on the matrix under its write lock, on a blocking thread.
+    async fn off_the_runtime(
+        &self,
+        change: impl FnOnce(&mut Matrix) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let matrix = self.matrix.clone();
+        tokio::task::spawn_blocking(move || {
+            change(&mut matrix.write().unwrap_or_else(|e| e.into_inner()));
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(format!("vector index update: {e}"))))
     }
 }
 
