@@ -225,6 +225,31 @@ async fn get_on(stream: &mut TcpStream, path: &str) -> String {
     }
 }
 
+/// `router` served on `threads` threads until the returned sender fires: its address, the
+/// stop, and the server's task.
+async fn serve_until_stopped(
+    router: Router,
+    threads: usize,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shared::server::serve_on_threads(
+        listener,
+        router,
+        ServerLimits::default(),
+        threads,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (address, stop, server)
+}
+
 /// Connections are spread over the server's threads, each kept on one thread for all
 /// its requests; at shutdown a request in progress on another thread still finishes.
 #[tokio::test]
@@ -237,18 +262,7 @@ async fn connections_are_spread_over_the_threads_and_drained_at_shutdown() {
             std::thread::current().name().unwrap_or("").to_string()
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(shared::server::serve_on_threads(
-        listener,
-        router,
-        ServerLimits::default(),
-        2,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (address, stop, server) = serve_until_stopped(router, 2).await;
     let mut connections = Vec::new();
     let mut threads = std::collections::BTreeSet::new();
     for _ in 0..4 {
@@ -279,4 +293,49 @@ async fn connections_are_spread_over_the_threads_and_drained_at_shutdown() {
         .expect("the server did not stop after its connections drained")
         .unwrap()
         .unwrap();
+}
+
+/// A connection still answering when the server is gone (its accept loop returned after
+/// the drain, or its task was dropped) finishes its request without busy-looping. Its loop
+/// once awaited the stop again; with the stop's sender gone that await fails at once at
+/// every call (tokio's coop budget makes it yield every 128 calls), so the connection was
+/// polled in a loop, and its request's future with it, at 100 % of a core until the
+/// request ended. Counted here as the polls of the request's future: a few when it waits
+/// on its timer, thousands when spun.
+#[tokio::test]
+async fn a_connection_outliving_its_server_finishes_without_spinning() {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let polls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = polls.clone();
+    let router = Router::new().route(
+        "/slow",
+        get(move || {
+            let polls = counted.clone();
+            async move {
+                let mut sleep = Box::pin(tokio::time::sleep(Duration::from_millis(300)));
+                std::future::poll_fn(|cx| {
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
+                "done"
+            }
+        }),
+    );
+    // One thread: the connection runs on this test's runtime.
+    let (address, stop, server) = serve_until_stopped(router, 1).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let slow = tokio::spawn(async move { get_on(&mut stream, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server's task, and with it the stop's sender, is gone mid-request.
+    server.abort();
+    assert_eq!(slow.await.unwrap(), "done");
+    let polls = polls.load(Ordering::SeqCst);
+    assert!(
+        polls < 50,
+        "the request's future was polled {polls} times: spun"
+    );
 }

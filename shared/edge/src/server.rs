@@ -162,9 +162,9 @@ impl Serving {
             TowerToHyperService::new(service),
         );
         let mut connection = std::pin::pin!(connection);
-        // Told once: after the stop (or once its sender is gone, when `changed` fails at
-        // every call) the connection is only awaited, never polled in a loop that does
-        // not yield.
+        // Told once: after the stop the connection is only awaited. Once the stop's sender
+        // is gone `changed` fails at every call, and awaiting it again would poll the
+        // connection in a loop until its request ended.
         let mut told = false;
         loop {
             tokio::select! {
