@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use shared::auth::ApiKeyName;
 use shared::chat::request::valid_session_id;
-use shared::chat::{ChatGateway, ReplyMeta};
+use shared::chat::{ChatGateway, Completion, ReplyMeta};
 use shared::observability::metrics::names;
 use shared::{ApiError, AppContext};
 
@@ -149,10 +149,13 @@ const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// A plain answer's body, written once into a buffer sized for a typical answer (axum's
-/// `Json` starts at 128 bytes and grows, copying, three or four times per answer).
-fn json_answer(completion: &serde_json::Value) -> Result<Response, ApiError> {
+/// `Json` starts at 128 bytes and grows, copying, three or four times per answer); an
+/// answer kept as the upstream's text is copied as it is.
+fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
     let mut body = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut body, completion).map_err(|e| ApiError::Internal(e.into()))?;
+    completion
+        .write_json(&mut body)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -297,12 +300,27 @@ mod tests {
     async fn a_plain_answer_is_its_json_with_the_json_content_type() {
         let completion =
             serde_json::json!({"id": "chatcmpl-1", "choices": [{"index": 0}], "x": "é"});
-        let response = json_answer(&completion).unwrap();
+        let response = json_answer(&completion.clone().into()).unwrap();
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap();
         let read: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(read, completion);
+    }
+
+    /// An answer kept as the upstream's text goes out byte for byte as it came, with the
+    /// gateway's fields appended.
+    #[tokio::test]
+    async fn a_kept_answer_is_written_as_the_upstream_spelled_it() {
+        let upstream = r#"{"id":"c","choices":[{"message":{"content":"\u00e9 1.50"}}],"n":1.50}"#;
+        let mut completion = Completion::parse(upstream.as_bytes()).unwrap();
+        completion.insert("sources", json!([]));
+        let response = json_answer(&completion).unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let expected = format!("{},\"sources\":[]}}", &upstream[..upstream.len() - 1]);
+        assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
     }
 }

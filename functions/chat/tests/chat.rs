@@ -568,8 +568,14 @@ async fn the_provider_adapter_sends_the_key_and_reads_stream_events_itself() {
     let answer = keyed.complete(&question).await.unwrap();
     assert!(
         answer["choices"][0]["message"]["content"].is_string(),
-        "{answer}"
+        "{}",
+        *answer
     );
+    assert_eq!(
+        answer.prompt_tokens(),
+        answer["usage"]["prompt_tokens"].as_u64()
+    );
+    assert!(answer.prompt_tokens().is_some(), "{}", *answer);
 
     let items: Vec<_> = keyed.stream(&question).await.unwrap().collect().await;
     let broken = items

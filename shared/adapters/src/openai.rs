@@ -302,6 +302,14 @@ impl ChatEndpoint {
     /// A whole answer (`body` with `stream: false`); one longer than [`MAX_ANSWER_BYTES`]
     /// is a [`EndpointError::Shape`] error, and is not read past that.
     pub async fn complete(&self, body: &Value) -> Result<Value, EndpointError> {
+        let bytes = self.complete_body(body).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EndpointError::Shape(format!("the answer is not JSON: {e}")))
+    }
+
+    /// A plain answer's body as it came (at most [`MAX_ANSWER_BYTES`]), for a caller that
+    /// reads only part of it.
+    pub async fn complete_body(&self, body: &Value) -> Result<Bytes, EndpointError> {
         let response = self.send(body).await?;
         let bytes = transport::read_body(response.into_body(), MAX_ANSWER_BYTES)
             .await
@@ -312,8 +320,7 @@ impl ChatEndpoint {
                 )),
                 transport::ReadError::Broken(e) => EndpointError::Network(e),
             })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| EndpointError::Shape(format!("the answer is not JSON: {e}")))
+        Ok(bytes)
     }
 
     /// A streamed answer (`body` with `stream: true`): its events until `[DONE]` or the

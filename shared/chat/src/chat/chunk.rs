@@ -49,7 +49,7 @@ pub(crate) struct DeltaView {
 
 /// Any JSON value, read as a `Value` reads it (escapes, number ranges, depth) and not
 /// kept: a string without escapes is not even copied.
-struct Checked;
+pub(super) struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -98,7 +98,7 @@ impl<'de> Visitor<'de> for CheckedVisitor {
 
 /// A key of an object the view reads: its place among `names`, or `None` for a key the
 /// view does not keep.
-struct FieldOf(&'static [&'static str]);
+pub(super) struct FieldOf(pub(super) &'static [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for FieldOf {
     type Value = Option<usize>;
@@ -119,7 +119,7 @@ impl<'de> Visitor<'de> for FieldOf {
 
 /// Reads an object's keys with `names`, handing each kept one to `keep` and reading the
 /// others through.
-fn read_object<'de, A: MapAccess<'de>>(
+pub(super) fn read_object<'de, A: MapAccess<'de>>(
     mut map: A,
     names: &'static [&'static str],
     mut keep: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
@@ -138,17 +138,20 @@ fn read_object<'de, A: MapAccess<'de>>(
 /// A view read from a JSON object only.
 macro_rules! object_view {
     ($view:ty, $names:expr, |$target:ident, $at:ident, $map:ident| $keep:expr) => {
-        impl<'de> Deserialize<'de> for $view {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        impl<'de> serde::Deserialize<'de> for $view {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct ViewVisitor;
-                impl<'de> Visitor<'de> for ViewVisitor {
+                impl<'de> serde::de::Visitor<'de> for ViewVisitor {
                     type Value = $view;
                     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                         f.write_str("an object")
                     }
-                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$view, A::Error> {
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$view, A::Error> {
                         let mut $target = <$view>::default();
-                        read_object(map, $names, |$at, $map| {
+                        $crate::chat::chunk::read_object(map, $names, |$at, $map| {
                             $keep;
                             Ok(())
                         })?;
@@ -160,6 +163,7 @@ macro_rules! object_view {
         }
     };
 }
+pub(super) use object_view;
 
 object_view!(
     ChunkView,
@@ -306,10 +310,10 @@ impl Chunk {
     }
 }
 
-fn parse_text(text: Option<&str>) -> Value {
-    // `text` was read through once already (`Chunk::parse`), as a `Value` reads it.
+/// The value of a text read through once already (by a view), as a `Value` reads it.
+pub(super) fn parse_text(text: Option<&str>) -> Value {
     let value = text.and_then(|t| serde_json::from_str(t).ok());
-    debug_assert!(value.is_some(), "a chunk's text no longer parses");
+    debug_assert!(value.is_some(), "a kept text no longer parses");
     value.unwrap_or_default()
 }
 

@@ -5,6 +5,7 @@
 
 mod assemble;
 mod chunk;
+mod completion;
 pub mod continuation;
 mod error;
 pub mod idempotency;
@@ -21,6 +22,7 @@ mod streaming;
 mod telemetry;
 pub mod usage;
 
+pub use completion::Completion;
 pub use error::ChatError;
 pub use settings::{parse_context_windows, ChatSettings, OFFLINE_MODEL};
 
@@ -71,7 +73,7 @@ pub mod degraded {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     /// The `chat.completion` object, with `sources` (and `degraded` when degraded).
-    pub completion: Value,
+    pub completion: Completion,
     pub degraded: Vec<String>,
     /// The model that answered (or `retrieval-only`).
     pub model: String,
@@ -160,12 +162,8 @@ pub(super) fn usage_of(
     answer: &Answer,
     cached: bool,
 ) -> UsageRecord {
-    let prompt = answer.completion["usage"]["prompt_tokens"]
-        .as_u64()
-        .unwrap_or(0);
-    let completion = answer.completion["usage"]["completion_tokens"]
-        .as_u64()
-        .unwrap_or(0);
+    let prompt = answer.completion.prompt_tokens().unwrap_or(0);
+    let completion = answer.completion.completion_tokens().unwrap_or(0);
     UsageRecord {
         key: key.to_string(),
         model: answer.model.clone(),
@@ -393,14 +391,14 @@ impl ChatGateway {
 
     pub(super) fn finish(
         &self,
-        mut completion: Value,
+        mut completion: Completion,
         model: &str,
         context: &Context,
         degraded: Vec<String>,
     ) -> Answer {
-        completion["sources"] = json!(context.sources());
+        completion.insert("sources", json!(context.sources()));
         if !degraded.is_empty() {
-            completion["degraded"] = json!(degraded.join(","));
+            completion.insert("degraded", json!(degraded.join(",")));
         }
         Answer {
             completion,

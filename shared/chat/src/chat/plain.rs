@@ -110,7 +110,8 @@ impl ChatGateway {
         };
         if !after.settle(&reply.answer, reply.meta.cached).await {
             reply.meta.degraded = with_session(std::mem::take(&mut reply.meta.degraded), false);
-            reply.answer.completion["degraded"] = json!(reply.meta.degraded.join(","));
+            let degraded = json!(reply.meta.degraded.join(","));
+            reply.answer.completion.insert("degraded", degraded);
         }
         Ok(reply)
     }
@@ -167,7 +168,7 @@ impl ChatGateway {
                     self.remember_question(request, &key, &answer).await;
                 }
                 if cached {
-                    answer.completion["cached"] = json!(true);
+                    answer.completion.insert("cached", json!(true));
                     count_request(&answer.model, "cache_hit");
                 }
                 Ok(Reply {

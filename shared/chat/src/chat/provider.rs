@@ -19,6 +19,7 @@ use crate::secret::Secret;
 pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
 pub use super::chunk::Chunk;
+pub use super::completion::Completion;
 
 /// Why a provider call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -140,7 +141,7 @@ pub(crate) fn skip_malformed(stream: ChunkStream, model: &str, limit: u32) -> Ch
 pub trait ChatProvider: Send + Sync {
     /// A short name for metrics and breaker keys (`openai`).
     fn name(&self) -> &str;
-    async fn complete(&self, body: &Value) -> Result<Value, ProviderError>;
+    async fn complete(&self, body: &Value) -> Result<Completion, ProviderError>;
     /// Opens a stream; the first chunk has not necessarily arrived yet.
     async fn stream(&self, body: &Value) -> Result<ChunkStream, ProviderError>;
 }
@@ -213,14 +214,16 @@ impl ChatProvider for OpenAiProvider {
         "openai"
     }
 
-    async fn complete(&self, body: &Value) -> Result<Value, ProviderError> {
+    async fn complete(&self, body: &Value) -> Result<Completion, ProviderError> {
         let body = for_call(body, false);
-        let call = self.endpoint()?.complete(&body);
-        let response = tokio::time::timeout(self.timeout, call)
+        let call = self.endpoint()?.complete_body(&body);
+        let bytes = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ProviderError::Timeout(self.timeout))?
             .map_err(map_error)?;
-        if response["choices"].as_array().is_none() {
+        let response = Completion::parse(&bytes)
+            .map_err(|e| ProviderError::Shape(format!("the answer is not JSON: {e}")))?;
+        if !response.has_choices() {
             return Err(ProviderError::Shape(
                 "the answer has no `choices` array".into(),
             ));

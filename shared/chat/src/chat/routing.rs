@@ -41,7 +41,7 @@ pub(super) enum Mode {
 /// What a model gave a route: a whole completion, or a stream with its first chunk (the
 /// breaker permit is held until the stream ends).
 pub(super) enum Opened {
-    Plain(Value),
+    Plain(Completion),
     Stream(
         // Boxed: a chunk with its view is some 500 bytes, a completion 80.
         Box<Chunk>,
@@ -97,13 +97,11 @@ pub(super) fn step_down(chain: &[String], i: usize, e: &AttemptError) -> String 
     e.to_string()
 }
 
-pub(super) fn record_usage_metrics(model: &str, completion: &Value) {
+/// Counts an answer's tokens (`usage.prompt_tokens`, `usage.completion_tokens`).
+pub(super) fn record_usage_metrics(model: &str, prompt: Option<u64>, completion: Option<u64>) {
     let mut tokens = 0;
-    for (kind, field) in [
-        ("prompt", "prompt_tokens"),
-        ("completion", "completion_tokens"),
-    ] {
-        if let Some(n) = completion["usage"][field].as_u64() {
+    for (kind, count) in [("prompt", prompt), ("completion", completion)] {
+        if let Some(n) = count {
             LLM_TOKENS.increment(model, kind, n);
             tokens += n;
         }
@@ -154,7 +152,8 @@ impl ChatGateway {
                 {
                     count_fallback(&request.model, degraded::CACHED_ANSWER);
                     degraded.push(degraded::CACHED_ANSWER.to_string());
-                    last.completion["degraded"] = json!(degraded.join(","));
+                    last.completion
+                        .insert("degraded", json!(degraded.join(",")));
                     last.degraded = degraded;
                     return last;
                 }
@@ -165,7 +164,7 @@ impl ChatGateway {
         let content = context.retrieval_only_answer(reason);
         count_request(OFFLINE_MODEL, "degraded");
         self.finish(
-            synthetic_completion(OFFLINE_MODEL, &content),
+            synthetic_completion(OFFLINE_MODEL, &content).into(),
             OFFLINE_MODEL,
             context,
             degraded,
@@ -233,7 +232,11 @@ impl ChatGateway {
                     match &opened {
                         Opened::Plain(completion) => {
                             count_request(model, "ok");
-                            record_usage_metrics(model, completion);
+                            record_usage_metrics(
+                                model,
+                                completion.prompt_tokens(),
+                                completion.completion_tokens(),
+                            );
                         }
                         Opened::Stream(..) => {
                             metrics::histogram!(names::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => model.clone())
@@ -290,7 +293,7 @@ impl ChatGateway {
         provider: &dyn ChatProvider,
         model: &str,
         body: &Value,
-    ) -> Result<Value, AttemptError> {
+    ) -> Result<Completion, AttemptError> {
         let breaker = self.breaker(provider, model);
         retry(&self.parts.retry, "llm", || async {
             let permit = breaker.acquire().await?;

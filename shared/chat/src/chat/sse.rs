@@ -332,12 +332,16 @@ impl State {
         super::count_request(&self.relay.model, "ok");
         let mut completion = self.assembler.completion();
         completion["sources"] = json!(self.relay.sources);
-        record_usage_metrics(&self.relay.model, &completion);
+        record_usage_metrics(
+            &self.relay.model,
+            completion["usage"]["prompt_tokens"].as_u64(),
+            completion["usage"]["completion_tokens"].as_u64(),
+        );
         if !self.relay.degraded.is_empty() {
             completion["degraded"] = json!(self.relay.degraded.join(","));
         }
         let answer = Answer {
-            completion,
+            completion: completion.into(),
             degraded: self.relay.degraded.clone(),
             model: self.relay.model.clone(),
         };

@@ -24,7 +24,7 @@ impl ChatGateway {
         let key = cacheable.then(|| self.cache_key(request));
         if let Some(key) = &key {
             if let Some(mut answer) = self.parts.cache.get::<Answer>(Namespace::Chat, key).await {
-                answer.completion["cached"] = json!(true);
+                answer.completion.insert("cached", json!(true));
                 count_request(&answer.model, "cache_hit");
                 let saved = after.settle(&answer, true).await;
                 return Ok(StreamReply {
@@ -33,7 +33,7 @@ impl ChatGateway {
                         cached: true,
                         provider_wait: Duration::ZERO,
                     },
-                    body: sse::replay(answer.completion, include_usage),
+                    body: sse::replay(answer.completion.into_value(), include_usage),
                 });
             }
         }
@@ -49,7 +49,7 @@ impl ChatGateway {
                     degraded: with_session(answer.degraded.clone(), saved),
                     ..ReplyMeta::default()
                 },
-                body: sse::replay(answer.completion, include_usage),
+                body: sse::replay(answer.completion.into_value(), include_usage),
             });
         };
         let mut body = upstream_body(request, &context);
@@ -116,7 +116,7 @@ impl ChatGateway {
                 cached: false,
                 provider_wait: waited,
             },
-            body: sse::replay(answer.completion, include_usage),
+            body: sse::replay(answer.completion.into_value(), include_usage),
         })
     }
 }

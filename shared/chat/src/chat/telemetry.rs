@@ -106,10 +106,12 @@ fn record_output(span: &Span, seen: &Seen) {
 }
 
 /// Records a whole (non-streamed) answer on its span.
-pub(super) fn record_completion(span: &Span, completion: &Value) {
+pub(super) fn record_completion(span: &Span, completion: &super::Completion) {
     if span.is_disabled() {
         return;
     }
+    // Built as a whole value only here, for a span that records it.
+    let completion: &Value = completion;
     let mut seen = Seen::default();
     record_answer_part(span, completion, &mut seen);
     record_output(span, &seen);
