@@ -152,7 +152,7 @@ const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// `Json` starts at 128 bytes and grows, copying, three or four times per answer); an
 /// answer kept as the upstream's text is copied as it is.
 fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
-    let mut body = Vec::with_capacity(1024);
+    let mut body = Vec::with_capacity(completion.text_len().unwrap_or(1024));
     completion
         .write_json(&mut body)
         .map_err(|e| ApiError::Internal(e.into()))?;

@@ -3,7 +3,7 @@
 //! `cached`) appended to it; only what the gateway reads (the token counts, whether
 //! `choices` is an array) is parsed, into a small typed view. Parsing the whole answer
 //! into a `serde_json::Value` and writing it out twice (the cache entry, the response)
-//! was 14 % of a proxied request's instructions (docs/benchmarks.md, "A plain answer
+//! was 15 % of a proxied request's instructions (docs/benchmarks.md, "A plain answer
 //! kept as its text"). The whole value is built only when something reads it whole (a
 //! session's history, an answer replayed as a stream, a trace) or changes it in place.
 
@@ -95,11 +95,13 @@ impl Completion {
         Ok(Self::from(value))
     }
 
-    /// An answer from a text already known to be JSON (a cache entry's).
-    fn from_text(text: String) -> Self {
+    /// An answer from a cache entry's text. `RawValue` checks less than a `Value` does
+    /// (lone surrogates, number ranges, depth): a text neither reads is refused, so the
+    /// entry counts as a miss rather than being served as `null`.
+    fn from_text(text: String) -> Result<Self, serde_json::Error> {
         match serde_json::from_str::<CompletionView>(&text) {
-            Ok(view) => Self::kept(text, view),
-            Err(_) => Self::from(serde_json::from_str::<Value>(&text).unwrap_or_default()),
+            Ok(view) => Ok(Self::kept(text, view)),
+            Err(_) => serde_json::from_str::<Value>(&text).map(Self::from),
         }
     }
 
@@ -142,7 +144,8 @@ impl Completion {
     pub fn insert(&mut self, key: &'static str, value: Value) {
         let own = OWN_FIELDS.iter().position(|field| *field == key);
         if let (Some(text), Some(bit)) = (&mut self.text, own) {
-            if self.view.present & (1 << bit) == 0 && text.ends_with('}') {
+            // `text` is an object's (`{` ... `}`, at least 2 bytes): the view read it as one.
+            if self.view.present & (1 << bit) == 0 && text.len() >= 2 && text.ends_with('}') {
                 if trim_json(&text[1..text.len() - 1]).is_empty() {
                     text.truncate(1);
                 } else {
@@ -152,11 +155,13 @@ impl Completion {
                 text.push('"');
                 text.push_str(key);
                 text.push_str("\":");
-                // Writing a `Value` into a `String` cannot fail, and writes UTF-8.
+                // Written straight after the text (no string of its own); serde_json
+                // writes UTF-8, so the check below never replaces anything.
                 let mut bytes = std::mem::take(text).into_bytes();
                 let _ = serde_json::to_writer(&mut bytes, &value);
                 bytes.push(b'}');
-                *text = String::from_utf8(bytes).unwrap_or_default();
+                *text = String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                 self.view.present |= 1 << bit;
                 // A value built from the text before is out of date.
                 self.value = OnceLock::new();
@@ -181,6 +186,11 @@ impl Completion {
     /// The answer as a value.
     pub fn into_value(mut self) -> Value {
         std::mem::take(self.value_mut())
+    }
+
+    /// The kept text's length in bytes, while the answer is kept as text.
+    pub fn text_len(&self) -> Option<usize> {
+        self.text.as_ref().map(String::len)
     }
 
     /// Writes the answer's JSON: the kept text as it is, else the value.
@@ -214,8 +224,9 @@ impl std::ops::Deref for Completion {
 
 impl Serialize for Completion {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // For serde_json only (the cache and the idempotency store are JSON): a kept text
+        // is written as it is, through serde_json's `RawValue`.
         match &self.text {
-            // Written as it is by serde_json (a cache entry); other formats get a value.
             Some(text) => match serde_json::from_str::<&RawValue>(text) {
                 Ok(raw) => raw.serialize(serializer),
                 Err(_) => (**self).serialize(serializer),
@@ -229,7 +240,7 @@ impl<'de> Deserialize<'de> for Completion {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let text: Box<str> = raw.into();
-        Ok(Self::from_text(text.into()))
+        Self::from_text(text.into()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -359,6 +370,25 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
         assert_eq!(*read, *built);
         assert_eq!(read.prompt_tokens(), Some(2));
+    }
+
+    /// A cache entry whose answer `RawValue` accepts but a `Value` refuses is an error
+    /// (the entry is then a miss), not an answer of `null`.
+    #[test]
+    fn a_cache_entry_no_value_reads_is_refused() {
+        for entry in [
+            r#"{"choices":[],"x":1e400}"#,
+            r#"{"choices":[],"x":"\udc00"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Box<RawValue>>(entry).is_ok(),
+                "{entry}"
+            );
+            assert!(
+                serde_json::from_str::<Completion>(entry).is_err(),
+                "{entry}"
+            );
+        }
     }
 
     /// Reading the whole value, then appending, gives the appended value (not the one

@@ -19,7 +19,7 @@ use crate::secret::Secret;
 pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
 pub use super::chunk::Chunk;
-pub use super::completion::Completion;
+use super::Completion;
 
 /// Why a provider call failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -43,7 +43,7 @@ pub(super) enum Mode {
 pub(super) enum Opened {
     Plain(Completion),
     Stream(
-        // Boxed: a chunk with its view is some 500 bytes, a completion 80.
+        // Boxed: a chunk with its view is some 500 bytes, a completion 150.
         Box<Chunk>,
         ChunkStream,
         crate::resilience::breaker::Permit,
