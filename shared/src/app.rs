@@ -143,7 +143,7 @@ impl AppContext {
     }
 
     /// Cold start: read and validate configuration, set up logs and metrics, build
-    /// clients, and try migrations once (bounded) so the first request is fast.
+    /// clients, and start migrations (bounded) beside the first requests.
     pub async fn init(function: &str) -> Result<Arc<Self>, StartError> {
         let settings = match Settings::from_env(function) {
             Ok(settings) => settings,
@@ -159,17 +159,27 @@ impl AppContext {
         let ctx = Self::new(settings)?;
         metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
         metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
+        // Migrated beside the first requests, not before them: a request that needs the
+        // database waits for the same migration (`Database::pool`), one that does not
+        // (a proxied completion) is answered meanwhile. On a fresh SQLite file the schema
+        // took 29 of a cold start's 45 ms (docs/benchmarks.md, "Cold start").
         let budget = ctx.settings.database_timeout + Duration::from_millis(500);
-        match tokio::time::timeout(budget, ctx.database.ensure_ready()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use")
+        let database = ctx.database.clone();
+        let function_name = function.to_string();
+        tokio::spawn(async move {
+            match tokio::time::timeout(budget, database.ensure_ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(
+                    function = function_name,
+                    error = %err,
+                    "database not ready at start-up; will retry on use"
+                ),
+                Err(_) => tracing::warn!(
+                    function = function_name,
+                    "database did not answer at start-up; will retry on use"
+                ),
             }
-            Err(_) => tracing::warn!(
-                function,
-                "database did not answer at start-up; will retry on use"
-            ),
-        }
+        });
         tracing::info!(
             function,
             version = VERSION,
@@ -278,6 +288,7 @@ pub async fn start(
     routes: fn(Arc<AppContext>) -> Router,
     on_event: Option<fn(Arc<AppContext>) -> crate::runtime::EventHandler>,
 ) -> Result<(), crate::runtime::BoxError> {
+    crate::observability::redact::prepare_in_background();
     if std::env::args().nth(1).as_deref() == Some("--check-config") {
         Settings::from_env(function).map_err(StartError::from)?;
         println!("{function}: the configuration is valid");

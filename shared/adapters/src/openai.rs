@@ -3,6 +3,7 @@
 //! with 100-400 ms pauses (0.7 s per call, seen as 2.1 s per search with our own retries
 //! on top), which no breaker sees. Our callers retry and break themselves.
 
+mod roots;
 mod transport;
 
 use std::pin::Pin;

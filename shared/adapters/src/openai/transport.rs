@@ -85,7 +85,8 @@ pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 impl Transport {
     /// The client for `uri`: direct unless `proxies` intercept it or it carries
-    /// credentials. `extra_roots` are trusted besides the platform's (tests).
+    /// credentials. `extra_roots` are trusted besides the platform's (tests). The
+    /// platform's roots are read only for an https:// endpoint, off this thread.
     pub(crate) fn for_endpoint(
         uri: &http::Uri,
         proxies: &Matcher,
@@ -100,17 +101,15 @@ impl Transport {
         let provider = rustls::crypto::CryptoProvider::get_default()
             .cloned()
             .ok_or("no TLS crypto provider is installed")?;
-        let verifier = if extra_roots.is_empty() {
-            rustls_platform_verifier::Verifier::new(provider.clone())
-        } else {
-            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+        let roots = super::roots::PlatformRoots::new(provider.clone(), extra_roots);
+        if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            roots.read_in_background();
         }
-        .map_err(|e| format!("the platform's TLS roots cannot be used: {e}"))?;
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS settings: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(roots)
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);

@@ -175,13 +175,13 @@ pub fn parse_filter(log_level: &str) -> Result<Targets, String> {
     log_level.parse::<Targets>().map_err(|e| e.to_string())
 }
 
-/// Installs the global subscriber: JSON to stdout, filtered by `LOG_LEVEL`, and the
+/// Installs the global subscriber: JSON to stdout (a line per `write(2)`, no lock), filtered by `LOG_LEVEL`, and the
 /// OTLP exporter of the trace-only spans when `traces` names an endpoint. Idempotent.
 pub fn init(log_level: &str, traces: &TraceSettings) {
     let filter = parse_filter(log_level)
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
         .with_target(TARGET, LevelFilter::OFF);
-    let logs = json_layer(io::stdout).with_filter(filter);
+    let logs = json_layer(super::stdout_lines::StdoutLines).with_filter(filter);
     #[cfg(feature = "traces")]
     {
         // Only a real exporter is added: a `None` layer would make every trace-only

@@ -6,6 +6,7 @@ pub mod logging;
 pub mod metrics;
 pub mod redact;
 pub mod request_scope;
+mod stdout_lines;
 pub mod traces;
 
 /// Version of the running build, reported by health, logs and `build_info`.

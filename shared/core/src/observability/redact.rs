@@ -4,19 +4,31 @@
 //! including text that came from a dependency's error message.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use regex::{Captures, Regex, RegexSet};
 
+/// A pattern and its replacement. The pattern is compiled when a line first needs it:
+/// the set below decides whether any rule matches, so most processes never compile
+/// most rules (compiling all nine took 4 ms of a cold start, docs/benchmarks.md).
 struct Rule {
-    pattern: Regex,
+    source: &'static str,
+    pattern: OnceLock<Regex>,
     replace: fn(&Captures) -> String,
 }
 
-fn rule(pattern: &str, replace: fn(&Captures) -> String) -> Rule {
+const fn rule(source: &'static str, replace: fn(&Captures) -> String) -> Rule {
     Rule {
-        pattern: Regex::new(pattern).expect("redaction pattern compiles"),
+        source,
+        pattern: OnceLock::new(),
         replace,
+    }
+}
+
+impl Rule {
+    fn pattern(&self) -> &Regex {
+        self.pattern
+            .get_or_init(|| Regex::new(self.source).expect("redaction pattern compiles"))
     }
 }
 
@@ -38,60 +50,71 @@ fn luhn_valid(digits: &str) -> bool {
     sum % 10 == 0
 }
 
-static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
-    vec![
-        // user:password@ in any URL.
-        rule(
-            r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\x22]*:)[^@\s\x22/]+@",
-            |c| format!("{}[REDACTED]@", &c[1]),
-        ),
-        // Authorization: Bearer <token> (and Basic credentials)
-        rule(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}", |c| {
-            format!("{} [REDACTED]", &c[1])
-        }),
-        // Provider-style keys (OpenAI sk-..., AWS access key ids).
-        rule(r"\bsk-[A-Za-z0-9_-]{8,}|\bAKIA[0-9A-Z]{16}\b", |_| {
-            "[REDACTED_KEY]".to_string()
-        }),
-        // key=value / "key":"value" for names that carry secrets, in plain or JSON-escaped text.
-        rule(
-            r#"(?i)\b((?:x-)?api[_-]?key|password|passwd|secret|client[_-]?secret|access[_-]?token|refresh[_-]?token|token)(\\?"?\s*[:=]\s*\\?"?)([^\s"\\,&;}]+)"#,
-            |c| format!("{}{}[REDACTED]", &c[1], &c[2]),
-        ),
-        rule(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", |_| {
-            "[REDACTED_EMAIL]".to_string()
-        }),
-        // Number-shaped rules only match standalone numbers: group 1 is what precedes the
-        // number (start of text, or anything but a word character or `.`), so the digits
-        // of a decimal such as `"duration_ms":0.4111111111111111` are never taken for one.
-        // Chinese resident ID numbers (18 characters, last may be X).
-        rule(r"(^|[^0-9A-Za-z_.])\d{17}[\dXx]\b", |c| {
-            format!("{}[REDACTED_ID]", &c[1])
-        }),
-        // Card numbers: 13-19 digits, optionally grouped, passing Luhn.
-        rule(r"(^|[^0-9A-Za-z_.])((?:\d[ -]?){12,18}\d)\b", |c| {
-            if luhn_valid(&c[2]) {
-                format!("{}[REDACTED_CARD]", &c[1])
-            } else {
-                c[0].to_string()
-            }
-        }),
-        // Phone numbers: international (+CC ...), North American (555) 123-4567, Chinese mobiles.
-        rule(
-            r"\+\d{1,3}[\s-]?\(?\d{1,4}\)?(?:[\s-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b",
-            |_| "[REDACTED_PHONE]".to_string(),
-        ),
-        rule(
-            r"(^|[^0-9A-Za-z_.])(?:\d{3}[.-]\d{3}[.-]\d{4}|1[3-9]\d{9})\b",
-            |c| format!("{}[REDACTED_PHONE]", &c[1]),
-        ),
-    ]
-});
+static RULES: [Rule; 9] = [
+    // user:password@ in any URL.
+    rule(
+        r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\x22]*:)[^@\s\x22/]+@",
+        |c| format!("{}[REDACTED]@", &c[1]),
+    ),
+    // Authorization: Bearer <token> (and Basic credentials)
+    rule(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}", |c| {
+        format!("{} [REDACTED]", &c[1])
+    }),
+    // Provider-style keys (OpenAI sk-..., AWS access key ids).
+    rule(r"\bsk-[A-Za-z0-9_-]{8,}|\bAKIA[0-9A-Z]{16}\b", |_| {
+        "[REDACTED_KEY]".to_string()
+    }),
+    // key=value / "key":"value" for names that carry secrets, in plain or JSON-escaped text.
+    rule(
+        r#"(?i)\b((?:x-)?api[_-]?key|password|passwd|secret|client[_-]?secret|access[_-]?token|refresh[_-]?token|token)(\\?"?\s*[:=]\s*\\?"?)([^\s"\\,&;}]+)"#,
+        |c| format!("{}{}[REDACTED]", &c[1], &c[2]),
+    ),
+    rule(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", |_| {
+        "[REDACTED_EMAIL]".to_string()
+    }),
+    // Number-shaped rules only match standalone numbers: group 1 is what precedes the
+    // number (start of text, or anything but a word character or `.`), so the digits
+    // of a decimal such as `"duration_ms":0.4111111111111111` are never taken for one.
+    // Chinese resident ID numbers (18 characters, last may be X).
+    rule(r"(^|[^0-9A-Za-z_.])\d{17}[\dXx]\b", |c| {
+        format!("{}[REDACTED_ID]", &c[1])
+    }),
+    // Card numbers: 13-19 digits, optionally grouped, passing Luhn.
+    rule(r"(^|[^0-9A-Za-z_.])((?:\d[ -]?){12,18}\d)\b", |c| {
+        if luhn_valid(&c[2]) {
+            format!("{}[REDACTED_CARD]", &c[1])
+        } else {
+            c[0].to_string()
+        }
+    }),
+    // Phone numbers: international (+CC ...), North American (555) 123-4567, Chinese mobiles.
+    rule(
+        r"\+\d{1,3}[\s-]?\(?\d{1,4}\)?(?:[\s-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b",
+        |_| "[REDACTED_PHONE]".to_string(),
+    ),
+    rule(
+        r"(^|[^0-9A-Za-z_.])(?:\d{3}[.-]\d{3}[.-]\d{4}|1[3-9]\d{9})\b",
+        |c| format!("{}[REDACTED_PHONE]", &c[1]),
+    ),
+];
 
 /// All patterns in one automaton: a clean line (the common case) costs one scan.
-static ANY_RULE: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new(RULES.iter().map(|r| r.pattern.as_str())).expect("patterns compile")
-});
+static ANY_RULE: LazyLock<RegexSet> =
+    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| r.source)).expect("patterns compile"));
+
+/// Compiles what every process needs (the set every log line is scanned with, and the
+/// URL rule start-up logs use) on a thread of its own, so that the first log line and
+/// the first request do not wait for it (3-4 ms).
+pub fn prepare_in_background() {
+    // If no thread can be started, the first use compiles them instead.
+    std::thread::Builder::new()
+        .name("redact-compile".into())
+        .spawn(|| {
+            RULES[0].pattern();
+            LazyLock::force(&ANY_RULE);
+        })
+        .ok();
+}
 
 /// Returns the text with secrets and personal data replaced by markers.
 pub fn redact(text: &str) -> Cow<'_, str> {
@@ -105,9 +128,9 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     for (index, rule) in RULES.iter().enumerate() {
         // Replacements only insert markers, so a rule that did not match the original
         // text cannot match after earlier rules ran.
-        if matched.matched(index) && rule.pattern.is_match(&current) {
+        if matched.matched(index) && rule.pattern().is_match(&current) {
             let replaced = rule
-                .pattern
+                .pattern()
                 .replace_all(&current, |c: &Captures| (rule.replace)(c))
                 .into_owned();
             current = Cow::Owned(replaced);
@@ -119,7 +142,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 /// Hides only the password of a URL (for showing configured endpoints).
 pub fn redact_url_credentials(url: &str) -> String {
     RULES[0]
-        .pattern
+        .pattern()
         .replace_all(url, |c: &Captures| (RULES[0].replace)(c))
         .into_owned()
 }
