@@ -159,27 +159,21 @@ impl AppContext {
         let ctx = Self::new(settings)?;
         metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
         metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
-        // Migrated beside the first requests, not before them: a request that needs the
-        // database waits for the same migration (`Database::pool`), one that does not
-        // (a proxied completion) is answered meanwhile. On a fresh SQLite file the schema
-        // took 29 of a cold start's 45 ms (docs/benchmarks.md, "Cold start").
         let budget = ctx.settings.database_timeout + Duration::from_millis(500);
-        let database = ctx.database.clone();
-        let function_name = function.to_string();
-        tokio::spawn(async move {
-            match tokio::time::timeout(budget, database.ensure_ready()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(
-                    function = function_name,
-                    error = %err,
-                    "database not ready at start-up; will retry on use"
-                ),
-                Err(_) => tracing::warn!(
-                    function = function_name,
-                    "database did not answer at start-up; will retry on use"
-                ),
-            }
-        });
+        let migrating = migrate_at_start(ctx.database.clone(), function.to_string(), budget);
+        // Standalone, migrated beside the first requests, not before them: a request that
+        // needs the database waits for the same migration (`Database::pool`), one that
+        // does not (a proxied completion without budgets, sessions or idempotency) is
+        // answered meanwhile. On a fresh SQLite file the schema took 29 of a cold start's
+        // 45 ms (docs/benchmarks.md, "Cold start"). Under Lambda, awaited here: nothing
+        // may run across the freeze after an answer (a PostgreSQL migration would hold
+        // its lock, frozen), and the first completion writes its usage row before its
+        // answer there anyway.
+        if crate::runtime::in_lambda() {
+            migrating.await;
+        } else {
+            tokio::spawn(migrating);
+        }
         tracing::info!(
             function,
             version = VERSION,
@@ -274,6 +268,24 @@ pub fn misconfigured(problem: &str) -> Router {
     })
 }
 
+/// Migrates, warning (once) if that takes longer than `budget` but never giving up on a
+/// migration that requests may be waiting for: dropping it would restart it from scratch
+/// (on PostgreSQL without releasing its lock first). A failure is retried on next use.
+async fn migrate_at_start(database: Database, function: String, budget: Duration) {
+    let migrating = database.ensure_ready();
+    tokio::pin!(migrating);
+    let result = tokio::select! {
+        result = &mut migrating => result,
+        () = tokio::time::sleep(budget) => {
+            tracing::warn!(function, "database did not answer at start-up; still trying");
+            migrating.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use");
+    }
+}
+
 /// The whole `main` of a function: cold-start initialisation, then serving.
 ///
 /// A configuration error stops the function with one log line naming every bad
@@ -288,12 +300,12 @@ pub async fn start(
     routes: fn(Arc<AppContext>) -> Router,
     on_event: Option<fn(Arc<AppContext>) -> crate::runtime::EventHandler>,
 ) -> Result<(), crate::runtime::BoxError> {
-    crate::observability::redact::prepare_in_background();
     if std::env::args().nth(1).as_deref() == Some("--check-config") {
         Settings::from_env(function).map_err(StartError::from)?;
         println!("{function}: the configuration is valid");
         return Ok(());
     }
+    crate::observability::redact::prepare_in_background();
     let ctx = match AppContext::init(function).await {
         Ok(ctx) => ctx,
         Err(StartError::Config(err)) if crate::runtime::in_lambda() => {

@@ -110,10 +110,10 @@ async fn the_chat_endpoint_refuses_an_untrusted_certificate() {
             .unwrap();
     let error = endpoint.complete(&question()).await.unwrap_err();
     match &error {
-        chatkb_adapters::openai::EndpointError::Network(message) => assert!(
-            message.contains("certificate") || message.contains("UnknownIssuer"),
-            "{message}"
-        ),
+        // The platform's roots were read and do not vouch for it (not: no roots at all).
+        chatkb_adapters::openai::EndpointError::Network(message) => {
+            assert!(message.contains("UnknownIssuer"), "{message}")
+        }
         other => panic!("expected a network error, got {other:?}"),
     }
     let outcome = outcomes.recv().await.expect("the client connected");

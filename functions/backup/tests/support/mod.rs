@@ -97,7 +97,7 @@ pub fn document_sql(kind: DatabaseKind, id: usize, chunks: usize) -> String {
 
 /// The same with `dims`-dimensional embeddings (the benchmark uses 384, as MiniLM).
 pub fn document_sql_with(kind: DatabaseKind, id: usize, chunks: usize, dims: usize) -> String {
-    let title = if id % 7 == 0 {
+    let title = if id.is_multiple_of(7) {
         format!("{AWKWARD} {id}")
     } else {
         format!("Document {id}")

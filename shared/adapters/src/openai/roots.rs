@@ -35,6 +35,19 @@ impl PlatformRoots {
         })
     }
 
+    /// The roots of a client of `endpoint`: for an https:// one, already being read.
+    pub(crate) fn for_endpoint(
+        endpoint: &http::Uri,
+        provider: Arc<CryptoProvider>,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Arc<Self> {
+        let roots = Self::new(provider, extra_roots);
+        if endpoint.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            roots.read_in_background();
+        }
+        roots
+    }
+
     /// Starts reading the roots now, off the caller's thread. A handshake that comes
     /// first waits for this read rather than starting another.
     pub(crate) fn read_in_background(self: &Arc<Self>) {
@@ -50,7 +63,9 @@ impl PlatformRoots {
     }
 
     /// The verifier, or why the platform's roots cannot be used (every https call then
-    /// fails with that reason; an http:// endpoint is unaffected).
+    /// fails with that reason; an http:// endpoint is unaffected). Blocking: a handshake
+    /// that comes while the roots are read waits on its runtime's thread, and one that
+    /// comes first (no thread could be started) reads them there.
     fn verifier(&self) -> Result<&Verifier, rustls::Error> {
         self.verifier
             .get_or_init(|| {
@@ -133,6 +148,39 @@ mod tests {
         assert_eq!(schemes, platform.supported_verify_schemes());
         assert!(roots.verifier().is_ok());
         assert!(roots.verifier.get().is_some());
+    }
+
+    fn wait_for_read(roots: &PlatformRoots) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while roots.verifier.get().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the roots were never read"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn only_an_https_endpoint_has_its_roots_read_before_a_handshake() {
+        let https = PlatformRoots::for_endpoint(
+            &"https://api.example.com/v1".parse().unwrap(),
+            provider(),
+            Vec::new(),
+        );
+        let plain = PlatformRoots::for_endpoint(
+            &"http://127.0.0.1:8080/v1".parse().unwrap(),
+            provider(),
+            Vec::new(),
+        );
+        wait_for_read(&https);
+        assert!(https.verifier.get().unwrap().is_ok());
+        // By the time the https roots are read, a read started for http would be too.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            plain.verifier.get().is_none(),
+            "an http endpoint read the roots"
+        );
     }
 
     #[test]

@@ -101,10 +101,7 @@ impl Transport {
         let provider = rustls::crypto::CryptoProvider::get_default()
             .cloned()
             .ok_or("no TLS crypto provider is installed")?;
-        let roots = super::roots::PlatformRoots::new(provider.clone(), extra_roots);
-        if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            roots.read_in_background();
-        }
+        let roots = super::roots::PlatformRoots::for_endpoint(uri, provider.clone(), extra_roots);
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS settings: {e}"))?

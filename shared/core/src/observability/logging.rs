@@ -175,8 +175,9 @@ pub fn parse_filter(log_level: &str) -> Result<Targets, String> {
     log_level.parse::<Targets>().map_err(|e| e.to_string())
 }
 
-/// Installs the global subscriber: JSON to stdout (a line per `write(2)`, no lock), filtered by `LOG_LEVEL`, and the
-/// OTLP exporter of the trace-only spans when `traces` names an endpoint. Idempotent.
+/// Installs the global subscriber: JSON to stdout (a line per `write(2)`, without the
+/// stdout lock), filtered by `LOG_LEVEL`, and the OTLP exporter of the trace-only spans
+/// when `traces` names an endpoint. Idempotent.
 pub fn init(log_level: &str, traces: &TraceSettings) {
     let filter = parse_filter(log_level)
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
@@ -348,5 +349,49 @@ pub(crate) mod tests {
             lines[1]["database"],
             "postgres://app:[REDACTED]@db:5432/app"
         );
+    }
+
+    /// Each write the destination gets, as it got it.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Writes {
+        type Writer = Writes;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// The destination (stdout's lock-free line writer in production) gets each event
+    /// as one whole line in one write: the line emitted redacted, a scanned line, and a
+    /// line longer than a pipe takes whole.
+    #[test]
+    fn each_event_reaches_the_destination_in_one_write() {
+        let writes = Writes::default();
+        let subscriber = Registry::default().with(json_layer(writes.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            emit_redacted(module_path!(), || tracing::info!(who = "us", "emitted"));
+            tracing::info!(who = "one@example.com", "scanned");
+            tracing::info!(long = "x".repeat(9000).as_str(), "long");
+        });
+        let writes = writes.0.lock().unwrap();
+        assert_eq!(writes.len(), 3);
+        for write in writes.iter() {
+            let line = std::str::from_utf8(write).unwrap();
+            assert_eq!(line.matches('\n').count(), 1, "{line}");
+            assert!(line.ends_with('\n'));
+            serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
+        }
+        assert!(writes[2].len() > 9000);
     }
 }

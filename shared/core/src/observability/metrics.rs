@@ -1,7 +1,6 @@
 //! Metrics through the `metrics` facade (X3): Prometheus text for `/health/metrics`,
 //! plus CloudWatch Embedded Metric Format lines on AWS.
 
-use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -439,9 +438,8 @@ impl EmfRecord {
 
     /// Writes the record as one line on stdout, where the Lambda log agent picks it up.
     pub fn emit(&self) {
-        let line = self.to_json().to_string();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let line = format!("{}\n", self.to_json());
+        let _ = super::stdout_lines::write_stdout_line(line.as_bytes());
     }
 }
 

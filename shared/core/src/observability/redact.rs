@@ -110,8 +110,8 @@ pub fn prepare_in_background() {
     std::thread::Builder::new()
         .name("redact-compile".into())
         .spawn(|| {
-            RULES[0].pattern();
             LazyLock::force(&ANY_RULE);
+            RULES[0].pattern();
         })
         .ok();
 }

@@ -4,16 +4,18 @@
 //! two threads finishing requests at once queued on it, and the loser slept in the
 //! kernel (`strace -f` on the gateway at 8 connections: 0.4 contended waits per request,
 //! docs/benchmarks.md, "Log lines without the stdout lock"). A line is handed to the
-//! kernel in one `write(2)` of its own instead. Up to `PIPE_BUF` bytes, a write to a
-//! pipe is atomic (what the Lambda log agent and a container runtime read), and Linux
-//! writes a regular file's bytes under the file's own lock, so lines never interleave.
-//! A longer line, which a pipe may split, still takes the stdout lock, as every other
-//! writer of stdout in the process does (`println!`, the EMF metrics lines).
-
+//! kernel in one `write(2)` of its own instead, under a shared read lock (an atomic
+//! increment, no wait) that only a long line takes exclusively. Up to `PIPE_BUF` bytes,
+//! a write to a pipe is atomic (what the Lambda log agent and a container runtime read),
+//! and Linux writes a regular file's bytes under the file's own lock, so short lines
+//! never interleave; a stream socket (journald's stdout stream) gives no such promise
+//! for concurrent writers. A longer line, which a pipe may take in pieces, is written
+//! while no other line is. The EMF metric lines go through here too; nothing else in the
+//! process writes to stdout after start-up.
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, RwLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -31,22 +33,25 @@ static STDOUT: LazyLock<Option<File>> = LazyLock::new(|| {
         .map(File::from)
 });
 
+/// Taken shared by a line the kernel writes whole, exclusively by a longer one.
+static LONG_LINE: RwLock<()> = RwLock::new(());
+
 /// The `MakeWriter` of the JSON log layer in production.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct StdoutLines;
 
 impl<'a> MakeWriter<'a> for StdoutLines {
-    type Writer = LineWriter;
+    type Writer = LineOut;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter
+        LineOut
     }
 }
 
 /// Writes each buffer it is given (a whole line, from the redacting writer) in one go.
-pub(crate) struct LineWriter;
+pub(crate) struct LineOut;
 
-impl Write for LineWriter {
+impl Write for LineOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_all(buf)?;
         Ok(buf.len())
@@ -61,16 +66,27 @@ impl Write for LineWriter {
     }
 }
 
-/// One line to `file` (standard output's second descriptor) in one `write(2)`, or
-/// through the stdout lock if it is too long for that or there is no such descriptor.
+/// Writes one whole line (ending in a line feed) to standard output, as log lines are.
+pub(crate) fn write_stdout_line(line: &[u8]) -> io::Result<()> {
+    write_line(STDOUT.as_ref(), line)
+}
+
+/// One line to `file` (standard output's second descriptor) in one `write(2)`; a line
+/// too long to be written whole waits for the others and holds them off meanwhile.
+/// Without such a descriptor, through the stdout handle and its lock.
 fn write_line(file: Option<&File>, line: &[u8]) -> io::Result<()> {
-    match file {
-        Some(mut file) if line.len() <= ATOMIC_WRITE_BYTES => file.write_all(line),
-        _ => {
-            let mut stdout = io::stdout().lock();
-            stdout.write_all(line)?;
-            stdout.flush()
-        }
+    let Some(mut file) = file else {
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(line)?;
+        return stdout.flush();
+    };
+    // A poisoned lock guards nothing but the order of writes: carry on.
+    if line.len() <= ATOMIC_WRITE_BYTES {
+        let _shared = LONG_LINE.read().unwrap_or_else(|e| e.into_inner());
+        file.write_all(line)
+    } else {
+        let _alone = LONG_LINE.write().unwrap_or_else(|e| e.into_inner());
+        file.write_all(line)
     }
 }
 
@@ -113,9 +129,11 @@ mod tests {
                 let file = &file;
                 scope.spawn(move || {
                     for n in 0..400 {
+                        // Every tenth line is longer than a pipe takes whole.
+                        let pad = if n % 10 == 0 { 9000 } else { 300 };
                         let line = format!(
                             "{{\"thread\":{thread},\"n\":{n},\"pad\":\"{}\"}}\n",
-                            "x".repeat(300)
+                            "x".repeat(pad)
                         );
                         write_line(Some(file), line.as_bytes()).unwrap();
                     }
@@ -128,7 +146,12 @@ mod tests {
         assert_eq!(lines.len(), 8 * 400);
         for line in lines {
             let value: serde_json::Value = serde_json::from_str(line).expect("a whole line");
-            assert_eq!(value["pad"].as_str().map(str::len), Some(300));
+            let expected = if value["n"].as_u64().unwrap().is_multiple_of(10) {
+                9000
+            } else {
+                300
+            };
+            assert_eq!(value["pad"].as_str().map(str::len), Some(expected));
         }
     }
 }
