@@ -13,9 +13,7 @@ use std::sync::LazyLock;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgPool, SqlitePool};
 use tokio::sync::OnceCell;
 
@@ -82,24 +80,6 @@ pub(crate) const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// server does not have it.
 pub(crate) const MISSING_PGVECTOR: &str =
     "extension vector is not installed: run local/install-pgvector.sh, or use a PostgreSQL with pgvector";
-
-/// Migrates a SQLite file on a connection of its own with `synchronous=NORMAL`: in WAL
-/// mode a commit then skips its `fsync` (the log is synced at checkpoints, and by the
-/// next commit of any connection with the default `FULL`, which syncs every frame before
-/// it), and stays atomic. A power loss can undo the last migrations, never half of one;
-/// they run again at the next start. The pool's connections keep `FULL`. On a fresh file
-/// the schema's commits each waited for the disk (docs/benchmarks.md, "Cold start").
-async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
-    let options = (*pool.connect_options())
-        .clone()
-        .synchronous(SqliteSynchronous::Normal);
-    let mut conn = SqliteConnection::connect_with(&options).await?;
-    let migrated = SQLITE_MIGRATIONS.run_direct(&mut conn).await;
-    // Closing checkpoints the log if no other connection is open; a failure to close
-    // leaves nothing behind that the next connection does not recover.
-    let _ = conn.close().await;
-    migrated
-}
 
 /// Which relational backend `DATABASE_URL` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +266,7 @@ impl Database {
                         // and the loser fails on its version row. Running again skips
                         // what the winner applied.
                         let mut attempt = 0;
-                        while let Err(err) = migrate_sqlite(pool).await {
+                        while let Err(err) = SQLITE_MIGRATIONS.run(pool).await {
                             attempt += 1;
                             if attempt >= SQLITE_MIGRATION_ATTEMPTS {
                                 return Err(err.into());
@@ -437,33 +417,22 @@ mod tests {
         "a m 2026-12-05 11 1 0 30 3 0.25",
     ];
 
-    /// Migration 8 folds the answers of earlier versions into hours, on both dialects.
-    /// The schema is applied on a connection of its own that skips the per-commit sync;
-    /// the pool's connections still sync every commit (`synchronous=FULL`, 2).
+    /// An in-memory database lives only as long as a connection to it: it is migrated
+    /// where the pool sees it (a connection of its own would take the schema with it).
     #[tokio::test]
-    async fn a_fresh_file_is_migrated_and_the_pool_keeps_full_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/fresh.db", dir.path().display());
-        let db = Database::connect_lazy_with(&url, DatabaseKind::Sqlite, 2, Duration::from_secs(5))
-            .unwrap();
-        let pool = db.sqlite().await.unwrap();
+    async fn an_in_memory_database_keeps_its_schema() {
+        let db = Database::connect_lazy_with(
+            "sqlite::memory:",
+            DatabaseKind::Sqlite,
+            2,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let tables = db.table_names().await.unwrap();
         assert!(tables.iter().any(|t| t == "usage_hourly"), "{tables:?}");
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        assert_eq!(applied, SQLITE_MIGRATION_FILES.len() as i64);
-        for _ in 0..2 {
-            let mut conn = pool.acquire().await.unwrap();
-            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            assert_eq!(sync, 2, "a pooled connection does not sync every commit");
-        }
     }
 
+    /// Migration 8 folds the answers of earlier versions into hours, on both dialects.
     #[tokio::test]
     async fn usage_rows_of_earlier_versions_are_folded_into_hours() {
         let dir = tempfile::tempdir().unwrap();
