@@ -160,19 +160,29 @@ impl AppContext {
         metrics::counter!(obs_metrics::names::COLD_STARTS_TOTAL, "function" => function.to_string()).increment(1);
         metrics::gauge!(obs_metrics::names::BUILD_INFO, "function" => function.to_string(), "version" => VERSION).set(1.0);
         let budget = ctx.settings.database_timeout + Duration::from_millis(500);
-        let migrating = migrate_at_start(ctx.database.clone(), function.to_string(), budget);
         // Standalone, migrated beside the first requests, not before them: a request that
         // needs the database waits for the same migration (`Database::pool`), one that
         // does not (a proxied completion without budgets, sessions or idempotency) is
         // answered meanwhile. On a fresh SQLite file the schema took 29 of a cold start's
-        // 45 ms (docs/benchmarks.md, "Cold start"). Under Lambda, awaited here: nothing
-        // may run across the freeze after an answer (a PostgreSQL migration would hold
-        // its lock, frozen), and the first completion writes its usage row before its
-        // answer there anyway.
+        // 45 ms (docs/benchmarks.md, "Cold start off the first answer's path"). Under
+        // Lambda, tried here within the budget as before: nothing may run across the
+        // freeze after an answer (a PostgreSQL migration would hold its lock, frozen),
+        // and the first completion writes its usage row before its answer there anyway.
         if crate::runtime::in_lambda() {
-            migrating.await;
+            match tokio::time::timeout(budget, ctx.database.ensure_ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => not_ready(function, &err),
+                Err(_) => tracing::warn!(
+                    function,
+                    "database did not answer at start-up; will retry on use"
+                ),
+            }
         } else {
-            tokio::spawn(migrating);
+            tokio::spawn(migrate_at_start(
+                ctx.database.clone(),
+                function.to_string(),
+                budget,
+            ));
         }
         tracing::info!(
             function,
@@ -282,8 +292,12 @@ async fn migrate_at_start(database: Database, function: String, budget: Duration
         }
     };
     if let Err(err) = result {
-        tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use");
+        not_ready(&function, &err);
     }
+}
+
+fn not_ready(function: &str, err: &StoreError) {
+    tracing::warn!(function, error = %err, "database not ready at start-up; will retry on use");
 }
 
 /// The whole `main` of a function: cold-start initialisation, then serving.
