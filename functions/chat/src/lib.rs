@@ -4,7 +4,7 @@
 pub mod allocator;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -159,6 +159,9 @@ fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
         .write_json(&mut body)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut response = Response::new(Body::from(body));
+    // Room for every header the reply gets on its way out (its own, the security
+    // headers, the request id, the length): the map grew twice, rehashing each time.
+    *response.headers_mut() = HeaderMap::with_capacity(16);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -180,9 +183,7 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
         &[],
     );
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
-        headers.insert(X_OVERHEAD_MS, v);
-    }
+    headers.insert(X_OVERHEAD_MS, milliseconds(overhead));
     if !meta.degraded.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&meta.degraded.join(",")) {
             headers.insert(X_DEGRADED, v);
@@ -192,6 +193,15 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
         X_CACHE,
         HeaderValue::from_static(if meta.cached { "hit" } else { "miss" }),
     );
+}
+
+/// `duration` in milliseconds with three decimals (rounded to the microsecond), written
+/// from integers: `format!("{:.3}")` of a float cost about 1 % of a proxied request's
+/// instructions.
+fn milliseconds(duration: Duration) -> HeaderValue {
+    let micros = (duration.as_nanos() + 500) / 1000;
+    let text = format!("{}.{:03}", micros / 1000, micros % 1000);
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
 /// `POST /v1/chat/completions`, plain or streamed (C1); idempotency keys (C8) are the
@@ -266,6 +276,22 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_overhead_is_given_in_milliseconds_to_the_microsecond() {
+        let ms = |d: Duration| milliseconds(d).to_str().unwrap().to_string();
+        assert_eq!(ms(Duration::ZERO), "0.000");
+        assert_eq!(ms(Duration::from_micros(250)), "0.250");
+        assert_eq!(ms(Duration::from_nanos(1_234_567)), "1.235");
+        assert_eq!(ms(Duration::from_nanos(1_234_499)), "1.234");
+        assert_eq!(ms(Duration::from_nanos(999_500)), "1.000");
+        assert_eq!(ms(Duration::from_secs(12)), "12000.000");
+        // As the float format wrote it, away from a half microsecond.
+        for nanos in [7_u64, 81_234, 405_999, 3_000_001, 77_777_777] {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(ms(d), format!("{:.3}", d.as_secs_f64() * 1000.0), "{nanos}");
+        }
+    }
 
     #[test]
     fn json_media_types_are_recognised_in_any_case_and_others_refused() {

@@ -82,6 +82,7 @@ pub async fn serve_on_threads(
         stopped,
     };
     let shards = shards::Shards::start(threads, serving)?;
+    let anchor = tokio::spawn(shards::anchor_timers());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -108,6 +109,7 @@ pub async fn serve_on_threads(
     let _ = stop.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
+    anchor.abort();
     Ok(())
 }
 

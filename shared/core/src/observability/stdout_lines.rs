@@ -12,10 +12,21 @@
 //! for concurrent writers. A longer line, which a pipe may take in pieces, is written
 //! while no other line is. The EMF metric lines go through here too; nothing else in the
 //! process writes to stdout after start-up.
+//!
+//! A thread of the standalone server's runtimes holds its lines back
+//! ([`hold_lines_on_this_thread`]) and writes them together when it is about to wait
+//! for work ([`write_held_lines`], the runtime's park hook), when they would pass
+//! `PIPE_BUF`, or when the first is 50 ms old: at 8 connections a thread parks about
+//! once per request, and a busy one writes about ten lines per `write(2)` instead of
+//! one each (docs/benchmarks.md, "Log lines written together"). The line reaches the
+//! log just after the response reaches the caller instead of just before. Other threads
+//! (the blocking pool, Lambda's single thread) write each line at once, as before.
+use std::cell::OnceCell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -35,6 +46,92 @@ static STDOUT: LazyLock<Option<File>> = LazyLock::new(|| {
 
 /// Taken shared by a line the kernel writes whole, exclusively by a longer one.
 static LONG_LINE: RwLock<()> = RwLock::new(());
+
+/// How long a held line may wait for others before it is written anyway.
+const HOLD_AT_MOST: Duration = Duration::from_millis(50);
+
+/// Lines one thread has not written yet: whole lines, at most `ATOMIC_WRITE_BYTES`.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// When the first of them was held.
+    since: Option<Instant>,
+}
+
+impl Held {
+    /// Writes what is held in one `write(2)`; what fails to be written is dropped, so a
+    /// broken destination does not make the buffer grow.
+    fn write_out(&mut self, file: &File) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        let written = write_whole(file, &self.bytes);
+        self.bytes.clear();
+        self.since = None;
+        written
+    }
+}
+
+/// Each holding thread's lines; locked by its own thread, and by another only to write
+/// them all out at exit.
+type HeldLines = Arc<Mutex<Held>>;
+
+thread_local! {
+    /// Set on a thread that holds its lines.
+    static HELD: OnceCell<HeldLines> = const { OnceCell::new() };
+}
+
+/// Every holding thread's lines, for [`write_all_held_lines`].
+static EVERY_HOLDER: Mutex<Vec<HeldLines>> = Mutex::new(Vec::new());
+
+/// From now on this thread's lines are held and written together: only for a runtime
+/// thread whose park hook calls [`write_held_lines`], so a line never waits for longer
+/// than the thread is busy. Without a second descriptor for stdout, nothing is held.
+pub fn hold_lines_on_this_thread() {
+    if STDOUT.is_none() {
+        return;
+    }
+    HELD.with(|held| {
+        held.get_or_init(|| {
+            let lines = HeldLines::default();
+            lock(&EVERY_HOLDER).push(lines.clone());
+            lines
+        });
+    });
+}
+
+/// Writes the lines this thread holds: its runtime is about to wait for work.
+pub fn write_held_lines() {
+    if let Some(file) = STDOUT.as_ref() {
+        write_held_to(file);
+    }
+}
+
+/// Writes every thread's held lines: the process is about to exit.
+pub fn write_all_held_lines() {
+    if let Some(file) = STDOUT.as_ref() {
+        write_all_held_to(file);
+    }
+}
+
+fn write_held_to(file: &File) {
+    let _ = HELD.try_with(|held| {
+        if let Some(lines) = held.get() {
+            let _ = lock(lines).write_out(file);
+        }
+    });
+}
+
+fn write_all_held_to(file: &File) {
+    for lines in lock(&EVERY_HOLDER).iter() {
+        let _ = lock(lines).write_out(file);
+    }
+}
+
+/// A poisoned lock guards nothing but the order of writes: carry on.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The `MakeWriter` of the JSON log layer in production.
 #[derive(Clone, Copy, Default)]
@@ -71,22 +168,52 @@ pub(crate) fn write_stdout_line(line: &[u8]) -> io::Result<()> {
     write_line(STDOUT.as_ref(), line)
 }
 
-/// One line to `file` (standard output's second descriptor) in one `write(2)`; a line
-/// too long to be written whole waits for the others and holds them off meanwhile.
-/// Without such a descriptor, through the stdout handle and its lock.
+/// One line to `file` (standard output's second descriptor): held with the thread's
+/// others where it holds them, else in one `write(2)`. Without such a descriptor,
+/// through the stdout handle and its lock.
 fn write_line(file: Option<&File>, line: &[u8]) -> io::Result<()> {
-    let Some(mut file) = file else {
+    let Some(file) = file else {
         let mut stdout = io::stdout().lock();
         stdout.write_all(line)?;
         return stdout.flush();
     };
-    // A poisoned lock guards nothing but the order of writes: carry on.
-    if line.len() <= ATOMIC_WRITE_BYTES {
-        let _shared = LONG_LINE.read().unwrap_or_else(|e| e.into_inner());
-        file.write_all(line)
+    let held = HELD
+        .try_with(|held| held.get().map(|lines| hold(file, &mut lock(lines), line)))
+        .ok()
+        .flatten();
+    held.unwrap_or_else(|| write_whole(file, line))
+}
+
+/// Adds `line` to what this thread holds, writing the held lines first when they would
+/// pass `PIPE_BUF` with it or have waited long enough; a line too long to hold goes out
+/// on its own, after them.
+fn hold(file: &File, held: &mut Held, line: &[u8]) -> io::Result<()> {
+    let too_old = held
+        .since
+        .is_some_and(|since| since.elapsed() >= HOLD_AT_MOST);
+    if too_old || held.bytes.len() + line.len() > ATOMIC_WRITE_BYTES {
+        held.write_out(file)?;
+    }
+    if line.len() > ATOMIC_WRITE_BYTES {
+        return write_whole(file, line);
+    }
+    if held.bytes.is_empty() {
+        held.since = Some(Instant::now());
+        held.bytes.reserve(ATOMIC_WRITE_BYTES);
+    }
+    held.bytes.extend_from_slice(line);
+    Ok(())
+}
+
+/// Whole lines to `file` in one `write(2)`; more than a pipe takes whole waits for the
+/// other writers and holds them off meanwhile.
+fn write_whole(mut file: &File, lines: &[u8]) -> io::Result<()> {
+    if lines.len() <= ATOMIC_WRITE_BYTES {
+        let _shared = LONG_LINE.read().unwrap_or_else(PoisonError::into_inner);
+        file.write_all(lines)
     } else {
-        let _alone = LONG_LINE.write().unwrap_or_else(|e| e.into_inner());
-        file.write_all(line)
+        let _alone = LONG_LINE.write().unwrap_or_else(PoisonError::into_inner);
+        file.write_all(lines)
     }
 }
 
@@ -115,6 +242,66 @@ mod tests {
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
     }
 
+    /// What `path` holds so far, as lines.
+    fn lines_in(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_holding_thread_writes_its_lines_together_in_order() {
+        let path = std::env::temp_dir().join(format!("held-lines-{}.log", std::process::id()));
+        let file = File::create(&path).unwrap();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    hold_lines_on_this_thread();
+                    for n in 0..3 {
+                        write_line(Some(&file), format!("short {n}\n").as_bytes()).unwrap();
+                    }
+                    assert!(lines_in(&path).is_empty(), "held until the thread waits");
+                    write_held_to(&file);
+                    assert_eq!(lines_in(&path), ["short 0", "short 1", "short 2"]);
+                    write_held_to(&file);
+                    assert_eq!(lines_in(&path).len(), 3, "nothing is written twice");
+
+                    // Past PIPE_BUF the held lines go out first, whole; this line stays held.
+                    let long = |n: usize| format!("{n}:{}\n", "y".repeat(1500));
+                    for n in 0..3 {
+                        write_line(Some(&file), long(n).as_bytes()).unwrap();
+                    }
+                    assert_eq!(
+                        lines_in(&path).len(),
+                        5,
+                        "two fit in 4096 bytes, the third waits"
+                    );
+                    // A line longer than a pipe takes whole follows the held one, not before.
+                    write_line(Some(&file), format!("{}\n", "z".repeat(9000)).as_bytes()).unwrap();
+                    let lines = lines_in(&path);
+                    assert_eq!(lines.len(), 7);
+                    assert!(lines[5].starts_with("2:") && lines[6].starts_with("zzz"));
+
+                    // A held line that has waited long enough goes out with the next one.
+                    write_line(Some(&file), b"early\n").unwrap();
+                    std::thread::sleep(HOLD_AT_MOST + Duration::from_millis(10));
+                    write_line(Some(&file), b"late\n").unwrap();
+                    assert_eq!(lines_in(&path).last().map(String::as_str), Some("early"));
+                    // At exit, every thread's held lines are written.
+                })
+                .join()
+                .unwrap();
+        });
+        write_all_held_to(&file);
+        assert_eq!(lines_in(&path).last().map(String::as_str), Some("late"));
+        // A thread that does not hold writes each line at once.
+        write_line(Some(&file), b"at once\n").unwrap();
+        assert_eq!(lines_in(&path).last().map(String::as_str), Some("at once"));
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn lines_written_at_once_from_many_threads_arrive_whole() {
         let (mut reader, writer) = io::pipe().unwrap();
@@ -128,6 +315,10 @@ mod tests {
             for thread in 0..8 {
                 let file = &file;
                 scope.spawn(move || {
+                    // Half the threads hold their lines and write them together.
+                    if thread % 2 == 0 {
+                        hold_lines_on_this_thread();
+                    }
                     for n in 0..400 {
                         // Every tenth line is longer than a pipe takes whole.
                         let pad = if n % 10 == 0 { 9000 } else { 300 };
@@ -136,7 +327,11 @@ mod tests {
                             "x".repeat(pad)
                         );
                         write_line(Some(file), line.as_bytes()).unwrap();
+                        if n % 7 == 0 {
+                            write_held_to(file);
+                        }
                     }
+                    write_held_to(file);
                 });
             }
         });

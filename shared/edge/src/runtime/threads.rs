@@ -11,6 +11,10 @@
 
 use tokio::runtime::{Builder, Runtime};
 
+use crate::observability::logging::{
+    hold_lines_on_this_thread, write_all_held_lines, write_held_lines,
+};
+
 /// How many threads run the function's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -78,7 +82,12 @@ impl Threads {
     /// A runtime with this many threads, every driver on.
     pub fn runtime(self) -> std::io::Result<Runtime> {
         let mut builder = match self {
-            Threads::One | Threads::PerCore(_) => Builder::new_current_thread(),
+            Threads::One => Builder::new_current_thread(),
+            Threads::PerCore(_) => {
+                let mut builder = Builder::new_current_thread();
+                builder.on_thread_park(write_held_lines);
+                builder
+            }
             Threads::Workers(workers) => {
                 let mut builder = Builder::new_multi_thread();
                 if let Some(workers) = workers {
@@ -104,10 +113,15 @@ pub fn block_on_per_core<F: std::future::Future>(main: F) -> Result<F::Output, s
 }
 
 fn run<F: std::future::Future>(threads: Threads, main: F) -> Result<F::Output, super::BoxError> {
+    let runtime = threads.runtime()?;
     if let Threads::PerCore(count) = threads {
         crate::shard::set_count(count);
+        // Its lines are written together when the thread waits (`stdout_lines`).
+        hold_lines_on_this_thread();
     }
-    Ok(threads.runtime()?.block_on(main))
+    let output = runtime.block_on(main);
+    write_all_held_lines();
+    Ok(output)
 }
 
 #[cfg(test)]

@@ -17,11 +17,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::Serving;
+use crate::observability::logging::{hold_lines_on_this_thread, write_held_lines};
 
 /// The open count of a thread that has ended: never the fewest.
 const GONE: usize = usize::MAX / 2;
@@ -64,6 +66,7 @@ impl Shards {
             let (sender, receiver) = mpsc::unbounded_channel();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(write_held_lines)
                 .build()?;
             let serving = serving.clone();
             let open = open.clone();
@@ -71,6 +74,7 @@ impl Shards {
                 .name(format!("http-{index}"))
                 .spawn(move || {
                     crate::shard::enter(index);
+                    hold_lines_on_this_thread();
                     runtime.block_on(receive(receiver, serving, open, index));
                 })?;
             others.push(sender);
@@ -139,6 +143,25 @@ impl Shards {
     }
 }
 
+/// How soon each server thread always has a timer due ([`anchor_timers`]).
+const TIMER_ANCHOR: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`TIMER_ANCHOR`] on this thread's runtime, for as long as
+/// it runs. tokio's time driver wakes its runtime (an `eventfd` write, then a turn of the
+/// loop that finds nothing to do) for every new timer due before the driver's next
+/// planned wake, even while that runtime is busy running tasks (tokio-rs/tokio#5207). On
+/// a thread with no other timer that was every request: hyper's header-read timeout
+/// (10 s) is set anew for each request on a kept-alive connection. With this timer due
+/// sooner, a request's timers are never the earliest: one wake a second instead
+/// (docs/benchmarks.md, "A timer that saves a wake per request").
+pub(super) async fn anchor_timers() {
+    let mut tick = tokio::time::interval(TIMER_ANCHOR);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// A thread's loop: serves each connection handed to it on its own runtime. After the
 /// accept loop stops, the connections in progress finish here; the thread ends with the
 /// process.
@@ -148,6 +171,7 @@ async fn receive(
     open: Arc<[AtomicUsize]>,
     index: usize,
 ) {
+    tokio::spawn(anchor_timers());
     while let Some(Handoff { stream, peer, slot }) = connections.recv().await {
         let open = Open {
             open: open.clone(),

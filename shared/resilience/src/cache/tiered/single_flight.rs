@@ -21,51 +21,60 @@ impl TieredCache {
     {
         let generation = self.generation(namespace).await;
         let l1_key = Self::l1_key(namespace, key);
-        let current = self.inner.l1.get(&l1_key).await;
-        if let Some(value) = self.l1_lookup::<T>(current.clone(), generation) {
-            self.hit(namespace, "l1");
-            return Ok(value);
-        }
-        if current.is_some() {
-            // Written under an older generation (or as another type): replace it.
-            self.inner.l1.invalidate(&l1_key).await;
-        }
-        self.miss(namespace, "l1");
         let l2_key = self.l2_key(namespace, key);
         // The caller whose load runs gets its value as is; callers that waited for it
         // decode the cached JSON.
         let mut own: Option<T> = None;
         let mut loader = Some(loader);
-        let entry = self
-            .inner
-            .l1
-            .try_get_with(l1_key, async {
-                if let Some((value, generation, json)) = self.read_l2::<T>(namespace, &l2_key).await
-                {
-                    self.hit(namespace, "l2");
+        // One L1 lookup: `try_get_with` returns what L1 holds, or runs the load once for
+        // every caller that asks meanwhile (a separate `get` first cost a second lookup).
+        // A second round only after an entry that is stale or of another type.
+        for round in 0..2 {
+            let entry = self
+                .inner
+                .l1
+                .try_get_with(l1_key.clone(), async {
+                    self.miss(namespace, "l1");
+                    if let Some((value, generation, json)) =
+                        self.read_l2::<T>(namespace, &l2_key).await
+                    {
+                        self.hit(namespace, "l2");
+                        own = Some(value);
+                        return Ok(self.entry(namespace, json, generation));
+                    }
+                    if self.inner.l2.is_some() {
+                        self.miss(namespace, "l2");
+                    }
+                    let loader = loader.take().expect("the loader runs at most once");
+                    let (value, entry) = self
+                        .load_with_lock(namespace, &l2_key, generation, loader)
+                        .await?;
                     own = Some(value);
-                    return Ok(self.entry(namespace, json, generation));
+                    Ok(entry)
+                })
+                .await?;
+            if let Some(value) = own {
+                self.inner
+                    .metrics
+                    .l1_entries
+                    .set(self.inner.l1.entry_count() as f64);
+                return Ok(value);
+            }
+            // Held already, or loaded meanwhile by another caller (counted as a hit: the
+            // answer came from the cache, not from a load of this caller's).
+            if entry.generation == generation {
+                if let Some(value) = decode(&entry.json) {
+                    self.hit(namespace, "l1");
+                    return Ok(value);
                 }
-                if self.inner.l2.is_some() {
-                    self.miss(namespace, "l2");
-                }
-                let loader = loader.take().expect("the loader runs at most once");
-                let (value, entry) = self
-                    .load_with_lock(namespace, &l2_key, generation, loader)
-                    .await?;
-                own = Some(value);
-                Ok(entry)
-            })
-            .await?;
-        self.inner
-            .metrics
-            .l1_entries
-            .set(self.inner.l1.entry_count() as f64);
-        if let Some(value) = own.or_else(|| decode(&entry.json)) {
-            return Ok(value);
+            }
+            if round == 0 && loader.is_some() {
+                // Written under an older generation (or as another type): replace it.
+                self.inner.l1.invalidate(&l1_key).await;
+            }
         }
-        // The shared entry does not decode as a T (another type under the same key, or a
-        // value JSON cannot represent): load here, uncached.
+        // The shared entry still does not decode as a T (another type under the same key,
+        // written again meanwhile, or a value JSON cannot represent): load here, uncached.
         match loader.take() {
             Some(loader) => loader().await.map_err(Arc::new),
             None => unreachable!("a loader that ran set `own`"),
