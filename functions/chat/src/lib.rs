@@ -161,7 +161,7 @@ fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
     let mut response = Response::new(Body::from(body));
     // Room for every header the reply gets on its way out (its own, the security
     // headers, the request id, the length): the map grew twice, rehashing each time.
-    *response.headers_mut() = HeaderMap::with_capacity(16);
+    *response.headers_mut() = HeaderMap::with_capacity(12);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -201,7 +201,7 @@ fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
 fn milliseconds(duration: Duration) -> HeaderValue {
     let micros = (duration.as_nanos() + 500) / 1000;
     let text = format!("{}.{:03}", micros / 1000, micros % 1000);
-    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0.000"))
 }
 
 /// `POST /v1/chat/completions`, plain or streamed (C1); idempotency keys (C8) are the

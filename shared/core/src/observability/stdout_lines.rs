@@ -13,14 +13,18 @@
 //! while no other line is. The EMF metric lines go through here too; nothing else in the
 //! process writes to stdout after start-up.
 //!
-//! A thread of the standalone server's runtimes holds its lines back
-//! ([`hold_lines_on_this_thread`]) and writes them together when it is about to wait
-//! for work ([`write_held_lines`], the runtime's park hook), when they would pass
-//! `PIPE_BUF`, or when the first is 50 ms old: at 8 connections a thread parks about
-//! once per request, and a busy one writes about ten lines per `write(2)` instead of
-//! one each (docs/benchmarks.md, "Log lines written together"). The line reaches the
-//! log just after the response reaches the caller instead of just before. Other threads
-//! (the blocking pool, Lambda's single thread) write each line at once, as before.
+//! A thread of the chat gateway's standalone server (a runtime per core) holds its lines
+//! back ([`hold_lines_on_this_thread`]) and writes them together when its runtime is
+//! about to wait for work ([`write_held_lines`], the runtime's park hook, and once a
+//! second from the server's timer), when they would pass `PIPE_BUF`, or when a line
+//! comes after the first held one is 50 ms old: at 8 connections on two cores a thread
+//! runs out of work almost once per request (1.4 lines per `write(2)`), at 32 every
+//! third (3.4; docs/benchmarks.md, "Log lines written together"). A request's line
+//! reaches the log just after its response instead of just before. Other threads (the
+//! blocking pool, every thread under Lambda, the other functions) write each line at
+//! once, so one of their lines can come before a line a server thread logged earlier
+//! and still holds; each line carries its timestamp.
+
 use std::cell::OnceCell;
 use std::fs::File;
 use std::io::{self, Write};
@@ -251,8 +255,13 @@ mod tests {
             .collect()
     }
 
+    /// The tests that hold lines, one at a time: writing every thread's held lines
+    /// would otherwise write another test's into this one's file.
+    static HOLDING_TESTS: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_holding_thread_writes_its_lines_together_in_order() {
+        let _alone = lock(&HOLDING_TESTS);
         let path = std::env::temp_dir().join(format!("held-lines-{}.log", std::process::id()));
         let file = File::create(&path).unwrap();
         std::thread::scope(|scope| {
@@ -304,6 +313,7 @@ mod tests {
 
     #[test]
     fn lines_written_at_once_from_many_threads_arrive_whole() {
+        let _alone = lock(&HOLDING_TESTS);
         let (mut reader, writer) = io::pipe().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(writer));
         let reading = std::thread::spawn(move || {

@@ -3,6 +3,7 @@
 //! (401), then that key's rate limit (429, C9).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ where
                 .max_capacity(100_000)
                 .time_to_live(failures.window())
                 .build(),
+            started: Instant::now(),
+            last_block_ends_ms: AtomicU64::new(0),
             limiter: failures,
         },
     });
@@ -102,12 +105,31 @@ struct FailedAuthentications {
     /// Addresses refused, until when (this instance's view; bounded, and no entry
     /// outlives the limiter's window, the longest a refusal lasts).
     blocked: moka::future::Cache<String, Instant>,
+    started: Instant,
+    /// When the latest refusal ends, in milliseconds since `started` (rounded up): past
+    /// it no address is refused, and a request skips the lookup (and writing its
+    /// address out) that would otherwise cost every request one.
+    last_block_ends_ms: AtomicU64,
 }
 
 impl FailedAuthentications {
+    /// Whether some address may still be refused.
+    fn any_blocked(&self) -> bool {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        now_ms < self.last_block_ends_ms.load(Ordering::Acquire)
+    }
+
     async fn blocked_for(&self, address: &str) -> Option<Duration> {
         let until = self.blocked.get(address).await?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Refuses `address` until `until`.
+    async fn block(&self, address: String, until: Instant) {
+        let ends_ms = until.saturating_duration_since(self.started).as_millis() as u64 + 1;
+        // Published before the entry, so a request that sees the entry also checks it.
+        self.last_block_ends_ms.fetch_max(ends_ms, Ordering::AcqRel);
+        self.blocked.insert(address, until).await;
     }
 }
 
@@ -125,17 +147,18 @@ async fn protect_request<S>(protection: &Protection, mut request: Request, mut i
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let address = crate::server::client_address(&request);
-    if let Some(address) = &address {
-        if let Some(wait) = protection.failures.blocked_for(address).await {
-            return too_many_failures(wait);
+    if protection.failures.any_blocked() {
+        if let Some(address) = crate::server::client_address(&request) {
+            if let Some(wait) = protection.failures.blocked_for(&address).await {
+                return too_many_failures(wait);
+            }
         }
     }
     let name = match authenticate(&protection.keys, request.headers()) {
         Ok(name) => name,
         Err(refused) => {
             let response = refused.into_response();
-            return match address {
+            return match crate::server::client_address(&request) {
                 Some(address) => protection.failures.count(address, response).await,
                 None => response,
             };
@@ -169,7 +192,7 @@ impl FailedAuthentications {
             Err(exceeded) => {
                 tracing::warn!(client = %address, "too many failed authentications; address refused for a while");
                 let until = Instant::now() + exceeded.retry_after;
-                self.blocked.insert(address, until).await;
+                self.block(address, until).await;
                 too_many_failures(exceeded.retry_after)
             }
         }

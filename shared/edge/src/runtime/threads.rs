@@ -113,15 +113,25 @@ pub fn block_on_per_core<F: std::future::Future>(main: F) -> Result<F::Output, s
 }
 
 fn run<F: std::future::Future>(threads: Threads, main: F) -> Result<F::Output, super::BoxError> {
+    // Declared before the runtime, so dropped after it (its tasks may log as they go),
+    // on a normal return and on unwinding alike.
+    let _written_at_exit = WriteHeldLinesAtExit;
     let runtime = threads.runtime()?;
     if let Threads::PerCore(count) = threads {
         crate::shard::set_count(count);
         // Its lines are written together when the thread waits (`stdout_lines`).
         hold_lines_on_this_thread();
     }
-    let output = runtime.block_on(main);
-    write_all_held_lines();
-    Ok(output)
+    Ok(runtime.block_on(main))
+}
+
+/// Writes every thread's held log lines when dropped: the process is about to exit.
+struct WriteHeldLinesAtExit;
+
+impl Drop for WriteHeldLinesAtExit {
+    fn drop(&mut self) {
+        write_all_held_lines();
+    }
 }
 
 #[cfg(test)]

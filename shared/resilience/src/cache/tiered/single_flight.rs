@@ -33,7 +33,7 @@ impl TieredCache {
             let entry = self
                 .inner
                 .l1
-                .try_get_with(l1_key.clone(), async {
+                .try_get_with_by_ref(&l1_key, async {
                     self.miss(namespace, "l1");
                     if let Some((value, generation, json)) =
                         self.read_l2::<T>(namespace, &l2_key).await
@@ -61,16 +61,17 @@ impl TieredCache {
                 return Ok(value);
             }
             // Held already, or loaded meanwhile by another caller (counted as a hit: the
-            // answer came from the cache, not from a load of this caller's).
-            if entry.generation == generation {
+            // answer came from the cache, not from a load of this caller's). An entry
+            // newer than this caller's view of the generation is current too
+            // (generations only move forward).
+            if entry.generation >= generation {
                 if let Some(value) = decode(&entry.json) {
                     self.hit(namespace, "l1");
                     return Ok(value);
                 }
             }
-            if round == 0 && loader.is_some() {
-                // Written under an older generation (or as another type): replace it.
-                self.inner.l1.invalidate(&l1_key).await;
+            if round == 0 {
+                self.drop_if_outdated::<T>(&l1_key, generation).await;
             }
         }
         // The shared entry still does not decode as a T (another type under the same key,
@@ -79,6 +80,30 @@ impl TieredCache {
             Some(loader) => loader().await.map_err(Arc::new),
             None => unreachable!("a loader that ran set `own`"),
         }
+    }
+
+    /// Removes the L1 entry under `l1_key` if it is older than `generation` or not a
+    /// `T`'s, and only then: checked under moka's lock for the key, so an entry another
+    /// caller has just loaded in its place is kept (a plain `invalidate` would drop it and
+    /// make that caller's waiters load again).
+    async fn drop_if_outdated<T: DeserializeOwned>(&self, l1_key: &str, generation: u64) {
+        use moka::ops::compute::Op;
+        self.inner
+            .l1
+            .entry_by_ref(l1_key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(entry)
+                        if entry.value().generation >= generation
+                            && decode::<T>(&entry.value().json).is_some() =>
+                    {
+                        Op::Nop
+                    }
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
+                }
+            })
+            .await;
     }
 
     pub(super) async fn load_with_lock<T, E, F, Fut>(

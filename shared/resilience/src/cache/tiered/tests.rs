@@ -221,3 +221,39 @@ async fn misses_loads_and_hits_are_counted_in_their_series() {
     assert_eq!(grew(loads), 1.0);
     assert_eq!(grew(hits), 1.0);
 }
+
+/// After a namespace's generation moves on, concurrent callers that all find the old
+/// entry replace it once: one load, every caller answered with its value, and the new
+/// entry kept. A waiter that got a value loaded by another caller counts as a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outdated_entry_is_replaced_by_one_load_for_every_caller() {
+    let cache = l1_only();
+    cache.set(Namespace::Search, "q", &"old".to_string()).await;
+    cache.invalidate_namespace(Namespace::Search).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(Namespace::Search, "q", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, ()>("new".to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), "new");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        cache.get::<String>(Namespace::Search, "q").await.as_deref(),
+        Some("new")
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.misses, 1, "{stats:?}");
+}
