@@ -160,8 +160,9 @@ fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut response = Response::new(Body::from(body));
     // Room for every header the reply gets on its way out (its own, the security
-    // headers, the request id, the length): the map grew twice, rehashing each time.
-    *response.headers_mut() = HeaderMap::with_capacity(12);
+    // headers, the request id, the length, CORS's when configured): the map grew twice,
+    // rehashing each time.
+    *response.headers_mut() = HeaderMap::with_capacity(16);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -195,18 +195,20 @@ fn hold(file: &File, held: &mut Held, line: &[u8]) -> io::Result<()> {
     let too_old = held
         .since
         .is_some_and(|since| since.elapsed() >= HOLD_AT_MOST);
+    // A failed write of the held lines does not cost this line its own chance.
+    let mut flushed = Ok(());
     if too_old || held.bytes.len() + line.len() > ATOMIC_WRITE_BYTES {
-        held.write_out(file)?;
+        flushed = held.write_out(file);
     }
     if line.len() > ATOMIC_WRITE_BYTES {
-        return write_whole(file, line);
+        return flushed.and(write_whole(file, line));
     }
     if held.bytes.is_empty() {
         held.since = Some(Instant::now());
         held.bytes.reserve(ATOMIC_WRITE_BYTES);
     }
     held.bytes.extend_from_slice(line);
-    Ok(())
+    flushed
 }
 
 /// Whole lines to `file` in one `write(2)`; more than a pipe takes whole waits for the
@@ -309,6 +311,26 @@ mod tests {
         write_line(Some(&file), b"at once\n").unwrap();
         assert_eq!(lines_in(&path).last().map(String::as_str), Some("at once"));
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_line_is_kept_when_writing_the_held_ones_fails() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut held = Held {
+            bytes: b"old\n".to_vec(),
+            since: Some(Instant::now() - HOLD_AT_MOST),
+        };
+        assert!(
+            hold(&full, &mut held, b"new\n").is_err(),
+            "the failure is reported"
+        );
+        assert_eq!(
+            held.bytes, b"new\n",
+            "the failed lines are dropped, the new one held"
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl FailedAuthentications {
     /// Whether some address may still be refused.
     fn any_blocked(&self) -> bool {
         let now_ms = self.started.elapsed().as_millis() as u64;
-        now_ms < self.last_block_ends_ms.load(Ordering::Acquire)
+        now_ms < self.last_block_ends_ms.load(Ordering::Relaxed)
     }
 
     async fn blocked_for(&self, address: &str) -> Option<Duration> {
@@ -127,8 +127,10 @@ impl FailedAuthentications {
     /// Refuses `address` until `until`.
     async fn block(&self, address: String, until: Instant) {
         let ends_ms = until.saturating_duration_since(self.started).as_millis() as u64 + 1;
-        // Published before the entry, so a request that sees the entry also checks it.
-        self.last_block_ends_ms.fetch_max(ends_ms, Ordering::AcqRel);
+        // Before the entry: a request that comes meanwhile may miss it, as one that came
+        // a moment earlier would have; no request after both is let through.
+        self.last_block_ends_ms
+            .fetch_max(ends_ms, Ordering::Relaxed);
         self.blocked.insert(address, until).await;
     }
 }

@@ -219,7 +219,8 @@ impl TieredCache {
 
     fn l1_lookup<T: DeserializeOwned>(&self, entry: Option<Entry>, generation: u64) -> Option<T> {
         let entry = entry?;
-        if entry.generation != generation {
+        // Newer than this caller's view is current too: generations only move forward.
+        if entry.generation < generation {
             return None;
         }
         decode(&entry.json)

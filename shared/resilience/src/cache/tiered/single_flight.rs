@@ -83,10 +83,16 @@ impl TieredCache {
     }
 
     /// Removes the L1 entry under `l1_key` if it is older than `generation` or not a
-    /// `T`'s, and only then: checked under moka's lock for the key, so an entry another
-    /// caller has just loaded in its place is kept (a plain `invalidate` would drop it and
-    /// make that caller's waiters load again).
-    async fn drop_if_outdated<T: DeserializeOwned>(&self, l1_key: &str, generation: u64) {
+    /// `T`'s, and only then: re-checked inside `and_compute_with`, so an entry another
+    /// caller has loaded in its place since this caller looked is kept (a plain
+    /// `invalidate` would drop it, and the next callers would load again). moka
+    /// serialises this with other computations on the key, not with a load or an insert:
+    /// one landing between the check and the removal costs one more load.
+    pub(super) async fn drop_if_outdated<T: DeserializeOwned>(
+        &self,
+        l1_key: &str,
+        generation: u64,
+    ) {
         use moka::ops::compute::Op;
         self.inner
             .l1

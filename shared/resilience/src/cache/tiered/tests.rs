@@ -257,3 +257,45 @@ async fn an_outdated_entry_is_replaced_by_one_load_for_every_caller() {
     let stats = cache.stats();
     assert_eq!(stats.misses, 1, "{stats:?}");
 }
+
+#[tokio::test]
+async fn only_an_outdated_or_foreign_entry_is_dropped() {
+    let cache = l1_only();
+    cache.set(Namespace::Search, "q", &"text".to_string()).await;
+    let key = TieredCache::l1_key(Namespace::Search, "q");
+    let current = cache.generation(Namespace::Search).await;
+    cache.drop_if_outdated::<String>(&key, current).await;
+    assert!(cache.inner.l1.get(&key).await.is_some(), "current: kept");
+    cache.drop_if_outdated::<u32>(&key, current).await;
+    assert!(
+        cache.inner.l1.get(&key).await.is_none(),
+        "another type: dropped"
+    );
+    cache.set(Namespace::Search, "q", &"text".to_string()).await;
+    cache.drop_if_outdated::<String>(&key, current + 1).await;
+    assert!(
+        cache.inner.l1.get(&key).await.is_none(),
+        "older than asked: dropped"
+    );
+}
+
+/// A caller whose view of the generation is behind the entry's (another instance's bump
+/// adopted from Redis meanwhile) takes the entry as current instead of loading again.
+#[tokio::test]
+async fn an_entry_newer_than_the_callers_view_is_a_hit() {
+    let cache = l1_only();
+    cache.invalidate_namespace(Namespace::Search).await;
+    cache.set(Namespace::Search, "q", &"new".to_string()).await;
+    // The caller's view: one generation behind the entry.
+    cache.inner.generations[Namespace::Search.index()].fetch_sub(1, Ordering::AcqRel);
+    let got: Result<String, Arc<()>> = cache
+        .get_or_load(Namespace::Search, "q", || async {
+            unreachable!("a newer entry is current")
+        })
+        .await;
+    assert_eq!(got.unwrap(), "new");
+    assert_eq!(
+        cache.get::<String>(Namespace::Search, "q").await.as_deref(),
+        Some("new")
+    );
+}
