@@ -15,6 +15,7 @@ use tower::ServiceExt;
 
 mod threads;
 
+pub(crate) use threads::server_thread_builder;
 pub use threads::{block_on, block_on_per_core, Threads};
 
 /// Boxed error type of the Lambda runtime.

@@ -187,14 +187,7 @@ mod tests {
     fn roots_are_read_in_the_background_without_a_handshake_asking() {
         let roots = PlatformRoots::new(provider(), Vec::new());
         roots.read_in_background();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while roots.verifier.get().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the roots were never read"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_read(&roots);
         assert!(roots.verifier.get().unwrap().is_ok());
     }
 }

@@ -83,11 +83,7 @@ impl Threads {
     pub fn runtime(self) -> std::io::Result<Runtime> {
         let mut builder = match self {
             Threads::One => Builder::new_current_thread(),
-            Threads::PerCore(_) => {
-                let mut builder = Builder::new_current_thread();
-                builder.on_thread_park(write_held_lines);
-                builder
-            }
+            Threads::PerCore(_) => server_thread_builder(),
             Threads::Workers(workers) => {
                 let mut builder = Builder::new_multi_thread();
                 if let Some(workers) = workers {
@@ -98,6 +94,14 @@ impl Threads {
         };
         builder.enable_all().build()
     }
+}
+
+/// The runtime of each of the standalone server's threads (`Threads::PerCore`): one
+/// thread, whose held log lines are written whenever it waits for work (`stdout_lines`).
+pub(crate) fn server_thread_builder() -> Builder {
+    let mut builder = Builder::new_current_thread();
+    builder.on_thread_park(write_held_lines);
+    builder
 }
 
 /// Runs a function's `main` future on the runtime its environment calls for: the entry

@@ -64,9 +64,8 @@ impl Shards {
         let mut others = Vec::with_capacity(threads - 1);
         for index in 1..threads {
             let (sender, receiver) = mpsc::unbounded_channel();
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let runtime = crate::runtime::server_thread_builder()
                 .enable_all()
-                .on_thread_park(write_held_lines)
                 .build()?;
             let serving = serving.clone();
             let open = open.clone();

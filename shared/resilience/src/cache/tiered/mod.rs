@@ -54,6 +54,16 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+/// The value an L1 entry holds for a caller whose view of the namespace's generation is
+/// `generation`: `None` if the entry is older or not a `T`. Newer is current too:
+/// generations only move forward.
+fn current<T: DeserializeOwned>(entry: &Entry, generation: u64) -> Option<T> {
+    if entry.generation < generation {
+        return None;
+    }
+    decode(&entry.json)
+}
+
 /// A cached value from its `Stored` JSON; `None` if it is not a `T`.
 fn decode<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
     serde_json::from_slice::<Stored<T>>(json).ok().map(|s| s.v)
@@ -218,12 +228,7 @@ impl TieredCache {
     // ---- reads ------------------------------------------------------------------------
 
     fn l1_lookup<T: DeserializeOwned>(&self, entry: Option<Entry>, generation: u64) -> Option<T> {
-        let entry = entry?;
-        // Newer than this caller's view is current too: generations only move forward.
-        if entry.generation < generation {
-            return None;
-        }
-        decode(&entry.json)
+        current(&entry?, generation)
     }
 
     fn hit(&self, namespace: Namespace, tier: &'static str) {

@@ -61,14 +61,10 @@ impl TieredCache {
                 return Ok(value);
             }
             // Held already, or loaded meanwhile by another caller (counted as a hit: the
-            // answer came from the cache, not from a load of this caller's). An entry
-            // newer than this caller's view of the generation is current too
-            // (generations only move forward).
-            if entry.generation >= generation {
-                if let Some(value) = decode(&entry.json) {
-                    self.hit(namespace, "l1");
-                    return Ok(value);
-                }
+            // answer came from the cache, not from a load of this caller's).
+            if let Some(value) = self.l1_lookup::<T>(Some(entry), generation) {
+                self.hit(namespace, "l1");
+                return Ok(value);
             }
             if round == 0 {
                 self.drop_if_outdated::<T>(&l1_key, generation).await;
@@ -97,14 +93,9 @@ impl TieredCache {
         self.inner
             .l1
             .entry_by_ref(l1_key)
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(entry)
-                        if entry.value().generation >= generation
-                            && decode::<T>(&entry.value().json).is_some() =>
-                    {
-                        Op::Nop
-                    }
+            .and_compute_with(|held| async move {
+                match held {
+                    Some(entry) if current::<T>(entry.value(), generation).is_some() => Op::Nop,
                     Some(_) => Op::Remove,
                     None => Op::Nop,
                 }
