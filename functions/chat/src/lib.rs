@@ -24,13 +24,19 @@ use shared::{ApiError, AppContext};
 struct Chat {
     ctx: Arc<AppContext>,
     gateway: Arc<ChatGateway>,
+    /// `gateway_overhead_seconds`, kept: `histogram!` looks its key up in the registry
+    /// on every call.
+    overhead: metrics::Histogram,
 }
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     let services = shared::services::chat(&ctx);
+    // A handle taken before the recorder is installed would count nowhere.
+    shared::observability::metrics::install();
     let state = Chat {
         gateway: services.gateway,
         ctx: ctx.clone(),
+        overhead: metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS),
     };
     let routes = Router::new()
         .route(
@@ -172,9 +178,9 @@ fn json_answer(completion: &Completion) -> Result<Response, ApiError> {
 
 /// The headers every chat reply carries: what was degraded, whether it came from the
 /// cache, and the gateway's own time (`x-overhead-ms`, C10).
-fn annotate(response: &mut Response, meta: &ReplyMeta, started: Instant) {
+fn annotate(chat: &Chat, response: &mut Response, meta: &ReplyMeta, started: Instant) {
     let overhead = started.elapsed().saturating_sub(meta.provider_wait);
-    metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS).record(overhead.as_secs_f64());
+    chat.overhead.record(overhead.as_secs_f64());
     shared::observability::metrics::emf(
         &[(
             names::GATEWAY_OVERHEAD_SECONDS,
@@ -261,7 +267,7 @@ async fn answer(
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(body))
             .map_err(|e| ApiError::Internal(e.into()))?;
-        annotate(&mut response, &reply.meta, started);
+        annotate(chat, &mut response, &reply.meta, started);
         return Ok(response);
     }
     let reply = chat
@@ -270,7 +276,7 @@ async fn answer(
         .await?;
     drop(slot);
     let mut response = json_answer(&reply.answer.completion)?;
-    annotate(&mut response, &reply.meta, started);
+    annotate(chat, &mut response, &reply.meta, started);
     Ok(response)
 }
 

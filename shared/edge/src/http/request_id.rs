@@ -54,7 +54,14 @@ pub(crate) struct Assigned {
 pub(crate) fn assign(request: &mut Request) -> Assigned {
     let given = request.headers().get(&X_REQUEST_ID).and_then(accept);
     let from_caller = given.is_some();
-    let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = given.unwrap_or_else(|| {
+        // Encoded into a buffer: `to_string` goes through the formatting machinery.
+        let mut buffer = uuid::Uuid::encode_buffer();
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut buffer)
+            .to_owned()
+    });
     let header = HeaderValue::from_str(&id).expect("request id is visible ASCII");
     request
         .headers_mut()

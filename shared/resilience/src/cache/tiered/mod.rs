@@ -1,12 +1,11 @@
-//! The tiered cache itself: L1 in moka, L2 in Redis, single-flight loads.
+//! The tiered cache itself: L1 in this process (quick_cache), L2 in Redis, single-flight
+//! loads.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::future::Cache as MokaCache;
-use moka::Expiry;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,6 +15,7 @@ use crate::store::RedisHandle;
 
 use super::{CacheConfig, CacheStats, Namespace};
 mod kept_metrics;
+mod l1;
 mod l2;
 mod publish;
 mod single_flight;
@@ -23,35 +23,14 @@ mod single_flight;
 /// What L1 holds: the value's JSON exactly as L2 stores it (`Stored`), decoded on each
 /// hit. Keeping JSON rather than the decoded value makes `CACHE_L1_MAX_BYTES` the real
 /// footprint: a decoded `serde_json::Value` answer takes several times its JSON size.
+/// An entry is served until `expires` (its namespace's TTL from when it was stored); an
+/// expired one is a miss, and is evicted as the cache fills like any cold entry.
 #[derive(Clone)]
 struct Entry {
     json: Arc<[u8]>,
     generation: u64,
-    ttl: Duration,
+    expires: Instant,
     weight: u32,
-}
-
-struct PerEntryTtl;
-
-impl Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
 }
 
 /// The value an L1 entry holds for a caller whose view of the namespace's generation is
@@ -85,7 +64,7 @@ struct L2 {
 
 struct Inner {
     config: CacheConfig,
-    l1: MokaCache<String, Entry, foldhash::fast::RandomState>,
+    l1: l1::L1,
     l2: Option<L2>,
     started: Instant,
     generations: [AtomicU64; 5],
@@ -122,25 +101,21 @@ type FromL2<T> = (T, u64, Arc<[u8]>);
 #[derive(Debug)]
 struct L2Unavailable;
 
-/// What an L1 entry costs beyond its JSON and key: moka's node, deques and timer entry,
-/// the `Arc` and allocator headers. Measured with heaptrack: 10,000 short answers (~450
-/// bytes of JSON, ~75 of key) held 9.2 MB, ~400 bytes each beyond JSON and key.
+/// What an L1 entry costs beyond its JSON and key: its slot in the shard's slab (key,
+/// entry, links: about 100 bytes), the ghost slots CLOCK-PRO keeps for evicted keys
+/// (half as many again), the slab's spare capacity, the index, and the `Arc` and
+/// allocator headers. moka's entries measured 400 with heaptrack (10,000 short answers,
+/// ~450 bytes of JSON and ~75 of key, held 9.2 MB); quick_cache's take less, and the
+/// bound keeps counting 400 so `CACHE_L1_MAX_BYTES` stays an upper bound.
 const L1_ENTRY_OVERHEAD_BYTES: u64 = 400;
 
 impl TieredCache {
     pub fn new(config: CacheConfig, redis: Option<RedisHandle>) -> Self {
-        // Each entry weighs at least the per-entry share of the byte budget, so the
-        // byte bound also bounds the number of entries.
-        let floor = (config.l1_max_bytes / config.l1_max_entries.max(1)).max(1);
-        let l1 = MokaCache::builder()
-            .max_capacity(config.l1_max_bytes)
-            .weigher(move |key: &String, entry: &Entry| {
-                (entry.weight as u64 + key.len() as u64 + L1_ENTRY_OVERHEAD_BYTES)
-                    .max(floor)
-                    .min(u32::MAX as u64) as u32
-            })
-            .expire_after(PerEntryTtl)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let l1 = l1::L1::new(
+            config.l1_max_bytes,
+            config.l1_max_entries,
+            L1_ENTRY_OVERHEAD_BYTES,
+        );
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -172,7 +147,7 @@ impl TieredCache {
             l1_hits: self.inner.l1_hits.load(Ordering::Relaxed),
             l2_hits: self.inner.l2_hits.load(Ordering::Relaxed),
             misses: self.inner.misses.load(Ordering::Relaxed),
-            l1_entries: self.inner.l1.entry_count(),
+            l1_entries: self.inner.l1.len(),
             l2_available: self
                 .inner
                 .l2
@@ -257,7 +232,7 @@ impl TieredCache {
     {
         let generation = self.generation(namespace).await;
         let l1_key = Self::l1_key(namespace, key);
-        if let Some(value) = self.l1_lookup::<T>(self.inner.l1.get(&l1_key).await, generation) {
+        if let Some(value) = self.l1_lookup::<T>(self.inner.l1.get(&l1_key), generation) {
             self.hit(namespace, "l1");
             return Some(value);
         }
@@ -289,7 +264,7 @@ impl TieredCache {
         let mut values: Vec<Option<T>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let entry = self.inner.l1.get(&Self::l1_key(namespace, key)).await;
+            let entry = self.inner.l1.get(&Self::l1_key(namespace, key));
             let value = self.l1_lookup::<T>(entry, generation);
             if value.is_some() {
                 self.hit(namespace, "l1");
@@ -384,11 +359,11 @@ impl TieredCache {
 
     async fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {
         let entry = self.entry(namespace, json, generation);
-        self.inner.l1.insert(l1_key, entry).await;
+        self.inner.l1.insert(l1_key, entry);
         self.inner
             .metrics
             .l1_entries
-            .set(self.inner.l1.entry_count() as f64);
+            .set(self.inner.l1.len() as f64);
     }
 
     /// Stores a value in both tiers.
@@ -415,7 +390,7 @@ impl TieredCache {
     /// `source` is not in L1 under the current generation; then call [`Self::set`].
     pub async fn copy(&self, namespace: Namespace, source: &str, key: &str) -> bool {
         let generation = self.generation(namespace).await;
-        let Some(entry) = self.inner.l1.get(&Self::l1_key(namespace, source)).await else {
+        let Some(entry) = self.inner.l1.get(&Self::l1_key(namespace, source)) else {
             return false;
         };
         if entry.generation != generation {
@@ -438,7 +413,7 @@ impl TieredCache {
             weight: json.len().min(u32::MAX as usize) as u32,
             json,
             generation,
-            ttl: self.inner.config.ttl(namespace),
+            expires: Instant::now() + self.inner.config.ttl(namespace),
         }
     }
 
@@ -447,18 +422,12 @@ impl TieredCache {
     /// Drops this instance's L1 copy only (L2 keeps the value): for memory pressure,
     /// tests and benchmarks of the L2 path.
     pub async fn forget_local(&self, namespace: Namespace, key: &str) {
-        self.inner
-            .l1
-            .invalidate(&Self::l1_key(namespace, key))
-            .await;
+        self.inner.l1.remove(&Self::l1_key(namespace, key));
     }
 
     /// Removes one key from both tiers.
     pub async fn invalidate(&self, namespace: Namespace, key: &str) {
-        self.inner
-            .l1
-            .invalidate(&Self::l1_key(namespace, key))
-            .await;
+        self.inner.l1.remove(&Self::l1_key(namespace, key));
         let l2_key = self.l2_key(namespace, key);
         let _ = self
             .l2_call("del", |mut conn| async move {

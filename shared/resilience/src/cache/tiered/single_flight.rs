@@ -1,4 +1,5 @@
-//! Loads on a miss, once per process (moka) and once across instances (a Redis lock).
+//! Loads on a miss, once per process (a flight in L1) and once across instances (a Redis
+//! lock).
 
 use super::*;
 
@@ -21,86 +22,119 @@ impl TieredCache {
     {
         let generation = self.generation(namespace).await;
         let l1_key = Self::l1_key(namespace, key);
-        let l2_key = self.l2_key(namespace, key);
-        // The caller whose load runs gets its value as is; callers that waited for it
-        // decode the cached JSON.
-        let mut own: Option<T> = None;
-        let mut loader = Some(loader);
-        // One L1 lookup: `try_get_with` returns what L1 holds, or runs the load once for
-        // every caller that asks meanwhile (a separate `get` first cost a second lookup).
-        // A second round only after an entry that is stale or of another type.
-        for round in 0..2 {
-            let entry = self
-                .inner
-                .l1
-                .try_get_with_by_ref(&l1_key, async {
-                    self.miss(namespace, "l1");
-                    if let Some((value, generation, json)) =
-                        self.read_l2::<T>(namespace, &l2_key).await
-                    {
-                        self.hit(namespace, "l2");
-                        own = Some(value);
-                        return Ok(self.entry(namespace, json, generation));
-                    }
-                    if self.inner.l2.is_some() {
-                        self.miss(namespace, "l2");
-                    }
-                    let loader = loader.take().expect("the loader runs at most once");
-                    let (value, entry) = self
-                        .load_with_lock(namespace, &l2_key, generation, loader)
-                        .await?;
-                    own = Some(value);
-                    Ok(entry)
-                })
-                .await?;
-            if let Some(value) = own {
-                self.inner
-                    .metrics
-                    .l1_entries
-                    .set(self.inner.l1.entry_count() as f64);
-                return Ok(value);
-            }
-            // Held already, or loaded meanwhile by another caller (counted as a hit: the
-            // answer came from the cache, not from a load of this caller's).
-            if let Some(value) = self.l1_lookup::<T>(Some(entry), generation) {
-                self.hit(namespace, "l1");
-                return Ok(value);
-            }
-            if round == 0 {
-                self.drop_if_outdated::<T>(&l1_key, generation).await;
-            }
+        let seen = self.inner.l1.get(&l1_key);
+        if let Some(value) = seen.as_ref().and_then(|e| current::<T>(e, generation)) {
+            self.hit(namespace, "l1");
+            return Ok(value);
         }
-        // The shared entry still does not decode as a T (another type under the same key,
-        // written again meanwhile, or a value JSON cannot represent): load here, uncached.
-        match loader.take() {
-            Some(loader) => loader().await.map_err(Arc::new),
-            None => unreachable!("a loader that ran set `own`"),
+        let flight = match self.inner.l1.join(&l1_key, generation, seen.as_ref()) {
+            // Stored by a load that landed since the lookup above.
+            l1::Joined::Held(entry) => match current::<T>(&entry, generation) {
+                Some(value) => {
+                    self.hit(namespace, "l1");
+                    return Ok(value);
+                }
+                None => return loader().await.map_err(Arc::new),
+            },
+            l1::Joined::Flight(flight) => flight,
+        };
+        let landing = l1::Landing {
+            l1: &self.inner.l1,
+            key: &l1_key,
+            flight,
+        };
+        // The caller whose load runs gets its value (and error) as is; callers that
+        // waited for it decode the stored JSON (and downcast the shared error).
+        let mut own: Option<Result<T, Arc<E>>> = None;
+        let mut loader = Some(loader);
+        let outcome = landing
+            .flight
+            .outcome
+            .get_or_init(|| async {
+                let loader = loader.take().expect("a caller's load runs at most once");
+                let loaded = self
+                    .load_entry(namespace, key, &l1_key, generation, loader)
+                    .await;
+                let outcome = match &loaded {
+                    Ok((_, entry)) => Ok(entry.clone()),
+                    Err(error) => Err(error.clone() as Arc<dyn std::any::Any + Send + Sync>),
+                };
+                own = Some(loaded.map(|(value, _)| value));
+                outcome
+            })
+            .await
+            .clone();
+        drop(landing);
+        if let Some(result) = own {
+            return result;
+        }
+        // Another caller's load: a hit when its value decodes as a T (answered from the
+        // cache, not by a load of this caller's), its error when it is an E.
+        match outcome {
+            Ok(entry) => match current::<T>(&entry, generation) {
+                Some(value) => {
+                    self.hit(namespace, "l1");
+                    Ok(value)
+                }
+                None => self.load_uncached(loader).await,
+            },
+            Err(error) => match error.downcast::<E>() {
+                Ok(error) => Err(error),
+                Err(_) => self.load_uncached(loader).await,
+            },
         }
     }
 
-    /// Removes the L1 entry under `l1_key` if it is older than `generation` or not a
-    /// `T`'s, and only then: re-checked inside `and_compute_with`, so an entry another
-    /// caller has loaded in its place since this caller looked is kept (a plain
-    /// `invalidate` would drop it, and the next callers would load again). moka
-    /// serialises this with other computations on the key, not with a load or an insert:
-    /// one landing between the check and the removal costs one more load.
-    pub(super) async fn drop_if_outdated<T: DeserializeOwned>(
+    /// Another caller's load ended in a value that is not a `T` or an error that is not
+    /// an `E` (another type under the same key): this caller loads, uncached.
+    async fn load_uncached<T, E, F, Fut>(&self, loader: Option<F>) -> Result<T, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let loader = loader.expect("a caller whose load did not run still has its loader");
+        loader().await.map_err(Arc::new)
+    }
+
+    /// A miss's load: from L2 if it holds the key, else the loader (once across
+    /// instances); the entry is stored in L1 before the flight lands.
+    async fn load_entry<T, E, F, Fut>(
         &self,
+        namespace: Namespace,
+        key: &str,
         l1_key: &str,
         generation: u64,
-    ) {
-        use moka::ops::compute::Op;
-        self.inner
-            .l1
-            .entry_by_ref(l1_key)
-            .and_compute_with(|held| async move {
-                match held {
-                    Some(entry) if current::<T>(entry.value(), generation).is_some() => Op::Nop,
-                    Some(_) => Op::Remove,
-                    None => Op::Nop,
+        loader: F,
+    ) -> Result<(T, Entry), Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.miss(namespace, "l1");
+        let l2_key = self.l2_key(namespace, key);
+        let (value, entry) = match self.read_l2::<T>(namespace, &l2_key).await {
+            Some((value, generation, json)) => {
+                self.hit(namespace, "l2");
+                (value, self.entry(namespace, json, generation))
+            }
+            None => {
+                if self.inner.l2.is_some() {
+                    self.miss(namespace, "l2");
                 }
-            })
-            .await;
+                self.load_with_lock(namespace, &l2_key, generation, loader)
+                    .await
+                    .map_err(Arc::new)?
+            }
+        };
+        if !entry.json.is_empty() {
+            self.inner.l1.insert(l1_key.to_string(), entry.clone());
+            self.inner
+                .metrics
+                .l1_entries
+                .set(self.inner.l1.len() as f64);
+        }
+        Ok((value, entry))
     }
 
     pub(super) async fn load_with_lock<T, E, F, Fut>(

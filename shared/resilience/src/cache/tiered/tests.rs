@@ -80,8 +80,7 @@ async fn tiny_entries_are_weighed_with_their_bookkeeping() {
     for i in 0..5_000u32 {
         cache.set(Namespace::Search, &format!("k{i}"), &i).await;
     }
-    cache.inner.l1.run_pending_tasks().await;
-    let held = cache.inner.l1.entry_count();
+    let held = cache.inner.l1.len();
     assert!(
         held > 0 && held <= 256 * 1024 / L1_ENTRY_OVERHEAD_BYTES,
         "{held} entries held"
@@ -105,12 +104,11 @@ async fn the_byte_bound_is_the_json_held_and_another_type_under_a_key_is_reloade
             .set(Namespace::Chat, &format!("q{i}"), &answer(i))
             .await;
     }
-    cache.inner.l1.run_pending_tasks().await;
-    let held = cache.inner.l1.entry_count();
-    let weight = cache.inner.l1.weighted_size();
+    let held = cache.inner.l1.len();
+    let weight = cache.inner.l1.weight();
     assert!(held > 0 && held <= 32, "{held} entries held");
     assert!(weight <= 64 * 1024, "{weight} bytes held");
-    // What is held decodes as it was stored (moka's admission policy picks which).
+    // What is held decodes as it was stored (the eviction policy picks which).
     let mut decoded = 0;
     for i in 0..200 {
         if let Some(value) = cache
@@ -187,10 +185,9 @@ async fn l1_is_bounded_by_bytes() {
     for i in 0..100 {
         cache.set(Namespace::Chat, &format!("k{i}"), &big).await;
     }
-    cache.inner.l1.run_pending_tasks().await;
-    let weighted = cache.inner.l1.weighted_size();
+    let weighted = cache.inner.l1.weight();
     assert!(weighted <= 64 * 1024, "weighted size {weighted}");
-    assert!(cache.inner.l1.entry_count() <= 8);
+    assert!(cache.inner.l1.len() <= 8);
 }
 
 /// The cache's own calls reach its metric series: a load counts an L1 miss and a load,
@@ -222,6 +219,30 @@ async fn misses_loads_and_hits_are_counted_in_their_series() {
     assert_eq!(grew(hits), 1.0);
 }
 
+/// `callers` concurrent loads of `search`/`q`, each loader counted in `loads`, taking
+/// 50 ms and ending in `outcome`.
+fn concurrent_loads(
+    cache: &TieredCache,
+    callers: usize,
+    outcome: Result<&'static str, &'static str>,
+    loads: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Result<String, Arc<String>>>> {
+    (0..callers)
+        .map(|_| {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(Namespace::Search, "q", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        outcome.map(str::to_string).map_err(str::to_string)
+                    })
+                    .await
+            })
+        })
+        .collect()
+}
+
 /// After a namespace's generation moves on, concurrent callers that all find the old
 /// entry replace it once: one load, every caller answered with its value, and the new
 /// entry kept. A waiter that got a value loaded by another caller counts as a hit.
@@ -231,23 +252,8 @@ async fn an_outdated_entry_is_replaced_by_one_load_for_every_caller() {
     cache.set(Namespace::Search, "q", &"old".to_string()).await;
     cache.invalidate_namespace(Namespace::Search).await;
     let loads = Arc::new(AtomicUsize::new(0));
-    let callers: Vec<_> = (0..32)
-        .map(|_| {
-            let (cache, loads) = (cache.clone(), loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(Namespace::Search, "q", || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, ()>("new".to_string())
-                    })
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    for caller in callers {
-        assert_eq!(caller.await.unwrap(), "new");
+    for caller in concurrent_loads(&cache, 32, Ok("new"), &loads) {
+        assert_eq!(caller.await.unwrap().unwrap(), "new");
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -258,25 +264,81 @@ async fn an_outdated_entry_is_replaced_by_one_load_for_every_caller() {
     assert_eq!(stats.misses, 1, "{stats:?}");
 }
 
+/// A key held as another type is loaded again as the caller's type, once, and stored.
 #[tokio::test]
-async fn only_an_outdated_or_foreign_entry_is_dropped() {
+async fn an_entry_of_another_type_is_replaced_by_the_callers_load() {
     let cache = l1_only();
-    cache.set(Namespace::Search, "q", &"text".to_string()).await;
-    let key = TieredCache::l1_key(Namespace::Search, "q");
-    let current = cache.generation(Namespace::Search).await;
-    cache.drop_if_outdated::<String>(&key, current).await;
-    assert!(cache.inner.l1.get(&key).await.is_some(), "current: kept");
-    cache.drop_if_outdated::<u32>(&key, current).await;
-    assert!(
-        cache.inner.l1.get(&key).await.is_none(),
-        "another type: dropped"
+    cache.set(Namespace::Search, "q", &7u32).await;
+    let loads = AtomicUsize::new(0);
+    let load = || async {
+        loads.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, ()>("text".to_string())
+    };
+    for _ in 0..2 {
+        let got = cache.get_or_load(Namespace::Search, "q", load).await;
+        assert_eq!(got.unwrap(), "text");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.inner.l1.flights(), 0);
+}
+
+/// Concurrent misses share one load's error: the loader runs once, every caller gets
+/// its error, and nothing is cached (the next miss loads again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_share_one_failed_load() {
+    let cache = l1_only();
+    let loads = Arc::new(AtomicUsize::new(0));
+    for caller in concurrent_loads(&cache, 16, Err("upstream down"), &loads) {
+        assert_eq!(*caller.await.unwrap().unwrap_err(), "upstream down");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.inner.l1.flights(), 0, "a failed load lands too");
+    let again: Result<String, Arc<&str>> = cache
+        .get_or_load(Namespace::Search, "q", || async { Ok("fine".to_string()) })
+        .await;
+    assert_eq!(again.unwrap(), "fine", "the error was not kept");
+}
+
+/// A caller dropped in the middle of its load does not strand the callers waiting for
+/// it: the next one runs its own loader, and its value is shared and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_whose_caller_is_dropped_is_run_by_a_waiting_caller() {
+    let cache = l1_only();
+    let first = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(Namespace::Search, "q", || async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, ()>("never".to_string())
+                })
+                .await
+        })
+    };
+    while cache.inner.l1.flights() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let waiting = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(Namespace::Search, "q", || async {
+                    Ok::<_, ()>("second".to_string())
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting caller is not stranded");
+    assert_eq!(got.unwrap().unwrap(), "second");
+    assert_eq!(
+        cache.get::<String>(Namespace::Search, "q").await.as_deref(),
+        Some("second")
     );
-    cache.set(Namespace::Search, "q", &"text".to_string()).await;
-    cache.drop_if_outdated::<String>(&key, current + 1).await;
-    assert!(
-        cache.inner.l1.get(&key).await.is_none(),
-        "older than asked: dropped"
-    );
+    assert_eq!(cache.inner.l1.flights(), 0);
 }
 
 /// A caller whose view of the generation is behind the entry's (another instance's bump

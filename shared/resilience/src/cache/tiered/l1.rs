@@ -1,0 +1,164 @@
+//! L1: the entries this process holds (quick_cache: sharded, CLOCK-PRO eviction by
+//! weight, no background work), each with its expiry, and the loads in flight, so
+//! concurrent misses of one key share one load and its outcome, an error included.
+//!
+//! moka did both (its `try_get_with`), but its housekeeping, epoch-based reclamation and
+//! concurrent map's rehashing took 12 % of a proxied request's CPU for the two entries
+//! each answer writes (docs/benchmarks.md, fifteenth session).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::{OptionsBuilder, Weighter};
+
+use super::Entry;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// What a load in flight ends with: the entry it stored, or its error, type-erased so
+/// one map holds loads of every value and error type (each caller downcasts its own).
+pub(super) type Outcome = Result<Entry, Arc<dyn Any + Send + Sync>>;
+
+/// One load in flight. Every caller that misses the key meanwhile awaits the same cell
+/// with its own loader: the first runs; if its caller is dropped mid-load, the next
+/// caller's runs instead (no one waits on a load nobody is running).
+#[derive(Default)]
+pub(super) struct Flight {
+    pub(super) outcome: tokio::sync::OnceCell<Outcome>,
+}
+
+/// What a caller that missed finds under the flights' lock.
+pub(super) enum Joined {
+    /// An entry stored by a load that landed between the caller's lookup and the lock.
+    Held(Entry),
+    /// The load in flight to wait for, or run.
+    Flight(Arc<Flight>),
+}
+
+/// An entry's weight: its JSON, its key and `overhead` bytes of bookkeeping, at least
+/// `floor` (so the byte bound also bounds the number of entries).
+#[derive(Clone)]
+struct Weigh {
+    overhead: u64,
+    floor: u64,
+}
+
+impl Weighter<String, Entry> for Weigh {
+    fn weight(&self, key: &String, entry: &Entry) -> u64 {
+        (entry.weight as u64 + key.len() as u64 + self.overhead).max(self.floor)
+    }
+}
+
+pub(super) struct L1 {
+    entries: Cache<String, Entry, Weigh, Hasher, DefaultLifecycle<String, Entry>>,
+    flights: Mutex<HashMap<String, Arc<Flight>, Hasher>>,
+}
+
+impl L1 {
+    /// At most `max_bytes` of weight, each entry weighing at least `max_bytes /
+    /// max_entries`.
+    pub(super) fn new(max_bytes: u64, max_entries: u64, overhead: u64) -> Self {
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let estimated_items = (max_bytes / (overhead + 512).max(floor)).clamp(16, 1 << 20);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimated_items as usize)
+            .weight_capacity(max_bytes)
+            .build()
+            .expect("estimated items and weight capacity are set");
+        Self {
+            entries: Cache::with_options(
+                options,
+                Weigh { overhead, floor },
+                Hasher::default(),
+                DefaultLifecycle::default(),
+            ),
+            flights: Mutex::new(HashMap::with_hasher(Hasher::default())),
+        }
+    }
+
+    /// The entry under `key` unless it has expired.
+    pub(super) fn get(&self, key: &str) -> Option<Entry> {
+        self.entries
+            .get(key)
+            .filter(|entry| entry.expires > Instant::now())
+    }
+
+    pub(super) fn insert(&self, key: String, entry: Entry) {
+        self.entries.insert(key, entry);
+    }
+
+    pub(super) fn remove(&self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    /// Entries held, expired ones not yet evicted included.
+    pub(super) fn len(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The weight held, in bytes as [`Weigh`] counts them.
+    #[cfg(test)]
+    pub(super) fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
+
+    /// The load in flight for `key`, joined, or a new one; or the entry a load stored
+    /// meanwhile (at least of `generation`, and not the one the caller `seen` and found
+    /// wanting), looked up under the lock: a load stores its entry before it lands, so a
+    /// caller sees one or the other.
+    pub(super) fn join(&self, key: &str, generation: u64, seen: Option<&Entry>) -> Joined {
+        let mut flights = self.flights.lock().expect("flights lock");
+        if let Some(flight) = flights.get(key) {
+            return Joined::Flight(flight.clone());
+        }
+        let stored = self.get(key).filter(|entry| {
+            entry.generation >= generation
+                && seen.is_none_or(|seen| !Arc::ptr_eq(&seen.json, &entry.json))
+        });
+        if let Some(entry) = stored {
+            return Joined::Held(entry);
+        }
+        let flight = Arc::new(Flight::default());
+        flights.insert(key.to_string(), flight.clone());
+        Joined::Flight(flight)
+    }
+
+    /// Ends `flight` for new callers once it has an outcome (callers already waiting
+    /// still get it); a later miss starts a new load, so errors are not kept.
+    pub(super) fn land(&self, key: &str, flight: &Arc<Flight>) {
+        if !flight.outcome.initialized() {
+            return;
+        }
+        let mut flights = self.flights.lock().expect("flights lock");
+        if flights
+            .get(key)
+            .is_some_and(|held| Arc::ptr_eq(held, flight))
+        {
+            flights.remove(key);
+        }
+    }
+
+    /// Loads in flight (tests: none is left behind).
+    #[cfg(test)]
+    pub(super) fn flights(&self) -> usize {
+        self.flights.lock().expect("flights lock").len()
+    }
+}
+
+/// Lands a flight when its caller is done with it, also when the caller is dropped
+/// after the outcome was set (a flight left in the map would hand its outcome, an
+/// error too, to every later caller).
+pub(super) struct Landing<'a> {
+    pub(super) l1: &'a L1,
+    pub(super) key: &'a str,
+    pub(super) flight: Arc<Flight>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.l1.land(self.key, &self.flight);
+    }
+}
