@@ -16,7 +16,9 @@ use super::request_scope;
 use super::traces::{TraceSettings, TARGET};
 use tracing_subscriber::filter::LevelFilter;
 
-pub use super::stdout_lines::{hold_lines_on_this_thread, write_all_held_lines, write_held_lines};
+pub use super::stdout_lines::{
+    hold_lines_on_this_thread, write_all_held_lines, write_held_lines, write_held_lines_when_due,
+};
 
 /// Wraps any log destination so each formatted line is redacted before it is written.
 #[derive(Clone)]

@@ -14,13 +14,15 @@
 //! process writes to stdout after start-up.
 //!
 //! A thread of the chat gateway's standalone server (a runtime per core) holds its lines
-//! back ([`hold_lines_on_this_thread`]) and writes them together when its runtime is
-//! about to wait for work ([`write_held_lines`], the runtime's park hook, and once a
-//! second from the server's timer), when they would pass `PIPE_BUF`, or when a line
-//! comes after the first held one is 50 ms old: at 8 connections on two cores a thread
-//! runs out of work almost once per request (1.4 lines per `write(2)`), at 32 every
-//! third (3.4; docs/benchmarks.md, "Log lines written together"). A request's line
-//! reaches the log just after its response instead of just before. Other threads (the
+//! back ([`hold_lines_on_this_thread`]) and writes them together once the first of them
+//! is [`WRITE_AFTER`] old: when its runtime is about to wait for work then
+//! ([`write_held_lines`], the runtime's park hook), else from the thread's writer task
+//! ([`write_held_lines_when_due`], woken by that hook), and also when they would pass
+//! `PIPE_BUF`, or when a line comes after the first held one is 50 ms old. Written at
+//! every park, a thread ran out of work almost once per request at 8 connections on two
+//! cores (1.4 lines per `write(2)`), and once per request at one connection
+//! (docs/benchmarks.md, "Log lines written together", and the fifteenth session's
+//! section). A request's line reaches the log up to [`WRITE_AFTER`] after its response. Other threads (the
 //! blocking pool, every thread under Lambda, the other functions) write each line at
 //! once, so one of their lines can come before a line a server thread logged earlier
 //! and still holds; each line carries its timestamp.
@@ -29,8 +31,11 @@ use std::cell::OnceCell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -53,6 +58,19 @@ static LONG_LINE: RwLock<()> = RwLock::new(());
 
 /// How long a held line may wait for others before it is written anyway.
 const HOLD_AT_MOST: Duration = Duration::from_millis(50);
+
+/// How long a server thread's first held line waits for others before the thread writes
+/// them: a thread that runs out of work sooner leaves them to its writer task.
+pub const WRITE_AFTER: Duration = Duration::from_millis(5);
+
+/// A holding thread's writer task's alarm: the park hook rings it when it leaves lines
+/// held. One per holding thread, for the life of the process (`Box::leak`: a few
+/// server threads, and a task on each that borrows it).
+struct Alarm {
+    notify: Notify,
+    /// Rung and not yet answered with a write: the hook need not ring again.
+    rung: AtomicBool,
+}
 
 /// Lines one thread has not written yet: whole lines, at most `ATOMIC_WRITE_BYTES`.
 #[derive(Default)]
@@ -83,6 +101,8 @@ type HeldLines = Arc<Mutex<Held>>;
 thread_local! {
     /// Set on a thread that holds its lines.
     static HELD: OnceCell<HeldLines> = const { OnceCell::new() };
+    /// Set on a holding thread that runs [`write_held_lines_when_due`].
+    static ALARM: OnceCell<&'static Alarm> = const { OnceCell::new() };
 }
 
 /// Every holding thread's lines, for [`write_all_held_lines`].
@@ -104,11 +124,62 @@ pub fn hold_lines_on_this_thread() {
     });
 }
 
-/// Writes the lines this thread holds: its runtime is about to wait for work.
+/// The runtime's park hook of a holding thread: writes the lines it holds if the first
+/// is [`WRITE_AFTER`] old, else has its writer task write them then (or now, without
+/// such a task).
 pub fn write_held_lines() {
     if let Some(file) = STDOUT.as_ref() {
-        write_held_to(file);
+        write_due_or_ring(file);
     }
+}
+
+/// Runs on a holding thread's runtime for as long as it does: writes the thread's held
+/// lines [`WRITE_AFTER`] after the park hook found them not yet due, and at least every
+/// `every` (a timer the server keeps due anyway, `server/shards.rs`).
+pub async fn write_held_lines_when_due(every: Duration) {
+    write_when_due(STDOUT.as_ref(), every).await;
+}
+
+async fn write_when_due(file: Option<&File>, every: Duration) {
+    let alarm: &'static Alarm = ALARM.with(|alarm| {
+        *alarm.get_or_init(|| {
+            Box::leak(Box::new(Alarm {
+                notify: Notify::new(),
+                rung: AtomicBool::new(false),
+            }))
+        })
+    });
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = alarm.notify.notified() => tokio::time::sleep(WRITE_AFTER).await,
+        }
+        alarm.rung.store(false, Ordering::Relaxed);
+        if let Some(file) = file {
+            write_held_to(file);
+        }
+    }
+}
+
+fn write_due_or_ring(file: &File) {
+    let _ = HELD.try_with(|held| {
+        let Some(lines) = held.get() else { return };
+        let mut lines = lock(lines);
+        let Some(since) = lines.since else { return };
+        let alarm = ALARM.try_with(|alarm| alarm.get().copied()).ok().flatten();
+        match alarm {
+            Some(alarm) if since.elapsed() < WRITE_AFTER => {
+                if !alarm.rung.swap(true, Ordering::Relaxed) {
+                    alarm.notify.notify_one();
+                }
+            }
+            _ => {
+                let _ = lines.write_out(file);
+            }
+        }
+    });
 }
 
 /// Writes every thread's held lines: the process is about to exit.
@@ -310,6 +381,61 @@ mod tests {
         // A thread that does not hold writes each line at once.
         write_line(Some(&file), b"at once\n").unwrap();
         assert_eq!(lines_in(&path).last().map(String::as_str), Some("at once"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Run out of work with a line held that is not yet due, a thread leaves it to its
+    /// writer task, which writes it a few milliseconds later though nothing else runs.
+    #[test]
+    fn a_line_held_at_a_park_is_written_soon_after_by_the_writer_task() {
+        let _alone = lock(&HOLDING_TESTS);
+        let path = std::env::temp_dir().join(format!("due-lines-{}.log", std::process::id()));
+        let file: &'static File = Box::leak(Box::new(File::create(&path).unwrap()));
+        let written = path.clone();
+        std::thread::spawn(move || {
+            let path = written;
+            hold_lines_on_this_thread();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .on_thread_park(move || write_due_or_ring(file))
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::spawn(write_when_due(Some(file), Duration::from_secs(3600)));
+                tokio::task::yield_now().await;
+                let alarm = ALARM.with(|alarm| *alarm.get().expect("the task set its alarm"));
+                // Not due (its first line held "from now on"): the hook rings, and waits.
+                write_line(Some(file), b"young\n").unwrap();
+                HELD.with(|held| {
+                    lock(held.get().unwrap()).since =
+                        Some(Instant::now() + Duration::from_secs(3600));
+                });
+                write_due_or_ring(file);
+                assert!(lines_in(&path).is_empty(), "not written by the hook");
+                assert!(
+                    alarm.rung.load(Ordering::Relaxed),
+                    "the writer task is woken"
+                );
+                HELD.with(|held| lock(held.get().unwrap()).since = Some(Instant::now()));
+                // Nothing else logs: it is written a few milliseconds later all the same.
+                for _ in 0..1000 {
+                    if !lines_in(&path).is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(lines_in(&path), ["young"]);
+                // Due already: the hook writes it itself.
+                write_line(Some(file), b"old\n").unwrap();
+                HELD.with(|held| {
+                    lock(held.get().unwrap()).since = Some(Instant::now() - WRITE_AFTER);
+                });
+                write_due_or_ring(file);
+                assert_eq!(lines_in(&path), ["young", "old"]);
+            });
+        })
+        .join()
+        .unwrap();
         let _ = std::fs::remove_file(&path);
     }
 

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::Serving;
-use crate::observability::logging::{hold_lines_on_this_thread, write_held_lines};
+use crate::observability::logging::{hold_lines_on_this_thread, write_held_lines_when_due};
 
 /// The open count of a thread that has ended: never the fewest.
 const GONE: usize = usize::MAX / 2;
@@ -154,15 +154,11 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 /// sooner, a request's timers of a second or more are never the earliest: one wake a
 /// second per thread instead of one per request (docs/benchmarks.md, "A timer that saves
 /// a wake per request"). Shorter timers (`HTTP_HEADER_TIMEOUT_MS` under 1000, the
-/// cache's 20 ms lock waits) still wake it. Each tick also writes the log lines the
-/// thread holds, so a thread too busy to run out of work holds none for long.
+/// cache's 20 ms lock waits) still wake it. The same task writes the log lines the
+/// thread holds: each tick, and a few milliseconds after the thread ran out of work with
+/// lines held (`stdout_lines::write_held_lines_when_due`).
 pub(super) async fn anchor_timers() {
-    let mut tick = tokio::time::interval(TIMER_ANCHOR);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        write_held_lines();
-    }
+    write_held_lines_when_due(TIMER_ANCHOR).await;
 }
 
 /// A thread's loop: serves each connection handed to it on its own runtime. After the

@@ -173,6 +173,26 @@ async fn entries_expire_with_their_namespace_ttl() {
     );
 }
 
+/// L1 is split into shards of at least 512 KiB, however many cores: an answer of
+/// 300 KiB is held in the default 4 MiB (four shards per core would be 256 KiB each
+/// from 4 cores on).
+#[tokio::test]
+async fn a_large_answer_fits_in_its_shard() {
+    let cache = l1_only();
+    let answer = "x".repeat(300 * 1024);
+    cache.set(Namespace::Chat, "long", &answer).await;
+    assert_eq!(
+        cache
+            .get::<String>(Namespace::Chat, "long")
+            .await
+            .as_deref(),
+        Some(answer.as_str())
+    );
+    assert_eq!(l1::shards(4 * 1024 * 1024), 8);
+    assert_eq!(l1::shards(64 * 1024), 1);
+    assert_eq!(l1::shards(1 << 40), 16);
+}
+
 #[tokio::test]
 async fn l1_is_bounded_by_bytes() {
     let config = CacheConfig {
