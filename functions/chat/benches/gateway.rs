@@ -366,8 +366,8 @@ async fn main() {
 
     // Cached answers: one question asked again and again, one at a time.
     let body = json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "question 1: how do refunds of order 1 work?"}]});
-    // A full L1 (TinyLFU) admits a key once it is asked for more often than what it
-    // would evict: ask until the answer is served from the cache, then measure.
+    // Ask until the answer is served from the cache (L1 may have evicted it while the
+    // load above filled it), then measure.
     let ask = || {
         client
             .post(url.as_str())

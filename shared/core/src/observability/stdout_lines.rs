@@ -22,7 +22,9 @@
 //! every park, a thread ran out of work almost once per request at 8 connections on two
 //! cores (1.4 lines per `write(2)`), and once per request at one connection
 //! (docs/benchmarks.md, "Log lines written together", and the fifteenth session's
-//! section). A request's line reaches the log up to [`WRITE_AFTER`] after its response. Other threads (the
+//! section). A request's line reaches the log about [`WRITE_AFTER`] after its response
+//! when the thread then runs out of work; a thread that stays busy writes it with a line
+//! that comes 50 ms on, or at its next 1 s tick. Other threads (the
 //! blocking pool, every thread under Lambda, the other functions) write each line at
 //! once, so one of their lines can come before a line a server thread logged earlier
 //! and still holds; each line carries its timestamp.
@@ -70,6 +72,24 @@ struct Alarm {
     notify: Notify,
     /// Rung and not yet answered with a write: the hook need not ring again.
     rung: AtomicBool,
+    /// The writer task runs (it is stopped with its runtime, or aborted when the server
+    /// stops): the hook writes at once when it does not.
+    listening: AtomicBool,
+}
+
+/// Marks the writer task stopped and writes what its thread holds, when the task ends.
+struct StopListening<'a> {
+    alarm: &'static Alarm,
+    file: Option<&'a File>,
+}
+
+impl Drop for StopListening<'_> {
+    fn drop(&mut self) {
+        self.alarm.listening.store(false, Ordering::Relaxed);
+        if let Some(file) = self.file {
+            write_held_to(file);
+        }
+    }
 }
 
 /// Lines one thread has not written yet: whole lines, at most `ATOMIC_WRITE_BYTES`.
@@ -146,9 +166,12 @@ async fn write_when_due(file: Option<&File>, every: Duration) {
             Box::leak(Box::new(Alarm {
                 notify: Notify::new(),
                 rung: AtomicBool::new(false),
+                listening: AtomicBool::new(false),
             }))
         })
     });
+    alarm.listening.store(true, Ordering::Relaxed);
+    let _stop = StopListening { alarm, file };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -170,7 +193,9 @@ fn write_due_or_ring(file: &File) {
         let Some(since) = lines.since else { return };
         let alarm = ALARM.try_with(|alarm| alarm.get().copied()).ok().flatten();
         match alarm {
-            Some(alarm) if since.elapsed() < WRITE_AFTER => {
+            Some(alarm)
+                if alarm.listening.load(Ordering::Relaxed) && since.elapsed() < WRITE_AFTER =>
+            {
                 if !alarm.rung.swap(true, Ordering::Relaxed) {
                     alarm.notify.notify_one();
                 }
@@ -401,7 +426,7 @@ mod tests {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                tokio::spawn(write_when_due(Some(file), Duration::from_secs(3600)));
+                let task = tokio::spawn(write_when_due(Some(file), Duration::from_secs(3600)));
                 tokio::task::yield_now().await;
                 let alarm = ALARM.with(|alarm| *alarm.get().expect("the task set its alarm"));
                 // Not due (its first line held "from now on"): the hook rings, and waits.
@@ -416,8 +441,8 @@ mod tests {
                     alarm.rung.load(Ordering::Relaxed),
                     "the writer task is woken"
                 );
-                HELD.with(|held| lock(held.get().unwrap()).since = Some(Instant::now()));
-                // Nothing else logs: it is written a few milliseconds later all the same.
+                // Nothing else logs, and the line stays young for the hook at every park
+                // meanwhile: only the writer task can write it, a few milliseconds later.
                 for _ in 0..1000 {
                     if !lines_in(&path).is_empty() {
                         break;
@@ -432,6 +457,16 @@ mod tests {
                 });
                 write_due_or_ring(file);
                 assert_eq!(lines_in(&path), ["young", "old"]);
+                // Once the task has stopped, the hook writes at once, young lines too.
+                task.abort();
+                let _ = task.await;
+                write_line(Some(file), b"after\n").unwrap();
+                HELD.with(|held| {
+                    lock(held.get().unwrap()).since =
+                        Some(Instant::now() + Duration::from_secs(3600));
+                });
+                write_due_or_ring(file);
+                assert_eq!(lines_in(&path), ["young", "old", "after"]);
             });
         })
         .join()

@@ -80,11 +80,29 @@ impl L1 {
         }
     }
 
-    /// The entry under `key` unless it has expired.
+    /// The entry under `key` unless it has expired (then it is removed: an idle
+    /// instance does not keep expired answers and sessions for the next insert to evict).
     pub(super) fn get(&self, key: &str) -> Option<Entry> {
-        self.entries
-            .get(key)
-            .filter(|entry| entry.expires > Instant::now())
+        let entry = self.entries.get(key)?;
+        self.unexpired(key, entry)
+    }
+
+    /// As [`Self::get`], without counting as a use: for the gateway's own reads (the
+    /// copy of a fresh answer under its question's key, the re-check of a miss), which
+    /// would otherwise make every new entry look asked for again and move it out of
+    /// the cold part, where one-off prompts are evicted first.
+    pub(super) fn peek(&self, key: &str) -> Option<Entry> {
+        let entry = self.entries.peek(key)?;
+        self.unexpired(key, entry)
+    }
+
+    fn unexpired(&self, key: &str, entry: Entry) -> Option<Entry> {
+        let now = Instant::now();
+        if entry.expires > now {
+            return Some(entry);
+        }
+        self.entries.remove_if(key, |held| held.expires <= now);
+        None
     }
 
     pub(super) fn insert(&self, key: String, entry: Entry) {
@@ -109,13 +127,18 @@ impl L1 {
     /// The load in flight for `key`, joined, or a new one; or the entry a load stored
     /// meanwhile (at least of `generation`, and not the one the caller `seen` and found
     /// wanting), looked up under the lock: a load stores its entry before it lands, so a
-    /// caller sees one or the other.
+    /// caller sees one or the other. A finished flight whose entry is older than
+    /// `generation` (a namespace bump adopted meanwhile) is replaced by a new one, which
+    /// the callers of that generation share.
     pub(super) fn join(&self, key: &str, generation: u64, seen: Option<&Entry>) -> Joined {
         let mut flights = self.flights.lock().expect("flights lock");
         if let Some(flight) = flights.get(key) {
-            return Joined::Flight(flight.clone());
+            let outdated = matches!(flight.outcome.get(), Some(Ok(e)) if e.generation < generation);
+            if !outdated {
+                return Joined::Flight(flight.clone());
+            }
         }
-        let stored = self.get(key).filter(|entry| {
+        let stored = self.peek(key).filter(|entry| {
             entry.generation >= generation
                 && seen.is_none_or(|seen| !Arc::ptr_eq(&seen.json, &entry.json))
         });
@@ -127,16 +150,23 @@ impl L1 {
         Joined::Flight(flight)
     }
 
-    /// Ends `flight` for new callers once it has an outcome (callers already waiting
-    /// still get it); a later miss starts a new load, so errors are not kept.
-    pub(super) fn land(&self, key: &str, flight: &Arc<Flight>) {
-        if !flight.outcome.initialized() {
-            return;
-        }
+    /// A caller is done with `flight`: it ends for new callers once it has an outcome
+    /// (callers already waiting still get it; a later miss starts a new load, so errors
+    /// are not kept), or once no caller is left (its only caller was dropped mid-load:
+    /// with keys that are never asked for again, such flights would pile up). Every
+    /// clone is made under the lock (`join`), so the count read under it is exact.
+    fn land(&self, key: &str, flight: Arc<Flight>) {
         let mut flights = self.flights.lock().expect("flights lock");
-        if flights
+        let done = flight.outcome.initialized();
+        let ours = flights
             .get(key)
-            .is_some_and(|held| Arc::ptr_eq(held, flight))
+            .is_some_and(|held| Arc::ptr_eq(held, &flight));
+        drop(flight);
+        if ours
+            && (done
+                || flights
+                    .get(key)
+                    .is_some_and(|held| Arc::strong_count(held) == 1))
         {
             flights.remove(key);
         }
@@ -147,14 +177,25 @@ impl L1 {
     pub(super) fn flights(&self) -> usize {
         self.flights.lock().expect("flights lock").len()
     }
+
+    /// Callers of the load in flight for `key` (tests: all have joined).
+    #[cfg(test)]
+    pub(super) fn callers(&self, key: &str) -> usize {
+        let flights = self.flights.lock().expect("flights lock");
+        flights
+            .get(key)
+            .map_or(0, |flight| Arc::strong_count(flight) - 1)
+    }
 }
 
 /// How many shards `max_bytes` is split into: each bounds its own share, and an entry
-/// heavier than a shard is not held (quick_cache's default, four per core, would keep
-/// 16 KiB answers out of a 4 MiB L1 on 64 cores). At least 512 KiB each, at most 16:
-/// the default 4 MiB is 8 shards.
+/// heavier than about 97 % of a shard (its hot part) is not held; quick_cache's default,
+/// four per core, would make shards of 32 KiB out of a 4 MiB L1 on 64 cores. A power of
+/// two (quick_cache rounds up to one), at most 16, with shards of at least 512 KiB: the
+/// default 4 MiB is 8 shards.
 pub(super) fn shards(max_bytes: u64) -> usize {
-    (max_bytes / SHARD_BYTES_AT_LEAST).clamp(1, 16) as usize
+    let most = (max_bytes / SHARD_BYTES_AT_LEAST).clamp(1, 16);
+    1 << most.ilog2()
 }
 
 const SHARD_BYTES_AT_LEAST: u64 = 512 * 1024;
@@ -163,13 +204,29 @@ const SHARD_BYTES_AT_LEAST: u64 = 512 * 1024;
 /// after the outcome was set (a flight left in the map would hand its outcome, an
 /// error too, to every later caller).
 pub(super) struct Landing<'a> {
-    pub(super) l1: &'a L1,
-    pub(super) key: &'a str,
-    pub(super) flight: Arc<Flight>,
+    l1: &'a L1,
+    key: &'a str,
+    flight: Option<Arc<Flight>>,
+}
+
+impl<'a> Landing<'a> {
+    pub(super) fn new(l1: &'a L1, key: &'a str, flight: Arc<Flight>) -> Self {
+        Self {
+            l1,
+            key,
+            flight: Some(flight),
+        }
+    }
+
+    pub(super) fn flight(&self) -> &Flight {
+        self.flight.as_ref().expect("held until dropped")
+    }
 }
 
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
-        self.l1.land(self.key, &self.flight);
+        if let Some(flight) = self.flight.take() {
+            self.l1.land(self.key, flight);
+        }
     }
 }

@@ -390,7 +390,7 @@ impl TieredCache {
     /// `source` is not in L1 under the current generation; then call [`Self::set`].
     pub async fn copy(&self, namespace: Namespace, source: &str, key: &str) -> bool {
         let generation = self.generation(namespace).await;
-        let Some(entry) = self.inner.l1.get(&Self::l1_key(namespace, source)) else {
+        let Some(entry) = self.inner.l1.peek(&Self::l1_key(namespace, source)) else {
             return false;
         };
         if entry.generation != generation {

@@ -27,66 +27,69 @@ impl TieredCache {
             self.hit(namespace, "l1");
             return Ok(value);
         }
-        let flight = match self.inner.l1.join(&l1_key, generation, seen.as_ref()) {
-            // Stored by a load that landed since the lookup above.
-            l1::Joined::Held(entry) => match current::<T>(&entry, generation) {
-                Some(value) => {
-                    self.hit(namespace, "l1");
-                    return Ok(value);
-                }
-                None => return loader().await.map_err(Arc::new),
-            },
-            l1::Joined::Flight(flight) => flight,
-        };
-        let landing = l1::Landing {
-            l1: &self.inner.l1,
-            key: &l1_key,
-            flight,
-        };
         // The caller whose load runs gets its value (and error) as is; callers that
         // waited for it decode the stored JSON (and downcast the shared error).
-        let mut own: Option<Result<T, Arc<E>>> = None;
         let mut loader = Some(loader);
-        let outcome = landing
-            .flight
-            .outcome
-            .get_or_init(|| async {
-                let loader = loader.take().expect("a caller's load runs at most once");
-                let loaded = self
-                    .load_entry(namespace, key, &l1_key, generation, loader)
-                    .await;
-                let outcome = match &loaded {
-                    Ok((_, entry)) => Ok(entry.clone()),
-                    Err(error) => Err(error.clone() as Arc<dyn std::any::Any + Send + Sync>),
-                };
-                own = Some(loaded.map(|(value, _)| value));
-                outcome
-            })
-            .await
-            .clone();
-        drop(landing);
-        if let Some(result) = own {
-            return result;
+        // A second round only for callers that waited for a load of an older generation
+        // (they adopted a namespace bump meanwhile): they share a new load.
+        for _ in 0..2 {
+            let flight = match self.inner.l1.join(&l1_key, generation, seen.as_ref()) {
+                // Stored by a load that landed since the lookup above.
+                l1::Joined::Held(entry) => match current::<T>(&entry, generation) {
+                    Some(value) => {
+                        self.hit(namespace, "l1");
+                        return Ok(value);
+                    }
+                    None => break,
+                },
+                l1::Joined::Flight(flight) => flight,
+            };
+            let landing = l1::Landing::new(&self.inner.l1, &l1_key, flight);
+            let mut own: Option<Result<T, Arc<E>>> = None;
+            let outcome = landing
+                .flight()
+                .outcome
+                .get_or_init(|| async {
+                    let loader = loader.take().expect("a caller's load runs at most once");
+                    let loaded = self
+                        .load_entry(namespace, key, &l1_key, generation, loader)
+                        .await;
+                    let outcome = match &loaded {
+                        Ok((_, entry)) => Ok(entry.clone()),
+                        Err(error) => Err(error.clone() as Arc<dyn std::any::Any + Send + Sync>),
+                    };
+                    own = Some(loaded.map(|(value, _)| value));
+                    outcome
+                })
+                .await
+                .clone();
+            drop(landing);
+            if let Some(result) = own {
+                return result;
+            }
+            // Another caller's load: a hit when its value decodes as a T (answered from
+            // the cache, not by a load of this caller's), its error when it is an E.
+            match outcome {
+                Ok(entry) if entry.generation < generation => continue,
+                Ok(entry) => match current::<T>(&entry, generation) {
+                    Some(value) => {
+                        self.hit(namespace, "l1");
+                        return Ok(value);
+                    }
+                    None => break,
+                },
+                Err(error) => match error.downcast::<E>() {
+                    Ok(error) => return Err(error),
+                    Err(_) => break,
+                },
+            }
         }
-        // Another caller's load: a hit when its value decodes as a T (answered from the
-        // cache, not by a load of this caller's), its error when it is an E.
-        match outcome {
-            Ok(entry) => match current::<T>(&entry, generation) {
-                Some(value) => {
-                    self.hit(namespace, "l1");
-                    Ok(value)
-                }
-                None => self.load_uncached(loader).await,
-            },
-            Err(error) => match error.downcast::<E>() {
-                Ok(error) => Err(error),
-                Err(_) => self.load_uncached(loader).await,
-            },
-        }
+        // Another type under the key (a value or an error that is not this caller's), or
+        // outdated twice: this caller loads, uncached.
+        self.load_uncached(loader).await
     }
 
-    /// Another caller's load ended in a value that is not a `T` or an error that is not
-    /// an `E` (another type under the same key): this caller loads, uncached.
+    /// The load of a caller that cannot use what is held or was loaded: uncached.
     async fn load_uncached<T, E, F, Fut>(&self, loader: Option<F>) -> Result<T, Arc<E>>
     where
         F: FnOnce() -> Fut,

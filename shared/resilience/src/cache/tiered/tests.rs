@@ -173,6 +173,40 @@ async fn entries_expire_with_their_namespace_ttl() {
     );
 }
 
+/// A caller of `search`/`q` whose load does not end, once it is in flight.
+async fn a_load_that_never_ends(
+    cache: &TieredCache,
+) -> tokio::task::JoinHandle<Result<String, Arc<()>>> {
+    let caller = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(Namespace::Search, "q", || async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok::<_, ()>("never".to_string())
+                })
+                .await
+        })
+    };
+    all_joined(cache, &TieredCache::l1_key(Namespace::Search, "q"), 1).await;
+    caller
+}
+
+/// A load whose only caller is dropped leaves no flight behind (keys asked for once
+/// would otherwise pile up), and the next caller loads.
+#[tokio::test]
+async fn a_load_dropped_by_its_only_caller_leaves_nothing_behind() {
+    let cache = l1_only();
+    let lone = a_load_that_never_ends(&cache).await;
+    lone.abort();
+    assert!(lone.await.unwrap_err().is_cancelled());
+    assert_eq!(cache.inner.l1.flights(), 0);
+    let next: Result<String, Arc<()>> = cache
+        .get_or_load(Namespace::Search, "q", || async { Ok("next".to_string()) })
+        .await;
+    assert_eq!(next.unwrap(), "next");
+}
+
 /// L1 is split into shards of at least 512 KiB, however many cores: an answer of
 /// 300 KiB is held in the default 4 MiB (four shards per core would be 256 KiB each
 /// from 4 cores on).
@@ -188,7 +222,11 @@ async fn a_large_answer_fits_in_its_shard() {
             .as_deref(),
         Some(answer.as_str())
     );
-    assert_eq!(l1::shards(4 * 1024 * 1024), 8);
+    const MIB: u64 = 1024 * 1024;
+    for (bytes, shards) in [(4 * MIB, 8), (3 * MIB, 4), (5 * MIB, 8), (3 * MIB / 2, 2)] {
+        assert_eq!(l1::shards(bytes), shards, "{bytes}");
+        assert!(bytes / shards as u64 >= 512 * 1024, "{bytes}");
+    }
     assert_eq!(l1::shards(64 * 1024), 1);
     assert_eq!(l1::shards(1 << 40), 16);
 }
@@ -239,8 +277,9 @@ async fn misses_loads_and_hits_are_counted_in_their_series() {
     assert_eq!(grew(hits), 1.0);
 }
 
-/// `callers` concurrent loads of `search`/`q`, each loader counted in `loads`, taking
-/// 50 ms and ending in `outcome`.
+/// `callers` concurrent loads of `search`/`q`, each loader counted in `loads`, ending in
+/// `outcome` once every caller has joined the load in flight (so a slow machine cannot
+/// let one arrive after it ended and load again).
 fn concurrent_loads(
     cache: &TieredCache,
     callers: usize,
@@ -251,16 +290,28 @@ fn concurrent_loads(
         .map(|_| {
             let (cache, loads) = (cache.clone(), loads.clone());
             tokio::spawn(async move {
+                let key = TieredCache::l1_key(Namespace::Search, "q");
                 cache
-                    .get_or_load(Namespace::Search, "q", || async move {
+                    .get_or_load(Namespace::Search, "q", || async {
                         loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        all_joined(&cache, &key, callers).await;
                         outcome.map(str::to_string).map_err(str::to_string)
                     })
                     .await
             })
         })
         .collect()
+}
+
+/// Waits (10 s at most) until `callers` callers wait for the load in flight for `key`.
+async fn all_joined(cache: &TieredCache, key: &str, callers: usize) {
+    for _ in 0..10_000 {
+        if cache.inner.l1.callers(key) >= callers {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{callers} callers did not join");
 }
 
 /// After a namespace's generation moves on, concurrent callers that all find the old
@@ -324,20 +375,7 @@ async fn concurrent_misses_share_one_failed_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_whose_caller_is_dropped_is_run_by_a_waiting_caller() {
     let cache = l1_only();
-    let first = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get_or_load(Namespace::Search, "q", || async {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    Ok::<_, ()>("never".to_string())
-                })
-                .await
-        })
-    };
-    while cache.inner.l1.flights() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let first = a_load_that_never_ends(&cache).await;
     let waiting = {
         let cache = cache.clone();
         tokio::spawn(async move {
@@ -348,7 +386,7 @@ async fn a_load_whose_caller_is_dropped_is_run_by_a_waiting_caller() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    all_joined(&cache, &TieredCache::l1_key(Namespace::Search, "q"), 2).await;
     first.abort();
     let got = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
