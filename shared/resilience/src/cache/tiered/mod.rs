@@ -241,7 +241,7 @@ impl TieredCache {
         match self.read_l2::<T>(namespace, &l2_key).await {
             Some((value, generation, json)) => {
                 self.hit(namespace, "l2");
-                self.put_l1(namespace, l1_key, json, generation).await;
+                self.put_l1(namespace, l1_key, json, generation);
                 Some(value)
             }
             None => {
@@ -307,8 +307,7 @@ impl TieredCache {
                         Self::l1_key(namespace, &keys[i]),
                         json,
                         generation,
-                    )
-                    .await;
+                    );
                     values[i] = Some(value);
                 }
                 None => self.miss(namespace, "l2"),
@@ -352,13 +351,16 @@ impl TieredCache {
                 .await;
         }
         for (key, json) in encoded {
-            self.put_l1(namespace, Self::l1_key(namespace, key), json, generation)
-                .await;
+            self.put_l1(namespace, Self::l1_key(namespace, key), json, generation);
         }
     }
 
-    async fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {
-        let entry = self.entry(namespace, json, generation);
+    fn put_l1(&self, namespace: Namespace, l1_key: String, json: Arc<[u8]>, generation: u64) {
+        self.store_l1(l1_key, self.entry(namespace, json, generation));
+    }
+
+    /// Stores `entry` in L1 and updates the entries gauge.
+    fn store_l1(&self, l1_key: String, entry: Entry) {
         self.inner.l1.insert(l1_key, entry);
         self.inner
             .metrics
@@ -381,8 +383,7 @@ impl TieredCache {
         let json: Arc<[u8]> = Arc::from(json);
         self.write_l2(namespace, &self.l2_key(namespace, key), json.clone())
             .await;
-        self.put_l1(namespace, Self::l1_key(namespace, key), json, generation)
-            .await;
+        self.put_l1(namespace, Self::l1_key(namespace, key), json, generation);
     }
 
     /// Stores under `key` the value this process holds under `source`, as it is stored:
@@ -403,8 +404,7 @@ impl TieredCache {
             Self::l1_key(namespace, key),
             entry.json,
             generation,
-        )
-        .await;
+        );
         true
     }
 

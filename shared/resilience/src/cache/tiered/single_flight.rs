@@ -131,11 +131,7 @@ impl TieredCache {
             }
         };
         if !entry.json.is_empty() {
-            self.inner.l1.insert(l1_key.to_string(), entry.clone());
-            self.inner
-                .metrics
-                .l1_entries
-                .set(self.inner.l1.len() as f64);
+            self.store_l1(l1_key.to_string(), entry.clone());
         }
         Ok((value, entry))
     }
